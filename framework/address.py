@@ -1,0 +1,202 @@
+"""Addresses as users write them, and the listening sockets they become.
+
+Text forms (the same for ``--bind`` and for the ``listening on`` line):
+
+* ``HOST:PORT`` — IPv4 or a host name (``127.0.0.1:8000``, ``localhost:0``);
+  ``:PORT`` or ``*:PORT`` means every IPv4 interface;
+* ``[V6]:PORT`` — IPv6 (``[::1]:0``);
+* ``unix:PATH`` — a Unix stream socket at *PATH*;
+* ``udp:HOST:PORT`` and ``udp:[V6]:PORT`` — a datagram socket.
+
+Port 0 asks the kernel for a free port; :func:`local_address` reports the
+real one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import socket
+import stat
+
+#: Listen backlog.  socketserver's 5 overflows as soon as ~100 clients connect
+#: at once; the kernel silently caps this at net.core.somaxconn.
+DEFAULT_BACKLOG = 1024
+
+
+class AddressError(ValueError):
+    """An address that cannot be parsed or resolved."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Address:
+    """A parsed address: an IP endpoint (``host``, ``port``) or a Unix ``path``."""
+
+    family: socket.AddressFamily
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    kind: socket.SocketKind = socket.SOCK_STREAM
+
+    @property
+    def is_unix(self) -> bool:
+        """True for a Unix-domain address."""
+        return self.family == socket.AF_UNIX
+
+    @property
+    def is_datagram(self) -> bool:
+        """True for a UDP (datagram) address."""
+        return self.kind == socket.SOCK_DGRAM
+
+    def sockaddr(self) -> str | tuple[str, int]:
+        """The address in the form :meth:`socket.socket.bind` takes."""
+        return self.path if self.is_unix else (self.host, self.port)
+
+    def __str__(self) -> str:
+        prefix = "udp:" if self.is_datagram else ""
+        if self.is_unix:
+            return f"unix:{self.path}"
+        if self.family == socket.AF_INET6:
+            return f"{prefix}[{self.host}]:{self.port}"
+        return f"{prefix}{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    """Parse one of the text forms above into an :class:`Address` (no DNS yet)."""
+    kind = socket.SOCK_STREAM
+    rest = text.strip()
+    if rest.startswith("unix:"):
+        path = rest[len("unix:"):]
+        if not path:
+            raise AddressError(f"{text!r}: a Unix address needs a path (unix:PATH)")
+        return Address(socket.AF_UNIX, path=path)
+    if rest.startswith("udp:"):
+        kind, rest = socket.SOCK_DGRAM, rest[len("udp:"):]
+    if rest.startswith("["):
+        host, sep, port_text = rest[1:].partition("]:")
+        if not sep:
+            raise AddressError(f"{text!r}: an IPv6 address is written [V6]:PORT")
+        family = socket.AF_INET6
+    else:
+        host, sep, port_text = rest.rpartition(":")
+        if not sep:
+            raise AddressError(f"{text!r}: expected HOST:PORT, [V6]:PORT or unix:PATH")
+        if ":" in host:
+            raise AddressError(f"{text!r}: put an IPv6 address in brackets: [V6]:PORT")
+        host = host if host not in ("", "*") else "0.0.0.0"
+        family = socket.AF_INET
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise AddressError(f"{text!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise AddressError(f"{text!r}: port {port} is out of range 0-65535")
+    return Address(family, host=host, port=port, kind=kind)
+
+
+def resolve(address: Address) -> Address:
+    """Resolve a host name to a numeric address of the same family (IPv4 first)."""
+    if address.is_unix:
+        return address
+    try:
+        socket.inet_pton(address.family, address.host)
+        return address
+    except OSError:
+        pass
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=address.kind, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise AddressError(f"cannot resolve {address.host!r}: {exc.strerror}") from None
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    family, _, _, _, sockaddr = infos[0]
+    return Address(socket.AddressFamily(family), host=str(sockaddr[0]), port=int(sockaddr[1]), kind=address.kind)
+
+
+def local_address(sock: socket.socket) -> Address:
+    """The address *sock* is really bound to (port 0 replaced by the real port)."""
+    name = sock.getsockname()
+    kind = socket.SocketKind(sock.type)
+    if sock.family == socket.AF_UNIX:
+        return Address(socket.AF_UNIX, path=name if isinstance(name, str) else name.decode(), kind=kind)
+    return Address(socket.AddressFamily(sock.family), host=name[0], port=name[1], kind=kind)
+
+
+def format_peer(family: int, sockaddr: object) -> str:
+    """A peer address as text, in the same forms as :class:`Address`."""
+    if family == socket.AF_INET6 and isinstance(sockaddr, tuple):
+        return f"[{sockaddr[0]}]:{sockaddr[1]}"
+    if family == socket.AF_INET and isinstance(sockaddr, tuple):
+        return f"{sockaddr[0]}:{sockaddr[1]}"
+    return "unix" if not sockaddr else f"unix:{sockaddr!s}"
+
+
+def _replace_stale_unix_socket(path: str) -> None:
+    """Remove a Unix socket file nobody listens on; refuse a live one or a non-socket."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # stale: left behind by a server that did not clean up
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, "Address already in use")
+
+
+def bind_socket(address: Address, *, backlog: int = DEFAULT_BACKLOG, reuse_port: bool = False) -> socket.socket:
+    """Create, bind and (for streams) listen on a socket for *address*.
+
+    The socket is close-on-exec (Python's default), has SO_REUSEADDR (a
+    restarted server must not wait out TIME_WAIT), and is non-blocking, so
+    that processes sharing it never block in ``accept`` for a connection a
+    sibling already took.  A stale Unix socket file is replaced, a live one
+    refused.  Raises :class:`OSError` as the kernel reports it.
+    """
+    address = resolve(address)
+    sock = socket.socket(address.family, address.kind)
+    try:
+        if not address.is_unix:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if address.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if address.is_unix:
+            _replace_stale_unix_socket(address.path)
+        sock.bind(address.sockaddr())
+        if address.kind == socket.SOCK_STREAM:
+            sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def socket_file_inode(path: str) -> int | None:
+    """The inode of the socket file at *path*, to recognise it again at clean-up."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def remove_unix_socket(path: str, inode: int | None) -> None:
+    """Unlink the socket file at *path* if it is still the one we created (same inode).
+
+    A file that a newer server put at the same path is left alone.
+    """
+    if inode is None:
+        return
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass

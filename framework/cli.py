@@ -1,0 +1,191 @@
+"""The ``forkthread`` command: ``serve``, ``list`` and the other sub-commands.
+
+Usage errors print a short message and exit 2; a server that cannot listen
+prints one line and exits 1; SIGTERM or SIGINT stop a server gracefully with
+exit status 0.  No traceback reaches the user for any of these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from framework import __version__
+from framework.address import AddressError, parse_address
+from framework.registry import UnknownServerError, server_class, server_targets
+from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT
+from framework.strategies import STRATEGIES, UnknownStrategyError, create_strategy, strategy_class
+from framework.strategies.base import StrategyOptions
+
+PROG = "forkthread"
+
+#: Extra sub-commands: (module, function) pairs whose function adds a parser.
+#: Each module is imported only when the parser is built, and a sub-command
+#: whose module fails to import is left out rather than breaking the rest.
+EXTRA_COMMANDS: list[str] = []
+
+
+class UsageError(Exception):
+    """Bad command-line input detected after parsing (exit status 2)."""
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number > 0."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def optional_timeout(text: str) -> float | None:
+    """argparse type: seconds > 0, or 0 / ``none`` for no limit."""
+    if text.lower() in ("0", "none", "off"):
+        return None
+    return positive_float(text)
+
+
+def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
+    defaults = StrategyOptions()
+    group = parser.add_argument_group("strategy options (each strategy uses the ones that apply)")
+    group.add_argument("--strategy", "-s", default="iterative", metavar="NAME",
+                       help=f"concurrency model: {', '.join(STRATEGIES)} (default: %(default)s)")
+    group.add_argument("--max-connections", type=positive_int, metavar="N",
+                       help="forking, threading: serve at most N connections at once; others wait (default: no bound)")
+    group.add_argument("--threads", type=positive_int, default=defaults.threads, metavar="N",
+                       help="prethreaded, preforked --worker threads: threads per process (default: %(default)s)")
+    group.add_argument("--prethreaded-accept", choices=("lock", "handoff"), default=defaults.prethreaded_accept,
+                       help="prethreaded: threads take turns in accept (lock) or the main thread accepts (handoff)")
+    group.add_argument("--workers", type=positive_int, default=defaults.workers, metavar="N",
+                       help="preforked: worker processes (default: CPU count, %(default)s)")
+    group.add_argument("--accept", choices=("shared", "lock", "reuseport", "passfd"), default=defaults.accept,
+                       help="preforked: how workers get connections (default: %(default)s)")
+    group.add_argument("--worker", choices=("iterative", "threads", "poll"), default=defaults.worker,
+                       help="preforked: each worker's inner strategy (default: %(default)s)")
+    group.add_argument("--selector", choices=("poll", "epoll", "select"), default=defaults.selector,
+                       help="poll: the selector (default: %(default)s)")
+    group.add_argument("--max-requests", type=int, default=defaults.max_requests, metavar="N",
+                       help="preforked: recycle a worker after N connections (0: never)")
+    group.add_argument("--max-requests-jitter", type=int, default=defaults.max_requests_jitter, metavar="N",
+                       help="preforked: add 0..N to each worker's --max-requests")
+
+
+def strategy_options(args: argparse.Namespace) -> StrategyOptions:
+    """The :class:`StrategyOptions` the parsed *args* ask for."""
+    return StrategyOptions(
+        max_connections=args.max_connections, threads=args.threads, prethreaded_accept=args.prethreaded_accept,
+        workers=args.workers, accept=args.accept, worker=args.worker, selector=args.selector,
+        max_requests=args.max_requests, max_requests_jitter=args.max_requests_jitter,
+    )
+
+
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = commands.add_parser("serve", help="run a server", description="Run a server under a strategy.")
+    servers = serve.add_subparsers(dest="server", metavar="SERVER", required=True)
+    for name in server_targets():
+        try:
+            cls = server_class(name)
+        except Exception as exc:  # a broken plug-in must not take the command down
+            logging.getLogger("forkthread").warning("server %s unavailable: %s", name, exc)
+            continue
+        parser = servers.add_parser(name, help=cls.description, description=cls.description)
+        parser.add_argument("--bind", "-b", default=f"127.0.0.1:{cls.default_port}", metavar="ADDR",
+                            help="HOST:PORT, [V6]:PORT or unix:PATH; port 0 picks a free port (default: %(default)s)")
+        parser.add_argument("--log-level", default="info",
+                            choices=("debug", "info", "warning", "error", "critical"),
+                            help="log verbosity on standard error (default: %(default)s)")
+        parser.add_argument("--timeout", type=optional_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                            help="close a connection idle this long; 0 for never (default: %(default)s)")
+        parser.add_argument("--graceful-timeout", type=positive_float, default=DEFAULT_GRACEFUL_TIMEOUT,
+                            metavar="SECONDS", help="at stop, let connections finish this long (default: %(default)s)")
+        parser.add_argument("--backlog", type=positive_int, default=1024, metavar="N",
+                            help="listen backlog (default: %(default)s; the kernel caps it at somaxconn)")
+        parser.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on the listener")
+        _add_strategy_options(parser)
+        server_group = parser.add_argument_group(f"{name} options")
+        cls.add_arguments(server_group)  # type: ignore[arg-type]
+        parser.set_defaults(func=run_serve, server_cls=cls)
+
+
+def configure_logging(level: str) -> None:
+    """Log to standard error, one line per record, with the process id (workers log too)."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()), stream=sys.stderr,
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``forkthread serve``: bind, print ``listening on ADDRESS``, serve until stopped."""
+    configure_logging(args.log_level)
+    try:
+        address = parse_address(args.bind)
+        strategy = create_strategy(args.strategy, strategy_options(args))
+    except (AddressError, UnknownStrategyError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    cls = args.server_cls
+    try:
+        server = cls(address, strategy, timeout=args.timeout, graceful_timeout=args.graceful_timeout,
+                     backlog=args.backlog, reuse_port=args.reuse_port, **cls.options_from_arguments(args))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        print(f"{PROG}: cannot listen on {address}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    with server:
+        print(f"listening on {server.address}", flush=True)
+        server.serve_forever()
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """``forkthread list``: the servers and strategies available, one line each."""
+    print("servers:")
+    for name in server_targets():
+        try:
+            description = server_class(name).description
+        except Exception as exc:
+            description = f"(unavailable: {exc})"
+        print(f"  {name:<12} {description}")
+    print("strategies:")
+    for name in STRATEGIES:
+        print(f"  {name:<12} {strategy_class(name).description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command-line parser."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Socket servers under interchangeable concurrency models.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_serve_parser(commands)
+    commands.add_parser("list", help="list servers and strategies").set_defaults(func=run_list)
+    for target in EXTRA_COMMANDS:
+        module_name, _, function_name = target.partition(":")
+        add_parser: Callable[[argparse._SubParsersAction], None] = getattr(  # type: ignore[type-arg]
+            __import__(module_name, fromlist=[function_name]), function_name
+        )
+        add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except UsageError as exc:
+        parser.exit(2, f"{PROG}: error: {exc}\n")
+    except KeyboardInterrupt:
+        return 130
+    return status

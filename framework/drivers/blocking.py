@@ -1,0 +1,340 @@
+"""The blocking driver: one protocol, one socket, the calling thread, until the connection ends.
+
+The socket is non-blocking underneath and every wait is a ``poll`` on the
+socket plus, in the main thread, the process's wakeup pipe.  That costs what
+a Python socket with a timeout costs anyway (CPython polls before each call
+then), and buys three things a plain blocking ``recv`` cannot give:
+
+* idle and send timeouts (``--timeout``), and the protocol's own deadlines;
+* signals handled while a connection is in flight (SIGUSR1's status line,
+  SIGTERM starting a graceful stop) without interrupting the transfer;
+* the graceful deadline enforced in the main thread; in other threads
+  :meth:`framework.lifecycle.ActiveConnections.abort_all` shuts the socket
+  down, which ends the wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import time
+from typing import IO, Any
+
+from framework.drivers.common import (
+    DEFAULT_LINGER, LINGER_MAX_BYTES, RECV_SIZE, ShortFileError, earliest, poll_timeout_ms, sendfile_some,
+)
+from framework.lifecycle import Lifecycle
+from framework.protocol import FileLike, Protocol, Transport
+from framework.signals import is_peer_gone
+
+log = logging.getLogger("forkthread")
+
+_READ = select.POLLIN | select.POLLPRI
+_WRITE = select.POLLOUT
+_FAIL = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class ConnectionTimeout(TimeoutError):
+    """A connection ended because a time limit passed (idle, send or shutdown)."""
+
+
+class HandlerError(Exception):
+    """Wraps an exception a protocol raised, so the server can log it as a handler fault."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+class _Ended(Exception):
+    """Internal: the connection is over; unwinds out of a wait."""
+
+
+class BlockingConnection(Transport):
+    """A :class:`Transport` over one socket, driven by :meth:`run` in the calling thread.
+
+    *idle_timeout* bounds every wait for the peer (to send a request or to
+    read our response); *lifecycle* supplies the graceful deadline, and with
+    *watch_wakeup* (main thread only) its wakeup pipe is polled too.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: str,
+        *,
+        lifecycle: Lifecycle,
+        idle_timeout: float | None = None,
+        watch_wakeup: bool = False,
+    ) -> None:
+        self.sock = sock
+        self._peer = peer
+        self._fd = sock.fileno()
+        self._lifecycle = lifecycle
+        self._idle_timeout = idle_timeout
+        self._wakeup_fd = lifecycle.wakeup_fd() if watch_wakeup else -1
+        self._poller = select.poll()
+        self._poller.register(self._fd, _READ)
+        if self._wakeup_fd >= 0:
+            self._poller.register(self._wakeup_fd, select.POLLIN)
+        self._closing = False
+        self._linger = 0.0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._protocol_deadline: float | None = None
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    # -- Transport -------------------------------------------------------
+
+    @property
+    def peer(self) -> str:
+        """The peer's address as text."""
+        return self._peer
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``peername``, ``sockname`` or ``socket``, asyncio style."""
+        try:
+            if name == "peername":
+                return self.sock.getpeername()
+            if name == "sockname":
+                return self.sock.getsockname()
+        except OSError:
+            return default
+        if name == "socket":
+            return self.sock
+        return default
+
+    def is_closing(self) -> bool:
+        """True once close() or abort() was called, or the peer vanished."""
+        return self._closing or self._error is not None
+
+    def set_deadline(self, seconds: float | None) -> None:
+        """Arrange for ``protocol.deadline_expired()`` in *seconds* (None cancels)."""
+        self._protocol_deadline = None if seconds is None else time.monotonic() + seconds
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of *data* before returning (waiting as the peer reads)."""
+        if self.is_closing():
+            return
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                try:
+                    sent = self.sock.send(view)
+                except BlockingIOError:
+                    self._wait(_WRITE)
+                    continue
+                self.bytes_sent += sent
+                view = view[sent:]
+        except OSError as exc:
+            self._fail(exc)
+        except _Ended:
+            pass
+
+    def sendfile(self, file: FileLike | IO[bytes], offset: int = 0, count: int | None = None) -> None:
+        """Send *count* bytes of *file* from *offset* with ``sendfile(2)``."""
+        if self.is_closing():
+            return
+        file_fd = file.fileno()
+        if count is None:
+            count = os.fstat(file_fd).st_size - offset
+        try:
+            while count > 0:
+                try:
+                    sent = sendfile_some(self._fd, file_fd, offset, count)
+                except BlockingIOError:
+                    self._wait(_WRITE)
+                    continue
+                offset += sent
+                count -= sent
+                self.bytes_sent += sent
+        except ShortFileError as exc:
+            # The promised length can no longer be kept: the framing is broken.
+            log.warning("%s: %s; aborting the connection", self._peer, exc)
+            self._fail(exc)
+        except OSError as exc:
+            self._fail(exc)
+        except _Ended:
+            pass
+
+    def close(self, *, linger: float = 0.0) -> None:
+        """End the connection once the queue is sent (writes are synchronous here).
+
+        With *linger* > 0 the sending side is shut down first and the peer's
+        input is read and discarded for up to *linger* seconds, until its
+        end-of-file: use it after an error response that leaves unread input.
+        """
+        self._closing = True
+        self._linger = max(self._linger, linger)
+
+    def abort(self) -> None:
+        """End the connection at once."""
+        self._closing = True
+        self._error = self._error or ConnectionAbortedError("aborted by the protocol")
+
+    # -- internals ---------------------------------------------------------
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        if not is_peer_gone(exc) and not isinstance(exc, (TimeoutError, ShortFileError)):
+            raise exc
+
+    def _wait(self, events: int) -> None:
+        """Wait until the socket is ready for *events*; handle wakeups and deadlines meanwhile.
+
+        Raises :class:`_Ended` when a time limit passes (after recording why).
+        """
+        self._poller.modify(self._fd, events)
+        idle_deadline = None if self._idle_timeout is None else time.monotonic() + self._idle_timeout
+        while True:
+            protocol_deadline = self._protocol_deadline if events & _READ else None
+            graceful = self._lifecycle.deadline if self._wakeup_fd >= 0 else None
+            deadline = earliest(idle_deadline, protocol_deadline, graceful)
+            ready = self._poller.poll(poll_timeout_ms(deadline))
+            for fd, revents in ready:
+                if fd == self._wakeup_fd:
+                    self._lifecycle.dispatch()
+                elif revents & (events | _FAIL):
+                    return
+            now = time.monotonic()
+            if graceful is not None and now >= self._lifecycle.deadline:
+                self._error = ConnectionTimeout("server stopping: graceful timeout passed")
+                raise _Ended
+            if protocol_deadline is not None and now >= protocol_deadline:
+                self._protocol_deadline = None
+                raise _DeadlineReached
+            if idle_deadline is not None and now >= idle_deadline:
+                self._error = ConnectionTimeout(f"idle for {self._idle_timeout:g} s")
+                raise _Ended
+
+    def run(self, protocol: Protocol) -> BaseException | None:
+        """Drive *protocol* until the connection is over; return what ended it.
+
+        Returns None for an orderly end, the exception for a vanished peer or a
+        timeout.  A protocol that raises gets :meth:`Protocol.connection_lost`
+        with the exception and the caller gets :class:`HandlerError`.
+        """
+        try:
+            self._call(protocol.connection_made, self)
+            self._serve(protocol)
+        except HandlerError as fault:
+            self._error = fault.original
+            self._finish(abort=True)
+            self._lost(protocol)
+            raise
+        self._finish(abort=self._error is not None)
+        self._lost(protocol)
+        return self._error
+
+    def _call(self, callback: Any, *args: Any) -> Any:
+        try:
+            return callback(*args)
+        except (_Ended, HandlerError):
+            raise
+        except Exception as exc:  # a fault in the protocol: this connection only
+            raise HandlerError(exc) from exc
+
+    def _serve(self, protocol: Protocol) -> None:
+        optimistic = True  # the first request is usually there already: try recv before poll
+        while not self.is_closing():
+            try:
+                if not optimistic:
+                    if self._eof:
+                        # The protocol keeps the connection after EOF: only a deadline can move it.
+                        if self._protocol_deadline is None:
+                            break
+                        self._sleep_until_deadline()
+                    else:
+                        self._wait(_READ)
+                optimistic = False
+                if self._eof:
+                    continue
+                try:
+                    data = self.sock.recv(RECV_SIZE)
+                except BlockingIOError:
+                    continue
+            except _DeadlineReached:
+                self._call(protocol.deadline_expired)
+                continue
+            except _Ended:
+                break
+            except OSError as exc:
+                self._fail(exc)
+                break
+            if data:
+                self.bytes_received += len(data)
+                self._call(protocol.data_received, data)
+            else:
+                self._eof = True
+                if not self._call(protocol.eof_received):
+                    self._closing = True
+
+    def _sleep_until_deadline(self) -> None:
+        self._poller.unregister(self._fd)
+        try:
+            self._wait(0)
+        finally:
+            self._poller.register(self._fd, _READ)
+
+    def _finish(self, abort: bool) -> None:
+        """Close the socket: at once after an error, gracefully otherwise."""
+        try:
+            if not abort and not self._eof:
+                self._drain_input()
+        finally:
+            self.sock.close()
+
+    def _drain_input(self) -> None:
+        """Read what the peer still sends so closing sends FIN, not RST."""
+        deadline = time.monotonic() + self._linger
+        budget = LINGER_MAX_BYTES
+        try:
+            if self._linger > 0:
+                self.sock.shutdown(socket.SHUT_WR)
+            self._poller.modify(self._fd, _READ)
+            while budget > 0:
+                try:
+                    data = self.sock.recv(RECV_SIZE)
+                except BlockingIOError:
+                    if time.monotonic() >= deadline or not self._poller.poll(poll_timeout_ms(deadline)):
+                        return
+                    continue
+                if not data:
+                    return
+                budget -= len(data)
+        except OSError:
+            pass  # the peer is gone: nothing left to protect
+
+    def _lost(self, protocol: Protocol) -> None:
+        try:
+            protocol.connection_lost(self._error)
+        except Exception as exc:
+            raise HandlerError(exc) from exc
+
+
+class _DeadlineReached(Exception):
+    """Internal: the protocol's own deadline passed while waiting to read."""
+
+
+def serve_connection(
+    sock: socket.socket,
+    peer: str,
+    protocol: Protocol,
+    *,
+    lifecycle: Lifecycle,
+    idle_timeout: float | None,
+    watch_wakeup: bool,
+) -> BaseException | None:
+    """Run *protocol* over *sock* until the connection is over; see :meth:`BlockingConnection.run`."""
+    sock.setblocking(False)
+    connection = BlockingConnection(
+        sock, peer, lifecycle=lifecycle, idle_timeout=idle_timeout, watch_wakeup=watch_wakeup
+    )
+    return connection.run(protocol)
+
+
+__all__ = ["BlockingConnection", "ConnectionTimeout", "HandlerError", "serve_connection", "DEFAULT_LINGER"]

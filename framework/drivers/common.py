@@ -1,0 +1,49 @@
+"""Pieces both drivers share: buffer sizes, sendfile steps, deadlines, peer-gone handling."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+#: Bytes asked of one recv().  64 KiB stays below glibc's mmap threshold, so a
+#: read costs no extra mmap/munmap, and moves large transfers in few calls.
+RECV_SIZE = 65536
+
+#: sendfile(2) moves at most this much per call (Linux caps it near 2 GiB).
+SENDFILE_CHUNK = 1 << 30
+
+#: How long a closing connection waits for the peer's end-of-file after an
+#: error response, so that unread input does not turn into a reset.
+DEFAULT_LINGER = 2.0
+
+#: A lingering close reads and discards at most this much.
+LINGER_MAX_BYTES = 1 << 20
+
+
+class ShortFileError(OSError):
+    """The file ended before the promised byte count was sent (it shrank meanwhile)."""
+
+
+def sendfile_some(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
+    """Send up to *count* bytes of *file_fd* from *offset*; return how many went out.
+
+    Raises :class:`BlockingIOError` when the socket is full and
+    :class:`ShortFileError` when the file has no more bytes to give.
+    """
+    sent = os.sendfile(sock_fd, file_fd, offset, min(count, SENDFILE_CHUNK))
+    if sent == 0:
+        raise ShortFileError(f"file ended {count} bytes early")
+    return sent
+
+
+def earliest(*deadlines: float | None) -> float:
+    """The earliest of several monotonic deadlines (``None`` = no deadline), or inf."""
+    return min((d for d in deadlines if d is not None), default=math.inf)
+
+
+def poll_timeout_ms(deadline: float) -> int | None:
+    """Milliseconds until *deadline* for ``poll()``, rounded up; None for no deadline."""
+    if deadline == math.inf:
+        return None
+    return max(0, math.ceil((deadline - time.monotonic()) * 1000))

@@ -1,0 +1,133 @@
+"""The sans-I/O contract between what a server says and how it is carried.
+
+A :class:`Protocol` never touches a socket.  It is told about a connection's
+life (``connection_made``, ``data_received``, ``eof_received``,
+``connection_lost``) and answers through a :class:`Transport` (``write``,
+``sendfile``, ``close``).  The shape follows :class:`asyncio.Protocol` so that
+a Python programmer feels at home, and it means one protocol runs unchanged
+under the blocking driver (iterative, forking, threading, pre-forked workers)
+and the non-blocking one (poll), and can be unit-tested with
+:class:`framework.testing.RecordingTransport`, fed one byte at a time.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from typing import IO, Any, Protocol as _TypingProtocol
+
+
+class FileLike(_TypingProtocol):
+    """Anything with a real file descriptor: what :meth:`Transport.sendfile` accepts."""
+
+    def fileno(self) -> int:
+        """Return the operating-system file descriptor."""
+
+
+class Transport(abc.ABC):
+    """One connection as a protocol sees it: a place to write bytes to.
+
+    Every method is safe to call from inside any protocol callback.  After
+    :meth:`close` (or :meth:`abort`) further writes are silently dropped: a
+    protocol never has to guard against a peer that went away.
+    """
+
+    @abc.abstractmethod
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue *data* for sending, in order with earlier writes and sendfiles."""
+
+    @abc.abstractmethod
+    def sendfile(self, file: FileLike | IO[bytes], offset: int = 0, count: int | None = None) -> None:
+        """Send *count* bytes of *file* from *offset* (to its end when ``None``).
+
+        The bytes go from the page cache to the socket with ``sendfile(2)``,
+        never through a Python buffer.  The caller keeps ownership of *file*:
+        the driver duplicates the descriptor when it has to keep it beyond
+        this call, so the caller may close its own file as soon as it likes.
+        """
+
+    @abc.abstractmethod
+    def close(self, *, linger: float = 0.0) -> None:
+        """Finish sending what is queued, then end the connection gracefully.
+
+        Input the peer sent that nobody read is drained first, so the close
+        sends FIN rather than a reset.  With *linger* > 0 (use it after an
+        error response that leaves a request unread) the sending side is
+        shut down and the peer's input is discarded for up to *linger*
+        seconds until its end-of-file, so that the peer reads the response
+        instead of a reset.
+        """
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """End the connection at once, dropping anything still queued."""
+
+    @abc.abstractmethod
+    def is_closing(self) -> bool:
+        """Return True once :meth:`close` or :meth:`abort` has been called."""
+
+    @abc.abstractmethod
+    def set_deadline(self, seconds: float | None) -> None:
+        """Call :meth:`Protocol.deadline_expired` in *seconds* (``None`` cancels).
+
+        This is how a sans-I/O protocol expresses time limits of its own (an
+        HTTP server's header timeout, for example) without owning a clock.
+        """
+
+    @property
+    @abc.abstractmethod
+    def peer(self) -> str:
+        """The peer's address as text (``HOST:PORT``, ``[V6]:PORT`` or ``unix``)."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Return optional information, asyncio style (``"peername"``, ``"sockname"``)."""
+        return default
+
+
+class Protocol:
+    """What a server says on one connection.  Subclass and override what you need.
+
+    The driver calls, in this order: :meth:`connection_made` once, then
+    :meth:`data_received` for every chunk (chunks may be split anywhere, down
+    to single bytes), then :meth:`eof_received` when the peer half-closes, and
+    finally :meth:`connection_lost` exactly once.
+    """
+
+    transport: Transport
+
+    def connection_made(self, transport: Transport) -> None:
+        """Called once with the transport of a new connection."""
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        """Called with every chunk of bytes the peer sends."""
+
+    def eof_received(self) -> bool | None:
+        """Called when the peer has finished sending (it half-closed).
+
+        Return a true value to keep the connection open for writing (the
+        protocol then calls :meth:`Transport.close` when it is done);
+        return ``None`` or False to have the transport closed once every
+        queued byte has been sent.
+        """
+        return None
+
+    def deadline_expired(self) -> None:
+        """Called when a deadline set with :meth:`Transport.set_deadline` passes.
+
+        The default closes the connection.
+        """
+        self.transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Called once when the connection is over.
+
+        *exc* is None for an orderly end, otherwise what ended it: a
+        :class:`ConnectionError` for a vanished peer, :class:`TimeoutError`
+        for an idle or shutdown timeout.
+        """
+
+
+def file_size(file: FileLike | IO[bytes]) -> int:
+    """Return the size in bytes of an open file, by descriptor."""
+    return os.fstat(file.fileno()).st_size

@@ -1,0 +1,285 @@
+"""The abstract :class:`Server`: address to listening socket, lifecycle, and the hooks users know.
+
+A concrete server is a subclass that says *what* is spoken on a connection
+(:meth:`Server.protocol_factory`); *how* connections are carried is a
+:class:`~framework.strategies.base.Strategy` chosen at run time.  The two meet
+only here::
+
+    class Upper(Protocol):
+        def data_received(self, data):
+            self.transport.write(data.upper())
+
+    class UpperServer(Server):
+        name = "upper"
+        protocol = Upper
+
+    with UpperServer("127.0.0.1:0", strategy="threading") as server:
+        print(server.address)
+        server.serve_forever()
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import threading
+from types import TracebackType
+from typing import TYPE_CHECKING, ClassVar
+
+from framework.accepting import Acceptor
+from framework.address import (
+    DEFAULT_BACKLOG, Address, bind_socket, local_address, parse_address, remove_unix_socket, socket_file_inode,
+)
+from framework.drivers.blocking import HandlerError, serve_connection
+from framework.lifecycle import ActiveConnections, Lifecycle
+from framework.protocol import Protocol
+from framework.signals import ignore_sigpipe, is_peer_gone
+
+if TYPE_CHECKING:
+    from framework.strategies.base import Strategy
+
+log = logging.getLogger("forkthread")
+
+#: Default idle timeout (seconds): a connection silent for this long is closed.
+DEFAULT_TIMEOUT = 60.0
+#: Default graceful timeout (seconds) for in-flight connections at shutdown.
+DEFAULT_GRACEFUL_TIMEOUT = 30.0
+
+
+class Server:
+    """Base class of every server: subclass it, set :attr:`protocol` (or override
+    :meth:`protocol_factory`), and run it under any strategy.
+
+    *address* is text (``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH``) or an
+    :class:`~framework.address.Address`; *strategy* a strategy name or
+    instance (default ``iterative``).  *timeout* closes a connection idle for
+    that many seconds (None: never); *graceful_timeout* bounds how long
+    in-flight connections may run on after a stop request.  *listener* serves
+    an already listening socket (systemd socket activation, tests) instead of
+    binding.  The socket is bound when the server is created, so
+    :attr:`address` is known at once; pass ``bind=False`` to delay that to
+    :meth:`server_activate`.
+    """
+
+    #: The name on the command line (``forkthread serve NAME``).
+    name: ClassVar[str] = ""
+    #: One line for ``forkthread list``.
+    description: ClassVar[str] = ""
+    #: The port ``--bind`` defaults to on 127.0.0.1.
+    default_port: ClassVar[int] = 8000
+    #: Strategy names this server can run under; None means every one.
+    #: A server with shared state between connections (a chat room) lists
+    #: only the strategies that keep all connections in one process.
+    supported_strategies: ClassVar[frozenset[str] | None] = None
+    #: The protocol class instantiated for each connection by the default
+    #: :meth:`protocol_factory`.
+    protocol: ClassVar[type[Protocol] | None] = None
+
+    def __init__(
+        self,
+        address: str | Address = "127.0.0.1:0",
+        strategy: Strategy | str | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
+        backlog: int = DEFAULT_BACKLOG,
+        reuse_port: bool = False,
+        listener: socket.socket | None = None,
+        handle_signals: bool = True,
+        bind: bool = True,
+    ) -> None:
+        self.requested_address = parse_address(address) if isinstance(address, str) else address
+        self.strategy = self._resolve_strategy(strategy)
+        self.timeout = timeout
+        self.graceful_timeout = graceful_timeout
+        self.backlog = backlog
+        self.reuse_port = reuse_port
+        self.handle_signals = handle_signals
+        self.listener: socket.socket | None = listener
+        self.lifecycle = Lifecycle(graceful_timeout)
+        self.connections = ActiveConnections()
+        self._unix_inode: int | None = None
+        self._acceptor: Acceptor | None = None
+        self._serving_thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._stopped.set()
+        if listener is not None:
+            listener.setblocking(False)
+        elif bind:
+            self.server_activate()
+
+    # -- construction helpers ------------------------------------------------
+
+    def _resolve_strategy(self, strategy: Strategy | str | None) -> Strategy:
+        from framework.strategies import create_strategy
+
+        if strategy is None or isinstance(strategy, str):
+            strategy = create_strategy(strategy or "iterative")
+        allowed = self.supported_strategies
+        if allowed is not None and strategy.name not in allowed:
+            raise ValueError(
+                f"server {self.name or type(self).__name__!r} does not run under strategy {strategy.name!r}"
+                f" (supported: {', '.join(sorted(allowed))})"
+            )
+        return strategy
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this server's own command-line options to *parser* (override to extend)."""
+
+    @classmethod
+    def options_from_arguments(cls, args: argparse.Namespace) -> dict[str, object]:
+        """Turn parsed command-line options into constructor keyword arguments."""
+        return {}
+
+    # -- the socket ------------------------------------------------------------
+
+    def server_activate(self) -> None:
+        """Bind and listen (idempotent).  Raises :class:`OSError` as the kernel reports it."""
+        if self.listener is not None:
+            return
+        self.listener = bind_socket(self.requested_address, backlog=self.backlog, reuse_port=self.reuse_port)
+        if self.requested_address.is_unix:
+            self._unix_inode = socket_file_inode(self.requested_address.path)
+
+    @property
+    def address(self) -> Address:
+        """The address really listened on (with the real port when 0 was asked)."""
+        if self.listener is None:
+            return self.requested_address
+        return local_address(self.listener)
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor."""
+        if self.listener is None:
+            raise RuntimeError("the server is not bound yet")
+        return self.listener.fileno()
+
+    @property
+    def acceptor(self) -> Acceptor:
+        """The :class:`~framework.accepting.Acceptor` for the listener (strategies use it)."""
+        if self._acceptor is None or self._acceptor.listener is not self.listener:
+            if self.listener is None:
+                raise RuntimeError("the server is not bound yet")
+            self._acceptor = Acceptor(self.listener)
+        return self._acceptor
+
+    # -- what a connection says --------------------------------------------------
+
+    def protocol_factory(self) -> Protocol:
+        """Return a fresh protocol for one connection (default: ``self.protocol()``)."""
+        if self.protocol is None:
+            raise NotImplementedError(f"{type(self).__name__} must set `protocol` or override protocol_factory()")
+        return self.protocol()
+
+    def verify_request(self, sock: socket.socket, peer: str) -> bool:
+        """Return False to close a new connection at once, without serving it."""
+        return True
+
+    def configure_connection(self, sock: socket.socket) -> None:
+        """Set per-connection socket options on a freshly accepted socket (hook)."""
+
+    def handle_error(self, exc: BaseException, peer: str) -> None:
+        """Log a protocol's fault: the connection is already over, the server lives on."""
+        log.error("connection from %s: handler failed: %r", peer, exc, exc_info=exc)
+
+    # -- serving -------------------------------------------------------------------
+
+    def handle_connection(self, sock: socket.socket, peer: str, *, main_thread: bool = True) -> None:
+        """Serve one accepted connection to its end in the calling thread (blocking driver).
+
+        Every exception is handled here, so a strategy can call this in a
+        loop: a vanished peer or a timeout is logged at debug, a protocol's
+        fault goes to :meth:`handle_error`.  *sock* is closed on return.
+        """
+        self.connections.add(sock)
+        try:
+            if not self.verify_request(sock, peer):
+                sock.close()
+                return
+            self.configure_connection(sock)
+            ended_by = serve_connection(
+                sock, peer, self.protocol_factory(), lifecycle=self.lifecycle,
+                idle_timeout=self.timeout, watch_wakeup=main_thread,
+            )
+            if ended_by is not None:
+                log.debug("connection from %s ended: %s", peer, ended_by)
+        except HandlerError as fault:
+            self.handle_error(fault.original, peer)
+        except Exception as exc:
+            if is_peer_gone(exc):
+                log.debug("connection from %s ended: %s", peer, exc)
+            else:
+                self.handle_error(exc, peer)
+        finally:
+            self.connections.discard(sock)
+            sock.close()
+
+    def serve_forever(self) -> None:
+        """Serve until :meth:`shutdown`, SIGTERM or SIGINT; then stop gracefully.
+
+        When called in the main thread (and ``handle_signals`` is true),
+        SIGTERM and SIGINT start a graceful stop and SIGUSR1 logs a status
+        line; the previous handlers are restored on return.  On return every
+        child process has been reaped and every thread joined.
+        """
+        self.server_activate()
+        ignore_sigpipe()
+        self._stopped.clear()
+        self._serving_thread = threading.current_thread()
+        if self.handle_signals:
+            self.lifecycle.install_default_signals(self.status)
+        try:
+            self.strategy.serve(self)
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                self.lifecycle.signals.restore()
+            self._serving_thread = None
+            self._stopped.set()
+
+    def shutdown(self, wait: bool = True, graceful: bool = True) -> None:
+        """Ask :meth:`serve_forever` to stop; safe from any thread or signal action.
+
+        With *wait* (and when not called from the serving thread itself, which
+        would deadlock: bpo-39797) block until :meth:`serve_forever` returned.
+        """
+        self.lifecycle.request_stop(graceful=graceful)
+        serving = self._serving_thread
+        if wait and serving is not None and serving is not threading.current_thread():
+            self._stopped.wait()
+
+    def server_close(self) -> None:
+        """Close the listener and the lifecycle's descriptors; remove our Unix socket file."""
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+            if self.requested_address.is_unix:
+                remove_unix_socket(self.requested_address.path, self._unix_inode)
+        self.lifecycle.close()
+
+    def after_fork_in_child(self) -> None:
+        """Reset per-process state in a freshly forked child (strategies call this)."""
+        self.lifecycle.after_fork_in_child()
+        self.connections = ActiveConnections()
+        self._unix_inode = None  # the parent owns the socket file
+        self._serving_thread = threading.current_thread()
+
+    def status(self) -> str:
+        """One line describing the server now: for SIGUSR1 and logs."""
+        served, active = self.strategy.counts(self)
+        return (
+            f"pid={os.getpid()} server={self.name or type(self).__name__} strategy={self.strategy.describe()}"
+            f" address={self.address} served={served} active={active}"
+            f" state={self.lifecycle.state.value}"
+        )
+
+    def __enter__(self) -> Server:
+        self.server_activate()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.server_close()

@@ -1,0 +1,229 @@
+"""Signals, wakeups and errno classes: every place the kernel interrupts us, in one module.
+
+The rules this module enforces for the whole framework:
+
+* **Handlers only record and wake.**  A handler appends the signal number to a
+  queue; :func:`signal.set_wakeup_fd` makes the C-level handler write a byte to
+  a :class:`Wakeup` pipe at the very moment the signal arrives, so a loop
+  blocked in ``poll`` returns even when the signal lands between its last
+  flag check and the system call (the classic race the self-pipe trick
+  closes).  The loop then calls :meth:`SignalDispatcher.dispatch`, which runs
+  the real actions in the loop's own context: logging, starting a shutdown,
+  spawning workers.  Nothing is raised into a system call.
+* **EINTR is Python's job first.**  Since PEP 475 CPython retries ``poll``,
+  ``recv``, ``send``, ``accept``, ``sendfile`` and ``waitpid`` after a handler
+  that does not raise, recomputing timeouts.  What is left to us is the
+  wakeup above and :func:`retry_interrupted` for the rare call that still
+  raises :class:`InterruptedError`.
+* **SIGPIPE stays ignored.**  Writing to a vanished peer gives ``EPIPE``, which
+  :func:`is_peer_gone` classifies as the normal end of a connection.
+* **Accept errors are classified once** (:func:`classify_accept_error`):
+  retry, capacity (log, back off, keep serving) or fatal.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import errno
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
+#: errno values that mean "the peer is gone": the end of one connection, not a fault.
+PEER_GONE_ERRNOS = frozenset(
+    {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED, errno.ETIMEDOUT,
+     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN}
+)
+
+#: accept() errors after which the next accept may well succeed.
+ACCEPT_RETRY_ERRNOS = frozenset(
+    {errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED, errno.EINTR, errno.EPROTO, errno.EPERM,
+     errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
+     errno.EOPNOTSUPP, errno.ENETUNREACH}
+)
+
+#: accept() errors that mean "out of a resource": keep serving, but back off.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class AcceptErrorKind(enum.Enum):
+    """What an error from ``accept()`` means for the loop that got it."""
+
+    RETRY = "retry"
+    CAPACITY = "capacity"
+    FATAL = "fatal"
+
+
+def classify_accept_error(exc: OSError) -> AcceptErrorKind:
+    """Sort an ``accept()`` failure into retry, capacity or fatal.
+
+    Linux passes pending network errors of the new connection up through
+    ``accept`` (see accept(2), "Error handling"); those are retried, like
+    ``EAGAIN`` when another process won the race for the connection.
+    """
+    if isinstance(exc, (BlockingIOError, InterruptedError)) or exc.errno in ACCEPT_RETRY_ERRNOS:
+        return AcceptErrorKind.RETRY
+    if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+        return AcceptErrorKind.CAPACITY
+    return AcceptErrorKind.FATAL
+
+
+def is_peer_gone(exc: BaseException) -> bool:
+    """Return True when *exc* only says that the other end of a connection went away."""
+    if isinstance(exc, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in PEER_GONE_ERRNOS
+
+
+def retry_interrupted(call: Callable[[], _T]) -> _T:
+    """Call *call* again while it raises :class:`InterruptedError`.
+
+    PEP 475 makes this unnecessary for the standard library's own system call
+    wrappers; it remains for calls into code that does not follow it.
+    """
+    while True:
+        try:
+            return call()
+        except InterruptedError:
+            continue
+
+
+def ignore_sigpipe() -> None:
+    """Make sure SIGPIPE is ignored, so a dead peer gives EPIPE instead of killing us.
+
+    CPython ignores it at start-up already; an embedding program may not have.
+    Only the main thread may change signal dispositions.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
+class Wakeup:
+    """A self-pipe: written to wake a loop blocked in ``poll``, drained by that loop.
+
+    Both ends are non-blocking and close-on-exec.  :meth:`wake` is safe from
+    any thread and from a signal handler; a full pipe already means "awake".
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def fileno(self) -> int:
+        """The descriptor to poll for readability."""
+        return self.read_fd
+
+    def wake(self) -> None:
+        """Make the read end readable."""
+        try:
+            os.write(self.write_fd, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a full pipe is already a pending wakeup; a closed one has nobody to wake
+
+    def drain(self) -> bytes:
+        """Empty the pipe and return what was in it (signal numbers, for set_wakeup_fd)."""
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self.read_fd, 4096)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        """Close both ends (idempotent)."""
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.read_fd = self.write_fd = -1
+
+
+SignalAction = Callable[[int], None]
+
+
+class SignalDispatcher:
+    """Install signal handlers that only record, and run their actions later, in the loop.
+
+    ``install({SIGTERM: stop, SIGUSR1: status})`` replaces the handlers (main
+    thread only), points :func:`signal.set_wakeup_fd` at *wakeup*, and
+    :meth:`restore` puts everything back.  The loop calls :meth:`dispatch`
+    whenever *wakeup* is readable.
+    """
+
+    def __init__(self, wakeup: Wakeup) -> None:
+        self.wakeup = wakeup
+        self._pending: collections.deque[int] = collections.deque()
+        self._actions: dict[int, SignalAction] = {}
+        self._previous: dict[int, signal.Handlers | int | Callable[..., object] | None] = {}
+        self._previous_wakeup_fd: int | None = None
+
+    @property
+    def installed(self) -> bool:
+        """True between :meth:`install` and :meth:`restore`."""
+        return self._previous_wakeup_fd is not None
+
+    def install(self, actions: dict[int, SignalAction]) -> None:
+        """Record *actions* and route their signals here.  Main thread only."""
+        self._actions.update(actions)
+        if self._previous_wakeup_fd is None:
+            self._previous_wakeup_fd = signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
+        for signum in actions:
+            if signum not in self._previous:
+                self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._record)
+
+    def _record(self, signum: int, frame: object) -> None:
+        # Runs between two bytecodes of the main thread: append (atomic) and go.
+        # The C-level handler has already written to the wakeup pipe.
+        self._pending.append(signum)
+
+    def pending(self) -> bool:
+        """True when a recorded signal waits for :meth:`dispatch`."""
+        return bool(self._pending)
+
+    def dispatch(self) -> None:
+        """Drain the wakeup pipe and run the action of every recorded signal, in order."""
+        self.wakeup.drain()
+        while self._pending:
+            signum = self._pending.popleft()
+            action = self._actions.get(signum)
+            if action is not None:
+                action(signum)
+
+    def restore(self) -> None:
+        """Put back the handlers and wakeup descriptor that were there before :meth:`install`."""
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+        self._actions.clear()
+        if self._previous_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
+            self._previous_wakeup_fd = None
+
+    def reset_in_child(self) -> None:
+        """After ``fork()``: forget the parent's queue; the caller installs anew.
+
+        The child inherits the parent's handlers and wakeup descriptor; a child
+        that does not want them calls :meth:`restore` or installs its own.
+        """
+        self._pending.clear()
+
+
+def block_signals_in_thread(signums: set[int]) -> None:
+    """Keep *signums* away from the calling (non-main) thread.
+
+    CPython runs Python handlers in the main thread anyway; blocking the
+    signals in worker threads also keeps their system calls from being
+    interrupted by a signal storm meant for the main thread.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, signums)

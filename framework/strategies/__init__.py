@@ -1,0 +1,41 @@
+"""Concurrency strategies, by command-line name, imported only when used.
+
+Each entry maps a name to ``module:Class``.  Adding a strategy is one line
+here and one module; no server changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from framework.strategies.base import Strategy, StrategyOptions
+
+#: name -> "module:Class"; the order is the order of ``forkthread list``.
+STRATEGIES: dict[str, str] = {
+    "iterative": "framework.strategies.iterative:IterativeStrategy",
+}
+
+
+class UnknownStrategyError(LookupError):
+    """No strategy has that name."""
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """Return the strategy class registered as *name*."""
+    try:
+        target = STRATEGIES[name]
+    except KeyError:
+        raise UnknownStrategyError(
+            f"unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})"
+        ) from None
+    module_name, _, class_name = target.partition(":")
+    cls: type[Strategy] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def create_strategy(name: str, options: StrategyOptions | None = None) -> Strategy:
+    """Build the strategy *name* from *options* (defaults when None)."""
+    return strategy_class(name).from_options(options or StrategyOptions())
+
+
+__all__ = ["STRATEGIES", "Strategy", "StrategyOptions", "UnknownStrategyError", "create_strategy", "strategy_class"]

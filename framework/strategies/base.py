@@ -1,0 +1,75 @@
+"""The strategy interface: how connections are carried, whatever is said on them."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from framework.server import Server
+
+
+@dataclasses.dataclass
+class StrategyOptions:
+    """Every strategy knob the command line offers; each strategy reads the ones it uses.
+
+    Keeping them in one place gives every strategy the same flag names and
+    lets a composed strategy (a pre-forked pool of threaded workers) hand
+    the right ones to its inner strategy.
+    """
+
+    #: forking / threading: most connections served at once (None: unbounded).
+    max_connections: int | None = None
+    #: prethreaded, and preforked with ``worker="threads"``: threads per process.
+    threads: int = 8
+    #: prethreaded: ``"lock"`` (threads take turns in accept) or ``"handoff"`` (main thread accepts).
+    prethreaded_accept: str = "lock"
+    #: preforked: worker processes (default: CPU count).
+    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    #: preforked: ``shared``, ``lock``, ``reuseport`` or ``passfd``.
+    accept: str = "shared"
+    #: preforked: the inner strategy of each worker: ``iterative``, ``threads`` or ``poll``.
+    worker: str = "iterative"
+    #: poll: the selector, ``poll``, ``epoll`` or ``select``.
+    selector: str = "poll"
+    #: preforked: recycle a worker after this many connections (0: never).
+    max_requests: int = 0
+    #: preforked: add up to this many to each worker's max_requests, so they do not all restart at once.
+    max_requests_jitter: int = 0
+
+
+class Strategy(abc.ABC):
+    """A concurrency model: given a bound :class:`~framework.server.Server`, serve until stopped.
+
+    :meth:`serve` runs in the thread that called
+    :meth:`~framework.server.Server.serve_forever`.  It must return once
+    ``server.lifecycle.stopping`` and in-flight connections are over (or the
+    graceful deadline passed), with every child reaped and thread joined.
+    It serves each connection with
+    :meth:`~framework.server.Server.handle_connection` (blocking driver) or
+    the non-blocking driver, and accepts with ``server.acceptor``.
+    """
+
+    #: The name on the command line (``--strategy NAME``).
+    name: ClassVar[str] = ""
+    #: One line for ``forkthread list``.
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def from_options(cls, options: StrategyOptions) -> Strategy:
+        """Build the strategy from command-line options (default: no options)."""
+        return cls()
+
+    @abc.abstractmethod
+    def serve(self, server: Server) -> None:
+        """Serve *server*'s listener until a stop is requested and all work is over."""
+
+    def counts(self, server: Server) -> tuple[int, int]:
+        """``(connections served, connections active)`` for the status line."""
+        return server.connections.served, len(server.connections)
+
+    def describe(self) -> str:
+        """The strategy with its main options, for the status line (``preforked(4,lock)``)."""
+        return self.name

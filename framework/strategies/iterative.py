@@ -1,0 +1,52 @@
+"""The iterative strategy: one connection at a time, in the serving thread (UNP §30.2).
+
+The baseline every other model is measured against: no process or thread
+control at all, so its CPU time is the pure cost of the work.  A second
+client waits in the listen backlog until the first has left.
+"""
+
+from __future__ import annotations
+
+import math
+import select
+from typing import TYPE_CHECKING
+
+from framework.strategies.base import Strategy
+
+if TYPE_CHECKING:
+    from framework.server import Server
+
+
+class IterativeStrategy(Strategy):
+    """Accept, serve to the end, accept the next; nothing runs concurrently."""
+
+    name = "iterative"
+    description = "one connection at a time in one process (the baseline)"
+
+    def serve(self, server: Server) -> None:
+        """Accept and serve connections one by one until a stop is requested."""
+        lifecycle = server.lifecycle
+        acceptor = server.acceptor
+        listen_fd = server.fileno()
+        poller = select.poll()
+        poller.register(lifecycle.wakeup_fd(), select.POLLIN)
+        watching_listener = False
+        while not lifecycle.stopping:
+            # Accept first: under load a connection is usually waiting already,
+            # which saves the poll() call.
+            accepted = acceptor.accept() if acceptor.backoff_remaining() == 0 else None
+            if accepted is not None:
+                server.handle_connection(*accepted, main_thread=True)
+                continue
+            backoff = acceptor.backoff_remaining()
+            if backoff and watching_listener:
+                poller.unregister(listen_fd)
+                watching_listener = False
+            elif not backoff and not watching_listener:
+                poller.register(listen_fd, select.POLLIN)
+                watching_listener = True
+            timeout = math.ceil(backoff * 1000) if backoff else None
+            for fd, _ in poller.poll(timeout):
+                if fd == lifecycle.wakeup_fd():
+                    lifecycle.dispatch()
+
