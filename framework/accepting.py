@@ -35,6 +35,10 @@ class Acceptor:
         self._suppressed = 0
         self._last_logged = -CAPACITY_LOG_INTERVAL
 
+    def fileno(self) -> int:
+        """The descriptor to poll for readability before calling :meth:`accept`."""
+        return self.listener.fileno()
+
     def backoff_remaining(self) -> float:
         """Seconds before accepting is worth trying again (0.0: now)."""
         if not self._resume_at:

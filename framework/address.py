@@ -200,3 +200,18 @@ def remove_unix_socket(path: str, inode: int | None) -> None:
             os.unlink(path)
     except OSError:
         pass
+
+
+def connect(address: str | Address, timeout: float | None = 10.0) -> socket.socket:
+    """Open a client connection to *address* (text or :class:`Address`): for clients, tests and the lab."""
+    if isinstance(address, str):
+        address = parse_address(address)
+    address = resolve(address)
+    sock = socket.socket(address.family, address.kind)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address.sockaddr())
+    except BaseException:
+        sock.close()
+        raise
+    return sock

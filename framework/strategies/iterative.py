@@ -27,7 +27,7 @@ class IterativeStrategy(Strategy):
         """Accept and serve connections one by one until a stop is requested."""
         lifecycle = server.lifecycle
         acceptor = server.acceptor
-        listen_fd = server.fileno()
+        listen_fd = acceptor.fileno()
         poller = select.poll()
         poller.register(lifecycle.wakeup_fd(), select.POLLIN)
         watching_listener = False

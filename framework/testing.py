@@ -1,0 +1,94 @@
+"""Tools for testing protocols without sockets: a transport that records what is said.
+
+A sans-I/O protocol is tested by feeding it bytes, in one piece and one byte
+at a time, and looking at what it wrote::
+
+    transport = RecordingTransport()
+    protocol = EchoProtocol()
+    protocol.connection_made(transport)
+    feed(protocol, b"hello", chunk_size=1)
+    assert transport.output() == b"hello"
+"""
+
+from __future__ import annotations
+
+import os
+from typing import IO, Any
+
+from framework.protocol import FileLike, Protocol, Transport
+
+
+class RecordingTransport(Transport):
+    """A :class:`Transport` that keeps everything written, sendfile'd bytes included.
+
+    ``sendfile`` reads the file segment at call time (as the kernel would),
+    so :meth:`output` is exactly the byte stream a peer would receive.
+    """
+
+    def __init__(self, peer: str = "127.0.0.1:12345") -> None:
+        self.chunks: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+        self.linger = 0.0
+        self.deadline: float | None = None
+        self._peer = peer
+
+    @property
+    def peer(self) -> str:
+        """The pretend peer address."""
+        return self._peer
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Nothing extra is known about a pretend connection."""
+        return default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Record *data* (dropped after close, like a real transport)."""
+        if not self.is_closing():
+            self.chunks.append(bytes(data))
+
+    def sendfile(self, file: FileLike | IO[bytes], offset: int = 0, count: int | None = None) -> None:
+        """Record the file segment's bytes."""
+        if self.is_closing():
+            return
+        fd = file.fileno()
+        if count is None:
+            count = os.fstat(fd).st_size - offset
+        self.chunks.append(os.pread(fd, count, offset))
+
+    def close(self, *, linger: float = 0.0) -> None:
+        """Mark the transport closed."""
+        self.closed = True
+        self.linger = linger
+
+    def abort(self) -> None:
+        """Mark the transport aborted (and closed)."""
+        self.closed = self.aborted = True
+
+    def is_closing(self) -> bool:
+        """True after close() or abort()."""
+        return self.closed
+
+    def set_deadline(self, seconds: float | None) -> None:
+        """Remember the deadline; a test fires it with ``protocol.deadline_expired()``."""
+        self.deadline = seconds
+
+    def output(self) -> bytes:
+        """Everything written so far, as one byte string."""
+        return b"".join(self.chunks)
+
+
+def feed(protocol: Protocol, data: bytes, chunk_size: int | None = None, eof: bool = False) -> bool | None:
+    """Deliver *data* to *protocol* in chunks of *chunk_size* (all at once when None).
+
+    With *eof*, finish with ``eof_received()`` and return what it returned.
+    Stops early when the protocol closed its transport.
+    """
+    size = chunk_size or max(1, len(data))
+    for start in range(0, len(data), size):
+        if protocol.transport.is_closing():
+            break
+        protocol.data_received(data[start:start + size])
+    if eof:
+        return protocol.eof_received()
+    return None

@@ -1,0 +1,77 @@
+"""Fixtures shared by every test: the strategy matrix and leak-checked servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from framework.strategies import STRATEGIES
+from tests.support import ServerProcess, become_subreaper, reap_adopted
+
+
+def selected_strategies() -> list[str]:
+    """The strategies to test: FORKTHREAD_STRATEGIES (comma-separated) or every registered one.
+
+    tox sets it per environment (py3-iterative, py3-poll, ...); a plain
+    ``pytest`` runs the whole matrix.
+    """
+    chosen = os.environ.get("FORKTHREAD_STRATEGIES", "").strip()
+    if not chosen:
+        return list(STRATEGIES)
+    names = [name.strip() for name in chosen.split(",") if name.strip()]
+    unknown = [name for name in names if name not in STRATEGIES]
+    if unknown:
+        raise pytest.UsageError(f"FORKTHREAD_STRATEGIES names unknown strategies: {unknown}")
+    return names
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    become_subreaper()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "strategy" in metafunc.fixturenames:
+        metafunc.parametrize("strategy", selected_strategies())
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``forkthread serve`` processes; at teardown stop them and prove nothing was left.
+
+    Teardown sends SIGTERM, expects exit status 0, and then checks that no
+    process the server created survives it (this test process is a
+    subreaper, so orphans would be adopted here and seen).
+    """
+    started: list[ServerProcess] = []
+    threads_before = set(threading.enumerate())
+
+    def start(server: str, *args: str, **kwargs: object) -> ServerProcess:
+        process = ServerProcess(server, *args, **kwargs)  # type: ignore[arg-type]
+        started.append(process)
+        return process
+
+    yield start
+
+    problems = []
+    for process in started:
+        try:
+            if process.proc.poll() is None:
+                status = process.stop(signal.SIGTERM)
+                if status != 0:
+                    problems.append(f"{process.argv}: exit status {status}\n{process.log()}")
+        except AssertionError as exc:
+            problems.append(str(exc))
+        finally:
+            process.close()
+    survivors = reap_adopted()
+    if survivors:
+        problems.append(f"processes outlived their server: {sorted(survivors)}")
+    leaked_threads = set(threading.enumerate()) - threads_before
+    if any(thread.is_alive() for thread in leaked_threads):
+        problems.append(f"threads left behind: {leaked_threads}")
+    if problems:
+        pytest.fail("\n".join(problems))

@@ -1,0 +1,237 @@
+"""Test helpers: run servers as real processes, talk to them, and prove nothing leaked.
+
+Nothing here mocks the kernel: servers are real processes on real sockets,
+and the leak checks read /proc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from framework.address import connect as connect_to
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Make this process adopt orphaned descendants, so a leaked grandchild is seen (and reaped)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a server process: this checkout first on the import path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env.update(extra)
+    return env
+
+
+def proc_children(pid: int) -> set[int]:
+    """Direct children of *pid*, from /proc (zombies included)."""
+    children = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: split after the last ')'.
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid:
+            children.add(int(entry))
+    return children
+
+
+def descendants(pid: int) -> set[int]:
+    """Every descendant of *pid* now alive or zombie."""
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        for child in proc_children(frontier.pop()):
+            if child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of *pid* (``Z`` for a zombie), or None when it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2]
+
+
+def fd_count(pid: int) -> int:
+    """How many descriptors *pid* has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def zombies_of(pid: int) -> set[int]:
+    """Children of *pid* that are zombies (exited, not reaped)."""
+    return {child for child in proc_children(pid) if process_state(child) == "Z"}
+
+
+def reap_adopted(timeout: float = 5.0, keep: set[int] = frozenset()) -> set[int]:  # type: ignore[assignment]
+    """Wait for and reap orphans adopted by this (subreaper) process; return those that outlived *timeout*."""
+    deadline = time.monotonic() + timeout
+    while True:
+        adopted = proc_children(os.getpid()) - keep
+        alive = set()
+        for pid in adopted:
+            if process_state(pid) == "Z":
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            else:
+                alive.add(pid)
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+class ServerProcess:
+    """A ``forkthread serve`` process: started, waited for ``listening on``, stopped, checked."""
+
+    def __init__(self, server: str, *args: str, strategy: str = "iterative", bind: str = "127.0.0.1:0",
+                 env: dict[str, str] | None = None, start_timeout: float = 20.0) -> None:
+        self.argv = [sys.executable, "-m", "framework", "serve", server, "--bind", bind,
+                     "--strategy", strategy, *args]
+        self.log_file = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self.log_file, text=True,
+                                     env=env or child_env(), stdin=subprocess.DEVNULL)
+        self.address = self._wait_listening(start_timeout)
+        self.pid = self.proc.pid
+
+    def _wait_listening(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout):
+                self.kill()
+                raise AssertionError(f"no 'listening on' line within {timeout}s: {self.log()}")
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on "):
+            self.proc.wait(10)
+            raise AssertionError(f"unexpected first line {line!r}; log:\n{self.log()}")
+        return line.strip().removeprefix("listening on ")
+
+    def connect(self, timeout: float | None = 10.0) -> socket.socket:
+        """A new client connection to the server."""
+        return connect_to(self.address, timeout)
+
+    def log(self) -> str:
+        """What the server wrote to standard error so far."""
+        self.log_file.flush()
+        self.log_file.seek(0)
+        return self.log_file.read()
+
+    def tree(self) -> set[int]:
+        """The server's descendant processes (workers, per-connection children)."""
+        return descendants(self.pid)
+
+    def send_signal(self, signum: int) -> None:
+        """Send *signum* to the server process."""
+        self.proc.send_signal(signum)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send *signum*, wait for the exit, and return the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"server did not stop within {timeout}s after signal {signum}:\n{self.log()}")
+
+    def kill(self) -> None:
+        """Kill the server and every descendant (test clean-up after a failure)."""
+        for pid in self.tree() | {self.proc.pid}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        """Release the pipes and the log file."""
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.log_file.close()
+
+
+def recv_all(sock: socket.socket, limit: int | None = None) -> bytes:
+    """Read until end-of-file (or *limit* bytes)."""
+    chunks = []
+    total = 0
+    while limit is None or total < limit:
+        data = sock.recv(65536 if limit is None else min(65536, limit - total))
+        if not data:
+            break
+        chunks.append(data)
+        total += len(data)
+    return b"".join(chunks)
+
+
+def echo_exchange(sock: socket.socket, payload: bytes, chunk: int = 65536) -> bytes:
+    """Send *payload* (then half-close) while a thread reads concurrently; return what came back."""
+    received: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            received.append(recv_all(sock))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        view = memoryview(payload)
+        for start in range(0, len(payload), chunk):
+            sock.sendall(view[start:start + chunk])
+        sock.shutdown(socket.SHUT_WR)
+    finally:
+        thread.join(60)
+    if errors:
+        raise errors[0]
+    return received[0] if received else b""
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
+    """Poll *predicate* until it is true or *timeout* passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return bool(value)
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def open_fds_unchanged() -> Iterator[None]:
+    """Assert that the block leaves this process's descriptor count as it found it."""
+    before = set(os.listdir("/proc/self/fd"))
+    yield
+    for _ in range(50):
+        after = set(os.listdir("/proc/self/fd"))
+        if len(after) <= len(before):
+            return
+        time.sleep(0.02)
+    leaked = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in after - before if os.path.exists(f"/proc/self/fd/{fd}")}
+    raise AssertionError(f"descriptors leaked: {leaked}")
