@@ -17,7 +17,7 @@ from framework.address import AddressError, parse_address
 from framework.registry import UnknownServerError, server_class, server_targets
 from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT
 from framework.strategies import STRATEGIES, UnknownStrategyError, create_strategy, strategy_class
-from framework.strategies.base import StrategyOptions
+from framework.strategies.base import ServeError, StrategyOptions
 
 PROG = "forkthread"
 
@@ -143,7 +143,11 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
     with server:
         print(f"listening on {server.address}", flush=True)
-        server.serve_forever()
+        try:
+            server.serve_forever()
+        except ServeError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return exc.exit_status
     return 0
 
 

@@ -1,0 +1,266 @@
+"""How pre-forked workers get their connections: Stevens' pre-forked variants (UNP §30.6-30.9).
+
+Each mode prepares shared state in the master before the first fork and
+gives every worker an :class:`~framework.accepting.Acceptor` (installed with
+:meth:`~framework.server.Server.use_acceptor`), so the worker's inner
+strategy runs unchanged whatever the mode:
+
+``shared``
+    Every worker polls and accepts on the inherited non-blocking listener
+    (§30.6, "no locking").  When a connection arrives every idle worker
+    wakes; one wins, the others get ``EAGAIN``, which the acceptor treats as
+    "nothing now".
+``lock``
+    As ``shared``, but ``accept`` is serialized by a POSIX record lock on a
+    file the master opened (§30.7, "file locking").  ``fcntl.lockf`` locks
+    belong to the process, so each worker really competes even though the
+    descriptor is inherited (``flock`` on an inherited descriptor would be one
+    lock shared by every fork); threads of one worker take turns on an
+    in-process lock first, because a POSIX lock does not exclude threads of
+    the process that holds it.
+``reuseport``
+    Each worker has its own ``SO_REUSEPORT`` listener on the master's port and
+    the kernel spreads connections over them by a hash of the 4-tuple.  The
+    master keeps only a bound, *non-listening* socket to hold the port; the
+    listener it bound first is handed to the first worker, so connections
+    that arrived before any worker was up are not lost.
+``passfd``
+    The master accepts and passes each descriptor to the least-loaded worker
+    over that worker's ``AF_UNIX`` channel with ``SCM_RIGHTS`` (§30.9).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import socket
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, ClassVar
+
+from framework.accepting import Acceptor
+from framework.address import Address, resolve
+
+if TYPE_CHECKING:
+    from framework.server import Server
+
+log = logging.getLogger("forkthread")
+
+#: Longest peer text the master sends beside a passed descriptor.
+PEER_TEXT_MAX = 512
+
+
+class AcceptModeError(ValueError):
+    """An accept mode cannot work with this server (a clear, one-line reason)."""
+
+
+class AcceptMode:
+    """One way for pre-forked workers to receive connections."""
+
+    #: The ``--accept`` name.
+    name: ClassVar[str] = ""
+    #: True when the master itself accepts and hands connections out.
+    master_accepts: ClassVar[bool] = False
+    #: True when a worker holds connections nobody else can take (its own
+    #: listener's backlog, its channel's queue): it serves them before exiting.
+    worker_drains: ClassVar[bool] = False
+
+    def prepare(self, server: Server) -> None:
+        """In the master, once, before the first worker is forked."""
+
+    def after_spawn(self, server: Server) -> None:
+        """In the master, after each fork."""
+
+    def worker_acceptor(self, server: Server, channel: socket.socket,
+                        master_gone: Callable[[], None]) -> Acceptor:
+        """In a freshly forked worker: the acceptor its inner strategy will use."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """In the master, at the end: release what :meth:`prepare` made."""
+
+
+class SharedAccept(AcceptMode):
+    """Every worker accepts on the inherited listener (no lock)."""
+
+    name = "shared"
+
+    def worker_acceptor(self, server: Server, channel: socket.socket,
+                        master_gone: Callable[[], None]) -> Acceptor:
+        """The plain acceptor over the inherited listener."""
+        return server.acceptor
+
+
+class LockedAcceptor(Acceptor):
+    """An :class:`Acceptor` that holds a cross-process lock around each ``accept``.
+
+    The lock is held for one non-blocking ``accept`` only, so a worker never
+    sleeps in it for long and its loop stays responsive to signals.
+    """
+
+    def __init__(self, listener: socket.socket, lock_fd: int) -> None:
+        super().__init__(listener)
+        self._lock_fd = lock_fd
+        self._thread_lock = threading.Lock()
+
+    def accept(self) -> tuple[socket.socket, str] | None:
+        """Accept one connection while holding the lock (None when there is none)."""
+        with self._thread_lock:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                return super().accept()
+            finally:
+                fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
+
+
+class LockAccept(AcceptMode):
+    """Accept serialized by a POSIX record lock on an unlinked temporary file."""
+
+    name = "lock"
+
+    def __init__(self) -> None:
+        self._lock_file: IO[bytes] | None = None
+
+    def prepare(self, server: Server) -> None:
+        """Create the lock file (already unlinked: nothing to clean up on disk)."""
+        # Kept open for the whole serve, closed by close(): no context manager fits.
+        self._lock_file = tempfile.TemporaryFile(prefix="forkthread-accept-lock-")  # noqa: SIM115
+
+    def worker_acceptor(self, server: Server, channel: socket.socket,
+                        master_gone: Callable[[], None]) -> Acceptor:
+        """An acceptor on the inherited listener that takes the lock around accept."""
+        assert self._lock_file is not None and server.listener is not None
+        return LockedAcceptor(server.listener, self._lock_file.fileno())
+
+    def close(self) -> None:
+        """Close the lock file."""
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+
+def reuseport_socket(address: Address, *, listen_backlog: int | None) -> socket.socket:
+    """A non-blocking TCP socket with SO_REUSEPORT bound to *address*; listening when *listen_backlog* is set."""
+    address = resolve(address)
+    sock = socket.socket(address.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if address.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address.sockaddr())
+        if listen_backlog is not None:
+            sock.listen(listen_backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ReusePortAccept(AcceptMode):
+    """One SO_REUSEPORT listener per worker; the master only holds the port."""
+
+    name = "reuseport"
+    worker_drains = True
+
+    def __init__(self) -> None:
+        self._handover: socket.socket | None = None
+        self._reserve: socket.socket | None = None
+
+    def prepare(self, server: Server) -> None:
+        """Join the server's listener to a reuseport group and bind the master's port-holding socket."""
+        listener = server.listener
+        assert listener is not None
+        if listener.family not in (socket.AF_INET, socket.AF_INET6):
+            raise AcceptModeError(f"--accept reuseport needs a TCP address, not {server.address}")
+        # Linux lets a listening socket join a reuseport group after the fact;
+        # the kernel checks the flag when the next socket binds.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self._reserve = reuseport_socket(server.address, listen_backlog=None)
+        self._handover = listener
+
+    def after_spawn(self, server: Server) -> None:
+        """After the first fork the listener belongs to that worker: keep only the non-listening socket."""
+        if self._handover is not None:
+            self._handover.close()
+            self._handover = None
+            server.listener = self._reserve
+
+    def worker_acceptor(self, server: Server, channel: socket.socket,
+                        master_gone: Callable[[], None]) -> Acceptor:
+        """The first worker adopts the master's listener; later ones bind their own."""
+        if self._handover is not None:
+            listener, self._handover = self._handover, None
+        else:
+            listener = reuseport_socket(server.address, listen_backlog=server.backlog)
+        return Acceptor(listener)
+
+    def close(self) -> None:
+        """Close the sockets the master still holds (the server closes its listener itself)."""
+        if self._handover is not None:
+            self._handover.close()
+            self._handover = None
+
+
+class PassedFdAcceptor(Acceptor):
+    """An :class:`Acceptor` whose connections arrive as descriptors on the master's channel.
+
+    The channel is an ``AF_UNIX`` ``SOCK_SEQPACKET`` socket, so a message (the
+    peer's address as text, plus one descriptor) is received whole even when
+    several threads of the worker read it.  End-of-file means the master is
+    gone: *master_gone* is called, once.
+    """
+
+    def __init__(self, channel: socket.socket, master_gone: Callable[[], None]) -> None:
+        super().__init__(channel)
+        self._channel = channel
+        self._master_gone: Callable[[], None] | None = master_gone
+
+    def accept(self) -> tuple[socket.socket, str] | None:
+        """Receive one passed connection, or None when none is waiting."""
+        try:
+            data, fds, flags, _ = socket.recv_fds(
+                self._channel, PEER_TEXT_MAX, 1, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+        except (BlockingIOError, InterruptedError):
+            return None
+        if not fds:
+            if not data and self._master_gone is not None:
+                self._master_gone()
+                self._master_gone = None
+            elif flags & socket.MSG_CTRUNC:
+                # The kernel could not install the descriptor (we are at our
+                # descriptor limit) and closed it: that client is lost.
+                log.warning("passfd: a passed connection was dropped: out of descriptors")
+            return None
+        return socket.socket(fileno=fds[0]), data.decode(errors="replace")
+
+
+class PassFdAccept(AcceptMode):
+    """The master accepts; workers receive descriptors over their channel (SCM_RIGHTS)."""
+
+    name = "passfd"
+    master_accepts = True
+    worker_drains = True
+
+    def worker_acceptor(self, server: Server, channel: socket.socket,
+                        master_gone: Callable[[], None]) -> Acceptor:
+        """An acceptor reading passed descriptors from the worker's channel."""
+        return PassedFdAcceptor(channel, master_gone)
+
+
+#: ``--accept`` name -> mode class.
+ACCEPT_MODES: dict[str, type[AcceptMode]] = {
+    mode.name: mode for mode in (SharedAccept, LockAccept, ReusePortAccept, PassFdAccept)
+}
+
+
+def pass_connection(channel: socket.socket, sock: socket.socket, peer: str) -> bool:
+    """Send *sock* with its *peer* text to a worker; False when the channel is full (try another)."""
+    text = peer.encode(errors="replace")[:PEER_TEXT_MAX]
+    try:
+        socket.send_fds(channel, [text], [sock.fileno()], socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    return True
