@@ -142,9 +142,9 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: cannot listen on {address}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     with server:
-        print(f"listening on {server.address}", flush=True)
         try:
-            server.serve_forever()
+            # Printed once SIGTERM/SIGINT are handled: a supervisor may signal at once.
+            server.serve_forever(on_ready=lambda: print(f"listening on {server.address}", flush=True))
         except ServeError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return exc.exit_status

@@ -31,6 +31,7 @@ strategy runs unchanged whatever the mode:
 
 from __future__ import annotations
 
+import array
 import fcntl
 import logging
 import socket
@@ -221,8 +222,7 @@ class PassedFdAcceptor(Acceptor):
     def accept(self) -> tuple[socket.socket, str] | None:
         """Receive one passed connection, or None when none is waiting."""
         try:
-            data, fds, flags, _ = socket.recv_fds(
-                self._channel, PEER_TEXT_MAX, 1, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+            data, fds, flags = receive_fd(self._channel)
         except (BlockingIOError, InterruptedError):
             return None
         if not fds:
@@ -259,8 +259,25 @@ ACCEPT_MODES: dict[str, type[AcceptMode]] = {
 def pass_connection(channel: socket.socket, sock: socket.socket, peer: str) -> bool:
     """Send *sock* with its *peer* text to a worker; False when the channel is full (try another)."""
     text = peer.encode(errors="replace")[:PEER_TEXT_MAX]
+    # Not socket.send_fds/recv_fds: before Python 3.12 they drop their flags argument.
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
     try:
-        socket.send_fds(channel, [text], [sock.fileno()], socket.MSG_DONTWAIT)
+        channel.sendmsg([text], ancillary, socket.MSG_DONTWAIT)
     except (BlockingIOError, InterruptedError):
         return False
     return True
+
+
+def receive_fd(channel: socket.socket) -> tuple[bytes, list[int], int]:
+    """Receive one message without blocking: ``(peer text, descriptors, msg flags)``.
+
+    The descriptors are close-on-exec (``MSG_CMSG_CLOEXEC``).  Raises
+    :class:`BlockingIOError` when no message is waiting.
+    """
+    fds = array.array("i")
+    data, ancillary, flags, _ = channel.recvmsg(
+        PEER_TEXT_MAX, socket.CMSG_LEN(fds.itemsize), socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds), flags
