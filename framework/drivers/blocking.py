@@ -23,7 +23,13 @@ import time
 from typing import IO, Any
 
 from framework.drivers.common import (
-    DEFAULT_LINGER, LINGER_MAX_BYTES, RECV_SIZE, ShortFileError, earliest, poll_timeout_ms, sendfile_some,
+    DEFAULT_LINGER,
+    LINGER_MAX_BYTES,
+    RECV_SIZE,
+    ShortFileError,
+    earliest,
+    poll_timeout_ms,
+    sendfile_some,
 )
 from framework.lifecycle import Lifecycle
 from framework.protocol import FileLike, Protocol, Transport
@@ -337,4 +343,4 @@ def serve_connection(
     return connection.run(protocol)
 
 
-__all__ = ["BlockingConnection", "ConnectionTimeout", "HandlerError", "serve_connection", "DEFAULT_LINGER"]
+__all__ = ["DEFAULT_LINGER", "BlockingConnection", "ConnectionTimeout", "HandlerError", "serve_connection"]
