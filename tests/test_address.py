@@ -9,7 +9,13 @@ import socket
 import pytest
 
 from framework.address import (
-    AddressError, bind_socket, connect, format_peer, local_address, parse_address, remove_unix_socket,
+    AddressError,
+    bind_socket,
+    connect,
+    format_peer,
+    local_address,
+    parse_address,
+    remove_unix_socket,
     socket_file_inode,
 )
 

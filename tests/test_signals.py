@@ -11,7 +11,12 @@ import pytest
 
 from framework.lifecycle import ActiveConnections, Lifecycle, State
 from framework.signals import (
-    AcceptErrorKind, SignalDispatcher, Wakeup, classify_accept_error, is_peer_gone, retry_interrupted,
+    AcceptErrorKind,
+    SignalDispatcher,
+    Wakeup,
+    classify_accept_error,
+    is_peer_gone,
+    retry_interrupted,
 )
 
 

@@ -10,7 +10,7 @@ from framework.testing import RecordingTransport, feed
 from tests.support import ROOT, echo_exchange
 
 sys.path.insert(0, str(ROOT / "docs" / "examples"))
-from upper import UpperProtocol  # noqa: E402
+from upper import UpperProtocol
 
 EXAMPLE = ROOT / "docs" / "examples" / "upper.py"
 TEXT = b"hello\nworld\r\n\0nul\nlast"
