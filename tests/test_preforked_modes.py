@@ -12,11 +12,10 @@ import pytest
 from framework.strategies import STRATEGIES
 from framework.strategies.preforked import WORKER_KINDS
 from tests import test_conformance as conformance
-from tests.conftest import selected_strategies
 
 ACCEPT_MODES = ["shared", "lock", "reuseport", "passfd"]
 
-pytestmark = pytest.mark.skipif("preforked" not in selected_strategies(), reason="preforked not selected")
+pytestmark = pytest.mark.only_strategies("preforked")
 
 
 @pytest.fixture(params=[(mode, kind) for kind in WORKER_KINDS for mode in ACCEPT_MODES],

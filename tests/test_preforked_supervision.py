@@ -14,10 +14,9 @@ import time
 
 import pytest
 
-from tests.conftest import selected_strategies
 from tests.support import child_env, echo_exchange, proc_children, process_state, reap_adopted, recv_all, wait_for
 
-pytestmark = pytest.mark.skipif("preforked" not in selected_strategies(), reason="preforked not selected")
+pytestmark = pytest.mark.only_strategies("preforked")
 
 READY = re.compile(r"worker \d+ \(pid (\d+)\) ready")
 

@@ -19,11 +19,16 @@ strategy runs unchanged whatever the mode:
     in-process lock first, because a POSIX lock does not exclude threads of
     the process that holds it.
 ``reuseport``
-    Each worker has its own ``SO_REUSEPORT`` listener on the master's port and
-    the kernel spreads connections over them by a hash of the 4-tuple.  The
-    master keeps only a bound, *non-listening* socket to hold the port; the
-    listener it bound first is handed to the first worker, so connections
-    that arrived before any worker was up are not lost.
+    Each worker accepts on its own ``SO_REUSEPORT`` listener on the master's
+    port and the kernel spreads connections over them by a hash of the
+    4-tuple.  Listeners belong to *lanes* (0 .. workers-1), not to processes:
+    the master creates a lane's listener before forking the lane's first
+    worker and keeps it while the lane exists, so a worker that dies or is
+    replaced (HUP, max-requests) leaves its backlog to its successor instead
+    of resetting it (Linux resets the backlog of a closed reuseport listener
+    unless ``net.ipv4.tcp_migrate_req`` is on).  The master never accepts on
+    them, and a lane never lacks a worker for longer than a respawn; lane 0
+    is the listener the server bound first.
 ``passfd``
     The master accepts and passes each descriptor to the least-loaded worker
     over that worker's ``AF_UNIX`` channel with ``SCM_RIGHTS`` (§30.9).
@@ -70,16 +75,23 @@ class AcceptMode:
     def prepare(self, server: Server) -> None:
         """In the master, once, before the first worker is forked."""
 
-    def after_spawn(self, server: Server) -> None:
-        """In the master, after each fork."""
+    def before_spawn(self, server: Server, lane: int) -> None:
+        """In the master, before forking a worker for *lane*."""
 
-    def worker_acceptor(self, server: Server, channel: socket.socket,
+    def foreign_fds(self, lane: int) -> list[int]:
+        """Descriptors a worker of *lane* inherits but must close (other lanes' resources)."""
+        return []
+
+    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
-        """In a freshly forked worker: the acceptor its inner strategy will use."""
+        """In a freshly forked worker of *lane*: the acceptor its inner strategy will use."""
         raise NotImplementedError
 
+    def lane_closed(self, lane: int) -> None:
+        """In the master: no worker is left on *lane* and the pool shrank below it."""
+
     def close(self) -> None:
-        """In the master, at the end: release what :meth:`prepare` made."""
+        """In the master, at the end: release what the mode made."""
 
 
 class SharedAccept(AcceptMode):
@@ -87,7 +99,7 @@ class SharedAccept(AcceptMode):
 
     name = "shared"
 
-    def worker_acceptor(self, server: Server, channel: socket.socket,
+    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
         """The plain acceptor over the inherited listener."""
         return server.acceptor
@@ -128,7 +140,7 @@ class LockAccept(AcceptMode):
         # Kept open for the whole serve, closed by close(): no context manager fits.
         self._lock_file = tempfile.TemporaryFile(prefix="forkthread-accept-lock-")  # noqa: SIM115
 
-    def worker_acceptor(self, server: Server, channel: socket.socket,
+    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
         """An acceptor on the inherited listener that takes the lock around accept."""
         assert self._lock_file is not None and server.listener is not None
@@ -141,8 +153,8 @@ class LockAccept(AcceptMode):
             self._lock_file = None
 
 
-def reuseport_socket(address: Address, *, listen_backlog: int | None) -> socket.socket:
-    """A non-blocking TCP socket with SO_REUSEPORT bound to *address*; listening when *listen_backlog* is set."""
+def reuseport_listener(address: Address, backlog: int) -> socket.socket:
+    """A non-blocking TCP listener with SO_REUSEPORT on *address* (joining its reuseport group)."""
     address = resolve(address)
     sock = socket.socket(address.family, socket.SOCK_STREAM)
     try:
@@ -151,8 +163,7 @@ def reuseport_socket(address: Address, *, listen_backlog: int | None) -> socket.
         if address.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address.sockaddr())
-        if listen_backlog is not None:
-            sock.listen(listen_backlog)
+        sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -161,48 +172,48 @@ def reuseport_socket(address: Address, *, listen_backlog: int | None) -> socket.
 
 
 class ReusePortAccept(AcceptMode):
-    """One SO_REUSEPORT listener per worker; the master only holds the port."""
+    """One SO_REUSEPORT listener per lane; the master creates and holds them, workers accept."""
 
     name = "reuseport"
     worker_drains = True
 
     def __init__(self) -> None:
-        self._handover: socket.socket | None = None
-        self._reserve: socket.socket | None = None
+        self._lanes: dict[int, socket.socket] = {}
 
     def prepare(self, server: Server) -> None:
-        """Join the server's listener to a reuseport group and bind the master's port-holding socket."""
+        """Make the server's own listener lane 0 of a reuseport group."""
         listener = server.listener
         assert listener is not None
         if listener.family not in (socket.AF_INET, socket.AF_INET6):
             raise AcceptModeError(f"--accept reuseport needs a TCP address, not {server.address}")
-        # Linux lets a listening socket join a reuseport group after the fact;
-        # the kernel checks the flag when the next socket binds.
+        # Linux lets a listening socket join a reuseport group after the fact:
+        # the flag is checked when the next socket binds.
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self._reserve = reuseport_socket(server.address, listen_backlog=None)
-        self._handover = listener
+        self._lanes[0] = listener
 
-    def after_spawn(self, server: Server) -> None:
-        """After the first fork the listener belongs to that worker: keep only the non-listening socket."""
-        if self._handover is not None:
-            self._handover.close()
-            self._handover = None
-            server.listener = self._reserve
+    def before_spawn(self, server: Server, lane: int) -> None:
+        """Create the lane's listener the first time the lane gets a worker."""
+        if lane not in self._lanes:
+            self._lanes[lane] = reuseport_listener(server.address, server.backlog)
 
-    def worker_acceptor(self, server: Server, channel: socket.socket,
+    def foreign_fds(self, lane: int) -> list[int]:
+        """Every other lane's listener: a worker holding one would keep a closed lane alive."""
+        return [sock.fileno() for number, sock in self._lanes.items() if number != lane]
+
+    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
-        """The first worker adopts the master's listener; later ones bind their own."""
-        if self._handover is not None:
-            listener, self._handover = self._handover, None
-        else:
-            listener = reuseport_socket(server.address, listen_backlog=server.backlog)
-        return Acceptor(listener)
+        """An acceptor on the lane's listener."""
+        return Acceptor(self._lanes[lane])
+
+    def lane_closed(self, lane: int) -> None:
+        """Close a lane the pool no longer has (SIGTTOU); lane 0 is the server's and stays."""
+        if lane != 0 and lane in self._lanes:
+            self._lanes.pop(lane).close()
 
     def close(self) -> None:
-        """Close the sockets the master still holds (the server closes its listener itself)."""
-        if self._handover is not None:
-            self._handover.close()
-            self._handover = None
+        """Close every lane's listener but the server's own."""
+        for lane in list(self._lanes):
+            self.lane_closed(lane)
 
 
 class PassedFdAcceptor(Acceptor):
@@ -244,7 +255,7 @@ class PassFdAccept(AcceptMode):
     master_accepts = True
     worker_drains = True
 
-    def worker_acceptor(self, server: Server, channel: socket.socket,
+    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
         """An acceptor reading passed descriptors from the worker's channel."""
         return PassedFdAcceptor(channel, master_gone)

@@ -50,6 +50,8 @@ class WorkerPlan:
     """What the master tells a worker it is about to fork."""
 
     number: int
+    #: The worker's place in the pool (0 .. workers-1): its successor takes the same lane.
+    lane: int
     slot: int
     channel: socket.socket
     mode: AcceptMode
@@ -129,7 +131,7 @@ def boot(server: Server, plan: WorkerPlan) -> Acceptor:
     server.connections = ScoredConnections(
         plan.board, plan.slot, RetireRequest(plan.channel, plan.max_requests))
     lifecycle = server.lifecycle
-    acceptor = plan.mode.worker_acceptor(server, plan.channel, lambda: lifecycle.request_stop(graceful=True))
+    acceptor = plan.mode.worker_acceptor(server, plan.lane, plan.channel, lambda: lifecycle.request_stop(graceful=True))
     server.use_acceptor(acceptor)
     server.worker_init()
     signal.pthread_sigmask(signal.SIG_SETMASK, plan.signal_mask)

@@ -74,6 +74,7 @@ class Worker:
 
     pid: int
     number: int
+    lane: int
     slot: int
     channel: socket.socket
     #: Said "ready" (booted).
@@ -240,24 +241,24 @@ class Supervisor:
     # -- keeping the pool -------------------------------------------------------------
 
     def _manage(self) -> None:
-        active = [w for w in self.workers.values() if not w.retiring]
-        fresh = [w for w in active if not w.superseded]
-        missing = self.target - len(fresh)
-        if missing > 0 and time.monotonic() >= self._next_spawn_at:
-            for _ in range(missing):
-                if not self._spawn():
-                    break
         fresh = [w for w in self.workers.values() if not w.retiring and not w.superseded]
-        # Superseded workers go once enough successors are ready to keep the pool full.
-        superseded = sorted((w for w in active if w.superseded), key=lambda w: w.number)
-        surplus = sum(w.ready for w in fresh) + len(superseded) - self.target
-        for worker in superseded[:max(0, surplus)]:
-            self._retire(worker)
-        # SIGTTOU: the oldest go first, as in gunicorn.
-        for worker in sorted(fresh, key=lambda w: w.number)[:max(0, len(fresh) - self.target)]:
-            self._retire(worker)
+        held = {w.lane for w in fresh}
+        if time.monotonic() >= self._next_spawn_at:
+            for lane in range(self.target):
+                if lane not in held and not self._spawn(lane):
+                    break
+        ready_lanes = {w.lane for w in self.workers.values() if w.ready and not w.retiring and not w.superseded}
+        for worker in list(self.workers.values()):
+            if worker.retiring:
+                continue
+            if worker.lane >= self.target:
+                # SIGTTOU: the pool shrank below this worker's lane.
+                self._retire(worker)
+            elif worker.superseded and worker.lane in ready_lanes:
+                # HUP, max-requests: the successor on this lane is ready, the old worker may go.
+                self._retire(worker)
 
-    def _spawn(self) -> bool:
+    def _spawn(self, lane: int) -> bool:
         slot = self.board.allocate()
         if slot is None:
             log.error("no scoreboard slot left for another worker")
@@ -267,10 +268,18 @@ class Supervisor:
         max_requests = self.strategy.max_requests
         if max_requests and self.strategy.max_requests_jitter:
             max_requests += random.randint(0, self.strategy.max_requests_jitter)
+        try:
+            self.mode.before_spawn(self.server, lane)
+        except OSError as exc:
+            log.error("cannot prepare lane %d for a worker: %s", lane, exc)
+            self.board.release(slot)
+            self._next_spawn_at = time.monotonic() + RESPAWN_BACKOFF_MAX
+            return False
         plan = WorkerPlan(
-            number=self.spawned, slot=slot, channel=worker_end, mode=self.mode, inner=self.strategy.inner,
+            number=self.spawned, lane=lane, slot=slot, channel=worker_end, mode=self.mode, inner=self.strategy.inner,
             board=self.board, max_requests=max_requests, master_pid=os.getpid(),
-            foreign_fds=[master_end.fileno(), *self._by_fd, *(sock.fileno() for sock, _ in self._pending)],
+            foreign_fds=[master_end.fileno(), *self._by_fd, *(sock.fileno() for sock, _ in self._pending),
+                         *self.mode.foreign_fds(lane)],
             signal_mask=set(),
         )
         plan.signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
@@ -289,13 +298,12 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, plan.signal_mask)
         worker_end.close()
-        self.mode.after_spawn(self.server)
         master_end.setblocking(False)
-        worker = Worker(pid=pid, number=self.spawned, slot=slot, channel=master_end)
+        worker = Worker(pid=pid, number=self.spawned, lane=lane, slot=slot, channel=master_end)
         self.workers[pid] = worker
         self._by_fd[master_end.fileno()] = worker
         self._poller.register(master_end.fileno(), select.POLLIN)
-        log.info("booting worker %d (pid %d)", worker.number, pid)
+        log.info("booting worker %d (pid %d, lane %d)", worker.number, pid, lane)
         return True
 
     def _retire(self, worker: Worker, quick: bool = False) -> None:
@@ -348,6 +356,8 @@ class Supervisor:
         self._close_channel(worker)
         self.retired_served += self.board.read(worker.slot)[0]
         self.board.release(worker.slot)
+        if worker.lane >= self.target and all(other.lane != worker.lane for other in self.workers.values()):
+            self.mode.lane_closed(worker.lane)
         how = describe_exit(status)
         if worker.retiring or self.lifecycle.stopping:
             log.info("worker %d (pid %d) stopped (%s)", worker.number, worker.pid, how)
