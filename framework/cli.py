@@ -147,8 +147,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
     with server:
         try:
-            # Printed once SIGTERM/SIGINT are handled: a supervisor may signal at once.
-            server.serve_forever(on_ready=lambda: print(f"listening on {server.address}", flush=True))
+            # Announced only once SIGTERM/SIGINT are handled: a test or supervisor may signal at once.
+            server.serve_forever(ready=lambda: print(f"listening on {server.address}", flush=True))
         except ServeError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return exc.exit_status

@@ -232,16 +232,15 @@ class Server:
             self.connections.discard(sock)
             sock.close()
 
-    def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
+    def serve_forever(self, ready: Callable[[], object] | None = None) -> None:
         """Serve until :meth:`shutdown`, SIGTERM or SIGINT; then stop gracefully.
 
         When called in the main thread (and ``handle_signals`` is true),
         SIGTERM and SIGINT start a graceful stop and SIGUSR1 logs a status
-        line; the previous handlers are restored on return.  On return every
-        child process has been reaped and every thread joined.  *on_ready* is
-        called once those handlers are in place, just before serving: announce
-        the server there, so whoever waits for the announcement may signal it
-        at once (the CLI prints ``listening on`` from it).
+        line; the previous handlers are restored on return.  *ready* is called
+        once those handlers are in place (announce readiness there: a signal
+        sent before would find the default action).  On return every child
+        process has been reaped and every thread joined.
         """
         self.server_activate()
         ignore_sigpipe()
@@ -249,8 +248,8 @@ class Server:
         self._serving_thread = threading.current_thread()
         if self.handle_signals:
             self.lifecycle.install_default_signals(self.status)
-        if on_ready is not None:
-            on_ready()
+        if ready is not None:
+            ready()
         try:
             self.strategy.serve(self)
         finally:
