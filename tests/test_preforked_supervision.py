@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from framework.strategies import StrategyOptions, create_strategy
+from servers.echo import EchoServer
 from tests.support import child_env, echo_exchange, proc_children, process_state, reap_adopted, recv_all, wait_for
 
 pytestmark = pytest.mark.only_strategies("preforked")
@@ -59,8 +61,9 @@ def test_killed_worker_is_replaced_within_a_second(serve):
     assert all(echo_ok(server) for _ in range(5))
 
 
-def test_ttin_adds_and_ttou_removes_workers(serve):
-    server = start_pool(serve, workers=2)
+@pytest.mark.parametrize("accept", ["shared", "reuseport", "passfd"])
+def test_ttin_adds_and_ttou_removes_workers(serve, accept):
+    server = start_pool(serve, "--accept", accept, workers=2)
     server.send_signal(signal.SIGTTIN)
     wait_workers(server, 3)
     for _ in range(3):  # the last worker stays
@@ -68,7 +71,9 @@ def test_ttin_adds_and_ttou_removes_workers(serve):
         time.sleep(0.05)
     wait_workers(server, 1)
     assert "keeping the last worker" in server.log()
-    assert echo_ok(server)
+    # reuseport: a closed lane must leave no listener behind that nobody accepts on
+    # (a client hashed to it would hang until the timeout).
+    assert all(echo_ok(server, b"after ttou %d" % index) for index in range(20))
 
 
 def continuous_clients(server, seconds: float, threads: int = 4, limit: int = 2000):
@@ -303,3 +308,22 @@ def test_reuseport_refuses_unix_address(serve, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == \
         f"forkthread: --accept reuseport needs a TCP address, not unix:{tmp_path}/s"
     assert not os.path.exists(f"{tmp_path}/s")
+
+
+def test_in_process_pool_served_from_a_thread_and_shut_down():
+    """The API without the CLI: no signal handlers in a non-main thread, shutdown() from another."""
+    children_before = proc_children(os.getpid())
+    strategy = create_strategy("preforked", StrategyOptions(workers=2, accept="passfd"))
+    with EchoServer("127.0.0.1:0", strategy) as server:
+        runner = threading.Thread(target=server.serve_forever)
+        runner.start()
+        try:
+            for index in range(5):
+                with socket.create_connection((server.address.host, server.address.port), timeout=10) as sock:
+                    assert echo_exchange(sock, b"hello %d" % index) == b"hello %d" % index
+            assert wait_for(lambda: strategy.counts(server)[0] == 5, timeout=5)
+        finally:
+            server.shutdown()
+            runner.join(30)
+    assert not runner.is_alive()
+    assert not proc_children(os.getpid()) - children_before
