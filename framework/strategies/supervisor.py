@@ -286,8 +286,11 @@ class Supervisor:
         try:
             pid = os.fork()
             if pid == 0:
-                self.strategy.become_worker(self.server, plan)
-                run_worker(self.server, plan)  # never returns
+                try:
+                    self.strategy.become_worker(self.server, plan)
+                    run_worker(self.server, plan)  # never returns
+                finally:
+                    os._exit(WORKER_BOOT_ERROR)  # never return into the master's code
         except OSError as exc:
             log.error("cannot fork a worker: %s", exc)
             master_end.close()
@@ -353,6 +356,7 @@ class Supervisor:
 
     def _exited(self, worker: Worker, status: int) -> None:
         del self.workers[worker.pid]
+        self._read_channel(worker)  # a "ready" still unread must not make a crash look like a boot failure
         self._close_channel(worker)
         self.retired_served += self.board.read(worker.slot)[0]
         self.board.release(worker.slot)
