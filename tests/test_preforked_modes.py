@@ -12,6 +12,7 @@ import pytest
 from framework.strategies import STRATEGIES
 from framework.strategies.preforked import WORKER_KINDS
 from tests import test_conformance as conformance
+from tests.support import wait_for
 
 ACCEPT_MODES = ["shared", "lock", "reuseport", "passfd"]
 
@@ -32,7 +33,11 @@ def serve_variant(serve, variant):
     mode, kind = variant
 
     def start(server, *args, **kwargs):
-        return serve(server, *args, "--workers", "2", "--accept", mode, "--worker", kind, **kwargs)
+        process = serve(server, *args, "--workers", "2", "--accept", mode, "--worker", kind, **kwargs)
+        # "listening on" comes before the master forks; tests that take a baseline
+        # of the master's descriptors want the pool complete first.
+        assert wait_for(lambda: process.log().count(") ready") >= 2, timeout=20), process.log()
+        return process
 
     return start
 
