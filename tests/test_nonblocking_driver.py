@@ -156,6 +156,25 @@ def test_partial_writes_reach_a_slow_reader_in_order_and_mutable_buffers_are_cop
     assert not harness.errors
 
 
+def test_many_small_queued_writes_are_gathered_and_arrive_in_order(harness):
+    pieces = [os.urandom(1 + index % 700) for index in range(3000)]
+
+    def made(protocol: Scripted) -> None:
+        for piece in pieces:
+            protocol.transport.write(piece)
+        protocol.transport.close()
+
+    server, client = tcp_pair(client_rcvbuf=4096, server_sndbuf=4096)
+    protocol = Scripted(made=made)
+    connection = harness.serve(server, protocol)
+    assert connection.buffered > 0
+    reader = SlowReader(client, 5000)
+    with client:
+        harness.run_until(lambda: reader.eof, step=reader.step, wait=0)
+    assert bytes(reader.data) == b"".join(pieces)
+    assert protocol.lost == [None]
+
+
 def test_sendfile_of_a_large_file_to_a_slow_reader_is_byte_exact(harness, tmp_path):
     content = os.urandom(8 << 20)
     path = tmp_path / "big.bin"
@@ -473,3 +492,53 @@ def test_writes_after_close_are_dropped_and_a_raising_connection_lost_is_reporte
     harness.run_until(lambda: protocol.lost)
     assert bytes(reader.data) == b"one"
     assert [type(exc) for exc, _ in harness.errors] == [RuntimeError]
+
+
+def test_a_deadline_waits_while_the_peer_is_slow_to_read_our_output(harness):
+    payload = os.urandom(1 << 20)
+
+    def made(protocol: Scripted) -> None:
+        protocol.transport.write(payload)
+        protocol.transport.set_deadline(0.01)
+
+    def expired(protocol: Scripted) -> None:
+        assert protocol.transport.get_extra_info("write_buffer_size") == 0
+        protocol.transport.write(b"!")
+        protocol.transport.close()
+
+    server, client = tcp_pair(client_rcvbuf=4096, server_sndbuf=4096)
+    protocol = Scripted(made=made, deadline=expired)
+    harness.serve(server, protocol)
+    until = time.monotonic() + 0.1
+    harness.run_until(lambda: time.monotonic() >= until)
+    assert protocol.deadlines == 0, "the deadline fired while our output was still queued"
+    reader = SlowReader(client, 65536)
+    with client:
+        harness.run_until(lambda: reader.eof, step=reader.step, wait=0.001)
+    assert bytes(reader.data) == payload + b"!"
+    assert protocol.deadlines == 1 and protocol.lost == [None]
+    assert not harness.errors
+
+
+@pytest.mark.parametrize(("offset", "count", "expected"), [(4, None, b"456789"), (0, 100, b"0123456789")])
+def test_sendfile_whole_rest_or_a_file_shorter_than_promised(harness, tmp_path, offset, count, expected):
+    path = tmp_path / "small"
+    path.write_bytes(b"0123456789")
+
+    def made(protocol: Scripted) -> None:
+        with open(path, "rb") as file:
+            protocol.transport.sendfile(file, offset, count)
+        protocol.transport.close()
+
+    server, client = tcp_pair()
+    protocol = Scripted(made=made)
+    harness.serve(server, protocol)
+    reader = SlowReader(client, 100)
+    with client:
+        harness.run_until(lambda: reader.eof, step=reader.step)
+    assert bytes(reader.data) == expected
+    if count is None:
+        assert protocol.lost == [None]
+    else:  # the promised length cannot be kept: the connection is aborted
+        assert isinstance(protocol.lost[0], OSError)
+    assert not harness.errors

@@ -9,7 +9,9 @@ protocol writes to.  The contract is the blocking driver's
   take is queued as a :class:`memoryview` (no copy of ``bytes``), in order
   with file segments queued by ``sendfile``, which go out with
   ``sendfile(2)`` from an advancing offset on a duplicate of the caller's
-  descriptor.
+  descriptor.  Several queued buffers go out in one ``sendmsg`` (gather
+  write), so many small writes to a slow reader do not cost a system call
+  each.
 * Flow control: a connection whose queue grows above :data:`HIGH_WATER` is
   no longer read (so its protocol stops producing) until the queue drains
   below :data:`LOW_WATER`.  Memory per connection stays bounded by the high
@@ -59,6 +61,9 @@ WRITE = selectors.EVENT_WRITE
 HIGH_WATER = 256 * 1024
 #: ...and read it again once the queue is down to this many.
 LOW_WATER = 64 * 1024
+
+#: Queued buffers handed to one sendmsg() at most (IOV_MAX is 1024 on Linux).
+IOV_BATCH = 64
 
 #: Rebuild the timer heap when more than this many cancelled timers make up over half of it.
 _COMPACT_MIN = 64
@@ -278,6 +283,7 @@ class NonBlockingConnection(Transport):
         self._last_active = loop.now
         self._idle_timer: Timer | None = None
         self._deadline_timer: Timer | None = None
+        self._deadline_due = False  # the deadline passed while output was queued
         self._linger_timer: Timer | None = None
         # One bound method for the selector's data, not one per modify().
         self._handler = self._on_events
@@ -384,6 +390,7 @@ class NonBlockingConnection(Transport):
 
     def set_deadline(self, seconds: float | None) -> None:
         """Arrange for ``protocol.deadline_expired()`` in *seconds* (None cancels)."""
+        self._deadline_due = False
         if self._deadline_timer is not None:
             self._loop.cancel(self._deadline_timer)
             self._deadline_timer = None
@@ -498,6 +505,10 @@ class NonBlockingConnection(Transport):
             while queue:
                 item = queue[0]
                 if type(item) is memoryview:
+                    if len(queue) > 1 and type(queue[1]) is memoryview:
+                        if not self._send_batch():
+                            break
+                        continue
                     sent = sock.send(item)
                     self.buffered -= sent
                     if sent < len(item):
@@ -529,8 +540,29 @@ class NonBlockingConnection(Transport):
             self._paused = False
         if not queue and self._state == _CLOSING:
             self._finish()
-        else:
-            self._update_mask()
+            return
+        self._update_mask()
+        if not queue and self._deadline_due:
+            self._fire_deadline()
+
+    def _send_batch(self) -> bool:
+        """Send the queued buffers at the head in one ``sendmsg``; True when all of them went."""
+        queue = self._queue
+        buffers: list[memoryview] = []
+        for item in queue:
+            if type(item) is not memoryview or len(buffers) == IOV_BATCH:
+                break
+            buffers.append(item)
+        sent = self.sock.sendmsg(buffers)
+        self.buffered -= sent
+        for view in buffers:
+            if sent < len(view):
+                if sent:
+                    queue[0] = view[sent:]
+                return False
+            sent -= len(view)
+            queue.popleft()
+        return True
 
     def _short_file(self, exc: ShortFileError) -> None:
         # The promised length can no longer be kept: the framing is broken.
@@ -556,6 +588,15 @@ class NonBlockingConnection(Transport):
         self._deadline_timer = None
         if self._state != _OPEN:
             return
+        if self._queue:
+            # As in the blocking driver, a deadline does not count while the
+            # peer is slow to read our output: it fires once the queue is sent.
+            self._deadline_due = True
+            return
+        self._fire_deadline()
+
+    def _fire_deadline(self) -> None:
+        self._deadline_due = False
         try:
             self.protocol.deadline_expired()
         except Exception as exc:
