@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import resource
@@ -16,10 +17,17 @@ import pytest
 from framework.strategies import create_strategy
 from framework.strategies.base import StrategyOptions
 from framework.strategies.poll import PollStrategy
+from tests import test_conformance
 from tests.support import echo_exchange, recv_all, wait_for
 from tests.test_conformance import CTIME
 
 SELECTORS = ["poll", "epoll", "select"]
+
+#: The conformance tests that take just (serve, strategy): rerun under every other selector.
+PLAIN_CONFORMANCE = [
+    test for name, test in vars(test_conformance).items()
+    if name.startswith("test_") and list(inspect.signature(test).parameters) == ["serve", "strategy"]
+]
 
 
 def status_line(server) -> str:
@@ -69,6 +77,15 @@ def test_every_selector_serves_echo_daytime_and_status(serve, selector):
     finally:
         for sock in socks:
             sock.close()
+
+
+@pytest.mark.parametrize("selector", ["epoll", "select"])
+@pytest.mark.parametrize("conformance", PLAIN_CONFORMANCE, ids=lambda test: test.__name__.removeprefix("test_"))
+def test_conformance_under_each_selector(serve, selector, conformance):
+    def serve_with_selector(server: str, *args: str, **kwargs: object):
+        return serve(server, "--selector", selector, *args, **kwargs)
+
+    conformance(serve_with_selector, "poll")
 
 
 def test_fifty_concurrent_echo_clients_each_moving_one_mib(serve):
