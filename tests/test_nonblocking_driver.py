@@ -130,6 +130,14 @@ class SlowReader:
             self.eof = True
 
 
+def read_to_eof(harness: Harness, client: socket.socket, size: int = 100, **run: float) -> bytes:
+    """Read *client* at most *size* bytes per loop step until EOF, then close it; return the bytes."""
+    reader = SlowReader(client, size)
+    with client:
+        harness.run_until(lambda: reader.eof, step=reader.step, **run)
+    return bytes(reader.data)
+
+
 def test_partial_writes_reach_a_slow_reader_in_order_and_mutable_buffers_are_copied(harness):
     payload = os.urandom(1 << 20)
     mutable = bytearray(os.urandom(100_000))
@@ -148,10 +156,7 @@ def test_partial_writes_reach_a_slow_reader_in_order_and_mutable_buffers_are_cop
     protocol = Scripted(made=made)
     harness.serve(server, protocol)
     assert seen_queued[0] > 0, "the reader is slow: most of the payload must have been queued"
-    reader = SlowReader(client, 3000)
-    with client:
-        harness.run_until(lambda: reader.eof, step=reader.step, wait=0)
-    assert bytes(reader.data) == expected
+    assert read_to_eof(harness, client, 3000, wait=0) == expected
     assert protocol.lost == [None]
     assert not harness.errors
 
@@ -168,10 +173,7 @@ def test_many_small_queued_writes_are_gathered_and_arrive_in_order(harness):
     protocol = Scripted(made=made)
     connection = harness.serve(server, protocol)
     assert connection.buffered > 0
-    reader = SlowReader(client, 5000)
-    with client:
-        harness.run_until(lambda: reader.eof, step=reader.step, wait=0)
-    assert bytes(reader.data) == b"".join(pieces)
+    assert read_to_eof(harness, client, 5000, wait=0) == b"".join(pieces)
     assert protocol.lost == [None]
 
 
@@ -194,10 +196,8 @@ def test_sendfile_of_a_large_file_to_a_slow_reader_is_byte_exact(harness, tmp_pa
     protocol = Scripted(made=made)
     connection = harness.serve(server, protocol)
     assert connection.buffered > 0, "the reader is slow: part of the file must have been queued"
-    reader = SlowReader(client, 16384)
-    with client:
-        harness.run_until(lambda: reader.eof, timeout=30, step=reader.step, wait=0)
-    assert bytes(reader.data) == b"head" + content[start:start + count] + b"tail" + content[:10]
+    expected = b"head" + content[start:start + count] + b"tail" + content[:10]
+    assert read_to_eof(harness, client, 16384, timeout=30, wait=0) == expected
     assert protocol.lost == [None]
 
 
@@ -443,10 +443,7 @@ def test_eof_received_true_keeps_the_connection_open_for_writing(harness):
     harness.serve(server, protocol)
     client.send(b"question")
     client.shutdown(socket.SHUT_WR)
-    reader = SlowReader(client, 100)
-    with client:
-        harness.run_until(lambda: reader.eof, step=reader.step)
-    assert bytes(reader.data) == b"after eof: question"
+    assert read_to_eof(harness, client, 100) == b"after eof: question"
     assert protocol.lost == [None]
 
 
@@ -486,11 +483,8 @@ def test_writes_after_close_are_dropped_and_a_raising_connection_lost_is_reporte
     server, client = tcp_pair()
     protocol = Faulty(made=made)
     harness.serve(server, protocol)
-    reader = SlowReader(client, 100)
-    with client:
-        harness.run_until(lambda: reader.eof, step=reader.step)
+    assert read_to_eof(harness, client) == b"one"
     harness.run_until(lambda: protocol.lost)
-    assert bytes(reader.data) == b"one"
     assert [type(exc) for exc, _ in harness.errors] == [RuntimeError]
 
 
@@ -512,10 +506,7 @@ def test_a_deadline_waits_while_the_peer_is_slow_to_read_our_output(harness):
     until = time.monotonic() + 0.1
     harness.run_until(lambda: time.monotonic() >= until)
     assert protocol.deadlines == 0, "the deadline fired while our output was still queued"
-    reader = SlowReader(client, 65536)
-    with client:
-        harness.run_until(lambda: reader.eof, step=reader.step, wait=0.001)
-    assert bytes(reader.data) == payload + b"!"
+    assert read_to_eof(harness, client, 65536, wait=0.001) == payload + b"!"
     assert protocol.deadlines == 1 and protocol.lost == [None]
     assert not harness.errors
 
@@ -533,10 +524,7 @@ def test_sendfile_whole_rest_or_a_file_shorter_than_promised(harness, tmp_path, 
     server, client = tcp_pair()
     protocol = Scripted(made=made)
     harness.serve(server, protocol)
-    reader = SlowReader(client, 100)
-    with client:
-        harness.run_until(lambda: reader.eof, step=reader.step)
-    assert bytes(reader.data) == expected
+    assert read_to_eof(harness, client, 100) == expected
     if count is None:
         assert protocol.lost == [None]
     else:  # the promised length cannot be kept: the connection is aborted

@@ -18,8 +18,7 @@ from framework.strategies import create_strategy
 from framework.strategies.base import StrategyOptions
 from framework.strategies.poll import PollStrategy
 from tests import test_conformance
-from tests.support import echo_exchange, recv_all, wait_for
-from tests.test_conformance import CTIME
+from tests.support import echo_exchange, wait_for
 
 SELECTORS = ["poll", "epoll", "select"]
 
@@ -57,7 +56,7 @@ def test_options_and_description():
 
 
 @pytest.mark.parametrize("selector", SELECTORS)
-def test_every_selector_serves_echo_daytime_and_status(serve, selector):
+def test_every_selector_serves_echo_and_reports_status(serve, selector):
     echo = serve("echo", "--selector", selector, strategy="poll")
     payload = os.urandom(4 << 20)
     with echo.connect() as sock:
@@ -68,15 +67,6 @@ def test_every_selector_serves_echo_daytime_and_status(serve, selector):
         line = status_line(echo)
     expected = "poll" if selector == "poll" else f"poll({selector})"
     assert f"strategy={expected} " in line and "served=2 active=1" in line, line
-
-    daytime = serve("daytime", "--selector", selector, strategy="poll")
-    socks = [daytime.connect() for _ in range(20)]
-    try:
-        for sock in socks:
-            assert CTIME.match(recv_all(sock))
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 @pytest.mark.parametrize("selector", ["epoll", "select"])

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from framework.drivers.blocking import ConnectionTimeout
-from framework.drivers.common import LINGER_MAX_BYTES, RECV_SIZE, ShortFileError, sendfile_some
+from framework.drivers.common import LINGER_MAX_BYTES, RECV_SIZE, ShortFileError, sendfile_some, socket_extra_info
 from framework.lifecycle import ActiveConnections
 from framework.protocol import FileLike, Protocol, Transport
 from framework.signals import is_peer_gone
@@ -304,16 +304,7 @@ class NonBlockingConnection(Transport):
         """``peername``, ``sockname``, ``socket`` or ``write_buffer_size``, asyncio style."""
         if name == "write_buffer_size":
             return self.buffered
-        if name == "socket":
-            return self.sock
-        try:
-            if name == "peername":
-                return self.sock.getpeername()
-            if name == "sockname":
-                return self.sock.getsockname()
-        except OSError:
-            return default
-        return default
+        return socket_extra_info(self.sock, name, default)
 
     def is_closing(self) -> bool:
         """True once close() or abort() was called, or the connection ended otherwise."""
@@ -333,7 +324,7 @@ class NonBlockingConnection(Transport):
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self._teardown(exc)
+            self._send_failed(exc)
             return
         if sent:
             self.bytes_sent += sent
@@ -360,11 +351,8 @@ class NonBlockingConnection(Transport):
                     self._last_active = self._loop.now
             except BlockingIOError:
                 pass
-            except ShortFileError as exc:
-                self._short_file(exc)
-                return
             except OSError as exc:
-                self._teardown(exc)
+                self._send_failed(exc)
                 return
             if count == 0:
                 return
@@ -527,11 +515,8 @@ class NonBlockingConnection(Transport):
                     queue.popleft()
         except BlockingIOError:
             pass
-        except ShortFileError as exc:
-            self._short_file(exc)
-            return
         except OSError as exc:
-            self._teardown(exc)
+            self._send_failed(exc)
             return
         if self.buffered != before:
             self.bytes_sent += before - self.buffered
@@ -564,9 +549,11 @@ class NonBlockingConnection(Transport):
             queue.popleft()
         return True
 
-    def _short_file(self, exc: ShortFileError) -> None:
-        # The promised length can no longer be kept: the framing is broken.
-        log.warning("%s: %s; aborting the connection", self._peer, exc)
+    def _send_failed(self, exc: OSError) -> None:
+        """End the connection after a failed send (a vanished peer, mostly)."""
+        if isinstance(exc, ShortFileError):
+            # The promised length can no longer be kept: the framing is broken.
+            log.warning("%s: %s; aborting the connection", self._peer, exc)
         self._teardown(exc)
 
     # -- timers ------------------------------------------------------------------------------
