@@ -54,7 +54,6 @@ class PollStrategy(Strategy):
             raise ValueError(f"max_connections must be > 0, not {max_connections}")
         self.selector = selector
         self.max_connections = max_connections
-        self.loop: EventLoop | None = None
 
     @classmethod
     def from_options(cls, options: StrategyOptions) -> PollStrategy:
@@ -85,7 +84,6 @@ class PollStrategy(Strategy):
         listen_fd = acceptor.fileno()
         loop = EventLoop(self.make_selector(), idle_timeout=server.timeout, handle_error=server.handle_error,
                          connections=server.connections)
-        self.loop = loop
         bound = self.max_connections
         check_fd_setsize = self.selector == "select"
 
@@ -125,7 +123,6 @@ class PollStrategy(Strategy):
                     timeout = lifecycle.remaining()
                 loop.run_once(timeout)
         finally:
-            self.loop = None
             loop.close()
 
     @staticmethod
