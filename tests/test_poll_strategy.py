@@ -18,7 +18,7 @@ from framework.strategies import create_strategy
 from framework.strategies.base import StrategyOptions
 from framework.strategies.poll import PollStrategy
 from tests import test_conformance
-from tests.support import echo_exchange, wait_for
+from tests.support import echo_exchange, fd_count, wait_for
 
 SELECTORS = ["poll", "epoll", "select"]
 
@@ -195,3 +195,55 @@ def test_idle_timeout_closes_a_silent_connection(serve):
         assert sock.recv(1) == b""
     with server.connect() as sock:  # and the server still serves
         assert echo_exchange(sock, b"alive") == b"alive"
+
+
+def test_500_connections_half_reset_mid_stream_leave_no_descriptors(serve):
+    server = serve("echo", strategy="poll")
+    with server.connect() as sock:
+        assert echo_exchange(sock, b"warm") == b"warm"
+    baseline = fd_count(server.pid)
+    payload = os.urandom(200_000)
+    for _ in range(10):
+        socks = [server.connect() for _index in range(50)]
+        for index, sock in enumerate(socks):
+            sock.sendall(payload[:100_000])
+            if index % 2:
+                sock.recv(1000)  # mid-stream: part of the echo read, more queued on the server
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # close = RST
+                sock.close()
+        for sock in socks[::2]:
+            assert echo_exchange(sock, payload[100_000:]) == payload
+            sock.close()
+    assert wait_for(lambda: fd_count(server.pid) <= baseline, timeout=10), (fd_count(server.pid), baseline)
+    assert "served=501 active=0" in status_line(server)
+    assert "Traceback" not in server.log()
+
+
+def test_sigusr1_storm_during_four_echo_transfers(serve):
+    server = serve("echo", strategy="poll")
+    payloads = [os.urandom(1 << 20) for _ in range(4)]
+    stop = threading.Event()
+    sent = 0
+
+    def storm() -> None:
+        nonlocal sent
+        deadline = time.monotonic() + 2.0
+        while not stop.is_set() and time.monotonic() < deadline:
+            os.kill(server.pid, signal.SIGUSR1)
+            sent += 1
+            time.sleep(0.001)
+
+    def transfer(payload: bytes) -> bool:
+        with server.connect(timeout=30) as sock:
+            return echo_exchange(sock, payload, chunk=4096) == payload
+
+    storming = threading.Thread(target=storm)
+    storming.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(transfer, payloads, timeout=60))
+    finally:
+        storming.join(10)
+    assert results == [True] * 4
+    assert server.proc.poll() is None, server.log()
+    assert sent > 100 and server.log().count("status:") > 0
