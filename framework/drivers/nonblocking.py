@@ -430,7 +430,6 @@ class NonBlockingConnection(Transport):
 
     def _start(self) -> None:
         loop = self._loop
-        self._update_mask()
         if loop.idle_timeout is not None:
             self._idle_timer = loop.call_at(loop.now + loop.idle_timeout, self._idle_check)
         try:
@@ -438,10 +437,14 @@ class NonBlockingConnection(Transport):
         except Exception as exc:
             self._fault(exc)
             return
-        if self._mask & READ:
+        if self._state == _OPEN and not self._paused:
             # The first request is often in already (the client sent it right
             # after connecting): read it now and save one trip through poll().
             self._on_readable()
+        if self._state != _CLOSED:
+            # Registered only now: a connection that ended in connection_made
+            # (daytime) never costs the selector anything.
+            self._update_mask()
 
     def _on_events(self, events: int) -> None:
         # Write first: draining the queue may let a paused connection read again.
