@@ -14,9 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from framework.drivers.nonblocking import EventLoop
 from framework.strategies import create_strategy
 from framework.strategies.base import StrategyOptions
 from framework.strategies.poll import PollStrategy
+from servers.echo import EchoServer
 from tests import test_conformance
 from tests.support import echo_exchange, fd_count, wait_for
 
@@ -247,3 +249,25 @@ def test_sigusr1_storm_during_four_echo_transfers(serve):
     assert results == [True] * 4
     assert server.proc.poll() is None, server.log()
     assert sent > 100 and server.log().count("status:") > 0
+
+
+def test_select_refuses_a_descriptor_beyond_fd_setsize():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1100:
+        pytest.skip("the descriptor limit does not reach beyond FD_SETSIZE")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    server_end, client_end = socket.socketpair()
+    high = socket.socket(fileno=os.dup2(server_end.fileno(), 1100))
+    server_end.close()
+    loop = EventLoop()
+    try:
+        with EchoServer("127.0.0.1:0", "poll") as server:
+            PollStrategy._start(server, loop, high, "peer", check_fd_setsize=True)
+            assert high.fileno() == -1 and not loop.connections
+            client_end.settimeout(5)
+            assert client_end.recv(1) == b""
+    finally:
+        loop.close()
+        client_end.close()
+        high.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
