@@ -146,9 +146,6 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: cannot listen on {address}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     with server:
-        # Handle signals before announcing the address: a client that reads the
-        # line may signal at once, and SIGUSR1's default action would kill us.
-        server.lifecycle.install_default_signals(server.status)
         print(f"listening on {server.address}", flush=True)
         server.serve_forever()
     return 0
