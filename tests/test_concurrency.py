@@ -1,0 +1,125 @@
+"""Load and stop behaviour every strategy owes: many clients at once, resets, graceful stops.
+
+These run under every selected strategy (FORKTHREAD_STRATEGIES), with the
+default bounds unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.support import echo_exchange, fd_count, recv_all, thread_count, wait_for, zombies_of
+
+#: Every client thread and socket operation below is bounded by this (seconds).
+CLIENT_TIMEOUT = 60.0
+
+
+def _echo_client(server, payload: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    with server.connect(timeout=CLIENT_TIMEOUT) as sock:
+        return echo_exchange(sock, payload)
+
+
+def test_120_clients_arriving_together_are_all_served(serve, strategy):
+    server = serve("echo", strategy=strategy)
+    socks = [server.connect(timeout=CLIENT_TIMEOUT) for _ in range(120)]
+    try:
+        # Every client has connected before any is answered; then each asks and half-closes.
+        for index, sock in enumerate(socks):
+            sock.sendall(b"client %d\n" % index)
+            sock.shutdown(socket.SHUT_WR)
+        for index, sock in enumerate(socks):
+            assert recv_all(sock) == b"client %d\n" % index
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_50_concurrent_echo_clients_1mib_each_byte_exact(serve, strategy):
+    server = serve("echo", strategy=strategy)
+    payloads = [os.urandom(1 << 20) for _ in range(50)]
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(lambda payload: _echo_client(server, payload), payloads, timeout=CLIENT_TIMEOUT))
+    assert [len(result) for result in results] == [1 << 20] * 50
+    assert all(result == payload for result, payload in zip(results, payloads, strict=True))
+
+
+def test_500_connections_half_reset_mid_stream_leave_nothing_behind(serve, strategy):
+    server = serve("echo", strategy=strategy)
+    with server.connect() as sock:  # warm up lazily-opened descriptors before the baseline
+        assert echo_exchange(sock, b"warm") == b"warm"
+    wait_for(lambda: not zombies_of(server.pid), timeout=2)
+    baseline_fds = fd_count(server.pid)
+    baseline_threads = thread_count(server.pid)
+    chunk = os.urandom(32768)
+    for index in range(500):
+        with server.connect() as sock:
+            sock.sendall(chunk)
+            assert sock.recv(1), "the echo stream had not started"
+            if index % 2:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # close = RST
+            else:
+                sock.shutdown(socket.SHUT_WR)
+                assert len(recv_all(sock)) == len(chunk) - 1
+    assert wait_for(lambda: fd_count(server.pid) <= baseline_fds, timeout=10), (fd_count(server.pid), baseline_fds)
+    assert wait_for(lambda: not zombies_of(server.pid), timeout=2), zombies_of(server.pid)
+    assert wait_for(lambda: thread_count(server.pid) <= baseline_threads, timeout=10), thread_count(server.pid)
+
+
+def test_sigterm_lets_an_8mib_transfer_to_a_slow_reader_finish(serve, strategy):
+    server = serve("echo", strategy=strategy)
+    payload = os.urandom(8 << 20)
+    received = bytearray()
+    with server.connect(timeout=CLIENT_TIMEOUT) as sock:
+        # A small receive window keeps most of the 8 MiB in the server, not in kernel buffers.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sender_errors: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                sender_errors.append(exc)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            signalled = False
+            while True:
+                data = sock.recv(32768)
+                if not data:
+                    break
+                received += data
+                if not signalled and len(received) >= 1 << 20:
+                    server.send_signal(signal.SIGTERM)  # mid-transfer: the server must finish it first
+                    signalled = True
+                time.sleep(0.003)  # a slow reader: the server's sends block on a full socket buffer
+        finally:
+            sender.join(CLIENT_TIMEOUT)
+    assert not sender_errors, sender_errors
+    assert signalled
+    assert bytes(received) == payload
+    assert server.proc.wait(30) == 0, server.log()
+
+
+def test_graceful_timeout_cuts_a_connection_that_never_ends(serve, strategy):
+    server = serve("echo", "--graceful-timeout", "1", strategy=strategy)
+    with server.connect(timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(b"still here")
+        assert recv_all(sock, limit=10) == b"still here"
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        status = server.proc.wait(30)
+        elapsed = time.monotonic() - started
+        try:
+            leftover = sock.recv(1)
+        except ConnectionResetError:
+            leftover = b""
+    assert status == 0, server.log()
+    assert leftover == b""  # the server ended the connection
+    assert elapsed >= 0.8, f"the connection was cut after {elapsed:.2f}s, before the graceful timeout"
