@@ -271,3 +271,48 @@ class PeakSampler:
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+def task_children(pid: int) -> set[int]:
+    """Direct children of *pid* from /proc/PID/task/*/children: much cheaper than scanning /proc.
+
+    Zombies are included.  Falls back to :func:`proc_children` on kernels without the file.
+    """
+    children: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for task in tasks:
+        try:
+            children.update(int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{task}"):
+                continue  # the thread ended meanwhile
+            return proc_children(pid)
+        except OSError:
+            continue
+    return children
+
+
+def process_tree(pid: int) -> set[int]:
+    """*pid* and all its descendants, via :func:`task_children`."""
+    tree = {pid}
+    frontier = [pid]
+    while frontier:
+        for child in task_children(frontier.pop()) - tree:
+            tree.add(child)
+            frontier.append(child)
+    return tree
+
+
+def settled(measure, interval: float = 0.1, timeout: float = 3.0) -> int:  # type: ignore[no-untyped-def]
+    """``measure()`` once it reads the same twice *interval* apart (or when *timeout* passes)."""
+    deadline = time.monotonic() + timeout
+    value = measure()
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        previous, value = value, measure()
+        if value == previous:
+            break
+    return int(value)

@@ -13,7 +13,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.support import echo_exchange, fd_count, recv_all, thread_count, wait_for, zombies_of
+from tests.support import (
+    echo_exchange,
+    fd_count,
+    process_tree,
+    recv_all,
+    settled,
+    thread_count,
+    wait_for,
+    zombies_of,
+)
 
 #: Every client thread and socket operation below is bounded by this (seconds).
 CLIENT_TIMEOUT = 60.0
@@ -53,8 +62,8 @@ def test_500_connections_half_reset_mid_stream_leave_nothing_behind(serve, strat
     with server.connect() as sock:  # warm up lazily-opened descriptors before the baseline
         assert echo_exchange(sock, b"warm") == b"warm"
     wait_for(lambda: not zombies_of(server.pid), timeout=2)
-    baseline_fds = fd_count(server.pid)
-    baseline_threads = thread_count(server.pid)
+    baseline_fds = settled(lambda: fd_count(server.pid))  # a pool may still be starting up
+    baseline_threads = settled(lambda: thread_count(server.pid))
     chunk = os.urandom(32768)
     for index in range(500):
         with server.connect() as sock:
@@ -123,3 +132,57 @@ def test_graceful_timeout_cuts_a_connection_that_never_ends(serve, strategy):
     assert status == 0, server.log()
     assert leftover == b""  # the server ended the connection
     assert elapsed >= 0.8, f"the connection was cut after {elapsed:.2f}s, before the graceful timeout"
+
+
+def test_sigusr1_storm_to_every_process_corrupts_no_transfer(serve, strategy):
+    server = serve("echo", strategy=strategy)
+    storm_over = threading.Event()
+    sent = 0
+
+    def storm() -> None:
+        nonlocal sent
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            for pid in process_tree(server.pid):
+                try:
+                    os.kill(pid, signal.SIGUSR1)
+                    sent += 1
+                except ProcessLookupError:
+                    pass  # a per-connection child that just ended
+            time.sleep(0.001)
+        storm_over.set()
+
+    def transfers(index: int) -> int:
+        done = 0
+        while not storm_over.is_set() and done < 100:
+            payload = os.urandom(1 << 20)
+            with server.connect(timeout=CLIENT_TIMEOUT) as sock:
+                assert echo_exchange(sock, payload, chunk=4096) == payload, f"client {index}, transfer {done}"
+            done += 1
+        return done
+
+    stormer = threading.Thread(target=storm)
+    stormer.start()
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            done = list(pool.map(transfers, range(4), timeout=CLIENT_TIMEOUT))
+    finally:
+        storm_over.set()
+        stormer.join(10)
+    assert all(done), done
+    assert sent > 100
+    assert server.proc.poll() is None, server.log()
+
+
+def test_idle_timeout_closes_a_silent_client(serve, strategy):
+    server = serve("echo", "--timeout", "0.5", strategy=strategy)
+    with server.connect(timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(b"hi")
+        assert recv_all(sock, limit=2) == b"hi"
+        started = time.monotonic()
+        try:
+            rest = sock.recv(1)  # nothing more is sent: the server must give up on us
+        except ConnectionResetError:
+            rest = b""
+        assert rest == b""
+        assert time.monotonic() - started >= 0.4

@@ -15,7 +15,14 @@ from framework.strategies.base import StrategyOptions
 from servers.echo import EchoServer
 from tests.conftest import selected_strategies
 from tests.support import (
-    PeakSampler, echo_exchange, proc_children, recv_all, thread_count, wait_for, zombies_of,
+    PeakSampler,
+    echo_exchange,
+    proc_children,
+    recv_all,
+    task_children,
+    thread_count,
+    wait_for,
+    zombies_of,
 )
 
 #: Bounded strategies and the options that bound them to 4 connections at once.
@@ -29,7 +36,7 @@ BOUNDED = {
 def _workers(strategy: str, pid: int) -> int:
     """Children (forking, zombies included) or threads besides the main one (the others)."""
     if strategy == "forking":
-        return len(proc_children(pid))
+        return len(task_children(pid))
     return thread_count(pid) - 1
 
 

@@ -136,8 +136,7 @@ class ForkingStrategy(DispatchingStrategy):
             self._in_child = True
             self._children = set()
             server.after_fork_in_child()
-            if server.listener is not None:
-                server.listener.close()
+            server.release_listener()
             if self._sigchld_installed:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             server.handle_connection(sock, peer, main_thread=True)

@@ -27,6 +27,7 @@ GIL adds a thread switch to every hand-off, so ``lock`` is usually cheaper.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import queue
@@ -41,6 +42,8 @@ from framework.strategies.dispatching import FORCE_GRACE, AcceptLoop, Dispatchin
 
 if TYPE_CHECKING:
     from framework.server import Server
+
+log = logging.getLogger("forkthread")
 
 #: The values of ``--prethreaded-accept``.
 ACCEPT_MODES = ("lock", "handoff")
@@ -95,10 +98,17 @@ class PrethreadedStrategy(DispatchingStrategy):
         stop_read, stop_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         pool = LiveThreads("prethreaded", lambda alive: lifecycle.wakeup.wake())
         try:
-            for _ in range(self.threads):
-                pool.start(self._take_turns, server, server.acceptor, stop_read)
+            started = sum(pool.start(self._take_turns, server, server.acceptor, stop_read)
+                          for _ in range(self.threads))
+            if not started:
+                raise RuntimeError("prethreaded: no pool thread could be started")
             while not lifecycle.stopping:
                 loop.wait(accepting=False)
+                if len(pool) < started and not lifecycle.stopping:
+                    # A pool thread only ends early on a fatal accept error (logged by
+                    # the thread): the listener is broken, so stop rather than idle.
+                    log.error("a pool thread ended unexpectedly; stopping the server")
+                    lifecycle.request_stop()
             os.write(stop_write, b"\0")
             loop.wind_down(lambda: len(pool), server.connections.abort_all)
         finally:
