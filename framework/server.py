@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar
 
@@ -223,13 +224,15 @@ class Server:
             self.connections.discard(sock)
             sock.close()
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, ready: Callable[[], object] | None = None) -> None:
         """Serve until :meth:`shutdown`, SIGTERM or SIGINT; then stop gracefully.
 
         When called in the main thread (and ``handle_signals`` is true),
         SIGTERM and SIGINT start a graceful stop and SIGUSR1 logs a status
-        line; the previous handlers are restored on return.  On return every
-        child process has been reaped and every thread joined.
+        line; the previous handlers are restored on return.  *ready* is called
+        once those handlers are in place (announce readiness there: a signal
+        sent before would find the default action).  On return every child
+        process has been reaped and every thread joined.
         """
         self.server_activate()
         ignore_sigpipe()
@@ -237,6 +240,8 @@ class Server:
         self._serving_thread = threading.current_thread()
         if self.handle_signals:
             self.lifecycle.install_default_signals(self.status)
+        if ready is not None:
+            ready()
         try:
             self.strategy.serve(self)
         finally:
