@@ -33,6 +33,22 @@ def _echo_client(server, payload: bytes) -> bytes:  # type: ignore[no-untyped-de
         return echo_exchange(sock, payload)
 
 
+def _idle_connection(server) -> socket.socket:  # type: ignore[no-untyped-def]
+    """A connection that has exchanged a few bytes and then says nothing more."""
+    sock = server.connect(timeout=CLIENT_TIMEOUT)
+    sock.sendall(b"still here")
+    assert recv_all(sock, limit=10) == b"still here"
+    return sock
+
+
+def _recv_or_reset(sock: socket.socket) -> bytes:
+    """One byte, or b"" when the server closed or reset the connection."""
+    try:
+        return sock.recv(1)
+    except ConnectionResetError:
+        return b""
+
+
 def test_120_clients_arriving_together_are_all_served(serve, strategy):
     server = serve("echo", strategy=strategy)
     socks = [server.connect(timeout=CLIENT_TIMEOUT) for _ in range(120)]
@@ -118,17 +134,12 @@ def test_sigterm_lets_an_8mib_transfer_to_a_slow_reader_finish(serve, strategy):
 
 def test_graceful_timeout_cuts_a_connection_that_never_ends(serve, strategy):
     server = serve("echo", "--graceful-timeout", "1", strategy=strategy)
-    with server.connect(timeout=CLIENT_TIMEOUT) as sock:
-        sock.sendall(b"still here")
-        assert recv_all(sock, limit=10) == b"still here"
+    with _idle_connection(server) as sock:
         started = time.monotonic()
         server.send_signal(signal.SIGTERM)
         status = server.proc.wait(30)
         elapsed = time.monotonic() - started
-        try:
-            leftover = sock.recv(1)
-        except ConnectionResetError:
-            leftover = b""
+        leftover = _recv_or_reset(sock)
     assert status == 0, server.log()
     assert leftover == b""  # the server ended the connection
     assert elapsed >= 0.8, f"the connection was cut after {elapsed:.2f}s, before the graceful timeout"
@@ -176,13 +187,7 @@ def test_sigusr1_storm_to_every_process_corrupts_no_transfer(serve, strategy):
 
 def test_idle_timeout_closes_a_silent_client(serve, strategy):
     server = serve("echo", "--timeout", "0.5", strategy=strategy)
-    with server.connect(timeout=CLIENT_TIMEOUT) as sock:
-        sock.sendall(b"hi")
-        assert recv_all(sock, limit=2) == b"hi"
+    with _idle_connection(server) as sock:
         started = time.monotonic()
-        try:
-            rest = sock.recv(1)  # nothing more is sent: the server must give up on us
-        except ConnectionResetError:
-            rest = b""
-        assert rest == b""
+        assert _recv_or_reset(sock) == b""  # nothing more is sent: the server must give up on us
         assert time.monotonic() - started >= 0.4

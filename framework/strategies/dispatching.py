@@ -4,7 +4,7 @@
   together, runs signal actions as they arrive, and leaves the listener out
   of the poll set while the strategy is at its bound or the acceptor backs
   off after a capacity error (clients then wait in the kernel's backlog).
-* :meth:`AcceptLoop.wind_down` is the stop phase: wait for the workers until
+* :func:`wind_down` is the stop phase: wait for the workers until
   the graceful deadline, then end them by force, then wait a bounded while.
 * :class:`DispatchingStrategy` is the accept loop of a strategy that hands
   every accepted connection to a worker (a child process, a new thread, a
@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from framework.accepting import Acceptor
 from framework.signals import block_signals_in_thread
 from framework.strategies.base import Strategy
 
@@ -53,21 +54,33 @@ FORCE_INTERVAL = 0.1
 
 
 class AcceptLoop:
-    """One ``poll`` over the wakeup pipe and, when wanted, the listener."""
+    """One ``poll`` over a wake-up descriptor and, when wanted, the listener.
 
-    def __init__(self, server: Server) -> None:
-        self._lifecycle = server.lifecycle
-        self._acceptor = server.acceptor
-        self._listen_fd = self._acceptor.fileno()
-        self._wakeup_fd = self._lifecycle.wakeup_fd()
+    *wake_fd* is the process's wakeup pipe in a serving thread (then
+    *on_wake* is ``lifecycle.dispatch``), or a stop pipe in a pool thread.
+    :meth:`for_server` builds the former.
+    """
+
+    def __init__(self, acceptor: Acceptor, wake_fd: int, on_wake: Callable[[], object]) -> None:
+        self._acceptor = acceptor
+        self._listen_fd = acceptor.fileno()
+        self._wake_fd = wake_fd
+        self._on_wake = on_wake
         self._poller = select.poll()
-        self._poller.register(self._wakeup_fd, select.POLLIN)
+        self._poller.register(wake_fd, select.POLLIN)
         self._watching_listener = False
+        #: True when the last :meth:`wait` found *wake_fd* readable.
+        self.woke = False
+
+    @classmethod
+    def for_server(cls, server: Server) -> AcceptLoop:
+        """The serving thread's loop: the listener beside the lifecycle's wakeup pipe."""
+        return cls(server.acceptor, server.lifecycle.wakeup_fd(), server.lifecycle.dispatch)
 
     def wait(self, *, accepting: bool, timeout: float | None = None) -> bool:
-        """Block until the listener or the wakeup pipe is ready, or *timeout* seconds pass.
+        """Block until the listener or the wake-up descriptor is ready, or *timeout* seconds pass.
 
-        Signal actions run here.  Returns True when the listener is readable.
+        *on_wake* runs here.  Returns True when the listener is readable.
         With *accepting* false, or during the acceptor's capacity back-off,
         the listener is not polled at all: a level-triggered poll on a
         listener we will not accept from would spin.
@@ -76,10 +89,11 @@ class AcceptLoop:
         self._watch_listener(accepting and not backoff)
         if backoff:
             timeout = backoff if timeout is None else min(timeout, backoff)
-        listener_ready = False
+        listener_ready = self.woke = False
         for fd, _ in self._poller.poll(None if timeout is None else math.ceil(timeout * 1000)):
-            if fd == self._wakeup_fd:
-                self._lifecycle.dispatch()
+            if fd == self._wake_fd:
+                self.woke = True
+                self._on_wake()
             else:
                 listener_ready = True
         return listener_ready
@@ -91,31 +105,32 @@ class AcceptLoop:
             self._poller.unregister(self._listen_fd)
         self._watching_listener = wanted
 
-    def wind_down(self, live: Callable[[], int], force: Callable[[], object],
-                  collect: Callable[[], None] = lambda: None, interval: float | None = None) -> None:
-        """The stop phase: wait while ``live()`` workers remain, until the graceful deadline.
 
-        Workers (or SIGCHLD) wake this loop as they end; *collect* runs after
-        every wakeup (or every *interval* seconds).  At the deadline *force*
-        ends the rest, and is repeated every :data:`FORCE_INTERVAL` for up to
-        :data:`FORCE_GRACE` seconds while workers remain.
-        """
-        lifecycle = self._lifecycle
-        while live() and not lifecycle.past_deadline():
-            remaining = lifecycle.remaining()
-            timeout = remaining if interval is None or remaining is None else min(remaining, interval)
-            self.wait(accepting=False, timeout=timeout)
-            collect()
-        if not live():
-            return
-        log.warning("graceful timeout passed: ending %d connection(s) still in progress", live())
-        give_up = time.monotonic() + FORCE_GRACE
-        while live() and time.monotonic() < give_up:
-            force()
-            self.wait(accepting=False, timeout=FORCE_INTERVAL)
-            collect()
-        if live():
-            log.error("%d worker(s) did not end within %g s of being stopped", live(), FORCE_GRACE)
+def wind_down(server: Server, loop: AcceptLoop, live: Callable[[], int], force: Callable[[], object],
+              collect: Callable[[], None] = lambda: None, interval: float | None = None) -> None:
+    """The stop phase: wait while ``live()`` workers remain, until the graceful deadline.
+
+    Workers (or SIGCHLD) wake *loop* as they end; *collect* runs after every
+    wakeup (or every *interval* seconds).  At the deadline *force* ends the
+    rest, and is repeated every :data:`FORCE_INTERVAL` for up to
+    :data:`FORCE_GRACE` seconds while workers remain.
+    """
+    lifecycle = server.lifecycle
+    while live() and not lifecycle.past_deadline():
+        remaining = lifecycle.remaining()
+        timeout = remaining if interval is None or remaining is None else min(remaining, interval)
+        loop.wait(accepting=False, timeout=timeout)
+        collect()
+    if not live():
+        return
+    log.warning("graceful timeout passed: ending %d connection(s) still in progress", live())
+    give_up = time.monotonic() + FORCE_GRACE
+    while live() and time.monotonic() < give_up:
+        force()
+        loop.wait(accepting=False, timeout=FORCE_INTERVAL)
+        collect()
+    if live():
+        log.error("%d worker(s) did not end within %g s of being stopped", live(), FORCE_GRACE)
 
 
 class DispatchingStrategy(Strategy):
@@ -166,15 +181,15 @@ class DispatchingStrategy(Strategy):
     def serve(self, server: Server) -> None:
         """Accept and dispatch until a stop is requested; then wind the workers down."""
         lifecycle = server.lifecycle
-        loop = AcceptLoop(server)
+        loop = AcceptLoop.for_server(server)
         self.begin(server)
         try:
             while not lifecycle.stopping:
                 if loop.wait(accepting=self.has_room(), timeout=self.poll_interval()):
                     self._accept_batch(server)
                 self.collect(server)
-            loop.wind_down(self.live, lambda: self.force_stop(server), lambda: self.collect(server),
-                           self.poll_interval())
+            wind_down(server, loop, self.live, lambda: self.force_stop(server), lambda: self.collect(server),
+                      self.poll_interval())
         finally:
             self.end(server)
 

@@ -28,17 +28,15 @@ GIL adds a thread switch to every hand-off, so ``lock`` is usually cheaper.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import queue
-import select
 import socket
 import threading
 from typing import TYPE_CHECKING
 
 from framework.accepting import Acceptor
 from framework.strategies.base import Strategy, StrategyOptions
-from framework.strategies.dispatching import FORCE_GRACE, AcceptLoop, DispatchingStrategy, LiveThreads
+from framework.strategies.dispatching import FORCE_GRACE, AcceptLoop, DispatchingStrategy, LiveThreads, wind_down
 
 if TYPE_CHECKING:
     from framework.server import Server
@@ -94,7 +92,7 @@ class PrethreadedStrategy(DispatchingStrategy):
 
     def _serve_taking_turns(self, server: Server) -> None:
         lifecycle = server.lifecycle
-        loop = AcceptLoop(server)  # the main thread only runs signal actions
+        loop = AcceptLoop.for_server(server)  # the main thread only runs signal actions
         stop_read, stop_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         pool = LiveThreads("prethreaded", lambda alive: lifecycle.wakeup.wake())
         try:
@@ -110,7 +108,7 @@ class PrethreadedStrategy(DispatchingStrategy):
                     log.error("a pool thread ended unexpectedly; stopping the server")
                     lifecycle.request_stop()
             os.write(stop_write, b"\0")
-            loop.wind_down(lambda: len(pool), server.connections.abort_all)
+            wind_down(server, loop, lambda: len(pool), server.connections.abort_all)
         finally:
             os.write(stop_write, b"\0")  # idempotent: the pipe is never drained
             pool.join(FORCE_GRACE)
@@ -119,36 +117,25 @@ class PrethreadedStrategy(DispatchingStrategy):
 
     def _take_turns(self, server: Server, acceptor: Acceptor, stop_fd: int) -> None:
         """A pool thread: wait for the accept mutex, accept one connection, serve it; until stopped."""
-        poller = select.poll()
-        poller.register(stop_fd, select.POLLIN)
-        listen_fd = acceptor.fileno()
-        watching = False
+        turn = AcceptLoop(acceptor, stop_fd, on_wake=lambda: None)
         while True:
             with self._accept_lock:
-                accepted, watching = self._accept_one(poller, acceptor, listen_fd, stop_fd, watching)
+                accepted = self._accept_one(turn, acceptor)
             if accepted is None:
                 return
             server.handle_connection(*accepted, main_thread=False)
 
     @staticmethod
-    def _accept_one(poller: select.poll, acceptor: Acceptor, listen_fd: int, stop_fd: int,
-                    watching: bool) -> tuple[tuple[socket.socket, str] | None, bool]:
-        """Holding the mutex: poll the listener and the stop pipe; return a connection, or None to stop."""
+    def _accept_one(turn: AcceptLoop, acceptor: Acceptor) -> tuple[socket.socket, str] | None:
+        """Holding the mutex: wait for a connection and accept it; None once the stop pipe is readable."""
         while True:
-            backoff = acceptor.backoff_remaining()
-            if backoff and watching:
-                poller.unregister(listen_fd)
-                watching = False
-            elif not backoff and not watching:
-                poller.register(listen_fd, select.POLLIN)
-                watching = True
-            ready = poller.poll(math.ceil(backoff * 1000) if backoff else None)
-            if any(fd == stop_fd for fd, _ in ready):
-                return None, watching
-            if ready and watching:
+            listener_ready = turn.wait(accepting=True)
+            if turn.woke:
+                return None
+            if listener_ready:
                 accepted = acceptor.accept()
                 if accepted is not None:
-                    return accepted, watching
+                    return accepted
 
     # -- handoff: the main thread accepts and feeds the pool ---------------------
 
