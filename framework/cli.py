@@ -146,8 +146,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: cannot listen on {address}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     with server:
-        print(f"listening on {server.address}", flush=True)
-        server.serve_forever()
+        # Announced only once SIGTERM/SIGINT are handled: a test or supervisor may signal at once.
+        server.serve_forever(ready=lambda: print(f"listening on {server.address}", flush=True))
     return 0
 
 
