@@ -278,6 +278,19 @@ class Server:
                 remove_unix_socket(self.requested_address.path, self._unix_inode)
         self.lifecycle.close()
 
+    def release_listener(self) -> None:
+        """Close this process's copy of the listener: for a forked child that will not accept.
+
+        :attr:`address` keeps reporting the address really listened on, and
+        the Unix socket file is left to the process that bound it.
+        """
+        if self.listener is not None:
+            self.requested_address = self.address
+            self._unix_inode = None
+            self.listener.close()
+            self.listener = None
+            self._acceptor = None
+
     def after_fork_in_child(self) -> None:
         """Reset per-process state in a freshly forked child (strategies call this)."""
         self.lifecycle.after_fork_in_child()
