@@ -327,3 +327,22 @@ def test_in_process_pool_served_from_a_thread_and_shut_down():
             runner.join(30)
     assert not runner.is_alive()
     assert not proc_children(os.getpid()) - children_before
+
+
+@pytest.mark.parametrize("accept", ["shared", "lock", "reuseport", "passfd"])
+def test_sigusr1_is_forwarded_and_every_process_logs_its_status(serve, accept):
+    server = start_pool(serve, "--accept", accept, workers=3)
+    for index in range(6):
+        assert echo_ok(server, b"%d" % index)
+    server.send_signal(signal.SIGUSR1)
+    assert wait_for(lambda: server.log().count("status: ") == 4, timeout=5), server.log()
+    lines = [line for line in server.log().splitlines() if "status: " in line]
+    master = [line for line in lines if "strategy=preforked(" in line]
+    workers = [line for line in lines if "strategy=preforked-worker(" in line]
+    assert len(master) == 1 and len(workers) == 3, lines
+    assert "workers=3/3 booting=0 retiring=0" in master[0]
+    assert all(f"address={server.address} " in line for line in lines), lines
+    # The master's totals are the sum of the workers' own counts (the scoreboard).  A
+    # worker may still be closing the last connection (active=1): served is exact.
+    served = [int(re.search(r"served=(\d+)", line).group(1)) for line in workers]
+    assert "served=6 active=" in master[0] and sum(served) == 6, lines
