@@ -105,9 +105,12 @@ def continuous_clients(server, seconds: float, threads: int = 4, limit: int = 20
     return workers, results
 
 
-@pytest.mark.parametrize("accept", ["shared", "lock", "passfd", "reuseport"])
-def test_sighup_under_load_replaces_every_worker_without_failures(serve, accept):
-    server = start_pool(serve, "--accept", accept, workers=2)
+@pytest.mark.parametrize(("accept", "worker"), [
+    ("shared", "iterative"), ("lock", "iterative"), ("passfd", "iterative"), ("reuseport", "iterative"),
+    ("shared", "threads"), ("passfd", "threads"), ("shared", "poll"), ("passfd", "poll"), ("reuseport", "poll"),
+])
+def test_sighup_under_load_replaces_every_worker_without_failures(serve, accept, worker):
+    server = start_pool(serve, "--accept", accept, "--worker", worker, "--threads", "2", workers=2)
     old = live_workers(server)
     clients, results = continuous_clients(server, seconds=2.0)
     try:
@@ -280,14 +283,15 @@ def test_sigterm_lets_an_in_flight_transfer_finish(serve):
     assert server.proc.wait(30) == 0
 
 
-def test_sigint_is_a_quick_stop(serve):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT])
+def test_sigint_and_sigquit_are_a_quick_stop(serve, signum):
     server = serve("echo", "--workers", "2", "--graceful-timeout", "60", strategy="preforked")
     wait_workers(server, 2)
     with server.connect() as sock:
         sock.sendall(b"x")
         assert sock.recv(1) == b"x"
         started = time.monotonic()
-        assert server.stop(signal.SIGINT) == 0
+        assert server.stop(signum) == 0
         assert time.monotonic() - started < 10  # far below the 60 s graceful timeout
         assert recv_all(sock) == b""
 
