@@ -271,3 +271,44 @@ def test_select_refuses_a_descriptor_beyond_fd_setsize():
         client_end.close()
         high.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class PickyEcho(EchoServer):
+    """Refuses the peer named "refused"; its protocol factory fails on demand; records errors."""
+
+    fail_factory = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.errors: list[BaseException] = []
+
+    def verify_request(self, sock: socket.socket, peer: str) -> bool:
+        return peer != "refused"
+
+    def protocol_factory(self):
+        if self.fail_factory:
+            raise RuntimeError("no protocol today")
+        return super().protocol_factory()
+
+    def handle_error(self, exc: BaseException, peer: str) -> None:
+        self.errors.append(exc)
+
+
+@pytest.mark.parametrize("case", ["refused", "factory fails", "served"])
+def test_server_hooks_decide_what_the_loop_serves(case):
+    loop = EventLoop()
+    server_end, client_end = socket.socketpair()
+    try:
+        with PickyEcho("127.0.0.1:0", "poll") as server:
+            server.fail_factory = case == "factory fails"
+            PollStrategy._start(server, loop, server_end, "refused" if case == "refused" else "peer",
+                                check_fd_setsize=False)
+            assert len(loop.connections) == (1 if case == "served" else 0)
+            assert [type(exc) for exc in server.errors] == ([RuntimeError] if case == "factory fails" else [])
+            if case != "served":
+                client_end.settimeout(5)
+                assert client_end.recv(1) == b""
+    finally:
+        loop.close()
+        server_end.close()
+        client_end.close()
