@@ -22,6 +22,8 @@ from servers.echo import EchoServer
 from tests import test_conformance
 from tests.support import echo_exchange, fd_count, wait_for
 
+pytestmark = pytest.mark.only_strategies("poll")
+
 SELECTORS = ["poll", "epoll", "select"]
 
 #: The conformance tests that take just (serve, strategy): rerun under every other selector.
