@@ -603,3 +603,21 @@ def test_sendfile_whole_rest_or_a_file_shorter_than_promised(harness, tmp_path, 
     else:  # the promised length cannot be kept: the connection is aborted
         assert isinstance(protocol.lost[0], OSError)
     assert not harness.errors
+
+
+def test_sendfile_over_a_unix_socket(harness, tmp_path):
+    content = os.urandom(3 << 20)
+    path = tmp_path / "file.bin"
+    path.write_bytes(content)
+
+    def made(protocol: Scripted) -> None:
+        with open(path, "rb") as file:
+            protocol.transport.sendfile(file)
+        protocol.transport.close()
+
+    server, client = socket.socketpair()
+    client.setblocking(False)
+    protocol = Scripted(made=made)
+    harness.serve(server, protocol)
+    assert read_to_eof(harness, client, 65536, wait=0) == content
+    assert protocol.lost == [None]
