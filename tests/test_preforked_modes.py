@@ -19,8 +19,12 @@ ACCEPT_MODES = ["shared", "lock", "reuseport", "passfd"]
 pytestmark = pytest.mark.only_strategies("preforked")
 
 
-@pytest.fixture(params=[(mode, kind) for kind in WORKER_KINDS for mode in ACCEPT_MODES],
-                ids=lambda variant: f"{variant[0]}-{variant[1]}")
+# The iterative workers are the quick core; threads and poll workers repeat
+# the matrix over their inner strategies (marked slow: deselect with -m "not slow").
+@pytest.fixture(params=[
+    pytest.param((mode, kind), id=f"{mode}-{kind}", marks=() if kind == "iterative" else pytest.mark.slow)
+    for kind in WORKER_KINDS for mode in ACCEPT_MODES
+])
 def variant(request: pytest.FixtureRequest) -> tuple[str, str]:
     mode, kind = request.param
     if WORKER_KINDS[kind] not in STRATEGIES:

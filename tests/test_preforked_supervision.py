@@ -107,7 +107,9 @@ def continuous_clients(server, seconds: float, threads: int = 4, limit: int = 20
 
 @pytest.mark.parametrize(("accept", "worker"), [
     ("shared", "iterative"), ("lock", "iterative"), ("passfd", "iterative"), ("reuseport", "iterative"),
-    ("shared", "threads"), ("passfd", "threads"), ("shared", "poll"), ("passfd", "poll"), ("reuseport", "poll"),
+    *(pytest.param(accept, worker, marks=pytest.mark.slow) for accept, worker in [
+        ("shared", "threads"), ("passfd", "threads"), ("shared", "poll"), ("passfd", "poll"), ("reuseport", "poll"),
+    ]),
 ])
 def test_sighup_under_load_replaces_every_worker_without_failures(serve, accept, worker):
     server = start_pool(serve, "--accept", accept, "--worker", worker, "--threads", "2", workers=2)
@@ -238,6 +240,7 @@ def test_eight_clients_held_at_once_with_eight_workers(serve, accept):
             sock.close()
 
 
+@pytest.mark.slow
 def test_sigusr1_storm_to_every_process_during_transfers(serve):
     server = start_pool(serve, workers=4)
     processes = {server.pid} | live_workers(server)
