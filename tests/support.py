@@ -323,3 +323,15 @@ def settled(measure, interval: float = 0.1, timeout: float = 3.0) -> int:  # typ
         if value == previous:
             break
     return int(value)
+
+
+@contextlib.contextmanager
+def serving_in_thread(server) -> Iterator[threading.Thread]:  # type: ignore[no-untyped-def]
+    """Run ``server.serve_forever()`` in a thread (no signal handlers there); shutdown() and join on exit."""
+    runner = threading.Thread(target=server.serve_forever)
+    runner.start()
+    try:
+        yield runner
+    finally:
+        server.shutdown()
+        runner.join(30)

@@ -16,7 +16,16 @@ import pytest
 
 from framework.strategies import StrategyOptions, create_strategy
 from servers.echo import EchoServer
-from tests.support import child_env, echo_exchange, proc_children, process_state, reap_adopted, recv_all, wait_for
+from tests.support import (
+    child_env,
+    echo_exchange,
+    proc_children,
+    process_state,
+    reap_adopted,
+    recv_all,
+    serving_in_thread,
+    wait_for,
+)
 
 pytestmark = pytest.mark.only_strategies("preforked")
 
@@ -322,17 +331,11 @@ def test_in_process_pool_served_from_a_thread_and_shut_down():
     """The API without the CLI: no signal handlers in a non-main thread, shutdown() from another."""
     children_before = proc_children(os.getpid())
     strategy = create_strategy("preforked", StrategyOptions(workers=2, accept="passfd"))
-    with EchoServer("127.0.0.1:0", strategy) as server:
-        runner = threading.Thread(target=server.serve_forever)
-        runner.start()
-        try:
-            for index in range(5):
-                with socket.create_connection((server.address.host, server.address.port), timeout=10) as sock:
-                    assert echo_exchange(sock, b"hello %d" % index) == b"hello %d" % index
-            assert wait_for(lambda: strategy.counts(server)[0] == 5, timeout=5)
-        finally:
-            server.shutdown()
-            runner.join(30)
+    with EchoServer("127.0.0.1:0", strategy) as server, serving_in_thread(server) as runner:
+        for index in range(5):
+            with socket.create_connection((server.address.host, server.address.port), timeout=10) as sock:
+                assert echo_exchange(sock, b"hello %d" % index) == b"hello %d" % index
+        assert wait_for(lambda: strategy.counts(server)[0] == 5, timeout=5)
     assert not runner.is_alive()
     assert not proc_children(os.getpid()) - children_before
 
