@@ -357,3 +357,12 @@ def test_sigusr1_is_forwarded_and_every_process_logs_its_status(serve, accept):
     # worker may still be closing the last connection (active=1): served is exact.
     served = [int(re.search(r"served=(\d+)", line).group(1)) for line in workers]
     assert "served=6 active=" in master[0] and sum(served) == 6, lines
+
+
+def test_master_signals_are_handled_as_soon_as_it_says_listening(serve):
+    # No wait for the workers: TTIN and HUP arrive while the master may still be forking.
+    server = serve("echo", "--workers", "1", strategy="preforked")
+    server.send_signal(signal.SIGTTIN)
+    server.send_signal(signal.SIGHUP)
+    wait_workers(server, 2)
+    assert echo_ok(server)
