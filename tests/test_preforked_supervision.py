@@ -287,11 +287,9 @@ def test_sigterm_lets_an_in_flight_transfer_finish(serve):
     payload = os.urandom(8 << 20)
     with server.connect(timeout=30) as sock:
         sock.sendall(payload[:65536])
-        got = sock.recv(65536)
+        got = recv_all(sock, limit=65536)  # echoed: a worker is serving this connection
         server.send_signal(signal.SIGTERM)
-        sock.sendall(payload[65536:])
-        sock.shutdown(socket.SHUT_WR)
-        got += recv_all(sock)
+        got += echo_exchange(sock, payload[65536:])  # sends and reads concurrently
     assert got == payload
     assert server.proc.wait(30) == 0
 
