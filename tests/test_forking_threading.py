@@ -17,11 +17,11 @@ from tests.support import (
     PeakSampler,
     echo_exchange,
     proc_children,
+    process_state,
     recv_all,
     task_children,
     thread_count,
     wait_for,
-    zombies_of,
 )
 
 #: Bounded strategies and the options that bound them to 4 connections at once.
@@ -73,8 +73,18 @@ def test_forking_reaps_every_child_within_a_second(serve, strategy):
     for _ in range(10):
         with server.connect() as sock:
             assert recv_all(sock).endswith(b"\r\n")
-        assert wait_for(lambda: not proc_children(server.pid), timeout=1.0), (
-            f"children left: {proc_children(server.pid)}, zombies: {zombies_of(server.pid)}")
+        # The child may take a while to exit (a loaded machine, coverage saving its data);
+        # what is measured is how long it stays a zombie once it has.
+        zombie_since: dict[int, float] = {}
+        deadline = time.monotonic() + 20
+        while (children := task_children(server.pid)) and time.monotonic() < deadline:
+            now = time.monotonic()
+            for child in children:
+                if process_state(child) == "Z":
+                    first_seen = zombie_since.setdefault(child, now)
+                    assert now - first_seen < 1.0, f"child {child} stayed a zombie for over a second"
+            time.sleep(0.01)
+        assert not task_children(server.pid)
 
 
 def test_forking_child_does_not_hold_the_listener(serve, strategy):
