@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -158,3 +159,63 @@ def test_bad_options_are_clear_errors(name, options, message):
 ])
 def test_describe(name, options, described):
     assert create_strategy(name, options).describe() == described
+
+
+def test_forking_child_killed_mid_connection_is_reaped_and_service_goes_on(serve, strategy):
+    _only(strategy, "forking")
+    server = serve("echo", strategy="forking")
+    with server.connect() as sock:
+        sock.sendall(b"x")
+        assert sock.recv(1) == b"x"
+        (child,) = task_children(server.pid)
+        os.kill(child, signal.SIGKILL)
+        assert wait_for(lambda: not task_children(server.pid), timeout=5)
+        try:
+            assert sock.recv(1) == b""
+        except ConnectionResetError:
+            pass
+    assert wait_for(lambda: f"child {child} serving a connection exited with status -9" in server.log())
+    with server.connect() as sock:
+        assert echo_exchange(sock, b"still serving") == b"still serving"
+
+
+def test_prethreaded_handoff_stops_gracefully_then_cuts_at_the_deadline(serve, strategy):
+    _only(strategy, "prethreaded")
+    server = serve("echo", "--prethreaded-accept", "handoff", "--graceful-timeout", "1", strategy=strategy)
+    payload = os.urandom(1 << 20)
+    with server.connect(timeout=30) as idle, server.connect(timeout=30) as busy:
+        idle.sendall(b"idle")
+        assert recv_all(idle, limit=4) == b"idle"
+        busy.sendall(payload[:1000])
+        server.send_signal(signal.SIGTERM)
+        assert echo_exchange(busy, payload[1000:]) == payload  # an in-flight transfer finishes
+        started = time.monotonic()
+        assert server.proc.wait(30) == 0, server.log()
+        assert time.monotonic() - started >= 0.3  # the idle connection held the stop until the deadline
+        try:
+            assert idle.recv(1) == b""
+        except ConnectionResetError:
+            pass
+
+
+def test_forking_child_finishes_its_connection_on_sigterm_within_the_graceful_timeout(serve, strategy):
+    _only(strategy, "forking")
+    server = serve("echo", "--graceful-timeout", "2", strategy=strategy)
+    payload = os.urandom(256 << 10)
+    with server.connect(timeout=30) as sock:
+        sock.sendall(payload[:1000])
+        assert recv_all(sock, limit=1000) == payload[:1000]
+        (child,) = task_children(server.pid)
+        os.kill(child, signal.SIGTERM)  # as a terminal's Ctrl-C or systemd's control-group stop would
+        assert echo_exchange(sock, payload[1000:]) == payload[1000:]  # the transfer still completes
+    with server.connect(timeout=30) as idle:
+        idle.sendall(b"x")
+        assert idle.recv(1) == b"x"
+        (child,) = task_children(server.pid)
+        started = time.monotonic()
+        os.kill(child, signal.SIGTERM)
+        assert recv_all(idle) == b""  # the child ends an idle connection at its graceful deadline
+        assert time.monotonic() - started >= 1.5
+    assert wait_for(lambda: not task_children(server.pid), timeout=5)
+    assert "exited with status" not in server.log()
+    assert server.proc.poll() is None  # the parent was not asked to stop
