@@ -48,28 +48,27 @@ def _slow_echo_client(server, index: int) -> bytes:  # type: ignore[no-untyped-d
         return recv_all(sock)
 
 
-def _only(strategy: str, *names: str) -> None:
-    """Skip unless the *strategy* under test is one of *names* (the test is about them)."""
-    if strategy not in names:
-        pytest.skip(f"not about {strategy}")
+def _about(*names: str) -> list[object]:
+    """Parameters for a test about each of *names*, run only when that strategy is selected."""
+    return [pytest.param(name, marks=pytest.mark.only_strategies(name), id=name) for name in names]
 
 
-@pytest.mark.parametrize("accept", ["lock", "handoff"])
-def test_bound_of_4_serves_20_clients_never_more_than_4_at_once(serve, strategy, accept):
-    _only(strategy, *BOUNDED)
-    if accept == "handoff" and strategy != "prethreaded":
-        pytest.skip("accept modes are prethreaded's")
-    extra = ("--prethreaded-accept", accept) if strategy == "prethreaded" else ()
-    server = serve("echo", *BOUNDED[strategy], *extra, strategy=strategy)
-    with PeakSampler(lambda: _workers(strategy, server.pid)) as peak, ThreadPoolExecutor(max_workers=20) as pool:
+@pytest.mark.parametrize(("name", "accept"), [
+    pytest.param(name, accept, marks=pytest.mark.only_strategies(name), id=f"{name}-{accept}")
+    for name, accept in [("forking", "-"), ("threading", "-"), ("prethreaded", "lock"), ("prethreaded", "handoff")]
+])
+def test_bound_of_4_serves_20_clients_never_more_than_4_at_once(serve, name, accept):
+    extra = ("--prethreaded-accept", accept) if name == "prethreaded" else ()
+    server = serve("echo", *BOUNDED[name], *extra, strategy=name)
+    with PeakSampler(lambda: _workers(name, server.pid)) as peak, ThreadPoolExecutor(max_workers=20) as pool:
         replies = list(pool.map(lambda index: _slow_echo_client(server, index), range(20), timeout=60))
     assert replies == [b"%d" % index for index in range(20)]
     assert peak.samples > 10
     assert peak.value == 4, f"at most 4 workers expected, and the bound reached; saw {peak.value}"
 
 
-def test_forking_reaps_every_child_within_a_second(serve, strategy):
-    _only(strategy, "forking")
+@pytest.mark.only_strategies("forking")
+def test_forking_reaps_every_child_within_a_second(serve):
     server = serve("daytime", strategy="forking")
     for _ in range(10):
         with server.connect() as sock:
@@ -88,8 +87,8 @@ def test_forking_reaps_every_child_within_a_second(serve, strategy):
         assert not task_children(server.pid)
 
 
-def test_forking_child_does_not_hold_the_listener(serve, strategy):
-    _only(strategy, "forking")
+@pytest.mark.only_strategies("forking")
+def test_forking_child_does_not_hold_the_listener(serve):
     server = serve("echo", strategy="forking")
     listener_inodes = {os.readlink(f"/proc/{server.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{server.pid}/fd")}
     with server.connect() as sock:
@@ -102,9 +101,9 @@ def test_forking_child_does_not_hold_the_listener(serve, strategy):
     assert not sockets_of_parent & child_fds, "the child kept the parent's listening socket"
 
 
+@pytest.mark.only_strategies("prethreaded")
 @pytest.mark.parametrize("accept", ["lock", "handoff"])
-def test_prethreaded_runs_a_fixed_pool(serve, strategy, accept):
-    _only(strategy, "prethreaded")
+def test_prethreaded_runs_a_fixed_pool(serve, accept):
     server = serve("echo", "--threads", "3", "--prethreaded-accept", accept, strategy="prethreaded")
     assert wait_for(lambda: thread_count(server.pid) == 4)
     payloads = [os.urandom(100_000) for _ in range(12)]
@@ -118,10 +117,9 @@ def test_prethreaded_runs_a_fixed_pool(serve, strategy, accept):
     assert thread_count(server.pid) == 4
 
 
-def test_serving_outside_the_main_thread_and_shutdown(strategy):
+@pytest.mark.parametrize("name", _about(*BOUNDED))
+def test_serving_outside_the_main_thread_and_shutdown(name):
     """In-process: serve_forever in a thread (no signal handlers there), then shutdown() from here."""
-    _only(strategy, *BOUNDED)
-    name = strategy
     children_before = proc_children(os.getpid())
     instance = create_strategy(name, StrategyOptions(max_connections=2, threads=2))
     threads_before = set(threading.enumerate())
@@ -161,8 +159,8 @@ def test_describe(name, options, described):
     assert create_strategy(name, options).describe() == described
 
 
-def test_forking_child_killed_mid_connection_is_reaped_and_service_goes_on(serve, strategy):
-    _only(strategy, "forking")
+@pytest.mark.only_strategies("forking")
+def test_forking_child_killed_mid_connection_is_reaped_and_service_goes_on(serve):
     server = serve("echo", strategy="forking")
     with server.connect() as sock:
         sock.sendall(b"x")
@@ -179,9 +177,9 @@ def test_forking_child_killed_mid_connection_is_reaped_and_service_goes_on(serve
         assert echo_exchange(sock, b"still serving") == b"still serving"
 
 
-def test_prethreaded_handoff_stops_gracefully_then_cuts_at_the_deadline(serve, strategy):
-    _only(strategy, "prethreaded")
-    server = serve("echo", "--prethreaded-accept", "handoff", "--graceful-timeout", "1", strategy=strategy)
+@pytest.mark.only_strategies("prethreaded")
+def test_prethreaded_handoff_stops_gracefully_then_cuts_at_the_deadline(serve):
+    server = serve("echo", "--prethreaded-accept", "handoff", "--graceful-timeout", "1", strategy="prethreaded")
     payload = os.urandom(1 << 20)
     with server.connect(timeout=30) as idle, server.connect(timeout=30) as busy:
         idle.sendall(b"idle")
@@ -198,9 +196,9 @@ def test_prethreaded_handoff_stops_gracefully_then_cuts_at_the_deadline(serve, s
             pass
 
 
-def test_forking_child_finishes_its_connection_on_sigterm_within_the_graceful_timeout(serve, strategy):
-    _only(strategy, "forking")
-    server = serve("echo", "--graceful-timeout", "2", strategy=strategy)
+@pytest.mark.only_strategies("forking")
+def test_forking_child_finishes_its_connection_on_sigterm_within_the_graceful_timeout(serve):
+    server = serve("echo", "--graceful-timeout", "2", strategy="forking")
     payload = os.urandom(256 << 10)
     with server.connect(timeout=30) as sock:
         sock.sendall(payload[:1000])
