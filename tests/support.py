@@ -320,3 +320,10 @@ def settled(measure, interval: float = 0.1, timeout: float = 3.0) -> int:  # typ
         if value == previous:
             break
     return int(value)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of *pid* so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import threading
@@ -16,10 +17,12 @@ from framework.strategies.base import StrategyOptions
 from servers.echo import EchoServer
 from tests.support import (
     PeakSampler,
+    cpu_seconds,
     echo_exchange,
     proc_children,
     process_state,
     recv_all,
+    settled,
     task_children,
     thread_count,
     wait_for,
@@ -217,3 +220,41 @@ def test_forking_child_finishes_its_connection_on_sigterm_within_the_graceful_ti
     assert wait_for(lambda: not task_children(server.pid), timeout=5)
     assert "exited with status" not in server.log()
     assert server.proc.poll() is None  # the parent was not asked to stop
+
+
+@pytest.mark.parametrize(("name", "extra", "room"), [
+    # The forking parent closes its copy of each connection at once: it runs out only with no room at all.
+    pytest.param("forking", (), 0, marks=pytest.mark.only_strategies("forking"), id="forking"),
+    pytest.param("threading", (), 2, marks=pytest.mark.only_strategies("threading"), id="threading"),
+    pytest.param("prethreaded", ("--prethreaded-accept", "lock"), 2,
+                 marks=pytest.mark.only_strategies("prethreaded"), id="prethreaded-lock"),
+    pytest.param("prethreaded", ("--prethreaded-accept", "handoff"), 2,
+                 marks=pytest.mark.only_strategies("prethreaded"), id="prethreaded-handoff"),
+])
+def test_out_of_descriptors_backs_off_without_spinning_and_recovers(serve, name, extra, room):
+    server = serve("echo", *extra, strategy=name)
+    with server.connect() as sock:
+        assert echo_exchange(sock, b"warm") == b"warm"
+    highest = settled(lambda: max(int(fd) for fd in os.listdir(f"/proc/{server.pid}/fd")))
+    soft, hard = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
+    clients: list[socket.socket] = []
+    try:
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (highest + 1 + room, hard))
+        clients = [server.connect() for _ in range(6)]
+        for sock in clients:
+            sock.sendall(b"x")
+        for sock in clients[:room]:
+            assert sock.recv(1) == b"x"
+        assert wait_for(lambda: "backing off" in server.log(), timeout=5), server.log()
+        used = cpu_seconds(server.pid)
+        time.sleep(1.0)
+        # A loop polling a listener it cannot accept from would burn the whole second.
+        assert cpu_seconds(server.pid) - used < 0.5
+    finally:
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    for sock in clients[:room]:
+        sock.close()
+    for sock in clients[room:]:
+        sock.settimeout(10)
+        assert sock.recv(1) == b"x"
+        sock.close()

@@ -20,7 +20,7 @@ from framework.strategies.base import StrategyOptions
 from framework.strategies.poll import PollStrategy
 from servers.echo import EchoServer
 from tests import test_conformance
-from tests.support import echo_exchange, fd_count, wait_for
+from tests.support import cpu_seconds, echo_exchange, fd_count, wait_for
 
 SELECTORS = ["poll", "epoll", "select"]
 
@@ -37,13 +37,6 @@ def status_line(server) -> str:
     server.send_signal(signal.SIGUSR1)
     assert wait_for(lambda: server.log().count("status:") > before, timeout=5), server.log()
     return [line for line in server.log().splitlines() if "status:" in line][-1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of *pid* so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_options_and_description():
