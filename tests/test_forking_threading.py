@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import socket
 import threading
@@ -17,12 +16,11 @@ from framework.strategies.base import StrategyOptions
 from servers.echo import EchoServer
 from tests.support import (
     PeakSampler,
-    cpu_seconds,
+    assert_descriptor_backoff,
     echo_exchange,
     proc_children,
     process_state,
     recv_all,
-    settled,
     task_children,
     thread_count,
     wait_for,
@@ -232,29 +230,4 @@ def test_forking_child_finishes_its_connection_on_sigterm_within_the_graceful_ti
                  marks=pytest.mark.only_strategies("prethreaded"), id="prethreaded-handoff"),
 ])
 def test_out_of_descriptors_backs_off_without_spinning_and_recovers(serve, name, extra, room):
-    server = serve("echo", *extra, strategy=name)
-    with server.connect() as sock:
-        assert echo_exchange(sock, b"warm") == b"warm"
-    highest = settled(lambda: max(int(fd) for fd in os.listdir(f"/proc/{server.pid}/fd")))
-    soft, hard = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
-    clients: list[socket.socket] = []
-    try:
-        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (highest + 1 + room, hard))
-        clients = [server.connect() for _ in range(6)]
-        for sock in clients:
-            sock.sendall(b"x")
-        for sock in clients[:room]:
-            assert sock.recv(1) == b"x"
-        assert wait_for(lambda: "backing off" in server.log(), timeout=5), server.log()
-        used = cpu_seconds(server.pid)
-        time.sleep(1.0)
-        # A loop polling a listener it cannot accept from would burn the whole second.
-        assert cpu_seconds(server.pid) - used < 0.5
-    finally:
-        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (soft, hard))
-    for sock in clients[:room]:
-        sock.close()
-    for sock in clients[room:]:
-        sock.settimeout(10)
-        assert sock.recv(1) == b"x"
-        sock.close()
+    assert_descriptor_backoff(serve("echo", *extra, strategy=name), room=room)
