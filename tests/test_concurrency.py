@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tests.support import (
     echo_exchange,
+    process_state,
     process_tree,
     recv_all,
     settled,
@@ -155,14 +156,21 @@ def test_graceful_timeout_cuts_a_connection_that_never_ends(serve, strategy):
     assert elapsed >= 0.8, f"the connection was cut after {elapsed:.2f}s, before the graceful timeout"
 
 
+#: The judged storm: SIGUSR1 at about 1 kHz to every process of the server for this long (seconds).
+STORM_SECONDS = 3.0
+
+
 def test_sigusr1_storm_to_every_process_corrupts_no_transfer(serve, strategy):
     server = serve("echo", strategy=strategy)
+    _pool_complete(server, strategy)
+    # The long-lived processes (a pool's workers): each must outlive the storm.
+    long_lived = process_tree(server.pid)
     storm_over = threading.Event()
     sent = 0
 
     def storm() -> None:
         nonlocal sent
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + STORM_SECONDS
         while time.monotonic() < deadline:
             for pid in process_tree(server.pid):
                 try:
@@ -193,6 +201,9 @@ def test_sigusr1_storm_to_every_process_corrupts_no_transfer(serve, strategy):
     assert all(done), done
     assert sent > 100
     assert server.proc.poll() is None, server.log()
+    # No process died: not the master, not a worker, not a per-connection child.
+    assert all(process_state(pid) not in (None, "Z") for pid in long_lived), server.log()[-3000:]
+    assert "died unexpectedly" not in server.log() and "exited with status" not in server.log(), server.log()[-3000:]
 
 
 def test_idle_timeout_closes_a_silent_client(serve, strategy):
