@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -77,3 +78,17 @@ def test_serve_help_lists_strategy_options():
     assert result.returncode == 0
     for option in ["--bind", "--strategy", "--log-level", "--timeout", "--graceful-timeout", "--max-connections"]:
         assert option in result.stdout
+
+
+def test_a_reader_that_goes_away_gets_no_traceback():
+    # ``forkthread list | head -1``: the pipe's reader is gone before we write.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "framework", "list"], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, env=child_env(), timeout=30,
+                                stdin=subprocess.DEVNULL)
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""  # no traceback, no "Exception ignored" at exit
+    assert result.returncode == 1
