@@ -266,7 +266,10 @@ def test_deadline_fires_once_and_can_be_cancelled(harness):
 
 def test_idle_timeout_ends_a_silent_connection_but_not_a_busy_one():
     with open_fds_unchanged():
-        harness = Harness(idle_timeout=0.5)
+        # The busy client sends every 0.05 s from this very thread: a stall of this
+        # process longer than the idle timeout (a loaded machine) would look like
+        # silence, so the timeout leaves a wide margin over the sending interval.
+        harness = Harness(idle_timeout=1.0)
         try:
             silent_server, silent_client = tcp_pair()
             busy_server, busy_client = tcp_pair()
@@ -285,7 +288,7 @@ def test_idle_timeout_ends_a_silent_connection_but_not_a_busy_one():
                 harness.run_until(lambda: silent.lost, step=keep_busy)
                 assert isinstance(silent.lost[0], TimeoutError)
                 assert silent_client.recv(10) == b""
-                until = time.monotonic() + 1.0
+                until = time.monotonic() + 1.5  # well past the idle timeout, and busy all along
                 harness.run_until(lambda: time.monotonic() >= until, step=keep_busy)
                 assert not busy_connection.is_closing()
                 # Silence now: the busy one times out as well.
