@@ -206,14 +206,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     try:
-        args = parser.parse_args(argv)
         try:
-            status: int = args.func(args)
-        except UsageError as exc:
-            parser.exit(2, f"{PROG}: error: {exc}\n")
-        except KeyboardInterrupt:
-            return 130
-        return status
+            args = parser.parse_args(argv)
+            try:
+                status: int = args.func(args)
+            except UsageError as exc:
+                parser.exit(2, f"{PROG}: error: {exc}\n")
+            except KeyboardInterrupt:
+                return 130
+            return status
+        finally:
+            # Buffered output is written here, where a vanished reader can still be
+            # handled, not in the interpreter's final flush ("Exception ignored").
+            sys.stdout.flush()
     except BrokenPipeError:
         # Whoever read our standard output has gone (``forkthread list | head -1``):
         # nothing more to say, and no traceback.  Point stdout at /dev/null so
