@@ -29,9 +29,9 @@ SERVED_METHODS = frozenset({b"GET", b"HEAD"})
 
 # tchar (RFC 9110 section 5.6.2): what a method or a field name may contain.
 _TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-# Control characters forbidden in a field value (HTAB is allowed) and in a request target.
+# Control characters forbidden in a field value (HTAB is allowed); a target must be visible ASCII.
 _VALUE_CONTROLS = bytes(c for c in range(32) if c != 9) + b"\x7f"
-_TARGET_FORBIDDEN = bytes(range(33)) + b"\x7f"
+_TARGET_FORBIDDEN = bytes(range(33)) + bytes(range(127, 256))
 _DIGITS = frozenset(b"0123456789")
 # How much of a refused request line the access log shows.
 _LOGGED_LINE = 1024
