@@ -82,9 +82,9 @@ class HttpProtocol(Protocol):
 
     def deadline_expired(self) -> None:
         """A request head took longer than the header timeout: 408, then close."""
+        if not self.timing or self.transport.is_closing():
+            return  # a deadline cancelled too late to stop it: nothing was pending
         self.timing = False
-        if self.transport.is_closing():
-            return
         log.debug("%s: request head not complete within %g s", self.transport.peer, self.header_timeout)
         self._refuse(408, "", b"")
 
