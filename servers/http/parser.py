@@ -29,9 +29,8 @@ SERVED_METHODS = frozenset({b"GET", b"HEAD"})
 
 # tchar (RFC 9110 section 5.6.2): what a method or a field name may contain.
 _TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-# Control characters forbidden in a field value (HTAB is allowed); a target must be visible ASCII.
-_VALUE_CONTROLS = bytes(c for c in range(32) if c != 9) + b"\x7f"
-_TARGET_FORBIDDEN = bytes(range(33)) + bytes(range(127, 256))
+# Control characters no part of a head may hold (HTAB, CR and LF are checked where they matter).
+_HEAD_CONTROLS = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
 _DIGITS = frozenset(b"0123456789")
 # How much of a refused request line the access log shows.
 _LOGGED_LINE = 1024
@@ -76,10 +75,6 @@ class RequestHead:
     expects_continue: bool = False
 
 
-def _is_token(text: bytes) -> bool:
-    return bool(text) and _TOKEN_BYTES.issuperset(text)
-
-
 def _parse_version(text: bytes) -> tuple[int, int]:
     """``HTTP/1.1`` -> ``(1, 1)``; 400 when malformed, 505 for HTTP/2 and later (or before 1.0)."""
     if len(text) != 8 or not text.startswith(b"HTTP/") or text[6:7] != b"." \
@@ -117,26 +112,31 @@ def parse_head(block: bytes) -> RequestHead:
         raise RequestError(414, "request line too long")
     if len(lines) - 1 > MAX_FIELDS:
         raise RequestError(431, "too many header fields")
+    # One pass over the whole head for the control characters nothing may
+    # contain; what is left (a CR inside a line, a TAB or non-ASCII in the
+    # target) is checked where it matters.
+    if block.translate(None, _HEAD_CONTROLS) != block:
+        raise RequestError(400, "control character in request head")
     parts = request_line.split(b" ")
     if len(parts) != 3:
         raise RequestError(400, "malformed request line")
     method, target, version_text = parts
-    if not _is_token(method):
+    if not method or not _TOKEN_BYTES.issuperset(method):
         raise RequestError(400, "malformed method")
-    if not target or target.translate(None, _TARGET_FORBIDDEN) != target:
+    if not target or not target.isascii() or b"\t" in target or b"\r" in target:
         raise RequestError(400, "malformed request target")
     version = _parse_version(version_text)
     fields: dict[bytes, bytes] = {}
     for raw in lines[1:]:
         line = raw.removesuffix(b"\r")
-        if line[:1] in (b" ", b"\t"):
-            raise RequestError(400, "obsolete line folding")
         name, colon, value = line.partition(b":")
-        if not colon or not _is_token(name):
+        if not colon or not name or not _TOKEN_BYTES.issuperset(name):
+            if line[:1] in (b" ", b"\t"):
+                raise RequestError(400, "obsolete line folding")
             raise RequestError(400, "malformed header field")
+        if b"\r" in value:
+            raise RequestError(400, "CR in header value")
         value = value.strip(b" \t")
-        if value.translate(None, _VALUE_CONTROLS) != value:
-            raise RequestError(400, "control character in header value")
         name = name.lower()
         previous = fields.get(name)
         if previous is None:
