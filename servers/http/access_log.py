@@ -64,8 +64,9 @@ class AccessLog:
         """Write one line: host, time, request line, status and body bytes sent."""
         now = time.time()
         if int(now) != self._second:
-            self._second = int(now)
+            # The stamp first: another thread that sees the new second must see its stamp.
             self._stamp = clf_time(now)
+            self._second = int(now)
         line = f'{escape(peer_host(peer).encode())} - - {self._stamp} "{escape(request_line)}" {status} {size or "-"}\n'
         try:
             os.write(self.fd, line.encode("ascii"))
