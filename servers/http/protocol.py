@@ -42,7 +42,6 @@ class HttpProtocol(Protocol):
         self.to_discard = 0
         #: Whether the header deadline is running (it runs from a request's first byte to its blank line).
         self.timing = False
-        self.requests = 0
 
     def connection_made(self, transport: Transport) -> None:
         """Start the clock for the first request head."""
@@ -91,7 +90,6 @@ class HttpProtocol(Protocol):
     # -- answering -------------------------------------------------------------
 
     def _answer(self, request: RequestHead) -> None:
-        self.requests += 1
         method = request.method
         if method not in SERVED_METHODS:
             self._not_served(request)
