@@ -97,6 +97,20 @@ def test_keep_alive_rules(site, version, headers, closed):
     assert reply.header("connection") == ("close" if closed else "keep-alive")
 
 
+def test_a_stopping_server_ends_keep_alive_after_the_response(site):
+    stopping = []
+    data = get("/hello.txt") + get("/kib.bin") + get("/index.html")
+    transport = RecordingTransport()
+    protocol = HttpProtocol(site, stopping=lambda: bool(stopping))
+    protocol.connection_made(transport)
+    protocol.data_received(data[:len(get("/hello.txt"))])
+    stopping.append(True)
+    protocol.data_received(data[len(get("/hello.txt")):])
+    replies = parse_responses(transport.output(), ["GET", "GET", "GET"])
+    assert [(r.status, r.header("connection")) for r in replies] == [(200, "keep-alive"), (200, "close")]
+    assert transport.closed
+
+
 @CHUNKINGS
 def test_pipelined_requests_answered_in_order(site, chunk):
     data = get("/hello.txt") + get("/kib.bin") + get("/missing") + get("/index.html", "Connection: close")

@@ -11,6 +11,7 @@ decided here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from framework.drivers.common import DEFAULT_LINGER
 from framework.protocol import Protocol, Transport
@@ -29,14 +30,24 @@ MAX_DISCARDED_BODY = 1 << 20
 _ALLOW = f"Allow: {responses.ALLOW}\r\n"
 
 
+def _never() -> bool:
+    return False
+
+
 class HttpProtocol(Protocol):
-    """One HTTP connection serving *site*; the head of each request must arrive within *header_timeout*."""
+    """One HTTP connection serving *site*; the head of each request must arrive within *header_timeout*.
+
+    *stopping* tells whether the server is shutting down: then each response
+    says ``Connection: close`` and ends its connection, so that a graceful
+    stop does not wait for keep-alive clients to go away by themselves.
+    """
 
     def __init__(self, site: StaticSite, *, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-                 access_log: AccessLog | None = None) -> None:
+                 access_log: AccessLog | None = None, stopping: Callable[[], bool] = _never) -> None:
         self.site = site
         self.header_timeout = header_timeout
         self.access_log = access_log
+        self.stopping = stopping
         self.parser = HeadParser()
         #: Body bytes of the current request still to be read and dropped.
         self.to_discard = 0
@@ -94,7 +105,7 @@ class HttpProtocol(Protocol):
         if method not in SERVED_METHODS:
             self._not_served(request)
             return
-        keep_alive = request.keep_alive and not request.chunked
+        keep_alive = request.keep_alive and not request.chunked and not self.stopping()
         # A body on a GET means nothing here, but it must not be read as the next request.
         self.to_discard = request.content_length
         response = self.site.respond(request, keep_alive)
@@ -112,7 +123,7 @@ class HttpProtocol(Protocol):
         status = 405 if request.method in KNOWN_METHODS else 501
         # Keep the connection only when the body can be skipped cheaply and is on its way.
         keep_alive = (request.keep_alive and not request.chunked and request.content_length <= MAX_DISCARDED_BODY
-                      and not (request.expects_continue and request.content_length))
+                      and not (request.expects_continue and request.content_length) and not self.stopping())
         payload = responses.error_response(status, keep_alive=keep_alive,
                                            extra=_ALLOW if status == 405 else "")
         self.transport.write(payload)
@@ -126,6 +137,7 @@ class HttpProtocol(Protocol):
 
     def _refuse(self, status: int, detail: str, request_line: bytes) -> None:
         """Answer a request that cannot be framed or parsed, then close gracefully."""
+        log.debug("%s: %d %s", self.transport.peer, status, detail)
         self.transport.write(responses.error_response(status, detail))
         if self.access_log is not None:
             self.access_log.log(self.transport.peer, request_line, status, len(responses.error_body(status, detail)))

@@ -47,7 +47,12 @@ class HttpServer(Server):
 
     def protocol_factory(self) -> HttpProtocol:
         """A protocol for one connection, sharing the site (and its file cache)."""
-        return HttpProtocol(self.site, header_timeout=self.header_timeout, access_log=self.access_log)
+        return HttpProtocol(self.site, header_timeout=self.header_timeout, access_log=self.access_log,
+                            stopping=self._stopping)
+
+    def _stopping(self) -> bool:
+        # Read at call time: a forked worker gets a fresh lifecycle.
+        return self.lifecycle.stopping
 
     def configure_connection(self, sock: socket.socket) -> None:
         """Turn Nagle off: a response is a head then a file, and must not wait for a delayed ACK."""
