@@ -63,6 +63,6 @@ def parse_http_date(text: str) -> int | None:
         fields = (int(year), _MONTH_NUMBERS[month.lower()], int(day), hour, minute, second)
     except (ValueError, KeyError):
         return None
-    if not (1 <= fields[2] <= 31 and hour < 24 and minute < 60 and second < 61):
+    if not (1 <= fields[2] <= 31 and 0 <= hour < 24 and 0 <= minute < 60 and 0 <= second < 61):
         return None
     return calendar.timegm(fields)

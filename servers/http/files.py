@@ -37,14 +37,21 @@ MAX_ENTRIES = 256
 #: Types whose text is sent with ``charset=utf-8`` even though they are not ``text/*``.
 _TEXTUAL_TYPES = frozenset({"application/javascript", "application/json", "application/xml", "image/svg+xml"})
 
+#: The type of a compressed file, by the encoding ``mimetypes`` reports.
+_COMPRESSED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
+                     "compress": "application/x-compress", "br": "application/x-brotli"}
+
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def content_type(path: str) -> str:
     """The ``Content-Type`` for *path* by its extension, with a charset for text."""
     guessed, encoding = mimetypes.guess_type(path, strict=False)
-    if guessed is None or encoding is not None:
-        # A .gz or .bz2 file is sent as what it is, not as its content.
+    if encoding is not None:
+        # A .tar.gz is sent as what it is (gzip data), not as what it holds: no Content-Encoding
+        # here, or a browser would unpack it on the fly.
+        return _COMPRESSED_TYPES.get(encoding, "application/octet-stream")
+    if guessed is None:
         return "application/octet-stream"
     if guessed.startswith("text/") or guessed in _TEXTUAL_TYPES:
         return guessed + "; charset=utf-8"
@@ -71,16 +78,13 @@ class FileEntry:
             fd = os.open(path, _OPEN_FLAGS)
         except OSError as exc:
             raise NotServable(str(exc)) from None
-        self.file = open(fd, "rb", buffering=0, closefd=True)  # noqa: SIM115 -- lives as long as the entry
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            self.file.close()
-            raise NotServable("not a regular file")
-        if _opened_path(fd) not in (path, None):
-            # A directory on the way was swapped for a link after the path was
-            # checked: what was opened is not what was checked.
-            self.file.close()
-            raise NotServable("path changed while it was opened")
+        if not stat.S_ISREG(info.st_mode) or _opened_path(fd) not in (path, None):
+            # Not a regular file, or a directory on the way was swapped for a
+            # link after the path was checked: what was opened is not what was checked.
+            os.close(fd)
+            raise NotServable("not the regular file that was checked")
+        self.file = open(fd, "rb", buffering=0, closefd=True)  # noqa: SIM115 -- lives as long as the entry
         self.path = path
         self.identity = _identity(info)
         self.size = info.st_size
