@@ -197,3 +197,12 @@ def test_slowloris_does_not_starve_a_normal_client(serve, root, strategy_name, e
     finally:
         for sock in slow:
             sock.close()
+
+
+@pytest.mark.parametrize("bind", ["[::1]:0", "unix"])
+def test_ipv6_and_unix_sockets(serve, root, tmp_path, bind):
+    address = f"unix:{tmp_path}/http.sock" if bind == "unix" else bind
+    server = serve("http", "--root", str(root), "--access-log", str(tmp_path / "log"), bind=address)
+    with server.connect() as sock:
+        replies, closed = exchange(sock, b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n" * 2, ["GET", "GET"])
+    assert [r.body == BIG for r in replies] == [True, True] and not closed
