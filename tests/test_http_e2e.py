@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from framework.strategies import STRATEGIES
+from tests.conftest import selected_strategies
 from tests.http_support import BIG, KIB, SMALL, exchange, make_root, read_replies
 from tests.support import child_env
 
@@ -158,8 +158,8 @@ SLOWLORIS = [("poll", []), ("threading", []), ("preforked", ["--worker", "poll"]
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("strategy_name", "extra"), SLOWLORIS, ids=[s for s, _ in SLOWLORIS])
 def test_slowloris_does_not_starve_a_normal_client(serve, root, strategy_name, extra):
-    if strategy_name not in STRATEGIES:
-        pytest.skip(f"strategy {strategy_name} is not registered yet")
+    if strategy_name not in selected_strategies():
+        pytest.skip(f"strategy {strategy_name} is not selected (FORKTHREAD_STRATEGIES)")
     server = serve("http", "--root", str(root), "--header-timeout", "2", *extra, strategy=strategy_name)
     slow = []
     try:
