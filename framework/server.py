@@ -32,6 +32,7 @@ from framework.accepting import Acceptor
 from framework.address import (
     DEFAULT_BACKLOG, Address, bind_socket, local_address, parse_address, remove_unix_socket, socket_file_inode,
 )
+from framework.datagram import DatagramProtocol
 from framework.drivers.blocking import HandlerError, serve_connection
 from framework.lifecycle import ActiveConnections, Lifecycle
 from framework.protocol import Protocol
@@ -76,6 +77,8 @@ class Server:
     #: The protocol class instantiated for each connection by the default
     #: :meth:`protocol_factory`.
     protocol: ClassVar[type[Protocol] | None] = None
+    #: The datagram protocol for ``udp:`` addresses (None: the server speaks streams only).
+    datagram_protocol: ClassVar[type[DatagramProtocol] | None] = None
 
     def __init__(
         self,
@@ -86,6 +89,8 @@ class Server:
         graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
         backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool = False,
+        keepalive: tuple[int, int, int] | None = None,
+        nodelay: bool = False,
         listener: socket.socket | None = None,
         handle_signals: bool = True,
         bind: bool = True,
@@ -96,6 +101,8 @@ class Server:
         self.graceful_timeout = graceful_timeout
         self.backlog = backlog
         self.reuse_port = reuse_port
+        self.keepalive = keepalive
+        self.nodelay = nodelay
         self.handle_signals = handle_signals
         self.listener: socket.socket | None = listener
         self.lifecycle = Lifecycle(graceful_timeout)
@@ -107,7 +114,9 @@ class Server:
         self._stopped.set()
         if listener is not None:
             listener.setblocking(False)
-        elif bind:
+            self.requested_address = local_address(listener)
+        self._check_datagram_support()
+        if listener is None and bind:
             self.server_activate()
 
     # -- construction helpers ------------------------------------------------
@@ -124,6 +133,15 @@ class Server:
                 f" (supported: {', '.join(sorted(allowed))})"
             )
         return strategy
+
+    def _check_datagram_support(self) -> None:
+        """Refuse a datagram address that this server or the strategy cannot serve."""
+        if not self.requested_address.is_datagram:
+            return
+        if self.datagram_protocol is None and type(self).datagram_protocol_factory is Server.datagram_protocol_factory:
+            raise ValueError(f"server {self.name or type(self).__name__!r} does not speak datagrams (UDP)")
+        if not self.strategy.can_serve_datagrams():
+            raise ValueError(f"strategy {self.strategy.name!r} cannot serve datagrams (UDP)")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -174,12 +192,33 @@ class Server:
             raise NotImplementedError(f"{type(self).__name__} must set `protocol` or override protocol_factory()")
         return self.protocol()
 
+    def datagram_protocol_factory(self) -> DatagramProtocol:
+        """Return a fresh datagram protocol for one serving loop (default: ``self.datagram_protocol()``)."""
+        if self.datagram_protocol is None:
+            raise NotImplementedError(f"{type(self).__name__} does not speak datagrams")
+        return self.datagram_protocol()
+
     def verify_request(self, sock: socket.socket, peer: str) -> bool:
         """Return False to close a new connection at once, without serving it."""
         return True
 
     def configure_connection(self, sock: socket.socket) -> None:
-        """Set per-connection socket options on a freshly accepted socket (hook)."""
+        """Set per-connection socket options on a freshly accepted socket (hook).
+
+        Applies ``nodelay`` (TCP_NODELAY) and ``keepalive`` (SO_KEEPALIVE with
+        TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT) to TCP connections; a
+        subclass that overrides this should call it too.
+        """
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        if self.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.keepalive is not None:
+            idle, interval, count = self.keepalive
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
 
     def handle_error(self, exc: BaseException, peer: str) -> None:
         """Log a protocol's fault: the connection is already over, the server lives on."""
@@ -232,7 +271,29 @@ class Server:
         if self.handle_signals:
             self.lifecycle.install_default_signals(self.status)
         try:
-            self.strategy.serve(self)
+            if self.address.is_datagram:
+                self.strategy.serve_datagrams(self)
+            else:
+                self.strategy.serve(self)
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                self.lifecycle.signals.restore()
+            self._serving_thread = None
+            self._stopped.set()
+
+    def serve_connected(self, sock: socket.socket, peer: str) -> None:
+        """Serve one already connected socket in this thread, then return (inetd mode).
+
+        Signals are handled as in :meth:`serve_forever`: SIGTERM ends the
+        connection within the graceful timeout.
+        """
+        ignore_sigpipe()
+        self._stopped.clear()
+        self._serving_thread = threading.current_thread()
+        if self.handle_signals:
+            self.lifecycle.install_default_signals(self.status)
+        try:
+            self.handle_connection(sock, peer, main_thread=True)
         finally:
             if threading.current_thread() is threading.main_thread():
                 self.lifecycle.signals.restore()

@@ -66,6 +66,21 @@ class Strategy(abc.ABC):
     def serve(self, server: Server) -> None:
         """Serve *server*'s listener until a stop is requested and all work is over."""
 
+    def serve_datagrams(self, server: Server) -> None:
+        """Answer datagrams on *server*'s (datagram) socket until a stop is requested.
+
+        Strategies that make sense for datagrams (iterative, threading,
+        pre-forked) override this with :func:`framework.datagram.serve_datagram_socket`
+        in one thread, several threads or several processes; a connection-based
+        model (fork per connection, an event loop of connections) refuses.
+        """
+        raise NotImplementedError(f"strategy {self.name!r} cannot serve datagrams (UDP)")
+
+    @classmethod
+    def can_serve_datagrams(cls) -> bool:
+        """True when this strategy implements :meth:`serve_datagrams`."""
+        return cls.serve_datagrams is not Strategy.serve_datagrams
+
     def counts(self, server: Server) -> tuple[int, int]:
         """``(connections served, connections active)`` for the status line."""
         return server.connections.served, len(server.connections)

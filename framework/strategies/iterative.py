@@ -11,6 +11,7 @@ import math
 import select
 from typing import TYPE_CHECKING
 
+from framework.datagram import serve_datagram_socket
 from framework.strategies.base import Strategy
 
 if TYPE_CHECKING:
@@ -50,3 +51,7 @@ class IterativeStrategy(Strategy):
                 if fd == lifecycle.wakeup_fd():
                     lifecycle.dispatch()
 
+    def serve_datagrams(self, server: Server) -> None:
+        """Answer datagrams one by one in the serving thread until a stop is requested."""
+        assert server.listener is not None
+        serve_datagram_socket(server, server.listener, wakeup_fd=server.lifecycle.wakeup_fd(), main_thread=True)
