@@ -117,4 +117,27 @@ def inetd_socket(fd: int = 0) -> tuple[socket.socket, str]:
     if sock.type != socket.SOCK_STREAM:
         sock.close()
         raise ActivationError("--inetd serves stream connections (inetd 'nowait' style) only")
+    _detach_standard_descriptors(sock)
     return sock, peer
+
+
+def _detach_standard_descriptors(sock: socket.socket) -> None:
+    """Point descriptors 0-2 that are *sock*'s connection at /dev/null.
+
+    inetd passes the connection as standard input, output and error; while
+    any of them stays open, closing our socket would not end the connection
+    (no FIN until the last descriptor goes), and a log line on standard
+    error would land in the client's stream.
+    """
+    ours = os.fstat(sock.fileno())
+    null_fd = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in (0, 1, 2):
+            try:
+                info = os.fstat(fd)
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) == (ours.st_dev, ours.st_ino):
+                os.dup2(null_fd, fd)
+    finally:
+        os.close(null_fd)
