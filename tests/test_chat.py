@@ -170,7 +170,7 @@ def make_member(room: ChatRoom, peer: str, max_buffer: int = 1000):
 def test_room_relays_lines_fed_one_byte_at_a_time():
     room = ChatRoom()
     a, ta = make_member(room, "a")
-    b, tb = make_member(room, "b")
+    _b, tb = make_member(room, "b")
     feed(a, b"hi\r\nthere\n", chunk_size=1)
     assert tb.output() == b"* welcome guest2 (1 others here)\nguest1: hi\nguest1: there\n"
     assert ta.output() == b"* welcome guest1 (0 others here)\n* guest2 joined\n"
