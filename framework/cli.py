@@ -115,6 +115,24 @@ def strategy_options(args: argparse.Namespace) -> StrategyOptions:
     )
 
 
+def add_server_options(parser: argparse.ArgumentParser, cls: type[Server]) -> None:
+    """Add the options of ``forkthread serve`` for server class *cls* to *parser*."""
+    parser.add_argument("--bind", "-b", default=f"127.0.0.1:{cls.default_port}", metavar="ADDR",
+                        help="HOST:PORT, [V6]:PORT, unix:PATH or udp:HOST:PORT; port 0 picks a free port;"
+                             " ignored under systemd socket activation (default: %(default)s)")
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error", "critical"),
+                        help="log verbosity on standard error (default: %(default)s)")
+    parser.add_argument("--timeout", type=optional_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="close a connection idle this long; 0 for never (default: %(default)s)")
+    parser.add_argument("--graceful-timeout", type=positive_float, default=DEFAULT_GRACEFUL_TIMEOUT,
+                        metavar="SECONDS", help="at stop, let connections finish this long (default: %(default)s)")
+    _add_socket_options(parser)
+    _add_strategy_options(parser)
+    cls.add_arguments(parser)
+    parser.set_defaults(func=run_serve, server_cls=cls)
+
+
 def _add_serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve = commands.add_parser("serve", help="run a server", description="Run a server under a strategy.")
     servers = serve.add_subparsers(dest="server", metavar="SERVER", required=True)
@@ -125,21 +143,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ig
             logging.getLogger("forkthread").warning("server %s unavailable: %s", name, exc)
             continue
         parser = servers.add_parser(name, help=cls.description, description=cls.description)
-        parser.add_argument("--bind", "-b", default=f"127.0.0.1:{cls.default_port}", metavar="ADDR",
-                            help="HOST:PORT, [V6]:PORT, unix:PATH or udp:HOST:PORT; port 0 picks a free port;"
-                                 " ignored under systemd socket activation (default: %(default)s)")
-        parser.add_argument("--log-level", default="info",
-                            choices=("debug", "info", "warning", "error", "critical"),
-                            help="log verbosity on standard error (default: %(default)s)")
-        parser.add_argument("--timeout", type=optional_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                            help="close a connection idle this long; 0 for never (default: %(default)s)")
-        parser.add_argument("--graceful-timeout", type=positive_float, default=DEFAULT_GRACEFUL_TIMEOUT,
-                            metavar="SECONDS", help="at stop, let connections finish this long (default: %(default)s)")
-        _add_socket_options(parser)
-        _add_strategy_options(parser)
-        server_group = parser.add_argument_group(f"{name} options")
-        cls.add_arguments(server_group)  # type: ignore[arg-type]
-        parser.set_defaults(func=run_serve, server_cls=cls)
+        add_server_options(parser, cls)
 
 
 def configure_logging(level: str) -> None:
@@ -236,9 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def serve_main(cls: type[Server], argv: Sequence[str] | None = None) -> int:
+    """The ``forkthread serve`` command line for one server class: for your own servers' scripts.
+
+    ``sys.exit(serve_main(MyServer))`` gives a script ``--bind``,
+    ``--strategy`` and every other serve option, the ``listening on`` line,
+    signal handling and exit statuses, exactly as ``forkthread serve``.
+    """
+    parser = argparse.ArgumentParser(prog=cls.name or cls.__name__, description=cls.description or None)
+    add_server_options(parser, cls)
+    return _run(parser, argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    parser = build_parser()
+    return _run(build_parser(), argv)
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.func(args)
