@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from framework import __version__
-from framework.activation import ActivationError, inetd_socket, listen_fds, sd_notify
+from framework.activation import ActivationError, inetd_socket, listen_fds
 from framework.address import AddressError, parse_address
 from framework.registry import server_class, server_targets
 from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Server
@@ -160,7 +160,7 @@ def run_serve(args: argparse.Namespace) -> int:
     Under systemd socket activation (``LISTEN_FDS``) the passed socket is
     served instead of binding ``--bind``; with ``--inetd`` the one connection
     on standard input is served and nothing is printed on standard output.
-    READY=1 goes to ``NOTIFY_SOCKET`` once the server listens.
+    READY=1 goes to ``NOTIFY_SOCKET`` once the server handles signals.
     """
     configure_logging(args.log_level)
     try:
@@ -190,7 +190,6 @@ def run_serve(args: argparse.Namespace) -> int:
         return _serve_inetd(server)
     with server:
         print(f"listening on {server.address}", flush=True)
-        sd_notify("READY=1")
         server.serve_forever()
     return 0
 

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar
 
 from framework.accepting import Acceptor
+from framework.activation import sd_notify
 from framework.address import (
     DEFAULT_BACKLOG,
     Address,
@@ -267,7 +268,8 @@ class Server:
 
         When called in the main thread (and ``handle_signals`` is true),
         SIGTERM and SIGINT start a graceful stop and SIGUSR1 logs a status
-        line; the previous handlers are restored on return.  On return every
+        line; the previous handlers are restored on return.  Under systemd
+        (``NOTIFY_SOCKET`` set) READY=1 is sent once the handlers are in place.  On return every
         child process has been reaped and every thread joined.
         """
         self.server_activate()
@@ -276,6 +278,8 @@ class Server:
         self._serving_thread = threading.current_thread()
         if self.handle_signals:
             self.lifecycle.install_default_signals(self.status)
+        # Ready only now: a service manager may send SIGTERM as soon as it hears READY=1.
+        sd_notify("READY=1")
         try:
             if self.address.is_datagram:
                 self.strategy.serve_datagrams(self)
