@@ -160,8 +160,11 @@ class ThreadedOutbox(Outbox):
                     self._ready.wait()
                 if self._state != "open":
                     return
-                data = self._queue.popleft()
-                self._queued -= len(data)
+                # Take everything queued: one sendall per wake-up, not one per line, so the
+                # sender keeps pace with producers that queue many small pieces at once.
+                data = b"".join(self._queue)
+                self._queue.clear()
+                self._queued = 0
                 self._sending = True
             try:
                 self._sock.sendall(data)
