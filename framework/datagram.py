@@ -42,6 +42,9 @@ log = logging.getLogger("forkthread")
 #: Bytes asked of one recvmsg(): more than any UDP payload (65,535 - 8 header bytes).
 DATAGRAM_RECV_SIZE = 65536
 
+#: Threads a threaded strategy runs on a datagram socket unless told otherwise.
+DATAGRAM_THREADS = 8
+
 #: How long an answer waits for room in a full send buffer before it is dropped.
 SEND_WAIT_MS = 1000
 
