@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from framework.strategies import strategy_class
+from framework.strategies import create_strategy
 from tests.support import child_env
 from tests.test_conformance import CTIME
 
 
 def datagram_strategy(strategy: str) -> str:
-    if not strategy_class(strategy).can_serve_datagrams():
+    if not create_strategy(strategy).can_serve_datagrams():
         pytest.skip(f"strategy {strategy} refuses datagrams (tested in test_connection_strategies_refuse_udp)")
     return strategy
 
@@ -89,7 +89,7 @@ def test_udp_many_clients_at_once(serve, strategy):
 
 
 def test_connection_strategies_refuse_udp(strategy):
-    if strategy_class(strategy).can_serve_datagrams():
+    if create_strategy(strategy).can_serve_datagrams():
         pytest.skip(f"strategy {strategy} serves datagrams")
     result = subprocess.run(
         [sys.executable, "-m", "framework", "serve", "echo", "--bind", "udp:127.0.0.1:0", "--strategy", strategy],
@@ -119,7 +119,7 @@ def test_strategy_without_datagram_support_is_refused_in_code():
         def serve(self, server):
             raise AssertionError("never reached")
 
-    assert not ConnectionsOnly.can_serve_datagrams()
+    assert not ConnectionsOnly().can_serve_datagrams()
     with pytest.raises(ValueError, match="strategy 'connections-only' cannot serve datagrams"):
         EchoServer("udp:127.0.0.1:0", strategy=ConnectionsOnly())
     with pytest.raises(NotImplementedError, match="cannot serve datagrams"):

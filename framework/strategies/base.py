@@ -76,10 +76,13 @@ class Strategy(abc.ABC):
         """
         raise NotImplementedError(f"strategy {self.name!r} cannot serve datagrams (UDP)")
 
-    @classmethod
-    def can_serve_datagrams(cls) -> bool:
-        """True when this strategy implements :meth:`serve_datagrams`."""
-        return cls.serve_datagrams is not Strategy.serve_datagrams
+    def can_serve_datagrams(self) -> bool:
+        """True when this strategy, as configured, implements :meth:`serve_datagrams`.
+
+        :class:`~framework.server.Server` asks before binding, so that a
+        refusal is a clear error rather than a failure once serving.
+        """
+        return type(self).serve_datagrams is not Strategy.serve_datagrams
 
     def counts(self, server: Server) -> tuple[int, int]:
         """``(connections served, connections active)`` for the status line."""
