@@ -47,7 +47,12 @@ class Outbox:
         self.limit = limit
 
     def put(self, data: bytes) -> bool:
-        """Queue *data*; return False (queuing nothing) when the peer is over the limit or gone."""
+        """Queue *data*; return False (queuing nothing) when the peer is over the limit.
+
+        Bytes for a connection that is already ending are discarded and
+        count as delivered: its end is reported by ``connection_lost``, not
+        as an overflow.
+        """
         raise NotImplementedError
 
     def drop(self, notice: bytes = b"") -> None:
@@ -72,7 +77,9 @@ class BufferedOutbox(Outbox):
 
     def put(self, data: bytes) -> bool:
         """Write *data* unless the transport already holds more than the limit."""
-        if self.transport.is_closing() or self.buffered() + len(data) > self.limit:
+        if self.transport.is_closing():
+            return True
+        if self.buffered() + len(data) > self.limit:
             return False
         self.transport.write(data)
         return True
@@ -109,7 +116,9 @@ class ThreadedOutbox(Outbox):
     def put(self, data: bytes) -> bool:
         """Queue *data* for the sender thread unless more than the limit is already waiting."""
         with self._ready:
-            if self._state != "open" or self._queued + len(data) > self.limit:
+            if self._state != "open":
+                return True
+            if self._queued + len(data) > self.limit:
                 return False
             self._queue.append(data)
             self._queued += len(data)
