@@ -13,6 +13,7 @@ from framework.strategies.base import Strategy, StrategyOptions
 #: name -> "module:Class"; the order is the order of ``forkthread list``.
 STRATEGIES: dict[str, str] = {
     "iterative": "framework.strategies.iterative:IterativeStrategy",
+    "poll": "framework.strategies.poll:PollStrategy",
 }
 
 
