@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from framework.activation import listen_fds, sd_notify
-from tests.support import ServerProcess, child_env, echo_exchange, recv_all, wait_for
+from tests.support import ServerProcess, child_env, echo_exchange, reap_adopted, recv_all, wait_for
 from tests.test_conformance import CTIME
 
 SERVE = [sys.executable, "-m", "framework", "serve"]
@@ -103,9 +103,11 @@ def tcp_listener():
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, expect exit status 0, and prove no worker or child outlived the server."""
     proc.terminate()
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
+    assert not reap_adopted(), "processes outlived the server"
     return stderr
 
 

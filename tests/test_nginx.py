@@ -13,7 +13,7 @@ import time
 import pytest
 
 from framework.registry import server_targets
-from tests.support import ROOT
+from tests.support import ROOT, reap_adopted
 
 TEMPLATE = ROOT / "deploy" / "nginx" / "forkthread-upstream.conf"
 
@@ -81,6 +81,7 @@ def nginx(tmp_path):
             assert proc.wait(20) == 0
         finally:
             proc.stderr.close()
+    assert not reap_adopted(), "nginx workers outlived their master"
 
 
 def test_nginx_balances_over_two_instances(serve, nginx, tmp_path, strategy):
