@@ -59,8 +59,11 @@ class Outbox:
         """End the connection now: discard what is queued, try *notice* once if it fits, shut down."""
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Release the outbox when the connection is over (from ``connection_lost``)."""
+    def close(self, flush: bool = False) -> None:
+        """Release the outbox when the connection is over (from ``connection_lost``).
+
+        *flush* asks for what is still queued to be sent first (an orderly end).
+        """
 
 
 class BufferedOutbox(Outbox):
@@ -108,7 +111,7 @@ class ThreadedOutbox(Outbox):
         self._queue: collections.deque[bytes] = collections.deque()
         self._queued = 0
         self._sending = False
-        self._state = "open"  # "open", "dropped" or "closed"
+        self._state = "open"  # "open", "flushing" (closing after the queue), "dropped" or "closed"
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"outbox {peer}")
         self._thread.start()
@@ -146,14 +149,24 @@ class ThreadedOutbox(Outbox):
             self._ready.notify()
         self._shutdown()
 
-    def close(self) -> None:
-        """Stop the sender thread (abandoning what is queued), join it, close the duplicate."""
+    def close(self, flush: bool = False) -> None:
+        """Stop the sender thread, join it, close the duplicate.
+
+        With *flush* (an orderly end: the peer half-closed and still reads)
+        what is queued is sent first, within the send timeout; otherwise it
+        is abandoned.
+        """
         with self._ready:
-            self._state = "closed"
-            self._queue.clear()
+            if flush and self._state == "open":
+                self._state = "flushing"
+            else:
+                self._state = "closed"
+                self._queue.clear()
             self._ready.notify()
-        self._shutdown()
+        if not flush:
+            self._shutdown()
         self._thread.join()
+        self._shutdown()
         self._sock.close()
 
     def _shutdown(self) -> None:
@@ -167,7 +180,7 @@ class ThreadedOutbox(Outbox):
             with self._ready:
                 while self._state == "open" and not self._queue:
                     self._ready.wait()
-                if self._state != "open":
+                if self._state not in ("open", "flushing") or not self._queue:
                     return
                 # Take everything queued: one sendall per wake-up, not one per line, so the
                 # sender keeps pace with producers that queue many small pieces at once.

@@ -143,7 +143,8 @@ class ChatProtocol(Protocol):
         """Leave the room (announced) and release the outbox."""
         self.room.leave(self)
         if self.outbox is not None:
-            self.outbox.close()
+            # An orderly end (the client half-closed): what was queued for it still goes out.
+            self.outbox.close(flush=exc is None)
 
 
 class ChatServer(Server):
