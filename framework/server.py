@@ -293,7 +293,7 @@ class Server:
             ready()
         sd_notify("READY=1")  # after ready(): whoever hears it may signal at once
         try:
-            if self.address.is_datagram:
+            if self.requested_address.is_datagram:
                 self.strategy.serve_datagrams(self)
             else:
                 self.strategy.serve(self)
