@@ -206,6 +206,7 @@ def test_max_requests_with_jitter_recycles_workers(serve):
 def test_workers_exit_when_the_master_is_killed(serve):
     server = start_pool(serve, workers=3)
     workers = live_workers(server)
+    server.expected_status = -signal.SIGKILL
     os.kill(server.pid, signal.SIGKILL)
     server.proc.wait(10)
     # The workers are orphans now, adopted by this (subreaper) process: they must go by themselves.
