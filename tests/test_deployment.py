@@ -48,7 +48,8 @@ def test_inetd_daytime_writes_one_line_and_the_connection_ends():
     sock, proc = run_inetd("daytime", "--utc")
     with sock:
         assert CTIME.match(recv_all(sock))
-    assert proc.wait(20) == 0
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr
 
 
 def test_inetd_log_lines_never_reach_the_client():
@@ -60,6 +61,25 @@ def test_inetd_log_lines_never_reach_the_client():
         ours.settimeout(20)
         assert echo_exchange(ours, b"only this") == b"only this"
     assert proc.wait(20) == 0
+
+
+def test_inetd_sigterm_ends_an_idle_connection_gracefully():
+    sock, proc = run_inetd("echo", "--graceful-timeout", "1")
+    with sock:
+        assert echo_exchange_open(sock, b"before") == b"before"
+        proc.terminate()
+        assert proc.wait(20) == 0  # the idle connection ended at the graceful deadline
+        assert recv_all(sock) == b""
+    proc.stderr.close()
+
+
+def echo_exchange_open(sock: socket.socket, payload: bytes) -> bytes:
+    """Send *payload* and read it back without half-closing."""
+    sock.sendall(payload)
+    data = b""
+    while len(data) < len(payload):
+        data += sock.recv(len(payload) - len(data))
+    return data
 
 
 def test_inetd_refuses_a_non_socket_stdin():
