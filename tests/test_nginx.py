@@ -13,7 +13,7 @@ import time
 import pytest
 
 from framework.registry import server_targets
-from tests.support import ROOT, reap_adopted
+from tests.support import ROOT, descendants, proc_children, process_state, reap_adopted
 
 TEMPLATE = ROOT / "deploy" / "nginx" / "forkthread-upstream.conf"
 
@@ -75,13 +75,16 @@ def nginx(tmp_path):
 
     yield start
     for proc in started:
+        workers = descendants(proc.pid)
         if proc.poll() is None:
             proc.send_signal(signal.SIGQUIT)  # graceful: finish requests, then the master reaps its workers
         try:
             assert proc.wait(20) == 0
         finally:
             proc.stderr.close()
-    assert not reap_adopted(), "nginx workers outlived their master"
+        reap_adopted(timeout=2, keep=proc_children(os.getpid()) - workers)
+        survivors = {pid for pid in workers if process_state(pid) not in (None, "Z")}
+        assert not survivors, f"nginx workers outlived their master: {survivors}"
 
 
 def test_nginx_balances_over_two_instances(serve, nginx, tmp_path, strategy):
