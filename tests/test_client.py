@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from framework.registry import server_targets
 from framework.strategies import STRATEGIES
 from servers.chat import ChatServer
 from tests.support import child_env
@@ -119,3 +120,15 @@ def test_unreachable_server_is_one_line():
 def test_bad_address_is_a_usage_error():
     result = client("echo", "nowhere")
     assert result.returncode == 2 and b"Traceback" not in result.stderr
+
+
+@pytest.mark.skipif("http" not in server_targets(), reason="the http server is not available")
+def test_http_client_against_the_http_server(serve, tmp_path):
+    (tmp_path / "hello.txt").write_bytes(b"hello, client\n")
+    server = serve("http", "--root", str(tmp_path))
+    result = client("http", server.address, "/hello.txt")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello, client\n"
+    assert result.stderr.startswith(b"HTTP/1.1 200 OK\n")
+    missing = client("http", server.address, "/nope")
+    assert missing.returncode == 1 and missing.stderr.startswith(b"HTTP/1.1 404")
