@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -77,15 +78,11 @@ def test_udp_daytime_answers_any_datagram(serve, strategy, utc):
 
 def test_udp_many_clients_at_once(serve, strategy):
     server = serve("echo", strategy=datagram_strategy(strategy), bind="udp:127.0.0.1:0")
-    clients = [udp_client(server.address) for _ in range(20)]
-    try:
-        for index, sock in enumerate(clients):
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(udp_client(server.address)) for _ in range(20)]
+        for index, sock in enumerate(clients):  # all in flight at once, then all answers
             sock.send(b"client %d" % index)
-        for index, sock in enumerate(clients):
-            assert sock.recv(100) == b"client %d" % index
-    finally:
-        for sock in clients:
-            sock.close()
+        assert [sock.recv(100) for sock in clients] == [b"client %d" % index for index in range(20)]
 
 
 def test_connection_strategies_refuse_udp(strategy):
