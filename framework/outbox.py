@@ -38,6 +38,8 @@ log = logging.getLogger("forkthread")
 
 #: How long a sender thread waits for a peer to take bytes before it counts as stuck.
 DEFAULT_SEND_TIMEOUT = 30.0
+#: How long a put into a full threaded outbox waits for the receiver's send to finish.
+DEFAULT_PACE = 0.2
 
 
 class Outbox:
@@ -98,12 +100,24 @@ class ThreadedOutbox(Outbox):
     The duplicate shares the connection (and its non-blocking flag) but has
     its own descriptor, so the sender never touches the connection thread's
     poll object and its descriptor cannot be closed or reused under it.
+
+    **Pacing.**  Threads do not take turns the way an event loop does: a
+    talker's thread holding the GIL can queue the bound's worth of lines
+    before a receiver's sender thread is even scheduled, and a reader that
+    keeps up would be dropped for our own scheduling.  So a :meth:`put` that
+    finds the queue full waits up to *pace* seconds for the sender thread to
+    bring it down to half the bound (the sender takes everything queued at
+    once, so that is one finished send).  A receiver that reads gets the
+    talker paced to its speed; one that does not read costs a talker one
+    wait of *pace* seconds, then ``put`` returns False and it is dropped.
+    At most the bound is queued plus the bound's worth in the send in progress.
     """
 
     def __init__(self, sock: socket.socket, peer: str, limit: int,
-                 send_timeout: float = DEFAULT_SEND_TIMEOUT) -> None:
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT, pace: float = DEFAULT_PACE) -> None:
         super().__init__(limit)
         self.peer = peer
+        self.pace = pace
         self._sock = sock.dup()
         # A timeout keeps the (shared) descriptor non-blocking: settimeout(None) would make
         # the connection's own thread block in recv.
@@ -117,15 +131,17 @@ class ThreadedOutbox(Outbox):
         self._thread.start()
 
     def put(self, data: bytes) -> bool:
-        """Queue *data* for the sender thread unless more than the limit is already waiting."""
+        """Queue *data* for the sender thread; False when the queue stays full for *pace* seconds."""
         with self._ready:
+            if self._state == "open" and self._queued + len(data) > self.limit:
+                self._ready.wait_for(lambda: self._state != "open" or self._queued <= self.limit // 2, self.pace)
             if self._state != "open":
                 return True
             if self._queued + len(data) > self.limit:
                 return False
             self._queue.append(data)
             self._queued += len(data)
-            self._ready.notify()
+            self._ready.notify_all()
         return True
 
     def drop(self, notice: bytes = b"") -> None:
@@ -146,7 +162,7 @@ class ThreadedOutbox(Outbox):
                     self._sock.send(notice, socket.MSG_DONTWAIT)
                 except OSError:
                     pass
-            self._ready.notify()
+            self._ready.notify_all()
         self._shutdown()
 
     def close(self, flush: bool = False) -> None:
@@ -162,7 +178,7 @@ class ThreadedOutbox(Outbox):
             else:
                 self._state = "closed"
                 self._queue.clear()
-            self._ready.notify()
+            self._ready.notify_all()
         if not flush:
             self._shutdown()
         self._thread.join()
@@ -188,6 +204,7 @@ class ThreadedOutbox(Outbox):
                 self._queue.clear()
                 self._queued = 0
                 self._sending = True
+                self._ready.notify_all()  # talkers waiting for room (see put)
             try:
                 self._sock.sendall(data)
             except TimeoutError:

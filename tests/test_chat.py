@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -122,6 +123,51 @@ def test_chat_survives_a_client_that_never_reads(serve, strategy):
         lazy.settimeout(20)
         tail = recv_all(lazy)
         assert tail.startswith(b"* welcome guest4")  # what fit in its buffers, then end-of-file
+    finally:
+        for client in (a, b, c):
+            client.close()
+        lazy.close()
+
+
+def test_chat_flood_reaches_readers_while_a_lazy_client_is_dropped(serve, strategy):
+    server = serve("chat", "--graceful-timeout", "2", strategy=chat_strategy(strategy))
+    a, b, c = join(server, 3)
+    host, _, port = server.address.rpartition(":")
+    lazy = socket.socket()
+    lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    lazy.connect((host, int(port)))
+    for reader in (a, b, c):
+        assert reader.read_line() == "* guest4 joined"
+    line = "y" * 1000
+    results: dict[str, list[str]] = {}
+    dropped = {"b": threading.Event(), "c": threading.Event()}
+
+    def read_all(name: str, client: Client) -> None:
+        lines = results[name] = []
+        while True:
+            text = client.read_line()
+            lines.append(text)
+            if text == "* guest4 was dropped (not reading)":
+                dropped[name].set()
+            if text == "guest1: end":
+                return
+
+    readers = [threading.Thread(target=read_all, args=(name, client)) for name, client in (("b", b), ("c", c))]
+    sent = 0
+    try:
+        for thread in readers:
+            thread.start()
+        # Talk as fast as the server takes it, while b and c read in their own threads, until the
+        # lazy client's kernel buffers and outbox are full and it is dropped (bounded: 64 MB).
+        while not all(event.is_set() for event in dropped.values()) and sent < 64_000:
+            a.sock.sendall(f"{line}\n".encode() * 500)
+            sent += 500
+        a.say("end")
+        for thread in readers:
+            thread.join(60)
+        for name in ("b", "c"):
+            assert dropped[name].is_set(), f"lazy client not dropped after {sent} lines"
+            assert results[name].count(f"guest1: {line}") == sent, name  # readers that keep up lose nothing
     finally:
         for client in (a, b, c):
             client.close()
