@@ -3,7 +3,8 @@
 Joins and leaves are announced to the room.  Each client has a bounded
 outbox (:mod:`framework.outbox`); a client that does not read while the
 room talks fills it and is dropped with a notice, so a slow receiver never
-holds up a sender or the room.  The room is shared state, so the server
+holds up a sender or the room (under threading a talker may wait up to
+0.2 s, once, for a full receiver's sender thread: see docs/servers/chat.md).  The room is shared state, so the server
 runs only where every connection lives in one process: ``poll`` and
 ``threading``.
 
