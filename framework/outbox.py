@@ -1,12 +1,14 @@
-"""Outboxes: bounded queues of outgoing bytes that *other* connections may fill without blocking.
+"""Outboxes: bounded queues of outgoing bytes that *other* connections may fill.
 
 A protocol normally writes only to its own transport, from its own
 callbacks.  A server whose connections talk to each other (a chat room)
 writes to *other* connections' transports, and must never be held up by the
 slowest of them.  :func:`open_outbox` gives each connection an
-:class:`Outbox` whose :meth:`~Outbox.put` never blocks: it returns False
-when the connection already has more than *limit* bytes waiting, and the
-caller drops that connection with :meth:`~Outbox.drop`.
+:class:`Outbox` whose :meth:`~Outbox.put` never waits for a peer: it returns
+False when the connection has more than *limit* bytes waiting (under
+threads, after a short bounded wait for our own sender thread: see
+:class:`ThreadedOutbox`), and the caller drops that connection with
+:meth:`~Outbox.drop`.
 
 How the bytes leave depends on the driver, and the outbox hides it:
 
