@@ -10,4 +10,5 @@ SERVERS: dict[str, str] = {
     "echo": "servers.echo:EchoServer",
     "chat": "servers.chat:ChatServer",
     "message": "servers.message:MessageServer",
+    "http": "servers.http.server:HttpServer",
 }
