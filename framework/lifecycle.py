@@ -143,6 +143,11 @@ class ActiveConnections:
             self._sockets.add(sock)
             self.served += 1
 
+    def note_served(self) -> None:
+        """Count one unit of work that had no connection (a datagram answered)."""
+        with self._lock:
+            self.served += 1
+
     def discard(self, sock: socket.socket) -> None:
         """Forget a connection whose serving is over."""
         with self._lock:
