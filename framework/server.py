@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar
 
@@ -223,13 +224,15 @@ class Server:
             self.connections.discard(sock)
             sock.close()
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, ready: Callable[[], object] | None = None) -> None:
         """Serve until :meth:`shutdown`, SIGTERM or SIGINT; then stop gracefully.
 
         When called in the main thread (and ``handle_signals`` is true),
         SIGTERM and SIGINT start a graceful stop and SIGUSR1 logs a status
-        line; the previous handlers are restored on return.  On return every
-        child process has been reaped and every thread joined.
+        line; the previous handlers are restored on return.  *ready* is called
+        once those handlers are in place (announce readiness there: a signal
+        sent before would find the default action).  On return every child
+        process has been reaped and every thread joined.
         """
         self.server_activate()
         ignore_sigpipe()
@@ -237,6 +240,8 @@ class Server:
         self._serving_thread = threading.current_thread()
         if self.handle_signals:
             self.lifecycle.install_default_signals(self.status)
+        if ready is not None:
+            ready()
         try:
             self.strategy.serve(self)
         finally:
@@ -264,6 +269,19 @@ class Server:
             if self.requested_address.is_unix:
                 remove_unix_socket(self.requested_address.path, self._unix_inode)
         self.lifecycle.close()
+
+    def release_listener(self) -> None:
+        """Close this process's copy of the listener: for a forked child that will not accept.
+
+        :attr:`address` keeps reporting the address really listened on, and
+        the Unix socket file is left to the process that bound it.
+        """
+        if self.listener is not None:
+            self.requested_address = self.address
+            self._unix_inode = None
+            self.listener.close()
+            self.listener = None
+            self._acceptor = None
 
     def after_fork_in_child(self) -> None:
         """Reset per-process state in a freshly forked child (strategies call this)."""

@@ -20,7 +20,7 @@ class StrategyOptions:
     the right ones to its inner strategy.
     """
 
-    #: forking / threading: most connections served at once (None: unbounded).
+    #: forking / threading / poll: most connections served at once (None: unbounded).
     max_connections: int | None = None
     #: prethreaded, and preforked with ``worker="threads"``: threads per process.
     threads: int = 8
