@@ -112,6 +112,8 @@ class Server:
         self._serving_thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._stopped.set()
+        # New connections are refused as soon as a stop starts, not when the last one ends.
+        self.lifecycle.call_when_stopping(self._stop_listening)
         if listener is not None:
             listener.setblocking(False)
         elif bind:
@@ -172,6 +174,10 @@ class Server:
                 raise RuntimeError("the server is not bound yet")
             self._acceptor = Acceptor(self.listener)
         return self._acceptor
+
+    def _stop_listening(self) -> None:
+        if self.listener is not None:
+            self.acceptor.stop()
 
     # -- what a connection says --------------------------------------------------
 

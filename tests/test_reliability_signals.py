@@ -1,0 +1,182 @@
+"""Signals under load: storms lose nothing, SIGTERM always stops promptly, a stop under load is graceful."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.reliability_support import Bounded, echo_roundtrip, report, run_threads
+from tests.support import ServerProcess, echo_exchange, recv_all, wait_for
+
+
+def signal_storm(server: ServerProcess, signums: list[int], stop: threading.Event, bound: Bounded,
+                 pause: float = 0.001) -> dict[int, int]:
+    """Send *signums* round-robin to the server and its descendants until *stop* or *bound*; count them."""
+    sent = dict.fromkeys(signums, 0)
+    while not stop.is_set() and bound.more():
+        signum = signums[bound.done % len(signums)]
+        targets = {server.pid}
+        if signum in (signal.SIGCHLD, signal.SIGUSR1):
+            targets |= server.tree()  # workers and per-connection children get them too
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        sent[signum] += 1
+        time.sleep(pause)
+    return sent
+
+
+def storm_during_transfers(serve, strategy: str, clients: int, size: int, storm_count: int) -> None:
+    server = serve("echo", "--workers", "2", "--log-level", "warning", strategy=strategy)
+    signums = [signal.SIGUSR1, signal.SIGCHLD]
+    if strategy == "preforked":
+        signums = signums * 5 + [signal.SIGHUP]  # reload: every worker replaced, in-flight ones finish
+    payloads = [os.urandom(size) for _ in range(clients)]
+    stop = threading.Event()
+    counts: dict[int, int] = {}
+    storm = threading.Thread(target=lambda: counts.update(
+        signal_storm(server, signums, stop, Bounded(storm_count, 30), pause=0.002)))
+    transfers = []
+
+    def client(index: int) -> None:
+        # Transfer again and again for as long as the storm lasts (bounded in count too).
+        bound = Bounded(500, 60)
+        while bound.more() and (storm.is_alive() or bound.done <= 2):
+            with server.connect(timeout=60) as sock:
+                assert echo_exchange(sock, payloads[index], chunk=4096) == payloads[index]
+            transfers.append(index)
+
+    storm.start()
+    try:
+        errors = run_threads(client, clients, timeout=90)
+    finally:
+        stop.set()
+        storm.join(30)
+    assert not errors, errors[:3]
+    assert server.proc.poll() is None, server.log()
+    assert echo_roundtrip(server, b"after the storm") == b"after the storm"
+    assert "Traceback" not in server.log(), server.log()
+    report("signal-storm", strategy=strategy, transfers=len(transfers), bytes=len(transfers) * size, lost_bytes=0,
+           signals=" ".join(f"{signal.Signals(s).name}={n}" for s, n in counts.items()))
+
+
+def test_signal_storm_during_transfers(serve, strategy):
+    storm_during_transfers(serve, strategy, clients=4, size=256 * 1024, storm_count=400)
+
+
+@pytest.mark.slow
+def test_signal_storm_during_transfers_long(serve, strategy):
+    storm_during_transfers(serve, strategy, clients=8, size=2 << 20, storm_count=5000)
+
+
+# -- SIGTERM right after start: the wakeup descriptor closes the check-then-block race -------------
+
+
+def sigterm_right_after_start(serve, strategy: str, delays: list[float]) -> None:
+    for delay in delays:
+        server = serve("echo", "--workers", "2", strategy=strategy)
+        time.sleep(delay)
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        try:
+            status = server.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"no exit 10 s after SIGTERM sent {delay * 1000:.1f} ms after start:\n{server.log()}")
+        assert status == 0, f"exit status {status} for SIGTERM {delay * 1000:.1f} ms after start\n{server.log()}"
+        assert time.monotonic() - started < 5
+    report("sigterm-race", strategy=strategy, starts=len(delays), prompt_exits=len(delays))
+
+
+def test_sigterm_right_after_start_always_exits_promptly(serve, strategy):
+    sigterm_right_after_start(serve, strategy, [0, 0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05])
+
+
+@pytest.mark.slow
+def test_sigterm_right_after_start_many_timings(serve, strategy):
+    sigterm_right_after_start(serve, strategy, [i * 0.0007 for i in range(40)])
+
+
+# -- graceful stop under load -------------------------------------------------------------------
+
+
+def graceful_under_load(serve, strategy: str, clients: int) -> None:
+    graceful = 10.0
+    server = serve("echo", "--workers", "2", "--graceful-timeout", str(graceful), "--timeout", "30",
+                   strategy=strategy)
+    socks = []
+    try:
+        for index in range(clients):
+            sock = server.connect()
+            sock.sendall(b"first half %d;" % index)
+            socks.append(sock)
+        # Which requests has the server accepted (started to answer)?  Under iterative or a
+        # small pool the rest wait in the backlog, unaccepted.
+        time.sleep(0.5)
+        accepted = []
+        for index, sock in enumerate(socks):
+            sock.setblocking(False)
+            try:
+                head = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            assert head == b"first half %d;" % index
+            accepted.append(index)
+        assert accepted, "no client was being served"
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        # New connections are refused once stopping has started.
+        assert wait_for(lambda: refused(server), timeout=5), "a new connection was still taken after SIGTERM"
+        # Every accepted request completes, byte-exact.
+        for index in accepted:
+            sock = socks[index]
+            sock.setblocking(True)
+            sock.settimeout(graceful)
+            sock.sendall(b"second half %d" % index)
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_all(sock) == b"second half %d" % index, f"accepted request {index} cut short"
+        # The unaccepted ones end cleanly: served in full or refused/reset, never cut short.
+        for index, sock in enumerate(socks):
+            if index in accepted:
+                continue
+            sock.setblocking(True)
+            sock.settimeout(graceful)
+            try:
+                sock.sendall(b"second half")
+                sock.shutdown(socket.SHUT_WR)
+                answer = recv_all(sock)
+            except OSError:
+                continue
+            assert answer in (b"", b"first half %d;second half" % index), answer
+        status = server.proc.wait(graceful + 5)
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in socks:
+            sock.close()
+    assert status == 0, server.log()
+    assert elapsed < graceful + 5
+    assert "Traceback" not in server.log()
+    report("graceful", strategy=strategy, clients=clients, accepted=len(accepted), completed=len(accepted),
+           exit_seconds=f"{elapsed:.2f}", lost_bytes=0)
+
+
+def refused(server: ServerProcess) -> bool:
+    try:
+        with server.connect(timeout=2) as sock:
+            sock.settimeout(0.5)
+            sock.recv(1)  # a backlog that is reset later reads as ConnectionResetError
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+    except (TimeoutError, OSError):
+        return False
+    return False
+
+
+def test_sigterm_with_100_active_clients(serve, strategy):
+    graceful_under_load(serve, strategy, clients=100)
