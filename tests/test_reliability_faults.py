@@ -1,0 +1,80 @@
+"""Handler faults: a protocol that raises ends its own connection, is logged once, and nothing else changes."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+import pytest
+
+from tests.reliability_support import count_lines, echo_roundtrip, report, settle, usage
+from tests.support import ROOT, recv_all
+
+FAULTY = [sys.executable, str(ROOT / "tests" / "faulty_server.py")]
+
+#: magic word -> the exception the log must show once per fault.
+FAULTS = {
+    b"raise-in-data": "ValueError: fault injected in data_received",
+    b"raise-in-eof": "RuntimeError: fault injected in eof_received",
+    b"raise-in-lost": "LookupError: fault injected in connection_lost",
+}
+
+
+def provoke(server, word: bytes) -> None:
+    """Send *word* and half-close; the connection must end (quietly or with a reset), never hang."""
+    with server.connect(timeout=10) as sock:
+        try:
+            sock.sendall(b"hello " + word)
+            sock.shutdown(socket.SHUT_WR)
+            answer = recv_all(sock)
+        except ConnectionResetError:
+            return  # ended by the fault, at once: fine
+    # Whatever came back is a prefix of the echo: the fault never corrupts bytes.
+    assert (b"hello " + word).startswith(answer), answer
+
+
+def faults_survived(serve, strategy: str, rounds: int) -> None:
+    server = serve("faulty", "--workers", "2", strategy=strategy, program=FAULTY)
+    assert echo_roundtrip(server, b"warm") == b"warm"
+    time.sleep(0.2)
+    workers_before = server.tree() if strategy == "preforked" else set()
+    baseline = usage(server.pid)
+    for _ in range(rounds):
+        for word in FAULTS:
+            provoke(server, word)
+            assert echo_roundtrip(server, b"still serving") == b"still serving"
+    after = settle(server.pid, baseline, rss_slack_kib=8192)
+    log = server.log()
+    for word, line in FAULTS.items():
+        assert count_lines(log, line) == rounds, f"{word!r}: expected {rounds} reports of {line!r}\n{log}"
+    assert count_lines(log, r"^Traceback \(most recent call last\)") == rounds * len(FAULTS), log
+    assert server.proc.poll() is None
+    if strategy == "preforked":
+        assert server.tree() == workers_before, "a protocol fault cost a worker process"
+    assert after.fds <= baseline.fds and after.threads <= baseline.threads, (baseline, after)
+    report("faults", strategy=strategy, faults=rounds * len(FAULTS), tracebacks=rounds * len(FAULTS),
+           server_restarts=0, leaked_fds=after.fds - baseline.fds)
+
+
+def test_protocol_faults_end_one_connection_logged_once(serve, strategy):
+    faults_survived(serve, strategy, rounds=3)
+
+
+@pytest.mark.slow
+def test_many_protocol_faults(serve, strategy):
+    faults_survived(serve, strategy, rounds=100)
+
+
+def test_fault_does_not_disturb_concurrent_connection(serve, strategy):
+    if strategy == "iterative":
+        pytest.skip("iterative serves one connection at a time")
+    server = serve("faulty", "--workers", "2", strategy=strategy, program=FAULTY)
+    with server.connect(timeout=10) as bystander:
+        bystander.sendall(b"first;")
+        assert recv_all(bystander, limit=6) == b"first;"
+        for word in FAULTS:
+            provoke(server, word)
+        bystander.sendall(b"second")
+        bystander.shutdown(socket.SHUT_WR)
+        assert recv_all(bystander) == b"second"
