@@ -56,6 +56,11 @@ class Strategy(abc.ABC):
     name: ClassVar[str] = ""
     #: One line for ``forkthread list``.
     description: ClassVar[str] = ""
+    #: Signals :meth:`serve` installs actions for, beyond SIGTERM, SIGINT and
+    #: SIGUSR1 (a pre-forked master's HUP, TTIN, TTOU...).  From the moment the
+    #: server announces it is ready they are queued, so one sent at once is
+    #: acted on when :meth:`serve` installs its action, not met by its default.
+    signals: ClassVar[frozenset[int]] = frozenset()
 
     @classmethod
     def from_options(cls, options: StrategyOptions) -> Strategy:
