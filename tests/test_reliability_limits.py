@@ -115,8 +115,8 @@ def test_resources_flat_after_thousands_of_connections(serve, strategy):
 @pytest.mark.timeout(180)
 def test_resources_flat_after_100k_connections(serve, strategy):
     # Bounded in time too: the slower strategies (a fork per connection) get
-    # as far as 25 s allow; the count reached is printed for the docs.
-    flat_resources(serve, strategy, count=100_000, seconds=25, rss_slack_kib=8192)
+    # as far as 20 s allow; the count reached is printed for the docs.
+    flat_resources(serve, strategy, count=100_000, seconds=20, rss_slack_kib=8192)
 
 
 # -- overload: more clients than the server serves at once ------------------------------------
