@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.reliability_support import count_lines, echo_roundtrip, report, settle, usage
-from tests.support import ROOT, recv_all
+from tests.support import ROOT, recv_all, wait_for
 
 FAULTY = [sys.executable, str(ROOT / "tests" / "faulty_server.py")]
 
@@ -78,3 +78,37 @@ def test_fault_does_not_disturb_concurrent_connection(serve, strategy):
         bystander.sendall(b"second")
         bystander.shutdown(socket.SHUT_WR)
         assert recv_all(bystander) == b"second"
+
+
+def crash_connection(server) -> None:
+    """Send the word that makes the serving process exit; the connection must end, not hang."""
+    with server.connect(timeout=15) as sock:
+        sock.settimeout(15)
+        try:
+            sock.sendall(b"exit-process")
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_all(sock) == b""
+        except ConnectionResetError:
+            pass
+
+
+def test_process_crash_costs_one_connection(serve, strategy):
+    # Where a connection has a process of its own (forking) or a worker (preforked), the
+    # process may die outright; the server reaps it, replaces it if it is a worker, and serves on.
+    if strategy not in ("forking", "preforked"):
+        pytest.skip("the connection is served in the server's own process")
+    server = serve("faulty", "--workers", "2", strategy=strategy, program=FAULTY)
+    crashes = 8
+    started = time.monotonic()
+    for _ in range(crashes):
+        crash_connection(server)
+    assert echo_roundtrip(server, b"serving again", timeout=30) == b"serving again"
+    assert server.proc.poll() is None
+    log = server.log()
+    if strategy == "preforked":
+        assert count_lines(log, r"died unexpectedly") == crashes, log
+        # A burst of crashes slows respawning down instead of forking in a tight loop.
+        assert count_lines(log, r"worker crashes in .*next respawn in") >= 1, log
+        assert wait_for(lambda: len(server.tree()) == 2, timeout=15), "the pool was not refilled"
+    report("process-crash", strategy=strategy, crashes=crashes, seconds=f"{time.monotonic() - started:.1f}",
+           server_alive=1)
