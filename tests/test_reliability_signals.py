@@ -36,7 +36,8 @@ def signal_storm(server: ServerProcess, signums: list[int], stop: threading.Even
     return sent
 
 
-def storm_during_transfers(serve, strategy: str, clients: int, size: int, storm_count: int) -> None:
+def storm_during_transfers(serve, strategy: str, clients: int, size: int, storm_count: int,
+                           rounds: int = 200) -> None:
     server = serve("echo", "--workers", "2", "--log-level", "warning", strategy=strategy)
     signums = [signal.SIGUSR1, signal.SIGCHLD]
     if strategy == "preforked":
@@ -50,7 +51,7 @@ def storm_during_transfers(serve, strategy: str, clients: int, size: int, storm_
 
     def client(index: int) -> None:
         # Transfer again and again for as long as the storm lasts (bounded in count too).
-        bound = Bounded(200, 60)
+        bound = Bounded(rounds, 60)
         while bound.more() and (storm.is_alive() or bound.done <= 2):
             with server.connect(timeout=60) as sock:
                 assert echo_exchange(sock, payloads[index], chunk=4096) == payloads[index]
@@ -76,7 +77,7 @@ def test_signal_storm_during_transfers(serve, strategy):
 
 @pytest.mark.slow
 def test_signal_storm_during_transfers_long(serve, strategy):
-    storm_during_transfers(serve, strategy, clients=8, size=512 * 1024, storm_count=3000)
+    storm_during_transfers(serve, strategy, clients=8, size=128 * 1024, storm_count=3000, rounds=2000)
 
 
 # -- SIGTERM right after start: the wakeup descriptor closes the check-then-block race -------------
