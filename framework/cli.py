@@ -17,7 +17,7 @@ from framework.address import AddressError, parse_address
 from framework.registry import server_class, server_targets
 from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Server
 from framework.strategies import STRATEGIES, UnknownStrategyError, create_strategy, strategy_class
-from framework.strategies.base import StrategyOptions
+from framework.strategies.base import ServeError, StrategyOptions
 
 PROG = "forkthread"
 
@@ -146,8 +146,12 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: cannot listen on {address}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     with server:
-        # Announced only once SIGTERM/SIGINT are handled: a test or supervisor may signal at once.
-        server.serve_forever(ready=lambda: print(f"listening on {server.address}", flush=True))
+        try:
+            # Announced only once SIGTERM/SIGINT are handled: a test or supervisor may signal at once.
+            server.serve_forever(ready=lambda: print(f"listening on {server.address}", flush=True))
+        except ServeError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return exc.exit_status
     return 0
 
 

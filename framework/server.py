@@ -109,6 +109,7 @@ class Server:
         self.connections = ActiveConnections()
         self._unix_inode: tuple[int, int, int] | None = None
         self._acceptor: Acceptor | None = None
+        self._acceptor_installed = False
         self._serving_thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._stopped.set()
@@ -169,6 +170,8 @@ class Server:
     @property
     def acceptor(self) -> Acceptor:
         """The :class:`~framework.accepting.Acceptor` for the listener (strategies use it)."""
+        if self._acceptor is not None and self._acceptor_installed:
+            return self._acceptor
         if self._acceptor is None or self._acceptor.listener is not self.listener:
             if self.listener is None:
                 raise RuntimeError("the server is not bound yet")
@@ -178,6 +181,11 @@ class Server:
     def _stop_listening(self) -> None:
         if self.listener is not None:
             self.acceptor.stop()
+
+    def use_acceptor(self, acceptor: Acceptor) -> None:
+        """Take connections from *acceptor* instead of the listener (a pre-forked worker's accept mode)."""
+        self._acceptor = acceptor
+        self._acceptor_installed = True
 
     # -- what a connection says --------------------------------------------------
 
@@ -298,6 +306,13 @@ class Server:
         self.connections = ActiveConnections()
         self._unix_inode = None  # the parent owns the socket file
         self._serving_thread = threading.current_thread()
+
+    def worker_init(self) -> None:
+        """Hook: runs once in each pre-forked worker process, after the fork and before it serves.
+
+        Open per-process resources here.  An exception is a boot failure: the
+        master stops with an error instead of forking replacements forever.
+        """
 
     def status(self) -> str:
         """One line describing the server now: for SIGUSR1 and logs."""

@@ -22,6 +22,8 @@ from servers.echo import EchoServer
 from tests import test_conformance
 from tests.support import echo_exchange, fd_count, wait_for
 
+pytestmark = pytest.mark.only_strategies("poll")
+
 SELECTORS = ["poll", "epoll", "select"]
 
 #: The conformance tests that take just (serve, strategy): rerun under every other selector.
@@ -259,15 +261,60 @@ def test_select_refuses_a_descriptor_beyond_fd_setsize():
     server_end, client_end = socket.socketpair()
     high = socket.socket(fileno=os.dup2(server_end.fileno(), 1100))
     server_end.close()
-    loop = EventLoop()
     try:
         with EchoServer("127.0.0.1:0", "poll") as server:
-            PollStrategy._start(server, loop, high, "peer", check_fd_setsize=True)
-            assert high.fileno() == -1 and not loop.connections
-            client_end.settimeout(5)
-            assert client_end.recv(1) == b""
+            assert start_one(server, high, "peer", check_fd_setsize=True) == 0
+            assert high.fileno() == -1
+            assert_closed(client_end)
     finally:
-        loop.close()
         client_end.close()
         high.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def start_one(server, sock: socket.socket, peer: str, *, check_fd_setsize: bool = False) -> int:
+    """Hand *sock* to a fresh loop the way PollStrategy does; return how many connections it then serves."""
+    loop = EventLoop()
+    try:
+        PollStrategy._start(server, loop, sock, peer, check_fd_setsize=check_fd_setsize)
+        return len(loop.connections)
+    finally:
+        loop.close()
+
+
+def assert_closed(sock: socket.socket) -> None:
+    sock.settimeout(5)
+    assert sock.recv(1) == b""
+
+
+class PickyEcho(EchoServer):
+    """Refuses the peer named "refused"; its protocol factory fails on demand; records errors."""
+
+    fail_factory = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.errors: list[BaseException] = []
+
+    def verify_request(self, sock: socket.socket, peer: str) -> bool:
+        return peer != "refused"
+
+    def protocol_factory(self):
+        if self.fail_factory:
+            raise RuntimeError("no protocol today")
+        return super().protocol_factory()
+
+    def handle_error(self, exc: BaseException, peer: str) -> None:
+        self.errors.append(exc)
+
+
+@pytest.mark.parametrize("case", ["refused", "factory fails", "served"])
+def test_server_hooks_decide_what_the_loop_serves(case):
+    server_end, client_end = socket.socketpair()
+    with server_end, client_end, PickyEcho("127.0.0.1:0", "poll") as server:
+        server.fail_factory = case == "factory fails"
+        served = start_one(server, server_end, "refused" if case == "refused" else "peer")
+        assert served == (1 if case == "served" else 0)
+        assert [type(exc) for exc in server.errors] == ([RuntimeError] if case == "factory fails" else [])
+        if case != "served":
+            assert_closed(client_end)

@@ -16,6 +16,7 @@ STRATEGIES: dict[str, str] = {
     "forking": "framework.strategies.forking:ForkingStrategy",
     "threading": "framework.strategies.thread_per_connection:ThreadingStrategy",
     "prethreaded": "framework.strategies.prethreaded:PrethreadedStrategy",
+    "preforked": "framework.strategies.preforked:PreforkedStrategy",
     "poll": "framework.strategies.poll:PollStrategy",
 }
 

@@ -40,6 +40,15 @@ class StrategyOptions:
     max_requests_jitter: int = 0
 
 
+class ServeError(RuntimeError):
+    """A strategy cannot go on serving (a worker failed to boot...); the message is one line for the user."""
+
+    def __init__(self, message: str, exit_status: int = 1) -> None:
+        super().__init__(message)
+        #: The exit status ``forkthread serve`` ends with.
+        self.exit_status = exit_status
+
+
 class Strategy(abc.ABC):
     """A concurrency model: given a bound :class:`~framework.server.Server`, serve until stopped.
 
