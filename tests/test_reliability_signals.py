@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.reliability_support import Bounded, echo_roundtrip, report, run_threads
-from tests.support import ServerProcess, echo_exchange, recv_all, wait_for
+from tests.support import ServerProcess, echo_exchange, process_state, recv_all, wait_for
 
 
 def signal_storm(server: ServerProcess, signums: list[int], stop: threading.Event, bound: Bounded,
@@ -209,3 +209,19 @@ def test_held_signal_waits_for_its_action_instead_of_default():
         dispatcher.restore()
         wakeup.close()
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
+def test_preforked_master_signals_right_after_start(serve, strategy):
+    # HUP, TTIN and TTOU sent the moment the server says it listens must reach the master's
+    # actions (reload, one worker more, one fewer), not their defaults (end or stop the process).
+    if strategy != "preforked":
+        pytest.skip("only the pre-forked master handles HUP, TTIN and TTOU")
+    for signum, burst in ((signal.SIGHUP, 200), (signal.SIGTTIN, 1), (signal.SIGTTOU, 1)):
+        server = serve("echo", "--workers", "2", strategy=strategy)
+        for _ in range(burst):  # a burst covers the moments between the announcement and the master's loop
+            server.send_signal(signum)
+            time.sleep(0.001)
+        time.sleep(0.3)
+        assert server.proc.poll() is None, f"{signal.Signals(signum).name} ended the master\n{server.log()}"
+        assert process_state(server.pid) != "T", f"{signal.Signals(signum).name} stopped the master"
+        assert echo_roundtrip(server, b"alive") == b"alive"
