@@ -92,6 +92,7 @@ def crash_connection(server) -> None:
             pass
 
 
+@pytest.mark.only_strategies("forking", "preforked")
 def test_process_crash_costs_one_connection(serve, strategy):
     # Where a connection has a process of its own (forking) or a worker (preforked), the
     # process may die outright; the server reaps it, replaces it if it is a worker, and serves on.

@@ -211,6 +211,7 @@ def test_held_signal_waits_for_its_action_instead_of_default():
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
 
 
+@pytest.mark.only_strategies("preforked")
 def test_preforked_master_signals_right_after_start(serve, strategy):
     # HUP, TTIN and TTOU sent the moment the server says it listens must reach the master's
     # actions (reload, one worker more, one fewer), not their defaults (end or stop the process).
