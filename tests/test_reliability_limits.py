@@ -100,7 +100,7 @@ def flat_resources(serve, strategy: str, count: int, seconds: float, rss_slack_k
     report("flat", strategy=strategy, connections=done, seconds=f"{elapsed:.1f}", lost_bytes=lost,
            baseline=f"[{baseline}]", after=f"[{after}]")
     assert lost == 0
-    assert done >= min(count, 1000), f"only {done} connections in {seconds}s"
+    assert done >= min(count, 200), f"only {done} connections in {seconds}s"
     assert after.processes <= baseline.processes, (baseline, after)
     assert after.fds <= baseline.fds, (baseline, after)
     assert after.threads <= baseline.threads, (baseline, after)
@@ -108,7 +108,7 @@ def flat_resources(serve, strategy: str, count: int, seconds: float, rss_slack_k
 
 
 def test_resources_flat_after_thousands_of_connections(serve, strategy):
-    flat_resources(serve, strategy, count=3000, seconds=15, rss_slack_kib=4096)
+    flat_resources(serve, strategy, count=3000, seconds=8, rss_slack_kib=4096)
 
 
 @pytest.mark.slow

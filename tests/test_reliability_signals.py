@@ -104,7 +104,7 @@ def test_sigterm_right_after_start_always_exits_promptly(serve, strategy):
 
 @pytest.mark.slow
 def test_sigterm_right_after_start_many_timings(serve, strategy):
-    sigterm_right_after_start(serve, strategy, [i * 0.0007 for i in range(40)])
+    sigterm_right_after_start(serve, strategy, [i * 0.001 for i in range(25)])
 
 
 # -- graceful stop under load -------------------------------------------------------------------
