@@ -32,8 +32,8 @@ def _stat_fields(pid: int) -> list[str]:
     return stat[stat.rindex(")") + 2:].split()
 
 
-def _status_field(pid: int, name: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+def _status_field(pid: int, name: str, file: str = "status") -> int:
+    for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
         if line.startswith(name + ":"):
             return int(line.split()[1])
     return 0
@@ -46,29 +46,30 @@ class Usage:
     processes: int
     fds: int
     threads: int
-    rss_kib: int
+    pss_kib: int
 
     def __str__(self) -> str:
-        return f"processes={self.processes} fds={self.fds} threads={self.threads} rss={self.rss_kib} KiB"
+        return f"processes={self.processes} fds={self.fds} threads={self.threads} pss={self.pss_kib} KiB"
 
 
 def usage(pid: int) -> Usage:
-    """Sum descriptors, threads and resident memory over *pid* and its live descendants."""
-    fds = threads = rss = processes = 0
+    """Sum descriptors, threads and memory (proportional set size) over *pid* and its live descendants."""
+    fds = threads = pss = processes = 0
     for member in {pid} | descendants(pid):
         try:
             if _stat_fields(member)[0] == "Z":
                 continue  # a zombie holds nothing but its slot; counted as a process below
             member_fds = len(os.listdir(f"/proc/{member}/fd"))
             member_threads = _status_field(member, "Threads")
-            member_rss = _status_field(member, "VmRSS")
+            # PSS, not RSS: a forked child shares its parent's pages, and RSS would count them twice.
+            member_pss = _status_field(member, "Pss", "smaps_rollup")
         except (OSError, ValueError):
             continue  # exited while we looked
         processes += 1
         fds += member_fds
         threads += member_threads
-        rss += member_rss
-    return Usage(processes, fds, threads, rss)
+        pss += member_pss
+    return Usage(processes, fds, threads, pss)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -140,15 +141,15 @@ def echo_roundtrip(address_of: ServerProcess, payload: bytes, timeout: float = 1
     return b"".join(chunks)
 
 
-def settle(pid: int, target: Usage, *, rss_slack_kib: int, timeout: float = 10.0) -> Usage:
-    """Wait until *pid*'s tree is back to *target* (RSS within slack); return the last reading."""
+def settle(pid: int, target: Usage, *, pss_slack_kib: int, timeout: float = 10.0) -> Usage:
+    """Wait until *pid*'s tree is back to *target* (memory within slack); return the last reading."""
     last: list[Usage] = []
 
     def back() -> bool:
         now = usage(pid)
         last.append(now)
         return (now.processes <= target.processes and now.fds <= target.fds and now.threads <= target.threads
-                and now.rss_kib <= target.rss_kib + rss_slack_kib)
+                and now.pss_kib <= target.pss_kib + pss_slack_kib)
 
     wait_for(back, timeout=timeout, interval=0.1)
     return last[-1]

@@ -44,7 +44,7 @@ def faults_survived(serve, strategy: str, rounds: int) -> None:
         for word in FAULTS:
             provoke(server, word)
             assert echo_roundtrip(server, b"still serving") == b"still serving"
-    after = settle(server.pid, baseline, rss_slack_kib=8192)
+    after = settle(server.pid, baseline, pss_slack_kib=8192)
     log = server.log()
     for word, line in FAULTS.items():
         assert count_lines(log, line) == rounds, f"{word!r}: expected {rounds} reports of {line!r}\n{log}"

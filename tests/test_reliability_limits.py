@@ -88,7 +88,7 @@ def churn(server, bound: Bounded) -> tuple[int, int]:
     return bound.done, lost
 
 
-def flat_resources(serve, strategy: str, count: int, seconds: float, rss_slack_kib: int) -> None:
+def flat_resources(serve, strategy: str, count: int, seconds: float, pss_slack_kib: int) -> None:
     server = serve("echo", "--workers", "2", strategy=strategy)
     churn(server, Bounded(500, 10))  # warm up: imports, allocator pools, lazily created workers
     time.sleep(0.3)
@@ -96,7 +96,7 @@ def flat_resources(serve, strategy: str, count: int, seconds: float, rss_slack_k
     started = time.monotonic()
     done, lost = churn(server, Bounded(count, seconds))
     elapsed = time.monotonic() - started
-    after = settle(server.pid, baseline, rss_slack_kib=rss_slack_kib)
+    after = settle(server.pid, baseline, pss_slack_kib=pss_slack_kib)
     report("flat", strategy=strategy, connections=done, seconds=f"{elapsed:.1f}", lost_bytes=lost,
            baseline=f"[{baseline}]", after=f"[{after}]")
     assert lost == 0
@@ -104,11 +104,11 @@ def flat_resources(serve, strategy: str, count: int, seconds: float, rss_slack_k
     assert after.processes <= baseline.processes, (baseline, after)
     assert after.fds <= baseline.fds, (baseline, after)
     assert after.threads <= baseline.threads, (baseline, after)
-    assert after.rss_kib <= baseline.rss_kib + rss_slack_kib, (baseline, after)
+    assert after.pss_kib <= baseline.pss_kib + pss_slack_kib, (baseline, after)
 
 
 def test_resources_flat_after_thousands_of_connections(serve, strategy):
-    flat_resources(serve, strategy, count=3000, seconds=8, rss_slack_kib=4096)
+    flat_resources(serve, strategy, count=3000, seconds=8, pss_slack_kib=4096)
 
 
 @pytest.mark.slow
@@ -116,7 +116,7 @@ def test_resources_flat_after_thousands_of_connections(serve, strategy):
 def test_resources_flat_after_100k_connections(serve, strategy):
     # Bounded in time too: the slower strategies (a fork per connection) get
     # as far as 20 s allow; the count reached is printed for the docs.
-    flat_resources(serve, strategy, count=100_000, seconds=20, rss_slack_kib=8192)
+    flat_resources(serve, strategy, count=100_000, seconds=20, pss_slack_kib=8192)
 
 
 # -- overload: more clients than the server serves at once ------------------------------------
