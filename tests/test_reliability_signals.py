@@ -226,3 +226,34 @@ def test_preforked_master_signals_right_after_start(serve, strategy):
         assert server.proc.poll() is None, f"{signal.Signals(signum).name} ended the master\n{server.log()}"
         assert process_state(server.pid) != "T", f"{signal.Signals(signum).name} stopped the master"
         assert echo_roundtrip(server, b"alive") == b"alive"
+
+
+def test_stalled_clients_cannot_hold_a_stop_beyond_the_graceful_timeout(serve, strategy):
+    # Clients that never finish their request: the stop waits --graceful-timeout for them, no longer.
+    graceful = 2.0
+    server = serve("echo", "--workers", "2", "--graceful-timeout", str(graceful), "--timeout", "60",
+                   strategy=strategy)
+    socks = []
+    try:
+        for index in range(10):
+            sock = server.connect()
+            sock.sendall(b"never finished %d" % index)
+            socks.append(sock)
+        time.sleep(0.3)
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        status = server.proc.wait(graceful + 10)
+        elapsed = time.monotonic() - started
+        for sock in socks:  # every connection was ended: end-of-file or a reset, never a hang
+            sock.settimeout(5)
+            try:
+                recv_all(sock)
+            except ConnectionResetError:
+                pass
+    finally:
+        for sock in socks:
+            sock.close()
+    assert status == 0, server.log()
+    assert elapsed < graceful + 5, f"stop took {elapsed:.1f} s with --graceful-timeout {graceful}"
+    report("graceful-deadline", strategy=strategy, stalled_clients=len(socks), graceful_timeout=graceful,
+           exit_seconds=f"{elapsed:.2f}")
