@@ -141,6 +141,14 @@ def echo_roundtrip(address_of: ServerProcess, payload: bytes, timeout: float = 1
     return b"".join(chunks)
 
 
+def open_clients(server: ServerProcess, count: int, template: bytes, into: list[socket.socket]) -> None:
+    """Open *count* connections, each sending ``template % index``; they go into *into*, which the caller closes."""
+    for index in range(count):
+        sock = server.connect()
+        into.append(sock)
+        sock.sendall(template % index)
+
+
 def settle(pid: int, target: Usage, *, pss_slack_kib: int, timeout: float = 10.0) -> Usage:
     """Wait until *pid*'s tree is back to *target* (memory within slack); return the last reading."""
     last: list[Usage] = []

@@ -18,6 +18,7 @@ from tests.reliability_support import (
     cpu_seconds,
     echo_roundtrip,
     lower_nofile,
+    open_clients,
     report,
     restore_nofile,
     settle,
@@ -45,10 +46,7 @@ def test_emfile_backs_off_quietly_and_recovers(serve, strategy):
     waiting = []
     try:
         # The kernel completes these handshakes; the server's accept() now fails with EMFILE.
-        for index in range(3):
-            sock = server.connect()
-            sock.sendall(b"waiting %d" % index)
-            waiting.append(sock)
+        open_clients(server, 3, b"waiting %d", into=waiting)
         assert wait_for(lambda: "Too many open files" in server.log(), timeout=5), server.log()
         # A level-triggered poll on a listener it cannot accept from would spin here.
         before = cpu_seconds(server.pid)
@@ -132,10 +130,7 @@ def test_overload_waits_in_backlog_and_resumes(serve, strategy):
         holders.append(sock)
     excess = []
     try:
-        for index in range(20):
-            sock = server.connect()  # the kernel's backlog takes it
-            sock.sendall(b"excess %d" % index)
-            excess.append(sock)
+        open_clients(server, 20, b"excess %d", into=excess)  # the kernel's backlog takes them
         # At the bound nobody else is served...
         for sock in excess[:3]:
             sock.settimeout(0.3)

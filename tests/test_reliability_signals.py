@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.reliability_support import Bounded, echo_roundtrip, report, run_threads
+from tests.reliability_support import Bounded, echo_roundtrip, open_clients, report, run_threads
 from tests.support import ServerProcess, echo_exchange, process_state, recv_all, wait_for
 
 
@@ -116,10 +116,7 @@ def graceful_under_load(serve, strategy: str, clients: int) -> None:
                    strategy=strategy)
     socks = []
     try:
-        for index in range(clients):
-            sock = server.connect()
-            sock.sendall(b"first half %d;" % index)
-            socks.append(sock)
+        open_clients(server, clients, b"first half %d;", into=socks)
         # Which requests has the server accepted (started to answer)?  Under iterative or a
         # small pool the rest wait in the backlog, unaccepted.
         time.sleep(0.5)
@@ -235,10 +232,7 @@ def test_stalled_clients_cannot_hold_a_stop_beyond_the_graceful_timeout(serve, s
                    strategy=strategy)
     socks = []
     try:
-        for index in range(10):
-            sock = server.connect()
-            sock.sendall(b"never finished %d" % index)
-            socks.append(sock)
+        open_clients(server, 10, b"never finished %d", into=socks)
         time.sleep(0.3)
         started = time.monotonic()
         server.send_signal(signal.SIGTERM)
