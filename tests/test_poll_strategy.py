@@ -20,7 +20,7 @@ from framework.strategies.base import StrategyOptions
 from framework.strategies.poll import PollStrategy
 from servers.echo import EchoServer
 from tests import test_conformance
-from tests.support import echo_exchange, fd_count, wait_for
+from tests.support import assert_descriptor_backoff, echo_exchange, fd_count, wait_for
 
 pytestmark = pytest.mark.only_strategies("poll")
 
@@ -39,13 +39,6 @@ def status_line(server) -> str:
     server.send_signal(signal.SIGUSR1)
     assert wait_for(lambda: server.log().count("status:") > before, timeout=5), server.log()
     return [line for line in server.log().splitlines() if "status:" in line][-1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of *pid* so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_options_and_description():
@@ -120,32 +113,7 @@ def test_max_connections_keeps_the_rest_waiting_then_serves_them(serve):
 
 
 def test_out_of_descriptors_backs_off_without_spinning_and_recovers(serve):
-    server = serve("echo", strategy="poll")
-    with server.connect() as sock:
-        assert echo_exchange(sock, b"warm") == b"warm"
-    highest = max(int(fd) for fd in os.listdir(f"/proc/{server.pid}/fd"))
-    soft, hard = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
-    clients = []
-    try:
-        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (highest + 3, hard))  # room for two connections
-        clients = [server.connect() for _ in range(6)]
-        for sock in clients:
-            sock.sendall(b"x")
-        for sock in clients[:2]:
-            assert sock.recv(1) == b"x"
-        assert wait_for(lambda: "backing off" in server.log(), timeout=5), server.log()
-        used = cpu_seconds(server.pid)
-        time.sleep(1.0)
-        # A loop polling a listener it cannot accept from would burn the whole second.
-        assert cpu_seconds(server.pid) - used < 0.5
-    finally:
-        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (soft, hard))
-    for sock in clients[:2]:
-        sock.close()
-    for sock in clients[2:]:
-        sock.settimeout(10)
-        assert sock.recv(1) == b"x"
-        sock.close()
+    assert_descriptor_backoff(serve("echo", strategy="poll"), room=2)
 
 
 def test_sigterm_lets_an_8mib_transfer_to_a_slow_reader_finish(serve):
