@@ -18,9 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.support import ServerProcess, descendants, wait_for
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from tests.support import ServerProcess, cpu_seconds, process_tree, wait_for
 
 #: Written to stdout by the slow tests, collected into docs/reliability.md.
 FIGURE_PREFIX = "RELIABILITY"
@@ -55,7 +53,7 @@ class Usage:
 def usage(pid: int) -> Usage:
     """Sum descriptors, threads and memory (proportional set size) over *pid* and its live descendants."""
     fds = threads = pss = processes = 0
-    for member in {pid} | descendants(pid):
+    for member in process_tree(pid):
         try:
             if _stat_fields(member)[0] == "Z":
                 continue  # a zombie holds nothing but its slot; counted as a process below
@@ -72,19 +70,13 @@ def usage(pid: int) -> Usage:
     return Usage(processes, fds, threads, pss)
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) used so far by *pid*, its reaped children and its live descendants."""
-    total = 0
-    for member in {pid} | descendants(pid):
-        try:
-            fields = _stat_fields(member)
-        except OSError:
-            continue
-        # utime, stime, cutime, cstime are fields 14-17 of stat(5); index 11.. after the name.
-        total += int(fields[11]) + int(fields[12])
-        if member == pid:
-            total += int(fields[13]) + int(fields[14])
-    return total / CLOCK_TICKS
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by *pid* and its live descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):  # exited while we looked
+            total += cpu_seconds(member)
+    return total
 
 
 def lowest_free_fd(pid: int) -> int:
