@@ -18,21 +18,15 @@ import threading
 import time
 from pathlib import Path
 
-from tests.support import ServerProcess, cpu_seconds, process_tree, wait_for
+from tests.support import ServerProcess, cpu_seconds, fd_count, process_state, process_tree, thread_count, wait_for
 
 #: Written to stdout by the slow tests, collected into docs/reliability.md.
 FIGURE_PREFIX = "RELIABILITY"
 
 
-def _stat_fields(pid: int) -> list[str]:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # The command name may contain spaces and parentheses: split after the last ')'.
-    return stat[stat.rindex(")") + 2:].split()
-
-
-def _status_field(pid: int, name: str, file: str = "status") -> int:
-    for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
-        if line.startswith(name + ":"):
+def _pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
             return int(line.split()[1])
     return 0
 
@@ -55,12 +49,12 @@ def usage(pid: int) -> Usage:
     fds = threads = pss = processes = 0
     for member in process_tree(pid):
         try:
-            if _stat_fields(member)[0] == "Z":
-                continue  # a zombie holds nothing but its slot; counted as a process below
-            member_fds = len(os.listdir(f"/proc/{member}/fd"))
-            member_threads = _status_field(member, "Threads")
+            if process_state(member) == "Z":
+                continue  # a zombie holds nothing but its slot
+            member_fds = fd_count(member)
+            member_threads = thread_count(member)
             # PSS, not RSS: a forked child shares its parent's pages, and RSS would count them twice.
-            member_pss = _status_field(member, "Pss", "smaps_rollup")
+            member_pss = _pss_kib(member)
         except (OSError, ValueError):
             continue  # exited while we looked
         processes += 1
