@@ -19,6 +19,14 @@ BACKOFF_MAX = 1.0
 CAPACITY_LOG_INTERVAL = 10.0
 
 
+def stop_listening(listener: socket.socket) -> None:
+    """Make the kernel refuse new connections to *listener*; see :meth:`Acceptor.stop`."""
+    try:
+        listener.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass  # not listening or already closed: nothing to refuse
+
+
 class Acceptor:
     """Accepts from one non-blocking listener; classifies and absorbs accept errors.
 
@@ -98,10 +106,7 @@ class Acceptor:
         closed.  Connections already accepted are not touched.
         """
         self.stopped = True
-        try:
-            self.listener.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass  # not listening (a pre-forked master's port-holding socket) or already closed
+        stop_listening(self.listener)
 
     def _listening(self) -> bool:
         try:

@@ -110,9 +110,9 @@ def test_sigterm_right_after_start_many_timings(serve, strategy):
 # -- graceful stop under load -------------------------------------------------------------------
 
 
-def graceful_under_load(serve, strategy: str, clients: int) -> None:
+def graceful_under_load(serve, strategy: str, clients: int, *options: str) -> None:
     graceful = 10.0
-    server = serve("echo", "--workers", "2", "--graceful-timeout", str(graceful), "--timeout", "30",
+    server = serve("echo", "--workers", "2", "--graceful-timeout", str(graceful), "--timeout", "30", *options,
                    strategy=strategy)
     socks = []
     try:
@@ -163,8 +163,8 @@ def graceful_under_load(serve, strategy: str, clients: int) -> None:
     assert status == 0, server.log()
     assert elapsed < graceful + 5
     assert "Traceback" not in server.log()
-    report("graceful", strategy=strategy, clients=clients, accepted=len(accepted), completed=len(accepted),
-           exit_seconds=f"{elapsed:.2f}", lost_bytes=0)
+    report("graceful", strategy=" ".join([strategy, *options]), clients=clients, accepted=len(accepted),
+           completed=len(accepted), exit_seconds=f"{elapsed:.2f}", lost_bytes=0)
 
 
 def refused(server: ServerProcess) -> bool:
@@ -181,6 +181,14 @@ def refused(server: ServerProcess) -> bool:
 
 def test_sigterm_with_100_active_clients(serve, strategy):
     graceful_under_load(serve, strategy, clients=100)
+
+
+@pytest.mark.only_strategies("preforked")
+@pytest.mark.parametrize("accept", ["lock", "reuseport", "passfd"])
+def test_sigterm_with_100_active_clients_preforked_accept_modes(serve, strategy, accept):
+    if strategy != "preforked":
+        pytest.skip("accept modes are the pre-forked pool's")
+    graceful_under_load(serve, strategy, 100, "--accept", accept)
 
 
 def test_held_signal_waits_for_its_action_instead_of_default():
