@@ -94,11 +94,6 @@ class Lifecycle:
         if threading.current_thread() is threading.main_thread():
             self.signals.install(actions)
 
-    def hold_signals(self, signums: frozenset[int]) -> None:
-        """Queue *signums* until their actions are installed (main thread only); see SignalDispatcher.hold."""
-        if threading.current_thread() is threading.main_thread():
-            self.signals.hold(signums)
-
     def install_default_signals(self, status: Callable[[], str]) -> None:
         """SIGTERM and SIGINT stop gracefully; SIGUSR1 logs *status()* from the loop."""
         self.install_signals({

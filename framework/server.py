@@ -254,9 +254,7 @@ class Server:
         self._serving_thread = threading.current_thread()
         if self.handle_signals:
             self.lifecycle.install_default_signals(self.status)
-            # The strategy installs its own signals' actions in serve(), after *ready*:
-            # until then they wait in the queue instead of meeting their default action.
-            self.lifecycle.hold_signals(self.strategy.signals)
+            self.lifecycle.install_signals(self.strategy.signal_actions(self))
         if ready is not None:
             ready()
         try:

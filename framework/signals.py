@@ -30,7 +30,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TypeVar
 
 _T = TypeVar("_T")
@@ -174,29 +174,11 @@ class SignalDispatcher:
         return self._previous_wakeup_fd is not None
 
     def install(self, actions: dict[int, SignalAction]) -> None:
-        """Record *actions* and route their signals here.  Main thread only.
-
-        A signal that arrived while it was only held (:meth:`hold`) is acted
-        on at the next :meth:`dispatch`, which the wakeup pipe brings about.
-        """
+        """Record *actions* and route their signals here.  Main thread only."""
         self._actions.update(actions)
-        self._route(actions)
-        if any(signum in actions for signum in self._pending):
-            self.wakeup.wake()
-
-    def hold(self, signums: Iterable[int]) -> None:
-        """Route *signums* here before their actions are known.  Main thread only.
-
-        Until :meth:`install` gives one of them an action, it is recorded and
-        kept pending instead of meeting its default action (SIGHUP and SIGQUIT
-        end a process, SIGTTIN and SIGTTOU stop it).
-        """
-        self._route([signum for signum in signums if signum not in self._actions])
-
-    def _route(self, signums: Iterable[int]) -> None:
         if self._previous_wakeup_fd is None:
             self._previous_wakeup_fd = signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
-        for signum in signums:
+        for signum in actions:
             if signum not in self._previous:
                 self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._record)
@@ -211,23 +193,16 @@ class SignalDispatcher:
         return bool(self._pending)
 
     def dispatch(self) -> None:
-        """Drain the wakeup pipe and run the action of every recorded signal, in order.
-
-        A held signal without an action yet stays pending.
-        """
+        """Drain the wakeup pipe and run the action of every recorded signal, in order."""
         self.wakeup.drain()
-        held = []
         while self._pending:
             signum = self._pending.popleft()
             action = self._actions.get(signum)
-            if action is None:
-                held.append(signum)
-                continue
-            try:
-                action(signum)
-            except Exception:  # a failing action (a status line) must not end the loop's connection
-                logging.getLogger("forkthread").exception("action for signal %d failed", signum)
-        self._pending.extend(held)
+            if action is not None:
+                try:
+                    action(signum)
+                except Exception:  # a failing action (a status line) must not end the loop's connection
+                    logging.getLogger("forkthread").exception("action for signal %d failed", signum)
 
     def restore(self) -> None:
         """Put back the handlers and wakeup descriptor that were there before :meth:`install`."""

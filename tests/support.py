@@ -366,3 +366,15 @@ def assert_descriptor_backoff(server: ServerProcess, room: int, clients: int = 6
         sock.settimeout(10)
         assert sock.recv(1) == b"x"
         sock.close()
+
+
+@contextlib.contextmanager
+def serving_in_thread(server) -> Iterator[threading.Thread]:  # type: ignore[no-untyped-def]
+    """Run ``server.serve_forever()`` in a thread (no signal handlers there); shutdown() and join on exit."""
+    runner = threading.Thread(target=server.serve_forever)
+    runner.start()
+    try:
+        yield runner
+    finally:
+        server.shutdown()
+        runner.join(30)

