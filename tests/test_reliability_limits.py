@@ -167,3 +167,30 @@ def test_overload_many_concurrent_clients(serve, strategy):
     errors = run_threads(client, len(payloads), timeout=90)
     assert not errors, errors[:3]
     assert "Traceback" not in server.log()
+
+
+# -- a stopped listener refuses, in this process and in those sharing it ------------------------------
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_stopped_acceptor_refuses_new_connections(family, tmp_path):
+    from framework.accepting import Acceptor
+
+    if family == "tcp":
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+    else:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(tmp_path / "l.sock"))
+    with listener:
+        listener.listen(8)
+        listener.setblocking(False)
+        address = listener.getsockname()
+        mine, sibling = Acceptor(listener), Acceptor(listener)  # sibling: a worker sharing the socket
+        mine.stop()
+        with socket.socket(listener.family, socket.SOCK_STREAM) as client, pytest.raises(ConnectionRefusedError):
+            client.connect(address)
+        assert mine.accept() is None and mine.backoff_remaining() > 0
+        assert sibling.accept() is None
+        if family == "tcp":  # the kernel says "not listening" (EINVAL): the sibling sees it stopped
+            assert sibling.stopped and sibling.backoff_remaining() > 0
