@@ -45,6 +45,8 @@ def faults_survived(serve, strategy: str, rounds: int) -> None:
             provoke(server, word)
             assert echo_roundtrip(server, b"still serving") == b"still serving"
     after = settle(server.pid, baseline, pss_slack_kib=8192)
+    # The connection closes before the fault is logged: give the last report a moment to arrive.
+    wait_for(lambda: count_lines(server.log(), r"^Traceback") >= rounds * len(FAULTS), timeout=5)
     log = server.log()
     for word, line in FAULTS.items():
         assert count_lines(log, line) == rounds, f"{word!r}: expected {rounds} reports of {line!r}\n{log}"
