@@ -107,8 +107,9 @@ def test_process_crash_costs_one_connection(serve, strategy):
         crash_connection(server)
     assert echo_roundtrip(server, b"serving again", timeout=30) == b"serving again"
     assert server.proc.poll() is None
-    log = server.log()
     if strategy == "preforked":
+        wait_for(lambda: count_lines(server.log(), r"died unexpectedly") >= crashes, timeout=10)
+        log = server.log()
         assert count_lines(log, r"died unexpectedly") == crashes, log
         # A burst of crashes slows respawning down instead of forking in a tight loop.
         assert count_lines(log, r"worker crashes in .*next respawn in") >= 1, log
