@@ -127,6 +127,18 @@ def echo_roundtrip(address_of: ServerProcess, payload: bytes, timeout: float = 1
     return b"".join(chunks)
 
 
+def workers_ready(server: ServerProcess, workers: int = 2, timeout: float = 20.0) -> None:
+    """Wait until a pre-forked server's *workers* have booted (other strategies: at once).
+
+    ``listening on`` comes before the workers are up; a test that counts on
+    the pool's size (or lowers its descriptor limit) waits for them.
+    """
+    if "preforked" not in server.argv:
+        return
+    assert wait_for(lambda: count_lines(server.log(), r"worker \d+ \(pid \d+\) ready") >= workers, timeout=timeout), \
+        server.log()
+
+
 def open_clients(server: ServerProcess, count: int, template: bytes, into: list[socket.socket]) -> None:
     """Open *count* connections, each sending ``template % index``; they go into *into*, which the caller closes."""
     for index in range(count):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.reliability_support import count_lines, echo_roundtrip, report, settle, usage
+from tests.reliability_support import count_lines, echo_roundtrip, report, settle, usage, workers_ready
 from tests.support import ROOT, recv_all, wait_for
 
 FAULTY = [sys.executable, str(ROOT / "tests" / "faulty_server.py")]
@@ -36,6 +36,7 @@ def provoke(server, word: bytes) -> None:
 
 def faults_survived(serve, strategy: str, rounds: int) -> None:
     server = serve("faulty", "--workers", "2", strategy=strategy, program=FAULTY)
+    workers_ready(server)
     assert echo_roundtrip(server, b"warm") == b"warm"
     time.sleep(0.2)
     workers_before = server.tree() if strategy == "preforked" else set()
@@ -72,6 +73,7 @@ def test_fault_does_not_disturb_concurrent_connection(serve, strategy):
     if strategy == "iterative":
         pytest.skip("iterative serves one connection at a time")
     server = serve("faulty", "--workers", "2", strategy=strategy, program=FAULTY)
+    workers_ready(server)
     with server.connect(timeout=10) as bystander:
         bystander.sendall(b"first;")
         assert recv_all(bystander, limit=6) == b"first;"

@@ -23,6 +23,7 @@ from tests.reliability_support import (
     settle,
     tree_cpu_seconds,
     usage,
+    workers_ready,
 )
 from tests.support import recv_all, wait_for
 
@@ -42,6 +43,7 @@ def capacity(strategy: str, *options: str) -> int:
 
 def test_emfile_backs_off_quietly_and_recovers(serve, strategy):
     server = serve("echo", "--workers", "2", "--timeout", "10", strategy=strategy)
+    workers_ready(server)
     assert echo_roundtrip(server, b"before") == b"before"
     time.sleep(0.2)  # let every worker reach its accept loop
     limits = lower_nofile({server.pid} | server.tree())
@@ -90,6 +92,7 @@ def churn(server, bound: Bounded) -> tuple[int, int]:
 
 def flat_resources(serve, strategy: str, count: int, seconds: float, pss_slack_kib: int) -> None:
     server = serve("echo", "--workers", "2", strategy=strategy)
+    workers_ready(server)
     churn(server, Bounded(500, 10))  # warm up: imports, allocator pools, lazily created workers
     time.sleep(0.3)
     baseline = usage(server.pid)
@@ -140,6 +143,7 @@ def test_overload_other_accept_modes(serve, strategy, options):
 
 def overload_waits_and_resumes(serve, strategy: str, *options: str) -> None:
     server = serve("echo", *SMALL_POOL, *options, strategy=strategy)
+    workers_ready(server)
     holders = []
     for _ in range(capacity(strategy, *options)):
         sock = server.connect()

@@ -11,7 +11,7 @@ import socket
 import struct
 import time
 
-from tests.reliability_support import Bounded, count_lines, echo_roundtrip, report, settle, usage
+from tests.reliability_support import Bounded, count_lines, echo_roundtrip, report, settle, usage, workers_ready
 from tests.support import recv_all, wait_for
 
 TIMEOUT = 1.0
@@ -21,6 +21,7 @@ FLOOD_CAP = 256 << 20
 
 def start(serve, strategy: str, *args: str):  # type: ignore[no-untyped-def]
     server = serve("echo", "--timeout", str(TIMEOUT), "--workers", "2", *args, strategy=strategy)
+    workers_ready(server)
     assert echo_roundtrip(server, b"warm") == b"warm"
     time.sleep(0.2)
     return server
