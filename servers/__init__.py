@@ -8,5 +8,7 @@ own through the ``forkthread.servers`` entry-point group.
 SERVERS: dict[str, str] = {
     "daytime": "servers.daytime:DaytimeServer",
     "echo": "servers.echo:EchoServer",
+    "chat": "servers.chat:ChatServer",
+    "message": "servers.message:MessageServer",
     "http": "servers.http.server:HttpServer",
 }
