@@ -45,7 +45,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, ClassVar
 
-from framework.accepting import Acceptor
+from framework.accepting import Acceptor, stop_listening
 from framework.address import Address, resolve
 
 if TYPE_CHECKING:
@@ -190,6 +190,12 @@ class ReusePortAccept(AcceptMode):
         # the flag is checked when the next socket binds.
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self._lanes[0] = listener
+        # Every lane's listener takes new connections until it stops listening, not only lane 0.
+        server.lifecycle.call_when_stopping(self._stop_lanes)
+
+    def _stop_lanes(self) -> None:
+        for listener in self._lanes.values():
+            stop_listening(listener)
 
     def before_spawn(self, server: Server, lane: int) -> None:
         """Create the lane's listener the first time the lane gets a worker."""
