@@ -104,6 +104,13 @@ def measured_by_coverage() -> bool:
     return coverage.Coverage.current() is not None
 
 
+#: A flat-resources run makes at least this many connections whatever the machine's speed (the time
+#: bound alone gave 83 forks in 8 s under coverage in a loaded tox -p: a speed assertion, not a leak),
+MIN_CONNECTIONS = 200
+#: taking at most this much longer for them.
+MIN_CONNECTIONS_SECONDS = 60.0
+
+
 def flat_resources(serve, strategy: str, count: int, seconds: float, pss_slack_kib: int) -> None:
     server = serve("echo", "--workers", "2", strategy=strategy)
     workers_ready(server)
@@ -112,6 +119,9 @@ def flat_resources(serve, strategy: str, count: int, seconds: float, pss_slack_k
     baseline = usage(server.pid)
     started = time.monotonic()
     done, lost = churn(server, Bounded(count, seconds))
+    if done < min(count, MIN_CONNECTIONS):
+        more, more_lost = churn(server, Bounded(min(count, MIN_CONNECTIONS) - done, MIN_CONNECTIONS_SECONDS))
+        done, lost = done + more, lost + more_lost
     elapsed = time.monotonic() - started
     if strategy == "threading" and measured_by_coverage():
         pss_slack_kib += done * COVERAGE_KIB_PER_THREAD
@@ -119,7 +129,7 @@ def flat_resources(serve, strategy: str, count: int, seconds: float, pss_slack_k
     report("flat", strategy=strategy, connections=done, seconds=f"{elapsed:.1f}", lost_bytes=lost,
            baseline=f"[{baseline}]", after=f"[{after}]")
     assert lost == 0
-    assert done >= min(count, 200), f"only {done} connections in {seconds}s"
+    assert done >= min(count, MIN_CONNECTIONS), f"only {done} connections in {elapsed:.0f}s"
     assert after.processes <= baseline.processes, (baseline, after)
     assert after.fds <= baseline.fds, (baseline, after)
     assert after.threads <= baseline.threads, (baseline, after)
