@@ -218,9 +218,13 @@ def test_repeated_crashes_are_respawned_with_back_off(serve):
 def test_max_requests_with_jitter_recycles_workers(serve):
     server = start_pool(serve, "--max-requests", "3", "--max-requests-jitter", "2", workers=1)
     first = live_workers(server)
-    for _ in range(16):
+    # A retiring worker keeps serving until its successor is ready (no gap in service), so how
+    # many connections one worker ends up serving depends on timing: connect until the master
+    # has recycled twice, bounded in count.
+    for _ in range(200):
         assert echo_ok(server)
-    # The master logs each recycling as it reaps the worker: asynchronously to our last reply.
+        if server.log().count("reached max-requests") >= 2:
+            break
     assert wait_for(lambda: server.log().count("reached max-requests") >= 2, timeout=10), server.log()
     assert wait_for(lambda: len(live_workers(server)) == 1 and live_workers(server) != first, timeout=10)
 
