@@ -68,7 +68,7 @@ def storm_during_transfers(serve, strategy: str, clients: int, size: int, storm_
     assert echo_roundtrip(server, b"after the storm") == b"after the storm"
     assert "Traceback" not in server.log(), server.log()
     report("signal-storm", strategy=strategy, transfers=len(transfers), bytes=len(transfers) * size, lost_bytes=0,
-           signals=" ".join(f"{signal.Signals(s).name}={n}" for s, n in counts.items()))
+           **{signal.Signals(signum).name: sent for signum, sent in counts.items()})
 
 
 def test_signal_storm_during_transfers(serve, strategy):
