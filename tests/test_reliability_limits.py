@@ -105,7 +105,7 @@ def flat_resources(serve, strategy: str, count: int, seconds: float, pss_slack_k
     if done < MIN_CHURN:
         # A loaded machine (or coverage saving a data file per forked child) can be slow:
         # the test still makes its minimum of connections, bounded by count, not by speed.
-        more, more_lost = churn(server, Bounded(MIN_CHURN - done, 120))
+        more, more_lost = churn(server, Bounded(MIN_CHURN - done, 60))
         done, lost = done + more, lost + more_lost
     elapsed = time.monotonic() - started
     after = settle(server.pid, baseline, pss_slack_kib=pss_slack_kib)
