@@ -8,4 +8,5 @@ own through the ``forkthread.servers`` entry-point group.
 SERVERS: dict[str, str] = {
     "daytime": "servers.daytime:DaytimeServer",
     "echo": "servers.echo:EchoServer",
+    "nbytes": "servers.nbytes:NBytesServer",
 }
