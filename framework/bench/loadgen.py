@@ -16,8 +16,9 @@ Kinds (``spec["kind"]``):
     ``echo`` or ``http``) until a deadline or a request count.
 ``idle``
     Open connections one by one, each proven served by a one-byte echo;
-    after every ``step`` connections print ``held N`` and wait for
-    ``more`` or ``stop`` (the lab measures the server's memory meanwhile).
+    after every ``step`` connections (and at the end) print ``held N``
+    and wait for ``more`` or ``stop`` (the lab measures the server's
+    memory meanwhile).
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ def run_idle(spec: dict[str, Any]) -> dict[str, Any]:
     probe_timeout = spec.get("probe_timeout", 1.0)
     deadline = time.monotonic() + spec["duration"]
     held: list[socket.socket] = []
+    reported = 0
     reason = "reached the maximum"
     try:
         while len(held) < spec["max"]:
@@ -232,9 +234,13 @@ def run_idle(spec: dict[str, Any]) -> dict[str, Any]:
             held.append(sock)
             if len(held) % spec["step"] == 0:
                 print(f"held {len(held)}", flush=True)
+                reported = len(held)
                 if sys.stdin.readline().strip() != "more":
                     reason = "stopped by the lab"
                     break
+        if held and reported != len(held):  # let the lab measure the last count too
+            print(f"held {len(held)}", flush=True)
+            sys.stdin.readline()
     finally:
         count = len(held)
         for sock in held:

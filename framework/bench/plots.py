@@ -117,5 +117,5 @@ def plot_http(config: BenchConfig, report: WorkloadReport) -> None:
 def plot_idle(config: BenchConfig, report: WorkloadReport) -> None:
     """Idle connections held and memory per connection, per server."""
     bars(config, report, report.rows, [("held", "idle connections held"),
-                                       ("pss_kib_per_conn", "PSS KiB per connection")],
+                                       ("pss_kib_per_conn", "anonymous PSS KiB per connection")],
          "idle.png", "idle: connections held and memory per connection")

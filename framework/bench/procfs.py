@@ -106,7 +106,8 @@ def tree_cpu_seconds(root: int) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Memory:
-    """Memory of a process tree, in KiB: resident (shared pages counted in every process) and proportional."""
+    """Memory of a process tree, in KiB: resident (shared pages counted in every process), and the
+    proportional share of anonymous memory (heap, stacks; see :func:`tree_memory`)."""
 
     rss_kib: int
     pss_kib: int
@@ -129,8 +130,11 @@ def tree_memory(root: int) -> Memory:
     """RSS and PSS summed over the tree under *root*.
 
     RSS counts a page shared by forked processes once per process, so a
-    forking server looks bigger than it is; PSS splits shared pages
-    between their sharers and sums to the real footprint.
+    forking server looks bigger than it is.  PSS splits shared pages
+    between their sharers and sums to the real footprint; only its
+    anonymous part (``Pss_Anon``: heap, stacks) is used, because file pages
+    (the interpreter's code) are shared with every Python process on the
+    machine, and their share moves whenever another one starts or ends.
     """
     rss = pss = threads = 0
     processes = tree(root)
@@ -142,7 +146,7 @@ def tree_memory(root: int) -> Memory:
         except OSError:
             rollup = {}
         rss += rollup.get("Rss", stat.rss_pages * PAGE_SIZE // 1024)
-        pss += rollup.get("Pss", 0)
+        pss += rollup.get("Pss_Anon", rollup.get("Pss", 0))
     return Memory(rss_kib=rss, pss_kib=pss, processes=len(processes), threads=threads)
 
 

@@ -24,7 +24,7 @@ from framework.bench.targets import Context
 COLUMNS = [
     Column("held", "connections held", 0),
     Column("rss_kib_per_conn", "RSS KiB/conn", 1),
-    Column("pss_kib_per_conn", "PSS KiB/conn", 1),
+    Column("pss_kib_per_conn", "anon PSS KiB/conn", 1),
     Column("rss_mib", "tree RSS MiB", 1),
     Column("processes", "processes", 0),
     Column("threads", "threads", 0),
@@ -41,12 +41,13 @@ def hold(config: BenchConfig, server: RunningServer, most: int) -> tuple[dict[st
     step = max(1, most // 20)
     spec = {"kind": "idle", "host": server.host, "port": server.port, "max": most, "step": step,
             "duration": scale.idle_seconds + 30.0, "probe_timeout": 0.5 if config.quick else 1.0}
-    empty = server.memory()
-    peak = empty
     held = 0
     reason = ""
-    deadline = time.monotonic() + scale.idle_seconds
     with client_processes([spec]) as procs:
+        # Measured with the client running: PSS splits the pages python processes share (libpython)
+        # between all of them, so a process starting between two samples would skew the difference.
+        empty = peak = server.memory()
+        deadline = time.monotonic() + scale.idle_seconds
         proc = procs[0]
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write("go\n")
@@ -91,7 +92,7 @@ def run(config: BenchConfig) -> WorkloadReport:
         name="idle", title="idle: concurrent idle connections and memory",
         description=(f"Up to {most} echo connections opened one by one, each proven served by a one-byte echo,"
                      " then held idle.  RSS counts pages shared between forked processes once per process;"
-                     " PSS divides them between their sharers (the real footprint).  Per-connection figures are"
+                     " anon PSS is anonymous memory (heap, stacks) with shared pages divided between their sharers (the real footprint).  Per-connection figures are"
                      " (tree at peak - tree before) / connections held.  One run per server."),
         columns=COLUMNS, ratio_metric="held")
     if most < config.scale.max_idle:
