@@ -13,6 +13,13 @@ from framework.strategies.base import Strategy, StrategyOptions
 __version__ = "0.1.0"
 
 __all__ = [
-    "Address", "AddressError", "Protocol", "Server", "Strategy", "StrategyOptions", "Transport",
-    "parse_address", "__version__",
+    "Address",
+    "AddressError",
+    "Protocol",
+    "Server",
+    "Strategy",
+    "StrategyOptions",
+    "Transport",
+    "__version__",
+    "parse_address",
 ]

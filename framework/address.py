@@ -180,26 +180,31 @@ def bind_socket(address: Address, *, backlog: int = DEFAULT_BACKLOG, reuse_port:
     return sock
 
 
-def socket_file_inode(path: str) -> int | None:
-    """The inode of the socket file at *path*, to recognise it again at clean-up."""
+def socket_file_inode(path: str) -> tuple[int, int, int] | None:
+    """An identity of the socket file at *path* (device, inode, change time), to recognise it at clean-up.
+
+    The change time matters: a file created after ours was removed may get
+    the same inode number.
+    """
     try:
-        return os.stat(path).st_ino
+        info = os.stat(path)
     except OSError:
         return None
+    return info.st_dev, info.st_ino, info.st_ctime_ns
 
 
-def remove_unix_socket(path: str, inode: int | None) -> None:
-    """Unlink the socket file at *path* if it is still the one we created (same inode).
+def remove_unix_socket(path: str, identity: tuple[int, int, int] | None) -> None:
+    """Unlink the socket file at *path* if it is still the one we created.
 
     A file that a newer server put at the same path is left alone.
     """
-    if inode is None:
+    if identity is None:
         return
-    try:
-        if os.stat(path).st_ino == inode:
+    if socket_file_inode(path) == identity:
+        try:
             os.unlink(path)
-    except OSError:
-        pass
+        except OSError:
+            pass
 
 
 def connect(address: str | Address, timeout: float | None = 10.0) -> socket.socket:

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 
 from framework import __version__
 from framework.address import AddressError, parse_address
-from framework.registry import UnknownServerError, server_class, server_targets
-from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT
+from framework.registry import server_class, server_targets
+from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Server
 from framework.strategies import STRATEGIES, UnknownStrategyError, create_strategy, strategy_class
 from framework.strategies.base import StrategyOptions
 
@@ -88,6 +88,25 @@ def strategy_options(args: argparse.Namespace) -> StrategyOptions:
     )
 
 
+def add_server_options(parser: argparse.ArgumentParser, cls: type[Server]) -> None:
+    """Add the options of ``forkthread serve`` for server class *cls* to *parser*."""
+    parser.add_argument("--bind", "-b", default=f"127.0.0.1:{cls.default_port}", metavar="ADDR",
+                        help="HOST:PORT, [V6]:PORT or unix:PATH; port 0 picks a free port (default: %(default)s)")
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error", "critical"),
+                        help="log verbosity on standard error (default: %(default)s)")
+    parser.add_argument("--timeout", type=optional_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help="close a connection idle this long; 0 for never (default: %(default)s)")
+    parser.add_argument("--graceful-timeout", type=positive_float, default=DEFAULT_GRACEFUL_TIMEOUT,
+                        metavar="SECONDS", help="at stop, let connections finish this long (default: %(default)s)")
+    parser.add_argument("--backlog", type=positive_int, default=1024, metavar="N",
+                        help="listen backlog (default: %(default)s; the kernel caps it at somaxconn)")
+    parser.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on the listener")
+    _add_strategy_options(parser)
+    cls.add_arguments(parser)
+    parser.set_defaults(func=run_serve, server_cls=cls)
+
+
 def _add_serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve = commands.add_parser("serve", help="run a server", description="Run a server under a strategy.")
     servers = serve.add_subparsers(dest="server", metavar="SERVER", required=True)
@@ -98,22 +117,7 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ig
             logging.getLogger("forkthread").warning("server %s unavailable: %s", name, exc)
             continue
         parser = servers.add_parser(name, help=cls.description, description=cls.description)
-        parser.add_argument("--bind", "-b", default=f"127.0.0.1:{cls.default_port}", metavar="ADDR",
-                            help="HOST:PORT, [V6]:PORT or unix:PATH; port 0 picks a free port (default: %(default)s)")
-        parser.add_argument("--log-level", default="info",
-                            choices=("debug", "info", "warning", "error", "critical"),
-                            help="log verbosity on standard error (default: %(default)s)")
-        parser.add_argument("--timeout", type=optional_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                            help="close a connection idle this long; 0 for never (default: %(default)s)")
-        parser.add_argument("--graceful-timeout", type=positive_float, default=DEFAULT_GRACEFUL_TIMEOUT,
-                            metavar="SECONDS", help="at stop, let connections finish this long (default: %(default)s)")
-        parser.add_argument("--backlog", type=positive_int, default=1024, metavar="N",
-                            help="listen backlog (default: %(default)s; the kernel caps it at somaxconn)")
-        parser.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on the listener")
-        _add_strategy_options(parser)
-        server_group = parser.add_argument_group(f"{name} options")
-        cls.add_arguments(server_group)  # type: ignore[arg-type]
-        parser.set_defaults(func=run_serve, server_cls=cls)
+        add_server_options(parser, cls)
 
 
 def configure_logging(level: str) -> None:
@@ -178,9 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def serve_main(cls: type[Server], argv: Sequence[str] | None = None) -> int:
+    """The ``forkthread serve`` command line for one server class: for your own servers' scripts.
+
+    ``sys.exit(serve_main(MyServer))`` gives a script ``--bind``,
+    ``--strategy`` and every other serve option, the ``listening on`` line,
+    signal handling and exit statuses, exactly as ``forkthread serve``.
+    """
+    parser = argparse.ArgumentParser(prog=cls.name or cls.__name__, description=cls.description or None)
+    add_server_options(parser, cls)
+    return _run(parser, argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    parser = build_parser()
+    return _run(build_parser(), argv)
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.func(args)

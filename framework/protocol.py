@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import abc
 import os
-from typing import IO, Any, Protocol as _TypingProtocol
+from typing import IO, Any
+from typing import Protocol as _TypingProtocol
 
 
 class FileLike(_TypingProtocol):

@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 from framework.accepting import Acceptor
 from framework.address import (
-    DEFAULT_BACKLOG, Address, bind_socket, local_address, parse_address, remove_unix_socket, socket_file_inode,
+    DEFAULT_BACKLOG,
+    Address,
+    bind_socket,
+    local_address,
+    parse_address,
+    remove_unix_socket,
+    socket_file_inode,
 )
 from framework.drivers.blocking import HandlerError, serve_connection
 from framework.lifecycle import ActiveConnections, Lifecycle
@@ -100,7 +106,7 @@ class Server:
         self.listener: socket.socket | None = listener
         self.lifecycle = Lifecycle(graceful_timeout)
         self.connections = ActiveConnections()
-        self._unix_inode: int | None = None
+        self._unix_inode: tuple[int, int, int] | None = None
         self._acceptor: Acceptor | None = None
         self._serving_thread: threading.Thread | None = None
         self._stopped = threading.Event()

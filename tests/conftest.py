@@ -75,3 +75,20 @@ def serve() -> Iterator[Callable[..., ServerProcess]]:
         problems.append(f"threads left behind: {leaked_threads}")
     if problems:
         pytest.fail("\n".join(problems))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With FORKTHREAD_MATRIX_ONLY set, keep only tests that take the ``strategy`` fixture.
+
+    tox sets it in every strategy environment but py3-iterative, so the
+    strategy-independent tests (unit tests, the lab, the CLI) run once, not
+    once per strategy.
+    """
+    if not os.environ.get("FORKTHREAD_MATRIX_ONLY"):
+        return
+    kept, dropped = [], []
+    for item in items:
+        (kept if "strategy" in getattr(item, "fixturenames", ()) else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

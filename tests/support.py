@@ -110,10 +110,12 @@ class ServerProcess:
     """A ``forkthread serve`` process: started, waited for ``listening on``, stopped, checked."""
 
     def __init__(self, server: str, *args: str, strategy: str = "iterative", bind: str = "127.0.0.1:0",
-                 env: dict[str, str] | None = None, start_timeout: float = 20.0) -> None:
-        self.argv = [sys.executable, "-m", "framework", "serve", server, "--bind", bind,
-                     "--strategy", strategy, *args]
-        self.log_file = tempfile.TemporaryFile(mode="w+")
+                 env: dict[str, str] | None = None, start_timeout: float = 20.0,
+                 program: list[str] | None = None) -> None:
+        # *program* replaces ``python -m framework serve SERVER`` (a user's own serve_main script).
+        launcher = program or [sys.executable, "-m", "framework", "serve", server]
+        self.argv = [*launcher, "--bind", bind, "--strategy", strategy, *args]
+        self.log_file = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self.log_file, text=True,
                                      env=env or child_env(), stdin=subprocess.DEVNULL)
         self.address = self._wait_listening(start_timeout)
@@ -158,7 +160,9 @@ class ServerProcess:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"server did not stop within {timeout}s after signal {signum}:\n{self.log()}")
+            raise AssertionError(
+                f"server did not stop within {timeout}s after signal {signum}:\n{self.log()}"
+            ) from None
 
     def kill(self) -> None:
         """Kill the server and every descendant (test clean-up after a failure)."""

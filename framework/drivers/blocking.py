@@ -23,7 +23,13 @@ import time
 from typing import IO, Any
 
 from framework.drivers.common import (
-    DEFAULT_LINGER, LINGER_MAX_BYTES, RECV_SIZE, ShortFileError, earliest, poll_timeout_ms, sendfile_some,
+    DEFAULT_LINGER,
+    LINGER_MAX_BYTES,
+    RECV_SIZE,
+    ShortFileError,
+    earliest,
+    poll_timeout_ms,
+    sendfile_some,
 )
 from framework.lifecycle import Lifecycle
 from framework.protocol import FileLike, Protocol, Transport
@@ -191,7 +197,9 @@ class BlockingConnection(Transport):
         self._poller.modify(self._fd, events)
         idle_deadline = None if self._idle_timeout is None else time.monotonic() + self._idle_timeout
         while True:
-            protocol_deadline = self._protocol_deadline if events & _READ else None
+            # The protocol's deadline counts while waiting for the peer or idling
+            # after its EOF, not while the peer is slow to read our output.
+            protocol_deadline = None if events & _WRITE else self._protocol_deadline
             graceful = self._lifecycle.deadline if self._wakeup_fd >= 0 else None
             deadline = earliest(idle_deadline, protocol_deadline, graceful)
             ready = self._poller.poll(poll_timeout_ms(deadline))
@@ -274,11 +282,11 @@ class BlockingConnection(Transport):
                     self._closing = True
 
     def _sleep_until_deadline(self) -> None:
-        self._poller.unregister(self._fd)
-        try:
-            self._wait(0)
-        finally:
-            self._poller.register(self._fd, _READ)
+        # Poll for nothing but errors: after EOF the socket stays readable forever.
+        self._wait(0)
+        # _wait returned, so the socket reported an error or hang-up: the peer is gone.
+        self._error = ConnectionResetError("peer gone while the protocol held the connection")
+        raise _Ended
 
     def _finish(self, abort: bool) -> None:
         """Close the socket: at once after an error, gracefully otherwise."""
@@ -337,4 +345,4 @@ def serve_connection(
     return connection.run(protocol)
 
 
-__all__ = ["BlockingConnection", "ConnectionTimeout", "HandlerError", "serve_connection", "DEFAULT_LINGER"]
+__all__ = ["DEFAULT_LINGER", "BlockingConnection", "ConnectionTimeout", "HandlerError", "serve_connection"]

@@ -1,0 +1,197 @@
+"""The blocking driver over real socket pairs: sendfile, deadlines, lingering close, faults."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from framework.drivers.blocking import BlockingConnection, HandlerError
+from framework.lifecycle import Lifecycle
+from framework.protocol import Protocol, Transport
+from tests.support import recv_all
+
+
+@pytest.fixture
+def lifecycle():
+    life = Lifecycle(graceful_timeout=5)
+    yield life
+    life.close()
+
+
+def drive(protocol: Protocol, lifecycle: Lifecycle, *, idle_timeout=None, watch_wakeup=False):
+    """Run *protocol* on one end of a socket pair in a thread; return (client socket, thread, result)."""
+    server_end, client_end = socket.socketpair()
+    server_end.setblocking(False)
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        connection = BlockingConnection(server_end, "pair", lifecycle=lifecycle, idle_timeout=idle_timeout,
+                                        watch_wakeup=watch_wakeup)
+        try:
+            result["ended_by"] = connection.run(protocol)
+        except HandlerError as fault:
+            result["fault"] = fault.original
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return client_end, thread, result
+
+
+class FileSender(Protocol):
+    def __init__(self, path, offset=0, count=None, then_close=True):
+        self.path, self.offset, self.count, self.then_close = path, offset, count, then_close
+        self.lost = []
+
+    def connection_made(self, transport: Transport) -> None:
+        super().connection_made(transport)
+        with open(self.path, "rb") as file:  # closed right after the call: the driver must cope
+            transport.write(b"head:")
+            transport.sendfile(file, self.offset, self.count)
+        if self.then_close:
+            transport.close()
+
+    def connection_lost(self, exc):
+        self.lost.append(exc)
+
+
+def test_sendfile_large_file_to_a_slow_reader_is_byte_exact(tmp_path, lifecycle):
+    data = os.urandom(3 << 20)
+    path = tmp_path / "big"
+    path.write_bytes(data)
+    protocol = FileSender(path, offset=1000, count=len(data) - 2000)
+    client, thread, result = drive(protocol, lifecycle)
+    with client:
+        got = recv_all(client)
+    thread.join(10)
+    assert got == b"head:" + data[1000:-1000]
+    assert result["ended_by"] is None and protocol.lost == [None]
+
+
+def test_sendfile_whole_file_when_count_is_none(tmp_path, lifecycle):
+    path = tmp_path / "small"
+    path.write_bytes(b"0123456789")
+    client, thread, _ = drive(FileSender(path, offset=4), lifecycle)
+    with client:
+        assert recv_all(client) == b"head:456789"
+    thread.join(10)
+
+
+def test_sendfile_of_a_file_shorter_than_promised_aborts(tmp_path, lifecycle):
+    path = tmp_path / "short"
+    path.write_bytes(b"abc")
+    protocol = FileSender(path, count=100)
+    client, thread, result = drive(protocol, lifecycle)
+    with client:
+        recv_all(client)
+    thread.join(10)
+    assert isinstance(result["ended_by"], OSError)
+
+
+class DeadlineProtocol(Protocol):
+    def connection_made(self, transport: Transport) -> None:
+        super().connection_made(transport)
+        transport.set_deadline(0.2)
+
+    def deadline_expired(self) -> None:
+        self.transport.write(b"too slow\n")
+        self.transport.close(linger=1.0)
+
+
+def test_protocol_deadline_fires_and_lingering_close_delivers_the_answer(lifecycle):
+    client, thread, result = drive(DeadlineProtocol(), lifecycle)
+    with client:
+        client.sendall(b"unread input that must not turn into a reset")
+        assert recv_all(client) == b"too slow\n"
+    thread.join(10)
+    assert result["ended_by"] is None
+
+
+def test_idle_timeout_ends_with_timeout_error(lifecycle):
+    client, thread, result = drive(Protocol(), lifecycle, idle_timeout=0.2)
+    with client:
+        assert recv_all(client) == b""
+    thread.join(10)
+    assert isinstance(result["ended_by"], TimeoutError)
+
+
+class Raising(Protocol):
+    def __init__(self):
+        self.lost = []
+
+    def data_received(self, data: bytes) -> None:
+        raise ValueError("protocol bug")
+
+    def connection_lost(self, exc):
+        self.lost.append(exc)
+
+
+def test_protocol_exception_is_reported_and_connection_lost_called(lifecycle):
+    protocol = Raising()
+    client, thread, result = drive(protocol, lifecycle)
+    with client:
+        client.sendall(b"x")
+        recv_all(client)
+    thread.join(10)
+    assert isinstance(result["fault"], ValueError)
+    assert isinstance(protocol.lost[0], ValueError)
+
+
+class Aborting(Protocol):
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(b"never")  # queued writes are dropped on abort? here writes are synchronous
+        self.transport.abort()
+        self.transport.write(b"dropped after abort")
+
+
+def test_abort_ends_at_once_and_later_writes_are_dropped(lifecycle):
+    client, thread, result = drive(Aborting(), lifecycle)
+    with client:
+        client.sendall(b"go")
+        assert recv_all(client) == b"never"
+    thread.join(10)
+    assert isinstance(result["ended_by"], ConnectionAbortedError)
+
+
+class KeepAfterEof(Protocol):
+    def eof_received(self):
+        self.transport.set_deadline(0.1)
+        return True
+
+    def deadline_expired(self) -> None:
+        self.transport.write(b"late answer")
+        self.transport.close()
+
+
+def test_protocol_may_keep_the_connection_after_eof(lifecycle):
+    client, thread, _ = drive(KeepAfterEof(), lifecycle)
+    with client:
+        client.shutdown(socket.SHUT_WR)
+        assert recv_all(client) == b"late answer"
+    thread.join(10)
+
+
+def test_peer_reset_while_writing_ends_quietly(lifecycle):
+    class Flood(Protocol):
+        def data_received(self, data: bytes) -> None:
+            for _ in range(200):
+                self.transport.write(b"x" * 65536)
+
+    client, thread, result = drive(Flood(), lifecycle)
+    client.sendall(b"go")
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    client.close()
+    thread.join(10)
+    assert isinstance(result["ended_by"], ConnectionError)
+
+
+def test_graceful_deadline_in_the_main_thread_driver(lifecycle):
+    lifecycle.graceful_timeout = 0.2
+    client, thread, result = drive(Protocol(), lifecycle, watch_wakeup=True)
+    with client:
+        lifecycle.request_stop()
+        assert recv_all(client) == b""
+    thread.join(10)
+    assert isinstance(result["ended_by"], TimeoutError)

@@ -1,0 +1,79 @@
+"""The command line: list, usage errors (exit 2), listen failures (exit 1), no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from framework.address import bind_socket, local_address, parse_address
+from framework.strategies import STRATEGIES
+from tests.support import child_env
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "framework", *args], capture_output=True, text=True,
+                          env=child_env(), timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_list_shows_every_server_and_strategy_with_a_description():
+    result = run_cli("list")
+    assert result.returncode == 0
+    for name in ["daytime", "echo", *STRATEGIES]:
+        line = next(line for line in result.stdout.splitlines() if line.split()[:1] == [name])
+        assert len(line.split()) > 2, line
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("forkthread ")
+
+
+@pytest.mark.parametrize("args", [
+    [],
+    ["serve"],
+    ["serve", "nosuchserver"],
+    ["serve", "echo", "--bind", "nonsense"],
+    ["serve", "echo", "--bind", "127.0.0.1:99999"],
+    ["serve", "echo", "--strategy", "nosuchstrategy", "--bind", "127.0.0.1:0"],
+    ["serve", "echo", "--timeout", "-3"],
+    ["serve", "echo", "--workers", "zero"],
+    ["frobnicate"],
+])
+def test_usage_errors_exit_2_without_traceback(args):
+    result = run_cli(*args)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip()
+    assert result.stdout == ""
+
+
+def test_busy_address_exits_1_with_one_line():
+    with bind_socket(parse_address("127.0.0.1:0")) as taken:
+        address = str(local_address(taken))
+        result = run_cli("serve", "echo", "--bind", address)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"forkthread: cannot listen on {address}: Address already in use"
+    assert result.stdout == ""
+
+
+def test_live_unix_socket_is_refused(tmp_path):
+    path = tmp_path / "busy.sock"
+    with bind_socket(parse_address(f"unix:{path}")):
+        result = run_cli("serve", "echo", "--bind", f"unix:{path}")
+    assert result.returncode == 1
+    assert "cannot listen on unix:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_console_script_entry_point_matches_module():
+    from framework.cli import main
+
+    assert main(["list"]) == 0
+
+
+def test_serve_help_lists_strategy_options():
+    result = run_cli("serve", "echo", "--help")
+    assert result.returncode == 0
+    for option in ["--bind", "--strategy", "--log-level", "--timeout", "--graceful-timeout", "--max-connections"]:
+        assert option in result.stdout

@@ -1,0 +1,32 @@
+"""The tutorial's example server works as the docs say, unit-tested and under every strategy."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from framework.testing import RecordingTransport, feed
+from tests.support import ROOT, echo_exchange
+
+sys.path.insert(0, str(ROOT / "docs" / "examples"))
+from upper import UpperProtocol
+
+EXAMPLE = ROOT / "docs" / "examples" / "upper.py"
+TEXT = b"hello\nworld\r\n\0nul\nlast"
+EXPECTED = b"HELLO\nWORLD\r\n\0NUL\nLAST\n4 lines\n"
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3])
+def test_upper_protocol_any_chunking(chunk_size):
+    transport = RecordingTransport()
+    protocol = UpperProtocol()
+    protocol.connection_made(transport)
+    assert feed(protocol, TEXT, chunk_size=chunk_size, eof=True) is None
+    assert transport.output() == EXPECTED
+
+
+def test_upper_server_under_every_strategy(serve, strategy):
+    server = serve("upper", strategy=strategy, program=[sys.executable, str(EXAMPLE)])
+    with server.connect() as sock:
+        assert echo_exchange(sock, TEXT, chunk=2) == EXPECTED
