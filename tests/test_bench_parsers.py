@@ -50,7 +50,8 @@ def test_wrk_garbage_is_a_clear_error(text):
         wrk.parse_output(text)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("186.00us", 186e-6), ("1.27ms", 1.27e-3), ("2.5s", 2.5), ("1.5m", 90.0)])
+@pytest.mark.parametrize(("text", "seconds"),
+                         [("186.00us", 186e-6), ("1.27ms", 1.27e-3), ("2.5s", 2.5), ("1.5m", 90.0)])
 def test_wrk_durations(text, seconds):
     assert wrk.parse_duration(text) == pytest.approx(seconds)
 

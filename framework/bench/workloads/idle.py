@@ -92,7 +92,8 @@ def run(config: BenchConfig) -> WorkloadReport:
         name="idle", title="idle: concurrent idle connections and memory",
         description=(f"Up to {most} echo connections opened one by one, each proven served by a one-byte echo,"
                      " then held idle.  RSS counts pages shared between forked processes once per process;"
-                     " anon PSS is anonymous memory (heap, stacks) with shared pages divided between their sharers (the real footprint).  Per-connection figures are"
+                     " anon PSS is anonymous memory (heap, stacks) with shared pages divided between their sharers"
+                     " (the real footprint).  Per-connection figures are"
                      " (tree at peak - tree before) / connections held.  One run per server."),
         columns=COLUMNS, ratio_metric="held")
     if most < config.scale.max_idle:
