@@ -40,7 +40,7 @@ class Scale:
 
 
 FULL = Scale()
-QUICK = Scale(clients=2, connections=100, duration=1.0, concurrency=(10,), sizes=(KIB,), max_idle=200,
+QUICK = Scale(clients=2, connections=100, duration=0.5, concurrency=(10,), sizes=(KIB,), max_idle=200,
               idle_seconds=5.0, repeat=1)
 
 

@@ -193,8 +193,8 @@ class Results:
                           " at the same load point (> 1: forkthread is faster):", "", ratios]
             if report.notes:
                 lines += ["", *[f"- {note}" for note in report.notes]]
-            if report.plots:
-                lines += ["", "Plots: " + ", ".join(f"[{name}]({name})" for name in report.plots)]
+            for name in report.plots:
+                lines += ["", f"![{report.name}: {name}]({name})"]
         return "\n".join(lines) + "\n"
 
     def text(self) -> str:
