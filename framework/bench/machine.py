@@ -10,6 +10,7 @@ import sys
 import time
 
 from framework import __version__
+from framework.bench.procfs import mem_total_kib
 
 
 def _cpu_model() -> str:
@@ -21,17 +22,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def _mem_total_gib() -> float | None:
-    try:
-        with open("/proc/meminfo") as file:
-            for line in file:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / (1 << 20), 1)
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def tool_version(argv: list[str]) -> str | None:
@@ -63,7 +53,7 @@ def describe_machine() -> dict[str, object]:
         "cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
         "cpu_model": _cpu_model(),
-        "memory_gib": _mem_total_gib(),
+        "memory_gib": round(mem_total_kib() / (1 << 20), 1),
         "kernel": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "python_executable": sys.executable,

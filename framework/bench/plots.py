@@ -112,6 +112,8 @@ def plot_http(config: BenchConfig, report: WorkloadReport) -> None:
     """Requests per second against concurrency, one panel per file size."""
     lines(config, report, report.rows, "connections", "req_per_s", "size", "http.png",
           "http", "requests per second")
+    lines(config, report, report.rows, "connections", "cpu_us_per_req", "size", "http_cpu.png",
+          "http CPU", "server CPU µs per request")
 
 
 def plot_idle(config: BenchConfig, report: WorkloadReport) -> None:

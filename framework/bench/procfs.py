@@ -150,13 +150,23 @@ def tree_memory(root: int) -> Memory:
     return Memory(rss_kib=rss, pss_kib=pss, processes=len(processes), threads=threads)
 
 
-def mem_available_kib() -> int | None:
-    """``MemAvailable`` from ``/proc/meminfo`` (None when unknown)."""
+def meminfo_kib(field: str) -> int | None:
+    """A field of ``/proc/meminfo`` in KiB (``MemAvailable``, ``MemTotal``), None when unknown."""
     try:
         with open("/proc/meminfo") as file:
             for line in file:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def mem_available_kib() -> int | None:
+    """Memory available for new work, in KiB (None when unknown)."""
+    return meminfo_kib("MemAvailable")
+
+
+def mem_total_kib() -> int:
+    """Total memory in KiB (0 when unknown)."""
+    return meminfo_kib("MemTotal") or 0

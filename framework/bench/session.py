@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
 
 from framework.bench.clients import LoadError
@@ -14,7 +15,7 @@ from framework.bench.targets import Context, Target, strategy_targets
 __all__ = ["MEASUREMENT_ERRORS", "Target", "add_row", "skip", "start", "targets"]
 
 #: Failures of one server that end its row with a note instead of ending the run.
-MEASUREMENT_ERRORS = (ServerStartError, LoadError, OSError, ValueError, TimeoutError)
+MEASUREMENT_ERRORS = (ServerStartError, LoadError, OSError, ValueError, TimeoutError, subprocess.SubprocessError)
 
 
 def targets(config: BenchConfig, context: Context, variants: bool = False) -> list[Target]:

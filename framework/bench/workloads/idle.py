@@ -29,8 +29,9 @@ COLUMNS = [
     Column("processes", "processes", 0),
     Column("threads", "threads", 0),
 ]
-#: Stop opening connections when the machine's available memory falls below this (KiB).
-MEMORY_RESERVE_KIB = 3 << 20
+#: Stop opening connections when the machine's available memory falls below this share of it
+#: (a fork per connection costs about a megabyte each; the machine is shared).
+MEMORY_RESERVE_FRACTION = 0.25
 #: Descriptors kept back from RLIMIT_NOFILE for everything else a process opens.
 FD_MARGIN = 200
 
@@ -43,6 +44,7 @@ def hold(config: BenchConfig, server: RunningServer, most: int) -> tuple[dict[st
             "duration": scale.idle_seconds + 30.0, "probe_timeout": 0.5 if config.quick else 1.0}
     held = 0
     reason = ""
+    reserve = int(procfs.mem_total_kib() * MEMORY_RESERVE_FRACTION)
     with client_processes([spec]) as procs:
         # Measured with the client running: PSS splits the pages python processes share (libpython)
         # between all of them, so a process starting between two samples would skew the difference.
@@ -61,8 +63,8 @@ def hold(config: BenchConfig, server: RunningServer, most: int) -> tuple[dict[st
             held = int(line.split()[1])
             peak = server.memory()
             available = procfs.mem_available_kib()
-            if available is not None and available < MEMORY_RESERVE_KIB:
-                reason = f"stopped: less than {MEMORY_RESERVE_KIB >> 20} GiB of memory left"
+            if available is not None and available < reserve:
+                reason = f"stopped: less than {reserve >> 20} GiB of memory left"
                 answer = "stop"
             elif time.monotonic() >= deadline:
                 reason = f"stopped: time limit {scale.idle_seconds:g}s"
