@@ -31,7 +31,7 @@ COLUMNS = [
 ]
 #: Stop opening connections when the machine's available memory falls below this share of it
 #: (a fork per connection costs about a megabyte each; the machine is shared).
-MEMORY_RESERVE_FRACTION = 0.25
+MEMORY_RESERVE_FRACTION = 0.4
 #: Descriptors kept back from RLIMIT_NOFILE for everything else a process opens.
 FD_MARGIN = 200
 
