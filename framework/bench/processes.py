@@ -105,8 +105,8 @@ class RunningServer:
         deadline = time.monotonic() + timeout
         command = self.command
         while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise ServerStartError(f"exited with status {self.popen.returncode}: {self.log()[-2000:]}")
+            if self.exited():
+                raise ServerStartError(f"exited before it was ready: {self.log()[-2000:].strip()}")
             if command.port is not None:
                 with contextlib.suppress(OSError), socket.create_connection((command.host, command.port), 0.5):
                     return command.host, command.port
@@ -117,6 +117,10 @@ class RunningServer:
                     return groups.get("host") or command.host, int(groups["port"])
             time.sleep(0.02)
         raise ServerStartError(f"not ready within {timeout:.0f}s: {self.log()[-2000:]}")
+
+    def exited(self) -> bool:
+        """True once the server process has ended (it is left unreaped for :meth:`stop`'s ``wait4``)."""
+        return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
     def log(self) -> str:
         """Everything the server wrote to standard output and error so far."""

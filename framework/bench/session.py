@@ -12,7 +12,7 @@ from framework.bench.processes import RunningServer, ServerStartError
 from framework.bench.report import Row, WorkloadReport, combine
 from framework.bench.targets import Context, Target, strategy_targets
 
-__all__ = ["MEASUREMENT_ERRORS", "Target", "add_row", "skip", "start", "targets"]
+__all__ = ["MEASUREMENT_ERRORS", "ServerStartError", "Target", "add_row", "skip", "start", "targets"]
 
 #: Failures of one server that end its row with a note instead of ending the run.
 MEASUREMENT_ERRORS = (ServerStartError, LoadError, OSError, ValueError, TimeoutError, subprocess.SubprocessError)

@@ -100,6 +100,8 @@ def run(config: BenchConfig) -> WorkloadReport:
                     sample = measure_once(config, server)
             except session.MEASUREMENT_ERRORS as exc:
                 notes.append(f"run {repeat + 1} failed: {exc}")
+                if isinstance(exc, session.ServerStartError):
+                    break  # it will not start next time either
                 config.progress(f"stevens: {target.name}: run {repeat + 1} failed: {exc}")
                 continue
             samples.append(sample)
