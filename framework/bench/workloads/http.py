@@ -117,8 +117,8 @@ def run(config: BenchConfig) -> WorkloadReport:
                      f" over the point divided by requests.  Median of {scale.repeat} runs, (min-max)."),
         columns=COLUMNS, ratio_metric="req_per_s", params=["size", "connections"])
     if not use_wrk:
-        report.notes.append("wrk is not installed: load from the built-in client (slower than wrk; it may be the"
-                            " bottleneck)")
+        why = "--client builtin" if config.client == "builtin" else "wrk is not installed"
+        report.notes.append(f"{why}: load from the built-in client (slower than wrk; it may be the bottleneck)")
     root = make_root(scale.sizes)
     try:
         context = Context(server="http", protocol="http", server_options=["--root", root], root=root)
