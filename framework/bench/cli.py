@@ -63,7 +63,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     bench.add_argument("--quick", action="store_true", help="small counts and one repeat: under a minute")
     bench.add_argument("--out", type=Path, default=Path("bench-results"), metavar="DIR",
                        help="where results and plots go (default: %(default)s)")
-    bench.add_argument("--repeat", type=positive_int, metavar="N", help="repeats per measurement (default: 3, quick 1)")
+    bench.add_argument("--repeat", type=positive_int, metavar="N",
+                       help="repeats per measurement (default: 3, http 2; quick 1)")
     bench.add_argument("--pin", action="store_true", help="servers and clients on separate CPUs")
     scale = bench.add_argument_group("load size (defaults: full run / --quick)")
     scale.add_argument("--clients", type=positive_int, metavar="K",
@@ -90,6 +91,8 @@ def config_from_arguments(args: argparse.Namespace) -> BenchConfig:
     overrides = {name: getattr(args, name) for name in
                  ("clients", "connections", "nbytes", "duration", "concurrency", "sizes", "max_idle", "repeat")
                  if getattr(args, name) is not None}
+    if args.repeat is not None:
+        overrides["http_repeat"] = args.repeat
     scale: Scale = dataclasses.replace(base, **overrides)
     workloads = ["stevens", "echo-rr", "http", "idle"] if args.workload == "all" else [args.workload]
     return BenchConfig(workloads=workloads, out=args.out, scale=scale, quick=args.quick, pin=args.pin,

@@ -26,8 +26,8 @@ class Scale:
     clients: int = 5
     connections: int = 500
     nbytes: int = 4000
-    #: echo-rr and http: seconds per measured load point.
-    duration: float = 1.0
+    #: echo-rr and http: seconds per measured load point (wrk rounds up to whole seconds).
+    duration: float = 0.5
     #: echo-rr and http: concurrent connections per point.
     concurrency: tuple[int, ...] = (1, 10, 100)
     #: http: file sizes.
@@ -35,13 +35,15 @@ class Scale:
     #: idle: most connections to open, and the time limit per server.
     max_idle: int = 10000
     idle_seconds: float = 40.0
-    #: repeats of every measurement (median and spread are reported).
+    #: repeats of every measurement (median and spread are reported) ...
     repeat: int = 3
+    #: ... except http's, whose wrk points last a whole second each (``--repeat`` sets both).
+    http_repeat: int = 2
 
 
 FULL = Scale()
 QUICK = Scale(clients=2, connections=100, duration=0.5, concurrency=(10,), sizes=(KIB,), max_idle=200,
-              idle_seconds=5.0, repeat=1)
+              idle_seconds=5.0, repeat=1, http_repeat=1)
 
 
 @dataclasses.dataclass

@@ -114,7 +114,7 @@ def run(config: BenchConfig) -> WorkloadReport:
         description=(f"GET of a {', '.join(size_label(size) for size in scale.sizes)} file at concurrency"
                      f" {', '.join(map(str, scale.concurrency))}, {seconds:g}"
                      f" s per point, load from {client}.  CPU per request is the server tree's CPU (from /proc)"
-                     f" over the point divided by requests.  Median of {scale.repeat} runs, (min-max)."),
+                     f" over the point divided by requests.  Median of {scale.http_repeat} runs, (min-max)."),
         columns=COLUMNS, ratio_metric="req_per_s", params=["size", "connections"])
     if not use_wrk:
         why = "--client builtin" if config.client == "builtin" else "wrk is not installed"
@@ -150,11 +150,11 @@ def _measure_target(config: BenchConfig, report: WorkloadReport, target: session
             path = "/" + file_name(size)
             for connections in scale.concurrency:
                 samples = []
-                for repeat in range(scale.repeat):
+                for repeat in range(scale.http_repeat):
                     sample = measure_point(config, server, path, connections, scale.duration, use_wrk)
                     samples.append(sample)
                     config.progress(
                         f"http: {target.name:<18} {size_label(size):>7} C={connections:<4} run {repeat + 1}/"
-                        f"{scale.repeat}: {sample['req_per_s'] or 0:.0f} req/s,"
+                        f"{scale.http_repeat}: {sample['req_per_s'] or 0:.0f} req/s,"
                         f" {sample['cpu_us_per_req'] or 0:.1f} CPU µs/req")
                 session.add_row(report, target, {"size": size_label(size), "connections": connections}, samples)
