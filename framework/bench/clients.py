@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
+from framework.bench.targets import child_env
+
 
 class LoadError(RuntimeError):
     """The client processes did not start, or did not report a result."""
@@ -59,7 +61,7 @@ def client_processes(
     try:
         for spec in specs:
             procs.append(subprocess.Popen(_loadgen_argv(spec), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          text=True, env=spec.get("env")))
+                                          text=True, env=child_env()))
         for proc in procs:
             assert proc.stdout is not None
             if readline(proc.stdout, start_timeout).strip() != "ready":
@@ -114,6 +116,15 @@ def percentile(values: Sequence[float], fraction: float) -> float | None:
     ordered = sorted(values)
     rank = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
     return ordered[rank]
+
+
+def latency_ms(latencies: Sequence[float]) -> dict[str, float | None]:
+    """``{"p50_ms": ..., "p99_ms": ...}`` of latencies given in seconds (None when there are none)."""
+    out: dict[str, float | None] = {}
+    for name, fraction in (("p50_ms", 0.50), ("p99_ms", 0.99)):
+        value = percentile(latencies, fraction)
+        out[name] = None if value is None else value * 1e3
+    return out
 
 
 def summarize(samples: Sequence[float | None]) -> dict[str, float | None]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from framework.bench.clients import LoadError
 from framework.bench.config import BenchConfig
@@ -12,7 +12,7 @@ from framework.bench.processes import RunningServer, ServerStartError
 from framework.bench.report import Row, WorkloadReport, combine
 from framework.bench.targets import Context, Target, strategy_targets
 
-__all__ = ["MEASUREMENT_ERRORS", "ServerStartError", "Target", "add_row", "skip", "start", "targets"]
+__all__ = ["MEASUREMENT_ERRORS", "ServerStartError", "Target", "add_row", "runnable", "skip", "start", "targets"]
 
 #: Failures of one server that end its row with a note instead of ending the run.
 MEASUREMENT_ERRORS = (ServerStartError, LoadError, OSError, ValueError, TimeoutError, subprocess.SubprocessError)
@@ -26,6 +26,15 @@ def targets(config: BenchConfig, context: Context, variants: bool = False) -> li
     else:
         peers = peer_targets(context.protocol, chosen_peers)
     return strategy_targets(variants, config.strategies) + peers
+
+
+def runnable(config: BenchConfig, report: WorkloadReport, context: Context, variants: bool = False) -> Iterator[Target]:
+    """The targets that can run; each one that cannot gets its note in *report* instead."""
+    for target in targets(config, context, variants):
+        if target.skip:
+            skip(config, report, target, target.skip)
+        else:
+            yield target
 
 
 def start(config: BenchConfig, target: Target, context: Context) -> RunningServer:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from framework.bench import session
-from framework.bench.clients import percentile, run_clients, split
+from framework.bench.clients import latency_ms, run_clients, split
 from framework.bench.config import BenchConfig
 from framework.bench.processes import RunningServer
 from framework.bench.report import Column, WorkloadReport
@@ -45,10 +45,8 @@ def measure_point(
     time.sleep(0.05)  # let the server finish with the connections just closed
     cpu = server.cpu_seconds() - before
     elapsed = max((client.get("elapsed", 0.0) for client in load.per_client), default=0.0)
-    p50, p99 = percentile(load.latencies, 0.50), percentile(load.latencies, 0.99)
     return {
-        "rt_per_s": load.done / elapsed if elapsed > 0 else None,
-        "p50_ms": p50 * 1e3 if p50 is not None else None, "p99_ms": p99 * 1e3 if p99 is not None else None,
+        "rt_per_s": load.done / elapsed if elapsed > 0 else None, **latency_ms(load.latencies),
         "cpu_us_per_rt": cpu / load.done * 1e6 if load.done else None, "cpu_s": cpu,
         "starved": float(load.total("starved")), "errors": float(load.errors),
     }
@@ -66,10 +64,7 @@ def run(config: BenchConfig) -> WorkloadReport:
                      f" answer (the model serves fewer at once).  Median of {scale.repeat} runs, (min-max)."),
         columns=COLUMNS, ratio_metric="rt_per_s", params=["connections"])
     context = Context(server="echo", protocol="echo")
-    for target in session.targets(config, context):
-        if target.skip:
-            session.skip(config, report, target, target.skip)
-            continue
+    for target in session.runnable(config, report, context):
         try:
             with session.start(config, target, context) as server:
                 measure_point(config, server, 2, 0.2)  # warm-up

@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from framework.bench import session, wrk
-from framework.bench.clients import percentile, run_clients, split
+from framework.bench.clients import latency_ms, run_clients, split
 from framework.bench.config import KIB, MIB, BenchConfig
 from framework.bench.processes import RunningServer
 from framework.bench.report import Column, WorkloadReport
@@ -70,10 +70,8 @@ def _builtin_point(server: RunningServer, path: str, connections: int, duration:
              for share in split(connections, min(connections, MAX_CLIENT_PROCESSES))]
     load = run_clients(specs, time_limit=duration + 30.0)
     elapsed = max((client.get("elapsed", 0.0) for client in load.per_client), default=0.0)
-    p50, p99 = percentile(load.latencies, 0.5), percentile(load.latencies, 0.99)
     return {"requests": float(load.done), "req_per_s": load.done / elapsed if elapsed > 0 else None,
-            "p50_ms": None if p50 is None else p50 * 1e3, "p99_ms": None if p99 is None else p99 * 1e3,
-            "errors": float(load.errors)}
+            **latency_ms(load.latencies), "errors": float(load.errors)}
 
 
 def _wrk_point(config: BenchConfig, server: RunningServer, path: str, connections: int,
@@ -123,11 +121,9 @@ def run(config: BenchConfig) -> WorkloadReport:
     try:
         context = Context(server="http", protocol="http", server_options=["--root", root], root=root)
         has_http = "http" in server_targets()
-        for target in session.targets(config, context):
+        for target in session.runnable(config, report, context):
             if target.kind == "forkthread" and not has_http:
-                target.skip = "no forkthread 'http' server is registered yet"
-            if target.skip:
-                session.skip(config, report, target, target.skip)
+                session.skip(config, report, target, "no forkthread 'http' server is registered")
                 continue
             try:
                 _measure_target(config, report, target, context, use_wrk)

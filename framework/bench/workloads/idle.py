@@ -101,10 +101,7 @@ def run(config: BenchConfig) -> WorkloadReport:
     if most < config.scale.max_idle:
         report.notes.append(f"--max-idle {config.scale.max_idle} capped to {most} by RLIMIT_NOFILE ({soft})")
     context = Context(server="echo", protocol="echo", server_options=["--timeout", "0"])
-    for target in session.targets(config, context):
-        if target.skip:
-            session.skip(config, report, target, target.skip)
-            continue
+    for target in session.runnable(config, report, context):
         try:
             with session.start(config, target, context) as server:
                 metrics, reason = hold(config, server, most)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 
 from framework.bench import session
-from framework.bench.clients import percentile, run_clients
+from framework.bench.clients import latency_ms, run_clients
 from framework.bench.config import BenchConfig
 from framework.bench.processes import RunningServer
 from framework.bench.report import Column, Row, WorkloadReport
@@ -51,11 +51,10 @@ def measure_once(config: BenchConfig, server: RunningServer) -> dict[str, float 
     stopped = server.stop()
     cpu = max(0.0, stopped.cpu_seconds - baseline)
     done = load.done
-    p99 = percentile(load.latencies, 0.99)
     return {
         "cpu_s": cpu, "cpu_us_per_conn": cpu / done * 1e6 if done else None,
         "conn_per_s": done / load.wall_seconds if load.wall_seconds > 0 else None,
-        "p99_ms": p99 * 1e3 if p99 is not None else None, "errors": float(load.errors), "connections": float(done),
+        **latency_ms(load.latencies), "errors": float(load.errors), "connections": float(done),
     }
 
 
@@ -88,10 +87,7 @@ def run(config: BenchConfig) -> WorkloadReport:
         columns=COLUMNS, ratio_metric="conn_per_s")
     context = Context(server="nbytes", protocol="nbytes")
     total = scale.clients * scale.connections
-    for target in session.targets(config, context, variants=True):
-        if target.skip:
-            session.skip(config, report, target, target.skip)
-            continue
+    for target in session.runnable(config, report, context, variants=True):
         samples = []
         notes: list[str] = []
         for repeat in range(scale.repeat):
