@@ -17,7 +17,7 @@ from framework.address import AddressError, parse_address
 from framework.registry import server_class, server_targets
 from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Server
 from framework.strategies import STRATEGIES, UnknownStrategyError, create_strategy, strategy_class
-from framework.strategies.base import StrategyOptions
+from framework.strategies.base import ServeError, StrategyOptions
 
 PROG = "forkthread"
 
@@ -60,7 +60,7 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--strategy", "-s", default="iterative", metavar="NAME",
                        help=f"concurrency model: {', '.join(STRATEGIES)} (default: %(default)s)")
     group.add_argument("--max-connections", type=positive_int, metavar="N",
-                       help="forking, threading: serve at most N connections at once; others wait (default: no bound)")
+                       help="forking, threading, poll: serve at most N connections at once; others wait")
     group.add_argument("--threads", type=positive_int, default=defaults.threads, metavar="N",
                        help="prethreaded, preforked --worker threads: threads per process (default: %(default)s)")
     group.add_argument("--prethreaded-accept", choices=("lock", "handoff"), default=defaults.prethreaded_accept,
@@ -146,8 +146,12 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: cannot listen on {address}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     with server:
-        print(f"listening on {server.address}", flush=True)
-        server.serve_forever()
+        try:
+            # Announced only once SIGTERM/SIGINT are handled: a test or supervisor may signal at once.
+            server.serve_forever(ready=lambda: print(f"listening on {server.address}", flush=True))
+        except ServeError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return exc.exit_status
     return 0
 
 

@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar
 
@@ -108,6 +109,7 @@ class Server:
         self.connections = ActiveConnections()
         self._unix_inode: tuple[int, int, int] | None = None
         self._acceptor: Acceptor | None = None
+        self._acceptor_installed = False
         self._serving_thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._stopped.set()
@@ -166,11 +168,18 @@ class Server:
     @property
     def acceptor(self) -> Acceptor:
         """The :class:`~framework.accepting.Acceptor` for the listener (strategies use it)."""
+        if self._acceptor is not None and self._acceptor_installed:
+            return self._acceptor
         if self._acceptor is None or self._acceptor.listener is not self.listener:
             if self.listener is None:
                 raise RuntimeError("the server is not bound yet")
             self._acceptor = Acceptor(self.listener)
         return self._acceptor
+
+    def use_acceptor(self, acceptor: Acceptor) -> None:
+        """Take connections from *acceptor* instead of the listener (a pre-forked worker's accept mode)."""
+        self._acceptor = acceptor
+        self._acceptor_installed = True
 
     # -- what a connection says --------------------------------------------------
 
@@ -223,13 +232,15 @@ class Server:
             self.connections.discard(sock)
             sock.close()
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, ready: Callable[[], object] | None = None) -> None:
         """Serve until :meth:`shutdown`, SIGTERM or SIGINT; then stop gracefully.
 
         When called in the main thread (and ``handle_signals`` is true),
         SIGTERM and SIGINT start a graceful stop and SIGUSR1 logs a status
-        line; the previous handlers are restored on return.  On return every
-        child process has been reaped and every thread joined.
+        line; the previous handlers are restored on return.  *ready* is called
+        once those handlers are in place (announce readiness there: a signal
+        sent before would find the default action).  On return every child
+        process has been reaped and every thread joined.
         """
         self.server_activate()
         ignore_sigpipe()
@@ -237,6 +248,8 @@ class Server:
         self._serving_thread = threading.current_thread()
         if self.handle_signals:
             self.lifecycle.install_default_signals(self.status)
+        if ready is not None:
+            ready()
         try:
             self.strategy.serve(self)
         finally:
@@ -265,12 +278,32 @@ class Server:
                 remove_unix_socket(self.requested_address.path, self._unix_inode)
         self.lifecycle.close()
 
+    def release_listener(self) -> None:
+        """Close this process's copy of the listener: for a forked child that will not accept.
+
+        :attr:`address` keeps reporting the address really listened on, and
+        the Unix socket file is left to the process that bound it.
+        """
+        if self.listener is not None:
+            self.requested_address = self.address
+            self._unix_inode = None
+            self.listener.close()
+            self.listener = None
+            self._acceptor = None
+
     def after_fork_in_child(self) -> None:
         """Reset per-process state in a freshly forked child (strategies call this)."""
         self.lifecycle.after_fork_in_child()
         self.connections = ActiveConnections()
         self._unix_inode = None  # the parent owns the socket file
         self._serving_thread = threading.current_thread()
+
+    def worker_init(self) -> None:
+        """Hook: runs once in each pre-forked worker process, after the fork and before it serves.
+
+        Open per-process resources here.  An exception is a boot failure: the
+        master stops with an error instead of forking replacements forever.
+        """
 
     def status(self) -> str:
         """One line describing the server now: for SIGUSR1 and logs."""

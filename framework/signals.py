@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import enum
 import errno
+import logging
 import os
 import signal
 import threading
@@ -198,7 +199,10 @@ class SignalDispatcher:
             signum = self._pending.popleft()
             action = self._actions.get(signum)
             if action is not None:
-                action(signum)
+                try:
+                    action(signum)
+                except Exception:  # a failing action (a status line) must not end the loop's connection
+                    logging.getLogger("forkthread").exception("action for signal %d failed", signum)
 
     def restore(self) -> None:
         """Put back the handlers and wakeup descriptor that were there before :meth:`install`."""

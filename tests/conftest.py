@@ -83,12 +83,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     tox sets it in every strategy environment but py3-iterative, so the
     strategy-independent tests (unit tests, the lab, the CLI) run once, not
     once per strategy.
+
+    Tests marked ``only_strategies(NAME, ...)`` (a strategy's own tests: supervision of the
+    pre-forked pool...) count as matrix tests, and run only when one of their strategies is selected.
     """
-    if not os.environ.get("FORKTHREAD_MATRIX_ONLY"):
-        return
+    selected = set(selected_strategies())
+    matrix_only = bool(os.environ.get("FORKTHREAD_MATRIX_ONLY"))
     kept, dropped = [], []
     for item in items:
-        (kept if "strategy" in getattr(item, "fixturenames", ()) else dropped).append(item)
+        marker = item.get_closest_marker("only_strategies")
+        if marker is not None:
+            keep = bool(selected & set(marker.args))
+        else:
+            keep = not matrix_only or "strategy" in getattr(item, "fixturenames", ())
+        (kept if keep else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

@@ -239,3 +239,84 @@ def open_fds_unchanged() -> Iterator[None]:
         time.sleep(0.02)
     leaked = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in after - before if os.path.exists(f"/proc/self/fd/{fd}")}
     raise AssertionError(f"descriptors leaked: {leaked}")
+
+
+def thread_count(pid: int) -> int:
+    """How many threads *pid* runs now (its main thread included)."""
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+class PeakSampler:
+    """Samples ``measure()`` in a thread every *interval* seconds and keeps the highest value seen.
+
+    Used to prove a bound: ``with PeakSampler(lambda: len(proc_children(pid))) as peak: ...``
+    then ``peak.value``.
+    """
+
+    def __init__(self, measure, interval: float = 0.005) -> None:  # type: ignore[no-untyped-def]
+        self._measure = measure
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-sampler")
+        self.value = 0
+        self.samples = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError):
+                self.value = max(self.value, self._measure())
+                self.samples += 1
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def task_children(pid: int) -> set[int]:
+    """Direct children of *pid* from /proc/PID/task/*/children: much cheaper than scanning /proc.
+
+    Zombies are included.  Falls back to :func:`proc_children` on kernels without the file.
+    """
+    children: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for task in tasks:
+        try:
+            children.update(int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{task}"):
+                continue  # the thread ended meanwhile
+            return proc_children(pid)
+        except OSError:
+            continue
+    return children
+
+
+def process_tree(pid: int) -> set[int]:
+    """*pid* and all its descendants, via :func:`task_children`."""
+    tree = {pid}
+    frontier = [pid]
+    while frontier:
+        for child in task_children(frontier.pop()) - tree:
+            tree.add(child)
+            frontier.append(child)
+    return tree
+
+
+def settled(measure, interval: float = 0.1, timeout: float = 3.0) -> int:  # type: ignore[no-untyped-def]
+    """``measure()`` once it reads the same twice *interval* apart (or when *timeout* passes)."""
+    deadline = time.monotonic() + timeout
+    value = measure()
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        previous, value = value, measure()
+        if value == previous:
+            break
+    return int(value)

@@ -30,6 +30,7 @@ from framework.drivers.common import (
     earliest,
     poll_timeout_ms,
     sendfile_some,
+    socket_extra_info,
 )
 from framework.lifecycle import Lifecycle
 from framework.protocol import FileLike, Protocol, Transport
@@ -102,16 +103,7 @@ class BlockingConnection(Transport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """``peername``, ``sockname`` or ``socket``, asyncio style."""
-        try:
-            if name == "peername":
-                return self.sock.getpeername()
-            if name == "sockname":
-                return self.sock.getsockname()
-        except OSError:
-            return default
-        if name == "socket":
-            return self.sock
-        return default
+        return socket_extra_info(self.sock, name, default)
 
     def is_closing(self) -> bool:
         """True once close() or abort() was called, or the peer vanished."""

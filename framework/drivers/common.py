@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
+from typing import Any
 
 #: Bytes asked of one recv().  64 KiB stays below glibc's mmap threshold, so a
 #: read costs no extra mmap/munmap, and moves large transfers in few calls.
@@ -47,3 +49,17 @@ def poll_timeout_ms(deadline: float) -> int | None:
     if deadline == math.inf:
         return None
     return max(0, math.ceil((deadline - time.monotonic()) * 1000))
+
+
+def socket_extra_info(sock: socket.socket, name: str, default: Any = None) -> Any:
+    """``get_extra_info`` for a connected socket: ``peername``, ``sockname`` or ``socket``."""
+    if name == "socket":
+        return sock
+    try:
+        if name == "peername":
+            return sock.getpeername()
+        if name == "sockname":
+            return sock.getsockname()
+    except OSError:
+        return default
+    return default

@@ -13,6 +13,11 @@ from framework.strategies.base import Strategy, StrategyOptions
 #: name -> "module:Class"; the order is the order of ``forkthread list``.
 STRATEGIES: dict[str, str] = {
     "iterative": "framework.strategies.iterative:IterativeStrategy",
+    "forking": "framework.strategies.forking:ForkingStrategy",
+    "threading": "framework.strategies.thread_per_connection:ThreadingStrategy",
+    "prethreaded": "framework.strategies.prethreaded:PrethreadedStrategy",
+    "preforked": "framework.strategies.preforked:PreforkedStrategy",
+    "poll": "framework.strategies.poll:PollStrategy",
 }
 
 

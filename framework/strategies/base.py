@@ -20,7 +20,7 @@ class StrategyOptions:
     the right ones to its inner strategy.
     """
 
-    #: forking / threading: most connections served at once (None: unbounded).
+    #: forking / threading / poll: most connections served at once (None: unbounded).
     max_connections: int | None = None
     #: prethreaded, and preforked with ``worker="threads"``: threads per process.
     threads: int = 8
@@ -38,6 +38,15 @@ class StrategyOptions:
     max_requests: int = 0
     #: preforked: add up to this many to each worker's max_requests, so they do not all restart at once.
     max_requests_jitter: int = 0
+
+
+class ServeError(RuntimeError):
+    """A strategy cannot go on serving (a worker failed to boot...); the message is one line for the user."""
+
+    def __init__(self, message: str, exit_status: int = 1) -> None:
+        super().__init__(message)
+        #: The exit status ``forkthread serve`` ends with.
+        self.exit_status = exit_status
 
 
 class Strategy(abc.ABC):

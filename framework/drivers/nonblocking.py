@@ -1,0 +1,676 @@
+"""The non-blocking driver: many protocols, one thread, one selector.
+
+An :class:`EventLoop` owns a :mod:`selectors` selector and a timer heap; each
+connection is a :class:`NonBlockingConnection`, the :class:`Transport` its
+protocol writes to.  The contract is the blocking driver's
+(:mod:`framework.drivers.blocking`), carried out without ever waiting:
+
+* ``write`` sends at once when nothing is queued; what the kernel does not
+  take is queued as a :class:`memoryview` (no copy of ``bytes``), in order
+  with file segments queued by ``sendfile``, which go out with
+  ``sendfile(2)`` from an advancing offset on a duplicate of the caller's
+  descriptor.  Several queued buffers go out in one ``sendmsg`` (gather
+  write), so many small writes to a slow reader do not cost a system call
+  each.
+* Flow control: a connection whose queue grows above :data:`HIGH_WATER` is
+  no longer read (so its protocol stops producing) until the queue drains
+  below :data:`LOW_WATER`.  Memory per connection stays bounded by the high
+  mark plus what one callback writes.
+* ``close`` flushes the queue, then drains unread input so the close sends
+  FIN rather than RST; with ``linger`` the sending side is shut down and
+  input is discarded until the peer's end-of-file or the linger time.
+* Idle timeouts, protocol deadlines and lingering closes are timers in one
+  heap.  Cancelled timers stay in the heap until they come up (lazy
+  deletion) unless they outnumber the live ones, when the heap is rebuilt.
+  The idle timer is not re-armed on every read: a connection only records
+  the time of its last progress, and when its timer comes up it either
+  times out or sets the next one from that time.
+* A protocol's exception ends its own connection only: ``connection_lost``
+  gets the exception, then the loop's error handler (the server's
+  ``handle_error``).  A vanished peer ends its connection quietly.
+
+``connection_lost`` is never called from inside another callback of the
+same protocol: connections that end are reported at the end of the loop
+iteration, after their socket is closed.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import logging
+import os
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from framework.drivers.blocking import ConnectionTimeout
+from framework.drivers.common import LINGER_MAX_BYTES, RECV_SIZE, ShortFileError, sendfile_some, socket_extra_info
+from framework.lifecycle import ActiveConnections
+from framework.protocol import FileLike, Protocol, Transport
+from framework.signals import is_peer_gone
+
+log = logging.getLogger("forkthread")
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+#: Stop reading a connection whose queued output exceeds this many bytes...
+HIGH_WATER = 256 * 1024
+#: ...and read it again once the queue is down to this many.
+LOW_WATER = 64 * 1024
+
+#: Queued buffers handed to one sendmsg() at most (IOV_MAX is 1024 on Linux).
+IOV_BATCH = 64
+
+#: Rebuild the timer heap when more than this many cancelled timers make up over half of it.
+_COMPACT_MIN = 64
+
+# Connection states.
+_OPEN = 0  # reading and writing
+_CLOSING = 1  # close() called: flushing the queue, no more reading for the protocol
+_LINGERING = 2  # queue flushed, sending side shut down: discarding input until EOF or the linger time
+_CLOSED = 3  # socket closed; connection_lost pending or delivered
+
+ErrorHandler = Callable[[BaseException, str], None]
+
+
+def log_handler_error(exc: BaseException, peer: str) -> None:
+    """The default error handler: log a protocol's fault with its traceback."""
+    log.error("connection from %s: handler failed: %r", peer, exc, exc_info=exc)
+
+
+class Timer:
+    """A callback due at a monotonic time; the heap skips it once cancelled."""
+
+    __slots__ = ("callback", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback: Callable[[], None] | None = callback
+
+    def __lt__(self, other: Timer) -> bool:
+        return self.when < other.when
+
+
+class _FileSegment:
+    """Part of a file still to be sent: our own descriptor, where to go on, how much is left."""
+
+    __slots__ = ("fd", "offset", "remaining")
+
+    def __init__(self, fd: int, offset: int, remaining: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.remaining = remaining
+
+
+class EventLoop:
+    """A selector, a timer heap and the connections they drive, in the calling thread.
+
+    *idle_timeout* closes a connection without progress for that many
+    seconds (None: never).  *handle_error* is told about protocol faults and
+    unexpected socket errors (``handle_error(exc, peer)``).  *connections*,
+    when given, has every connection's socket added while it is served, so
+    that a server's status counts them.  Call :meth:`run_once` in a loop;
+    :meth:`close` at the end.
+    """
+
+    def __init__(
+        self,
+        selector: selectors.BaseSelector | None = None,
+        *,
+        idle_timeout: float | None = None,
+        handle_error: ErrorHandler = log_handler_error,
+        connections: ActiveConnections | None = None,
+    ) -> None:
+        self.selector = selector if selector is not None else selectors.DefaultSelector()
+        self.idle_timeout = idle_timeout
+        self.handle_error = handle_error
+        self.registry = connections
+        #: The connections being served now.
+        self.connections: set[NonBlockingConnection] = set()
+        #: How many connections were ever added.
+        self.served = 0
+        #: time.monotonic() when the selector last returned: the clock of this iteration.
+        self.now = time.monotonic()
+        self._timers: list[Timer] = []
+        self._cancelled = 0
+        self._ended: collections.deque[NonBlockingConnection] = collections.deque()
+
+    # -- timers ----------------------------------------------------------------
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        """Run *callback* at monotonic time *when* (or soon after); return the timer."""
+        timer = Timer(when, callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def cancel(self, timer: Timer) -> None:
+        """Make sure *timer* does not run (idempotent)."""
+        if timer.callback is None:
+            return
+        timer.callback = None
+        self._cancelled += 1
+        if self._cancelled > _COMPACT_MIN and self._cancelled * 2 > len(self._timers):
+            # Lazy deletion would otherwise keep every short connection's idle
+            # timer (and through it the connection) until its time came up.
+            self._timers = [timer for timer in self._timers if timer.callback is not None]
+            heapq.heapify(self._timers)
+            self._cancelled = 0
+
+    def next_timer(self) -> float | None:
+        """The monotonic time the next live timer is due, or None."""
+        timers = self._timers
+        while timers and timers[0].callback is None:
+            heapq.heappop(timers)
+            self._cancelled -= 1
+        return timers[0].when if timers else None
+
+    def _run_timers(self) -> None:
+        now = self.now
+        while self._timers and self._timers[0].when <= now:
+            timer = heapq.heappop(self._timers)
+            callback = timer.callback
+            if callback is None:
+                self._cancelled -= 1
+                continue
+            timer.callback = None
+            callback()
+
+    # -- descriptors -------------------------------------------------------------
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call *callback* whenever *fd* is readable (a listener, a wakeup pipe)."""
+        self.selector.register(fd, READ, lambda events: callback())
+
+    def remove_reader(self, fd: int) -> None:
+        """Stop watching *fd*."""
+        self.selector.unregister(fd)
+
+    def add_connection(self, sock: socket.socket, peer: str, protocol: Protocol) -> NonBlockingConnection:
+        """Serve *protocol* over the connected *sock* (made non-blocking) from now on.
+
+        ``protocol.connection_made`` is called before this returns.  The loop
+        owns *sock* from here: it is closed when the connection ends.
+        """
+        sock.setblocking(False)
+        self.now = time.monotonic()
+        connection = NonBlockingConnection(self, sock, peer, protocol)
+        self.connections.add(connection)
+        self.served += 1
+        if self.registry is not None:
+            self.registry.add(sock)
+        connection._start()
+        return connection
+
+    def _forget(self, connection: NonBlockingConnection) -> None:
+        self.connections.discard(connection)
+        if self.registry is not None:
+            self.registry.discard(connection.sock)
+        self._ended.append(connection)
+
+    # -- running -----------------------------------------------------------------
+
+    def run_once(self, timeout: float | None = None) -> None:
+        """Wait up to *timeout* seconds (None: until something happens) and handle what is ready.
+
+        The wait is shortened to the next timer.  Ready descriptors are
+        handled, then due timers run, then ended connections are reported.
+        """
+        due = self.next_timer()
+        if due is not None:
+            delay = max(0.0, due - time.monotonic())
+            timeout = delay if timeout is None else min(timeout, delay)
+        ready = self.selector.select(timeout)
+        self.now = time.monotonic()
+        for key, events in ready:
+            key.data(events)
+        self._run_timers()
+        if self._ended:
+            self.report_ended()
+
+    def report_ended(self) -> None:
+        """Deliver ``connection_lost`` (and error reports) for connections that ended."""
+        while self._ended:
+            self._ended.popleft()._report()
+
+    def abort_all(self, exc: BaseException) -> int:
+        """End every connection at once with *exc*; return how many there were."""
+        connections = list(self.connections)
+        for connection in connections:
+            connection._teardown(exc)
+        self.report_ended()
+        return len(connections)
+
+    def close(self) -> None:
+        """Abort what is left, cancel the timers and close the selector (not the readers' descriptors)."""
+        self.abort_all(ConnectionAbortedError("event loop closed"))
+        self._timers.clear()
+        self._cancelled = 0
+        self.selector.close()
+
+
+class NonBlockingConnection(Transport):
+    """One connection in an :class:`EventLoop`: the :class:`Transport` its protocol talks to.
+
+    Made by :meth:`EventLoop.add_connection`.  :attr:`buffered` is the number
+    of bytes queued for sending (file segments included); :attr:`reading`
+    says whether the loop reads the socket now (False while flow control
+    holds it, after end-of-file, and once closing).
+    """
+
+    def __init__(self, loop: EventLoop, sock: socket.socket, peer: str, protocol: Protocol) -> None:
+        self._loop = loop
+        self.sock = sock
+        self._fd = sock.fileno()
+        self._peer = peer
+        self.protocol = protocol
+        self._queue: collections.deque[memoryview | _FileSegment] = collections.deque()
+        #: Bytes queued for sending.
+        self.buffered = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self._state = _OPEN
+        self._mask = 0
+        self._eof = False
+        self._paused = False
+        self._linger = 0.0
+        self._linger_budget = LINGER_MAX_BYTES
+        self._error: BaseException | None = None
+        self._faulted = False
+        self._last_active = loop.now
+        self._idle_timer: Timer | None = None
+        self._deadline_timer: Timer | None = None
+        self._deadline_due = False  # the deadline passed while output was queued
+        self._linger_timer: Timer | None = None
+        # One bound method for the selector's data, not one per modify().
+        self._handler = self._on_events
+
+    # -- Transport -----------------------------------------------------------------
+
+    @property
+    def peer(self) -> str:
+        """The peer's address as text."""
+        return self._peer
+
+    @property
+    def reading(self) -> bool:
+        """True while the loop watches the socket for input."""
+        return bool(self._mask & READ)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``peername``, ``sockname``, ``socket`` or ``write_buffer_size``, asyncio style."""
+        if name == "write_buffer_size":
+            return self.buffered
+        return socket_extra_info(self.sock, name, default)
+
+    def is_closing(self) -> bool:
+        """True once close() or abort() was called, or the connection ended otherwise."""
+        return self._state != _OPEN
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send *data* now as far as the kernel takes it; queue the rest, in order."""
+        if self._state != _OPEN or not data:
+            return
+        if type(data) is not bytes:
+            data = memoryview(data).cast("B")
+        if self._queue:
+            self._enqueue(data, 0)
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._send_failed(exc)
+            return
+        if sent:
+            self.bytes_sent += sent
+            self._last_active = self._loop.now
+        if sent < len(data):
+            self._enqueue(data, sent)
+
+    def sendfile(self, file: FileLike | IO[bytes], offset: int = 0, count: int | None = None) -> None:
+        """Send *count* bytes of *file* from *offset* with ``sendfile(2)``; queue what does not fit now."""
+        if self._state != _OPEN:
+            return
+        file_fd = file.fileno()
+        if count is None:
+            count = os.fstat(file_fd).st_size - offset
+        if count <= 0:
+            return
+        if not self._queue:
+            try:
+                while count > 0:
+                    sent = sendfile_some(self._fd, file_fd, offset, count)
+                    offset += sent
+                    count -= sent
+                    self.bytes_sent += sent
+                    self._last_active = self._loop.now
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                self._send_failed(exc)
+                return
+            if count == 0:
+                return
+        # The caller may close its file as soon as we return: keep our own descriptor.
+        self._queue.append(_FileSegment(os.dup(file_fd), offset, count))
+        self.buffered += count
+        self._queued()
+
+    def close(self, *, linger: float = 0.0) -> None:
+        """Send what is queued, then end the connection gracefully (see :meth:`Transport.close`)."""
+        self._linger = max(self._linger, linger)
+        if self._state != _OPEN:
+            return
+        self._state = _CLOSING
+        if self._queue:
+            self._update_mask()
+        else:
+            self._finish()
+
+    def abort(self) -> None:
+        """End the connection at once, dropping anything queued."""
+        self._teardown(ConnectionAbortedError("aborted by the protocol"))
+
+    def set_deadline(self, seconds: float | None) -> None:
+        """Arrange for ``protocol.deadline_expired()`` in *seconds* (None cancels)."""
+        self._deadline_due = False
+        if self._deadline_timer is not None:
+            self._loop.cancel(self._deadline_timer)
+            self._deadline_timer = None
+        if seconds is not None and self._state != _CLOSED:
+            self._deadline_timer = self._loop.call_at(time.monotonic() + seconds, self._deadline_expired)
+
+    # -- queueing ------------------------------------------------------------------------
+
+    def _enqueue(self, data: bytes | memoryview, start: int) -> None:
+        if type(data) is bytes:
+            view = memoryview(data)
+            if start:
+                view = view[start:]
+        else:
+            # The caller may reuse a mutable buffer once write() returns: keep a copy.
+            view = memoryview(bytes(data[start:]))
+        self._queue.append(view)
+        self.buffered += len(view)
+        self._queued()
+
+    def _queued(self) -> None:
+        if self.buffered > HIGH_WATER:
+            self._paused = True
+        self._update_mask()
+
+    def _update_mask(self) -> None:
+        """Watch the socket for exactly what the state asks for now."""
+        state = self._state
+        if state == _OPEN:
+            want = 0 if self._eof or self._paused else READ
+        elif state == _LINGERING:
+            want = READ
+        else:
+            want = 0
+        if self._queue:
+            want |= WRITE
+        mask = self._mask
+        if want != mask:
+            selector = self._loop.selector
+            if not mask:
+                selector.register(self._fd, want, self._handler)
+            elif not want:
+                selector.unregister(self._fd)
+            else:
+                selector.modify(self._fd, want, self._handler)
+            self._mask = want
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        loop = self._loop
+        if loop.idle_timeout is not None:
+            self._idle_timer = loop.call_at(loop.now + loop.idle_timeout, self._idle_check)
+        try:
+            self.protocol.connection_made(self)
+        except Exception as exc:
+            self._fault(exc)
+            return
+        if self._state == _OPEN and not self._paused:
+            # The first request is often in already (the client sent it right
+            # after connecting): read it now and save one trip through poll().
+            self._on_readable()
+        if self._state != _CLOSED:
+            # Registered only now: a connection that ended in connection_made
+            # (daytime) never costs the selector anything.
+            self._update_mask()
+
+    def _on_events(self, events: int) -> None:
+        # Write first: draining the queue may let a paused connection read again.
+        if events & WRITE and self._mask & WRITE:
+            self._flush()
+        if events & READ and self._mask & READ:
+            self._on_readable()
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            # While lingering the response is out; a reset now changes nothing for the protocol.
+            self._teardown(None if self._state == _LINGERING else exc)
+            return
+        if self._state == _LINGERING:
+            self._linger_budget -= len(data)
+            if not data or self._linger_budget <= 0:
+                self._teardown(None)
+            return
+        self._last_active = self._loop.now
+        if data:
+            self.bytes_received += len(data)
+            try:
+                self.protocol.data_received(data)
+            except Exception as exc:
+                self._fault(exc)
+            return
+        self._eof = True
+        try:
+            keep_open = self.protocol.eof_received()
+        except Exception as exc:
+            self._fault(exc)
+            return
+        if self._state == _OPEN:
+            if keep_open:
+                self._update_mask()
+            else:
+                self.close()
+
+    def _flush(self) -> None:
+        """Send from the queue until it is empty or the kernel's buffer is full."""
+        queue = self._queue
+        sock = self.sock
+        before = self.buffered
+        try:
+            while queue:
+                item = queue[0]
+                if type(item) is memoryview:
+                    if len(queue) > 1 and type(queue[1]) is memoryview:
+                        if not self._send_batch():
+                            break
+                        continue
+                    sent = sock.send(item)
+                    self.buffered -= sent
+                    if sent < len(item):
+                        queue[0] = item[sent:]
+                        break  # the socket buffer is full: the next send would only say EAGAIN
+                    queue.popleft()
+                else:
+                    assert isinstance(item, _FileSegment)
+                    sent = sendfile_some(self._fd, item.fd, item.offset, item.remaining)
+                    self.buffered -= sent
+                    item.offset += sent
+                    item.remaining -= sent
+                    if item.remaining:
+                        break
+                    os.close(item.fd)
+                    queue.popleft()
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self._send_failed(exc)
+            return
+        if self.buffered != before:
+            self.bytes_sent += before - self.buffered
+            self._last_active = self._loop.now
+        if self._paused and self.buffered <= LOW_WATER:
+            self._paused = False
+        if not queue and self._state == _CLOSING:
+            self._finish()
+            return
+        self._update_mask()
+        if not queue and self._deadline_due:
+            self._fire_deadline()
+
+    def _send_batch(self) -> bool:
+        """Send the queued buffers at the head in one ``sendmsg``; True when all of them went."""
+        queue = self._queue
+        buffers: list[memoryview] = []
+        for item in queue:
+            if type(item) is not memoryview or len(buffers) == IOV_BATCH:
+                break
+            buffers.append(item)
+        sent = self.sock.sendmsg(buffers)
+        self.buffered -= sent
+        for view in buffers:
+            if sent < len(view):
+                if sent:
+                    queue[0] = view[sent:]
+                return False
+            sent -= len(view)
+            queue.popleft()
+        return True
+
+    def _send_failed(self, exc: OSError) -> None:
+        """End the connection after a failed send (a vanished peer, mostly)."""
+        if isinstance(exc, ShortFileError):
+            # The promised length can no longer be kept: the framing is broken.
+            log.warning("%s: %s; aborting the connection", self._peer, exc)
+        self._teardown(exc)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self._state in (_CLOSED, _LINGERING):
+            return  # a lingering close has its own, shorter, limit
+        loop = self._loop
+        timeout = loop.idle_timeout
+        assert timeout is not None
+        due = self._last_active + timeout
+        if loop.now >= due:
+            self._teardown(ConnectionTimeout(f"idle for {timeout:g} s"))
+        else:
+            self._idle_timer = loop.call_at(due, self._idle_check)
+
+    def _deadline_expired(self) -> None:
+        self._deadline_timer = None
+        if self._state != _OPEN:
+            return
+        if self._queue:
+            # As in the blocking driver, a deadline does not count while the
+            # peer is slow to read our output: it fires once the queue is sent.
+            self._deadline_due = True
+            return
+        self._fire_deadline()
+
+    def _fire_deadline(self) -> None:
+        self._deadline_due = False
+        try:
+            self.protocol.deadline_expired()
+        except Exception as exc:
+            self._fault(exc)
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """The queue is sent: close gracefully, draining input so the peer gets FIN, not RST."""
+        if self._eof:
+            self._teardown(None)
+            return
+        sock = self.sock
+        try:
+            if self._linger > 0:
+                sock.shutdown(socket.SHUT_WR)
+            while self._linger_budget > 0:
+                data = sock.recv(RECV_SIZE)
+                if not data:
+                    break
+                self._linger_budget -= len(data)
+            self._teardown(None)
+            return
+        except BlockingIOError:
+            pass  # all input read for now
+        except OSError:
+            self._teardown(None)  # the peer is gone: nothing left to protect
+            return
+        if self._linger <= 0:
+            self._teardown(None)
+            return
+        self._state = _LINGERING
+        self._linger_timer = self._loop.call_at(time.monotonic() + self._linger, self._linger_expired)
+        self._update_mask()
+
+    def _linger_expired(self) -> None:
+        self._linger_timer = None
+        self._teardown(None)
+
+    def _fault(self, exc: Exception) -> None:
+        """The protocol raised: end this connection (only) and report the fault."""
+        self._error = exc
+        self._faulted = True
+        self._teardown(exc)
+
+    def _teardown(self, exc: BaseException | None) -> None:
+        """Close the socket at once and schedule the report; idempotent."""
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        if exc is not None and self._error is None:
+            self._error = exc
+        loop = self._loop
+        if self._mask:
+            loop.selector.unregister(self._fd)
+            self._mask = 0
+        for timer in (self._idle_timer, self._deadline_timer, self._linger_timer):
+            if timer is not None:
+                loop.cancel(timer)
+        self._idle_timer = self._deadline_timer = self._linger_timer = None
+        for item in self._queue:
+            if type(item) is _FileSegment:
+                os.close(item.fd)
+        self._queue.clear()
+        self.buffered = 0
+        loop._forget(self)
+        self.sock.close()
+
+    def _report(self) -> None:
+        """Tell the protocol the connection is over, and the server what went wrong, if anything."""
+        loop = self._loop
+        exc = self._error
+        try:
+            self.protocol.connection_lost(exc)
+        except Exception as lost_exc:
+            loop.handle_error(lost_exc, self._peer)
+        if exc is None:
+            return
+        if self._faulted:
+            loop.handle_error(exc, self._peer)
+        elif is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError)):
+            log.debug("connection from %s ended: %s", self._peer, exc)
+        else:
+            loop.handle_error(exc, self._peer)
+
+
+__all__ = ["HIGH_WATER", "LOW_WATER", "EventLoop", "NonBlockingConnection", "Timer", "log_handler_error"]

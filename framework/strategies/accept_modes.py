@@ -1,0 +1,294 @@
+"""How pre-forked workers get their connections: Stevens' pre-forked variants (UNP §30.6-30.9).
+
+Each mode prepares shared state in the master before the first fork and
+gives every worker an :class:`~framework.accepting.Acceptor` (installed with
+:meth:`~framework.server.Server.use_acceptor`), so the worker's inner
+strategy runs unchanged whatever the mode:
+
+``shared``
+    Every worker polls and accepts on the inherited non-blocking listener
+    (§30.6, "no locking").  When a connection arrives every idle worker
+    wakes; one wins, the others get ``EAGAIN``, which the acceptor treats as
+    "nothing now".
+``lock``
+    As ``shared``, but ``accept`` is serialized by a POSIX record lock on a
+    file the master opened (§30.7, "file locking").  ``fcntl.lockf`` locks
+    belong to the process, so each worker really competes even though the
+    descriptor is inherited (``flock`` on an inherited descriptor would be one
+    lock shared by every fork); threads of one worker take turns on an
+    in-process lock first, because a POSIX lock does not exclude threads of
+    the process that holds it.
+``reuseport``
+    Each worker accepts on its own ``SO_REUSEPORT`` listener on the master's
+    port and the kernel spreads connections over them by a hash of the
+    4-tuple.  Listeners belong to *lanes* (0 .. workers-1), not to processes:
+    the master creates a lane's listener before forking the lane's first
+    worker and keeps it while the lane exists, so a worker that dies or is
+    replaced (HUP, max-requests) leaves its backlog to its successor instead
+    of resetting it (Linux resets the backlog of a closed reuseport listener
+    unless ``net.ipv4.tcp_migrate_req`` is on).  The master never accepts on
+    them, and a lane never lacks a worker for longer than a respawn; lane 0
+    is the listener the server bound first.
+``passfd``
+    The master accepts and passes each descriptor to the least-loaded worker
+    over that worker's ``AF_UNIX`` channel with ``SCM_RIGHTS`` (§30.9).
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import logging
+import socket
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, ClassVar
+
+from framework.accepting import Acceptor
+from framework.address import Address, resolve
+
+if TYPE_CHECKING:
+    from framework.server import Server
+
+log = logging.getLogger("forkthread")
+
+#: Longest peer text the master sends beside a passed descriptor.
+PEER_TEXT_MAX = 512
+
+
+class AcceptModeError(ValueError):
+    """An accept mode cannot work with this server (a clear, one-line reason)."""
+
+
+class AcceptMode:
+    """One way for pre-forked workers to receive connections."""
+
+    #: The ``--accept`` name.
+    name: ClassVar[str] = ""
+    #: True when the master itself accepts and hands connections out.
+    master_accepts: ClassVar[bool] = False
+    #: True when a worker holds connections nobody else can take (its own
+    #: listener's backlog, its channel's queue): it serves them before exiting.
+    worker_drains: ClassVar[bool] = False
+
+    def prepare(self, server: Server) -> None:
+        """In the master, once, before the first worker is forked."""
+
+    def before_spawn(self, server: Server, lane: int) -> None:
+        """In the master, before forking a worker for *lane*."""
+
+    def foreign_fds(self, lane: int) -> list[int]:
+        """Descriptors a worker of *lane* inherits but must close (other lanes' resources)."""
+        return []
+
+    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
+                        master_gone: Callable[[], None]) -> Acceptor:
+        """In a freshly forked worker of *lane*: the acceptor its inner strategy will use."""
+        raise NotImplementedError
+
+    def lane_closed(self, lane: int) -> None:
+        """In the master: no worker is left on *lane* and the pool shrank below it."""
+
+    def close(self) -> None:
+        """In the master, at the end: release what the mode made."""
+
+
+class SharedAccept(AcceptMode):
+    """Every worker accepts on the inherited listener (no lock)."""
+
+    name = "shared"
+
+    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
+                        master_gone: Callable[[], None]) -> Acceptor:
+        """The plain acceptor over the inherited listener."""
+        return server.acceptor
+
+
+class LockedAcceptor(Acceptor):
+    """An :class:`Acceptor` that holds a cross-process lock around each ``accept``.
+
+    The lock is held for one non-blocking ``accept`` only, so a worker never
+    sleeps in it for long and its loop stays responsive to signals.
+    """
+
+    def __init__(self, listener: socket.socket, lock_fd: int) -> None:
+        super().__init__(listener)
+        self._lock_fd = lock_fd
+        self._thread_lock = threading.Lock()
+
+    def accept(self) -> tuple[socket.socket, str] | None:
+        """Accept one connection while holding the lock (None when there is none)."""
+        with self._thread_lock:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                return super().accept()
+            finally:
+                fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
+
+
+class LockAccept(AcceptMode):
+    """Accept serialized by a POSIX record lock on an unlinked temporary file."""
+
+    name = "lock"
+
+    def __init__(self) -> None:
+        self._lock_file: IO[bytes] | None = None
+
+    def prepare(self, server: Server) -> None:
+        """Create the lock file (already unlinked: nothing to clean up on disk)."""
+        # Kept open for the whole serve, closed by close(): no context manager fits.
+        self._lock_file = tempfile.TemporaryFile(prefix="forkthread-accept-lock-")  # noqa: SIM115
+
+    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
+                        master_gone: Callable[[], None]) -> Acceptor:
+        """An acceptor on the inherited listener that takes the lock around accept."""
+        assert self._lock_file is not None and server.listener is not None
+        return LockedAcceptor(server.listener, self._lock_file.fileno())
+
+    def close(self) -> None:
+        """Close the lock file."""
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+
+def reuseport_listener(address: Address, backlog: int) -> socket.socket:
+    """A non-blocking TCP listener with SO_REUSEPORT on *address* (joining its reuseport group)."""
+    address = resolve(address)
+    sock = socket.socket(address.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if address.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address.sockaddr())
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class ReusePortAccept(AcceptMode):
+    """One SO_REUSEPORT listener per lane; the master creates and holds them, workers accept."""
+
+    name = "reuseport"
+    worker_drains = True
+
+    def __init__(self) -> None:
+        self._lanes: dict[int, socket.socket] = {}
+
+    def prepare(self, server: Server) -> None:
+        """Make the server's own listener lane 0 of a reuseport group."""
+        listener = server.listener
+        assert listener is not None
+        if listener.family not in (socket.AF_INET, socket.AF_INET6):
+            raise AcceptModeError(f"--accept reuseport needs a TCP address, not {server.address}")
+        # Linux lets a listening socket join a reuseport group after the fact:
+        # the flag is checked when the next socket binds.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self._lanes[0] = listener
+
+    def before_spawn(self, server: Server, lane: int) -> None:
+        """Create the lane's listener the first time the lane gets a worker."""
+        if lane not in self._lanes:
+            self._lanes[lane] = reuseport_listener(server.address, server.backlog)
+
+    def foreign_fds(self, lane: int) -> list[int]:
+        """Every other lane's listener: a worker holding one would keep a closed lane alive."""
+        return [sock.fileno() for number, sock in self._lanes.items() if number != lane]
+
+    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
+                        master_gone: Callable[[], None]) -> Acceptor:
+        """An acceptor on the lane's listener."""
+        return Acceptor(self._lanes[lane])
+
+    def lane_closed(self, lane: int) -> None:
+        """Close a lane the pool no longer has (SIGTTOU); lane 0 is the server's and stays."""
+        if lane != 0 and lane in self._lanes:
+            self._lanes.pop(lane).close()
+
+    def close(self) -> None:
+        """Close every lane's listener but the server's own."""
+        for lane in list(self._lanes):
+            self.lane_closed(lane)
+
+
+class PassedFdAcceptor(Acceptor):
+    """An :class:`Acceptor` whose connections arrive as descriptors on the master's channel.
+
+    The channel is an ``AF_UNIX`` ``SOCK_SEQPACKET`` socket, so a message (the
+    peer's address as text, plus one descriptor) is received whole even when
+    several threads of the worker read it.  End-of-file means the master is
+    gone: *master_gone* is called, once.
+    """
+
+    def __init__(self, channel: socket.socket, master_gone: Callable[[], None]) -> None:
+        super().__init__(channel)
+        self._channel = channel
+        self._master_gone: Callable[[], None] | None = master_gone
+
+    def accept(self) -> tuple[socket.socket, str] | None:
+        """Receive one passed connection, or None when none is waiting."""
+        try:
+            data, fds, flags = receive_fd(self._channel)
+        except (BlockingIOError, InterruptedError):
+            return None
+        if not fds:
+            if not data and self._master_gone is not None:
+                self._master_gone()
+                self._master_gone = None
+            elif flags & socket.MSG_CTRUNC:
+                # The kernel could not install the descriptor (we are at our
+                # descriptor limit) and closed it: that client is lost.
+                log.warning("passfd: a passed connection was dropped: out of descriptors")
+            return None
+        return socket.socket(fileno=fds[0]), data.decode(errors="replace")
+
+
+class PassFdAccept(AcceptMode):
+    """The master accepts; workers receive descriptors over their channel (SCM_RIGHTS)."""
+
+    name = "passfd"
+    master_accepts = True
+    worker_drains = True
+
+    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
+                        master_gone: Callable[[], None]) -> Acceptor:
+        """An acceptor reading passed descriptors from the worker's channel."""
+        return PassedFdAcceptor(channel, master_gone)
+
+
+#: ``--accept`` name -> mode class.
+ACCEPT_MODES: dict[str, type[AcceptMode]] = {
+    mode.name: mode for mode in (SharedAccept, LockAccept, ReusePortAccept, PassFdAccept)
+}
+
+
+def pass_connection(channel: socket.socket, sock: socket.socket, peer: str) -> bool:
+    """Send *sock* with its *peer* text to a worker; False when the channel is full (try another)."""
+    text = peer.encode(errors="replace")[:PEER_TEXT_MAX]
+    # Not socket.send_fds/recv_fds: before Python 3.12 they drop their flags argument.
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
+    try:
+        channel.sendmsg([text], ancillary, socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    return True
+
+
+def receive_fd(channel: socket.socket) -> tuple[bytes, list[int], int]:
+    """Receive one message without blocking: ``(peer text, descriptors, msg flags)``.
+
+    The descriptors are close-on-exec (``MSG_CMSG_CLOEXEC``).  Raises
+    :class:`BlockingIOError` when no message is waiting.
+    """
+    fds = array.array("i")
+    data, ancillary, flags, _ = channel.recvmsg(
+        PEER_TEXT_MAX, socket.CMSG_LEN(fds.itemsize), socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds), flags

@@ -1,0 +1,267 @@
+"""Accept in the serving thread, serve elsewhere: the parts forking, threading and prethreaded share.
+
+* :class:`AcceptLoop` waits on the listener and the process's wakeup pipe
+  together, runs signal actions as they arrive, and leaves the listener out
+  of the poll set while the strategy is at its bound or the acceptor backs
+  off after a capacity error (clients then wait in the kernel's backlog).
+* :func:`wind_down` is the stop phase: wait for the workers until
+  the graceful deadline, then end them by force, then wait a bounded while.
+* :class:`DispatchingStrategy` is the accept loop of a strategy that hands
+  every accepted connection to a worker (a child process, a new thread, a
+  pooled thread), bounded by ``--max-connections``.
+* :class:`LiveThreads` is a set of worker threads that each remove
+  themselves when they end (no ever-growing list: bpo-37193), with the
+  server's signals blocked in them.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from framework.accepting import Acceptor
+from framework.signals import block_signals_in_thread
+from framework.strategies.base import Strategy
+
+if TYPE_CHECKING:
+    from framework.server import Server
+
+log = logging.getLogger("forkthread")
+
+#: Signals a worker thread blocks, so they reach the main thread and a
+#: storm of them interrupts no worker's system call.
+WORKER_SIGNALS = frozenset({
+    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+    signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU,
+})
+
+#: Connections accepted per listener wakeup before the loop looks at its wakeup pipe again.
+ACCEPT_BATCH = 64
+
+#: After the graceful deadline, how long forced ends may take before the strategy gives up on them.
+FORCE_GRACE = 5.0
+
+#: How often forced ends are repeated meanwhile (a worker may register its socket late).
+FORCE_INTERVAL = 0.1
+
+
+class AcceptLoop:
+    """One ``poll`` over a wake-up descriptor and, when wanted, the listener.
+
+    *wake_fd* is the process's wakeup pipe in a serving thread (then
+    *on_wake* is ``lifecycle.dispatch``), or a stop pipe in a pool thread.
+    :meth:`for_server` builds the former.
+    """
+
+    def __init__(self, acceptor: Acceptor, wake_fd: int, on_wake: Callable[[], object]) -> None:
+        self._acceptor = acceptor
+        self._listen_fd = acceptor.fileno()
+        self._wake_fd = wake_fd
+        self._on_wake = on_wake
+        self._poller = select.poll()
+        self._poller.register(wake_fd, select.POLLIN)
+        self._watching_listener = False
+        #: True when the last :meth:`wait` found *wake_fd* readable.
+        self.woke = False
+
+    @classmethod
+    def for_server(cls, server: Server) -> AcceptLoop:
+        """The serving thread's loop: the listener beside the lifecycle's wakeup pipe."""
+        return cls(server.acceptor, server.lifecycle.wakeup_fd(), server.lifecycle.dispatch)
+
+    def wait(self, *, accepting: bool, timeout: float | None = None) -> bool:
+        """Block until the listener or the wake-up descriptor is ready, or *timeout* seconds pass.
+
+        *on_wake* runs here.  Returns True when the listener is readable.
+        With *accepting* false, or during the acceptor's capacity back-off,
+        the listener is not polled at all: a level-triggered poll on a
+        listener we will not accept from would spin.
+        """
+        backoff = self._acceptor.backoff_remaining() if accepting else 0.0
+        self._watch_listener(accepting and not backoff)
+        if backoff:
+            timeout = backoff if timeout is None else min(timeout, backoff)
+        listener_ready = self.woke = False
+        for fd, _ in self._poller.poll(None if timeout is None else math.ceil(timeout * 1000)):
+            if fd == self._wake_fd:
+                self.woke = True
+                self._on_wake()
+            else:
+                listener_ready = True
+        return listener_ready
+
+    def _watch_listener(self, wanted: bool) -> None:
+        if wanted and not self._watching_listener:
+            self._poller.register(self._listen_fd, select.POLLIN)
+        elif not wanted and self._watching_listener:
+            self._poller.unregister(self._listen_fd)
+        self._watching_listener = wanted
+
+
+def wind_down(server: Server, loop: AcceptLoop, live: Callable[[], int], force: Callable[[], object],
+              collect: Callable[[], None] = lambda: None, interval: float | None = None) -> None:
+    """The stop phase: wait while ``live()`` workers remain, until the graceful deadline.
+
+    Workers (or SIGCHLD) wake *loop* as they end; *collect* runs after every
+    wakeup (or every *interval* seconds).  At the deadline *force* ends the
+    rest, and is repeated every :data:`FORCE_INTERVAL` for up to
+    :data:`FORCE_GRACE` seconds while workers remain.
+    """
+    lifecycle = server.lifecycle
+    while live() and not lifecycle.past_deadline():
+        remaining = lifecycle.remaining()
+        timeout = remaining if interval is None or remaining is None else min(remaining, interval)
+        loop.wait(accepting=False, timeout=timeout)
+        collect()
+    if not live():
+        return
+    log.warning("graceful timeout passed: ending %d connection(s) still in progress", live())
+    give_up = time.monotonic() + FORCE_GRACE
+    while live() and time.monotonic() < give_up:
+        force()
+        loop.wait(accepting=False, timeout=FORCE_INTERVAL)
+        collect()
+    if live():
+        log.error("%d worker(s) did not end within %g s of being stopped", live(), FORCE_GRACE)
+
+
+class DispatchingStrategy(Strategy):
+    """A strategy whose serving thread accepts and hands each connection to a worker.
+
+    At most *max_connections* workers serve at once (None: no bound).  At the
+    bound the listener leaves the poll set, so further clients wait in the
+    kernel's listen backlog, and it returns as soon as a worker ends and wakes
+    the loop: nobody is refused, everybody is served in turn.
+    """
+
+    def __init__(self, max_connections: int | None = None) -> None:
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        self.max_connections = max_connections
+        #: Connections accepted since the server started.
+        self.accepted = 0
+
+    @abc.abstractmethod
+    def live(self) -> int:
+        """Connections being served right now (workers busy)."""
+
+    @abc.abstractmethod
+    def start_worker(self, server: Server, sock: socket.socket, peer: str) -> None:
+        """Hand one accepted connection to a worker; the worker closes *sock*."""
+
+    @abc.abstractmethod
+    def force_stop(self, server: Server) -> None:
+        """The graceful deadline passed: end the connections still being served."""
+
+    def begin(self, server: Server) -> None:
+        """Hook: runs in the serving thread before the first accept."""
+
+    def collect(self, server: Server) -> None:
+        """Hook: runs after every wakeup of the loop (the forking strategy reaps here)."""
+
+    def end(self, server: Server) -> None:
+        """Hook: runs in the serving thread after the stop phase, even after an error."""
+
+    def poll_interval(self) -> float | None:
+        """Seconds between :meth:`collect` calls when nothing wakes the loop (None: only on wakeups)."""
+        return None
+
+    def has_room(self) -> bool:
+        """True while one more connection may start."""
+        return self.max_connections is None or self.live() < self.max_connections
+
+    def serve(self, server: Server) -> None:
+        """Accept and dispatch until a stop is requested; then wind the workers down."""
+        lifecycle = server.lifecycle
+        loop = AcceptLoop.for_server(server)
+        self.begin(server)
+        try:
+            while not lifecycle.stopping:
+                if loop.wait(accepting=self.has_room(), timeout=self.poll_interval()):
+                    self._accept_batch(server)
+                self.collect(server)
+            wind_down(server, loop, self.live, lambda: self.force_stop(server), lambda: self.collect(server),
+                      self.poll_interval())
+        finally:
+            self.end(server)
+
+    def _accept_batch(self, server: Server) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if server.lifecycle.stopping or not self.has_room():
+                return
+            accepted = server.acceptor.accept()
+            if accepted is None:
+                return
+            self.accepted += 1
+            self.start_worker(server, *accepted)
+
+    def counts(self, server: Server) -> tuple[int, int]:
+        """``(connections accepted, connections being served)``."""
+        return self.accepted, self.live()
+
+    def describe(self) -> str:
+        """The name, with the bound when there is one: ``threading(max=4)``."""
+        return self.name if self.max_connections is None else f"{self.name}(max={self.max_connections})"
+
+
+class LiveThreads:
+    """The worker threads alive right now; each removes itself as it ends.
+
+    Every thread blocks :data:`WORKER_SIGNALS` first.  *on_exit* is called
+    by each thread as its last act, with the number of threads still alive:
+    the owner wakes its loop there when that matters.
+    """
+
+    def __init__(self, name: str, on_exit: Callable[[int], None] = lambda alive: None) -> None:
+        self._name = name
+        self._on_exit = on_exit
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+        self._started = 0
+
+    def __len__(self) -> int:
+        return len(self._threads)
+
+    def start(self, target: Callable[..., object], *args: object) -> bool:
+        """Run ``target(*args)`` in a new thread; False when the thread could not start."""
+        self._started += 1
+        thread = threading.Thread(target=self._run, args=(target, args), name=f"{self._name}-{self._started}",
+                                  daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": out of memory or a ulimit
+            with self._lock:
+                self._threads.discard(thread)
+            log.error("cannot start a thread: %s", exc)
+            return False
+        return True
+
+    def _run(self, target: Callable[..., object], args: tuple[object, ...]) -> None:
+        try:
+            block_signals_in_thread(set(WORKER_SIGNALS))
+            target(*args)
+        except Exception:
+            log.exception("worker thread %s failed", threading.current_thread().name)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+                alive = len(self._threads)
+            self._on_exit(alive)
+
+    def join(self, timeout: float) -> None:
+        """Wait up to *timeout* seconds in all for the threads alive now."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,87 @@
+"""Connection counters the pre-forked workers share with their master, in one anonymous mapping.
+
+Each worker owns a slot of two 64-bit counters (connections served, connections
+active) in a ``MAP_SHARED`` page created by the master before it forks, so
+the master's status line can add up the whole pool and the ``passfd`` accept
+mode can see how busy each worker is, without a message per connection.
+A slot is written only by its worker and read by the master; a torn read of a
+counter is impossible on the 64-bit platforms Linux runs this on, and a stale
+one is harmless.
+"""
+
+from __future__ import annotations
+
+import mmap
+import socket
+import struct
+from collections.abc import Callable
+
+from framework.lifecycle import ActiveConnections
+
+_SLOT = struct.Struct("=qq")  # served, active
+
+#: Most worker slots the board has; SIGTTIN beyond this is refused.
+MAX_SLOTS = 4096
+
+
+class Scoreboard:
+    """A shared table of per-worker ``(served, active)`` counters."""
+
+    def __init__(self, slots: int = MAX_SLOTS) -> None:
+        self.slots = slots
+        self._map = mmap.mmap(-1, slots * _SLOT.size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        self._free = list(range(slots - 1, -1, -1))
+
+    def allocate(self) -> int | None:
+        """Take a zeroed slot for a new worker (None when all are in use)."""
+        if not self._free:
+            return None
+        slot = self._free.pop()
+        self.write(slot, 0, 0)
+        return slot
+
+    def release(self, slot: int) -> None:
+        """Give back the slot of a worker that has been reaped."""
+        self._free.append(slot)
+
+    def write(self, slot: int, served: int, active: int) -> None:
+        """Record a worker's counters (called by the worker)."""
+        _SLOT.pack_into(self._map, slot * _SLOT.size, served, active)
+
+    def read(self, slot: int) -> tuple[int, int]:
+        """A worker's ``(served, active)``."""
+        served, active = _SLOT.unpack_from(self._map, slot * _SLOT.size)
+        return int(served), int(active)
+
+    def close(self) -> None:
+        """Unmap the table."""
+        self._map.close()
+
+
+class ScoredConnections(ActiveConnections):
+    """A worker's :class:`ActiveConnections` that also publishes its counts on the scoreboard.
+
+    *on_served* is called (in the serving thread) with the new total after
+    each accepted connection: the worker uses it for ``--max-requests``.
+    """
+
+    def __init__(self, board: Scoreboard, slot: int, on_served: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self._board = board
+        self._slot = slot
+        self._on_served = on_served
+
+    def add(self, sock: socket.socket) -> None:
+        """Register a connection and publish the counts."""
+        super().add(sock)
+        self._publish()
+        if self._on_served is not None:
+            self._on_served(self.served)
+
+    def discard(self, sock: socket.socket) -> None:
+        """Forget a connection and publish the counts."""
+        super().discard(sock)
+        self._publish()
+
+    def _publish(self) -> None:
+        self._board.write(self._slot, self.served, len(self))

@@ -1,0 +1,484 @@
+"""The pre-forked master: forks workers, keeps their number, replaces and stops them (gunicorn's arbiter).
+
+The master serves no connection itself (except to accept and pass them in
+``passfd`` mode).  Its loop sleeps in ``poll`` on the lifecycle's wakeup
+pipe, one channel per worker and, for ``passfd``, the listener; signals only
+record and wake it (:mod:`framework.signals`), and everything else happens
+in the loop:
+
+* a worker that exits unexpectedly is reaped and replaced at once; when
+  crashes come in a burst, respawns back off exponentially;
+* a worker that exits before saying "ready" is a boot failure: the master
+  stops every worker and ends with :class:`~framework.strategies.base.ServeError`
+  (exit status 3) rather than forking replacements in a loop;
+* TTIN/TTOU change the number of workers, HUP replaces them all (new ones
+  first, old ones stopped gracefully once their successors are ready), a
+  worker past ``--max-requests`` asks to be replaced the same way;
+* TERM stops gracefully within the graceful timeout (then SIGKILL), INT and
+  QUIT quickly; USR1 logs the master's status line and is forwarded.
+
+Every exit path reaps every worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import random
+import select
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from framework.strategies.accept_modes import ACCEPT_MODES, AcceptModeError, pass_connection
+from framework.strategies.base import ServeError
+from framework.strategies.prefork_worker import READY, RETIRE_ME, WORKER_BOOT_ERROR, WorkerPlan, run_worker
+from framework.strategies.scoreboard import Scoreboard
+
+if TYPE_CHECKING:
+    from framework.server import Server
+    from framework.strategies.preforked import PreforkedStrategy
+
+log = logging.getLogger("forkthread")
+
+#: Signals the master handles (blocked around fork so a booting worker cannot lose them).
+MASTER_SIGNALS = frozenset({
+    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+    signal.SIGUSR1, signal.SIGCHLD,
+})
+#: More than this many crashes within CRASH_WINDOW seconds and respawns back off.
+CRASH_BURST = 3
+CRASH_WINDOW = 10.0
+RESPAWN_BACKOFF_START = 0.1
+RESPAWN_BACKOFF_MAX = 5.0
+#: After a quick stop, workers get this long before SIGKILL.
+QUICK_STOP_GRACE = 2.0
+#: Grace beyond the graceful deadline before SIGKILL (lets a worker close and exit).
+KILL_MARGIN = 0.5
+#: The master's loop wakes at least this often (a safety net; signals and channels wake it anyway).
+TICK = 1.0
+#: passfd: most connections accepted per wakeup before looking at other events.
+ACCEPT_BATCH = 64
+#: passfd: how soon to retry handing out a connection when every channel was full.
+PASS_RETRY = 0.01
+
+
+@dataclasses.dataclass(eq=False)
+class Worker:
+    """The master's record of one worker process."""
+
+    pid: int
+    number: int
+    lane: int
+    slot: int
+    channel: socket.socket
+    #: Said "ready" (booted).
+    ready: bool = False
+    #: To be replaced once a successor is ready (HUP, max-requests).
+    superseded: bool = False
+    #: A stop signal was sent; SIGKILL at kill_at.
+    retiring: bool = False
+    kill_at: float = math.inf
+    killed: bool = False
+    #: passfd: connections handed to this worker.
+    passed: int = 0
+    channel_open: bool = True
+
+
+def describe_exit(status: int) -> str:
+    """A wait status in words: ``exit status 3`` or ``killed by SIGKILL``."""
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+class Supervisor:
+    """Runs the master loop for one :class:`~framework.strategies.preforked.PreforkedStrategy` serve."""
+
+    def __init__(self, server: Server, strategy: PreforkedStrategy) -> None:
+        self.server = server
+        self.lifecycle = server.lifecycle
+        self.strategy = strategy
+        self.mode = ACCEPT_MODES[strategy.accept]()
+        self.target = strategy.workers
+        self.workers: dict[int, Worker] = {}
+        self.board = Scoreboard()
+        self.retired_served = 0
+        self.spawned = 0
+        self.boot_failure: str | None = None
+        self.quick = False
+        self._stop_sent: bool | None = None  # None: not yet; else whether it was a quick stop
+        self._crashes: collections.deque[float] = collections.deque()
+        self._next_spawn_at = 0.0
+        self._pending: collections.deque[tuple[socket.socket, str]] = collections.deque()
+        self._poller = select.poll()
+        self._by_fd: dict[int, Worker] = {}
+        self._listening = False
+
+    # -- counting -----------------------------------------------------------------
+
+    def counts(self) -> tuple[int, int]:
+        """Connections served by every worker so far (past ones included), and active now."""
+        served, active = self.retired_served, 0
+        for worker in self.workers.values():
+            worker_served, worker_active = self.board.read(worker.slot)
+            served += worker_served
+            active += worker_active
+        return served, active
+
+    def status(self) -> str:
+        """The pool part of the master's status line."""
+        alive = [w for w in self.workers.values() if not w.retiring]
+        return (f"workers={len(alive)}/{self.target} booting={sum(not w.ready for w in alive)}"
+                f" retiring={len(self.workers) - len(alive)} pids={sorted(w.pid for w in alive)}")
+
+    # -- the loop -----------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until stopped; every worker is reaped when this returns or raises."""
+        self._install_signals()
+        try:
+            self.mode.prepare(self.server)
+        except AcceptModeError as exc:
+            raise ServeError(str(exc), exit_status=2) from None
+        self._poller.register(self.lifecycle.wakeup_fd(), select.POLLIN)
+        try:
+            self._loop()
+        finally:
+            self._kill_and_reap_all()
+            self._release()
+        if self.boot_failure is not None:
+            raise ServeError(self.boot_failure, exit_status=WORKER_BOOT_ERROR)
+
+    def _install_signals(self) -> None:
+        self.lifecycle.install_signals({
+            signal.SIGTERM: lambda signum: self.lifecycle.request_stop(graceful=True),
+            signal.SIGINT: self._quick_stop,
+            signal.SIGQUIT: self._quick_stop,
+            signal.SIGHUP: self._replace_all,
+            signal.SIGTTIN: self._add_worker,
+            signal.SIGTTOU: self._remove_worker,
+            signal.SIGUSR1: self._log_status,
+            signal.SIGCHLD: lambda signum: None,  # the wakeup is the point: the loop reaps
+        })
+
+    def _loop(self) -> None:
+        wakeup_fd = self.lifecycle.wakeup_fd()
+        while True:
+            self._reap()
+            if self.lifecycle.stopping:
+                self._stop_workers()
+                if not self.workers:
+                    return
+            else:
+                self._manage()
+            self._enforce_kill_deadlines()
+            if self._pending:
+                self._pass_pending()
+            self._watch_listener()
+            for fd, _ in self._poller.poll(self._poll_timeout()):
+                if fd == wakeup_fd:
+                    self.lifecycle.dispatch()
+                elif self._listening and fd == self.server.fileno():
+                    self._accept_and_pass()
+                else:
+                    worker = self._by_fd.get(fd)
+                    if worker is not None:
+                        self._read_channel(worker)
+
+    def _poll_timeout(self) -> int:
+        now = time.monotonic()
+        wake_at = now + TICK
+        for worker in self.workers.values():
+            if worker.retiring and not worker.killed:
+                wake_at = min(wake_at, worker.kill_at)
+        if not self.lifecycle.stopping and self._next_spawn_at > now:
+            wake_at = min(wake_at, self._next_spawn_at)
+        if self._pending:
+            wake_at = min(wake_at, now + PASS_RETRY)
+        return max(0, math.ceil((wake_at - now) * 1000))
+
+    # -- signal actions (run in the loop) ----------------------------------------------
+
+    def _quick_stop(self, signum: int) -> None:
+        self.quick = True
+        self.lifecycle.request_stop(graceful=False)
+
+    def _replace_all(self, signum: int) -> None:
+        if self.lifecycle.stopping:
+            return
+        log.info("SIGHUP: replacing all %d workers gracefully", len(self.workers))
+        for worker in self.workers.values():
+            worker.superseded = True
+        self._crashes.clear()
+        self._next_spawn_at = 0.0
+
+    def _add_worker(self, signum: int) -> None:
+        if self.target >= self.board.slots:
+            log.warning("SIGTTIN: already at the most workers (%d)", self.target)
+            return
+        self.target += 1
+        log.info("SIGTTIN: workers %d -> %d", self.target - 1, self.target)
+
+    def _remove_worker(self, signum: int) -> None:
+        if self.target <= 1:
+            log.info("SIGTTOU: keeping the last worker")
+            return
+        self.target -= 1
+        log.info("SIGTTOU: workers %d -> %d", self.target + 1, self.target)
+
+    def _log_status(self, signum: int) -> None:
+        log.info("status: %s %s", self.server.status(), self.status())
+        for worker in self.workers.values():
+            self._signal(worker, signal.SIGUSR1)
+
+    # -- keeping the pool -------------------------------------------------------------
+
+    def _manage(self) -> None:
+        fresh = [w for w in self.workers.values() if not w.retiring and not w.superseded]
+        held = {w.lane for w in fresh}
+        if time.monotonic() >= self._next_spawn_at:
+            for lane in range(self.target):
+                if lane not in held and not self._spawn(lane):
+                    break
+        ready_lanes = {w.lane for w in self.workers.values() if w.ready and not w.retiring and not w.superseded}
+        for worker in list(self.workers.values()):
+            if worker.retiring:
+                continue
+            if worker.lane >= self.target:
+                # SIGTTOU: the pool shrank below this worker's lane.
+                self._retire(worker)
+            elif worker.superseded and worker.lane in ready_lanes:
+                # HUP, max-requests: the successor on this lane is ready, the old worker may go.
+                self._retire(worker)
+
+    def _spawn(self, lane: int) -> bool:
+        slot = self.board.allocate()
+        if slot is None:
+            log.error("no scoreboard slot left for another worker")
+            return False
+        master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.spawned += 1
+        max_requests = self.strategy.max_requests
+        if max_requests and self.strategy.max_requests_jitter:
+            max_requests += random.randint(0, self.strategy.max_requests_jitter)
+        try:
+            self.mode.before_spawn(self.server, lane)
+        except OSError as exc:
+            log.error("cannot prepare lane %d for a worker: %s", lane, exc)
+            self.board.release(slot)
+            self._next_spawn_at = time.monotonic() + RESPAWN_BACKOFF_MAX
+            return False
+        plan = WorkerPlan(
+            number=self.spawned, lane=lane, slot=slot, channel=worker_end, mode=self.mode, inner=self.strategy.inner,
+            board=self.board, max_requests=max_requests, master_pid=os.getpid(),
+            foreign_fds=[master_end.fileno(), *self._by_fd, *(sock.fileno() for sock, _ in self._pending),
+                         *self.mode.foreign_fds(lane)],
+            signal_mask=set(),
+        )
+        plan.signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self.strategy.become_worker(self.server, plan)
+                run_worker(self.server, plan)  # never returns
+        except OSError as exc:
+            log.error("cannot fork a worker: %s", exc)
+            master_end.close()
+            worker_end.close()
+            self.board.release(slot)
+            self._next_spawn_at = time.monotonic() + RESPAWN_BACKOFF_MAX
+            return False
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, plan.signal_mask)
+        worker_end.close()
+        master_end.setblocking(False)
+        worker = Worker(pid=pid, number=self.spawned, lane=lane, slot=slot, channel=master_end)
+        self.workers[pid] = worker
+        self._by_fd[master_end.fileno()] = worker
+        self._poller.register(master_end.fileno(), select.POLLIN)
+        log.info("booting worker %d (pid %d, lane %d)", worker.number, pid, lane)
+        return True
+
+    def _retire(self, worker: Worker, quick: bool = False) -> None:
+        """Ask *worker* to stop (TERM: gracefully, QUIT: quickly) and arm its SIGKILL deadline."""
+        now = time.monotonic()
+        if quick:
+            kill_at = now + QUICK_STOP_GRACE
+        elif self.lifecycle.stopping:
+            kill_at = self.lifecycle.deadline + KILL_MARGIN
+        else:
+            kill_at = now + self.server.graceful_timeout + KILL_MARGIN
+        if worker.retiring and worker.kill_at <= kill_at:
+            return
+        worker.retiring = True
+        worker.kill_at = min(worker.kill_at, kill_at)
+        log.debug("stopping worker %d (pid %d)%s", worker.number, worker.pid, " quickly" if quick else "")
+        self._signal(worker, signal.SIGQUIT if quick else signal.SIGTERM)
+
+    def _stop_workers(self) -> None:
+        if self._stop_sent is None or (self.quick and not self._stop_sent):
+            self._stop_sent = self.quick
+            for worker in list(self.workers.values()):
+                self._retire(worker, quick=self.quick)
+
+    def _enforce_kill_deadlines(self) -> None:
+        now = time.monotonic()
+        for worker in self.workers.values():
+            if worker.retiring and not worker.killed and now >= worker.kill_at:
+                log.warning("worker %d (pid %d) did not stop in time: SIGKILL", worker.number, worker.pid)
+                self._signal(worker, signal.SIGKILL)
+                worker.killed = True
+
+    def _signal(self, worker: Worker, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # already exited, not reaped yet
+            os.kill(worker.pid, signum)
+
+    # -- reaping -------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        for pid, worker in list(self.workers.items()):
+            try:
+                reaped, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # someone else reaped it (should not happen)
+                reaped, status = pid, 0
+            if reaped:
+                self._exited(worker, status)
+
+    def _exited(self, worker: Worker, status: int) -> None:
+        del self.workers[worker.pid]
+        self._close_channel(worker)
+        self.retired_served += self.board.read(worker.slot)[0]
+        self.board.release(worker.slot)
+        if worker.lane >= self.target and all(other.lane != worker.lane for other in self.workers.values()):
+            self.mode.lane_closed(worker.lane)
+        how = describe_exit(status)
+        if worker.retiring or self.lifecycle.stopping:
+            log.info("worker %d (pid %d) stopped (%s)", worker.number, worker.pid, how)
+        elif not worker.ready:
+            self.boot_failure = (f"worker {worker.number} (pid {worker.pid}) failed to boot ({how});"
+                                 " stopping instead of respawning: see the log above")
+            log.error("%s", self.boot_failure)
+            self.quick = True
+            self.lifecycle.request_stop(graceful=False)
+        else:
+            log.warning("worker %d (pid %d) died unexpectedly (%s): replacing it", worker.number, worker.pid, how)
+            self._crashed()
+
+    def _crashed(self) -> None:
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and self._crashes[0] < now - CRASH_WINDOW:
+            self._crashes.popleft()
+        burst = len(self._crashes) - CRASH_BURST
+        if burst > 0:
+            delay = min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_START * 2 ** (burst - 1))
+            self._next_spawn_at = now + delay
+            log.warning("%d worker crashes in %.0fs: next respawn in %.1fs", len(self._crashes), CRASH_WINDOW, delay)
+
+    def _kill_and_reap_all(self) -> None:
+        """The last resort on any way out: SIGKILL what is left and wait for it."""
+        for worker in list(self.workers.values()):
+            self._signal(worker, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(worker.pid, 0)
+            self._close_channel(worker)
+            self.board.release(worker.slot)
+        self.workers.clear()
+
+    # -- channels ------------------------------------------------------------------------
+
+    def _read_channel(self, worker: Worker) -> None:
+        while worker.channel_open:
+            try:
+                message = worker.channel.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                message = b""
+            if not message:  # the worker is gone: its exit is reaped on SIGCHLD
+                self._close_channel(worker)
+                return
+            if message == READY and not worker.ready:
+                worker.ready = True
+                log.info("worker %d (pid %d) ready", worker.number, worker.pid)
+            elif message == RETIRE_ME and not worker.superseded:
+                worker.superseded = True
+                log.info("worker %d (pid %d) reached max-requests: replacing it", worker.number, worker.pid)
+
+    def _close_channel(self, worker: Worker) -> None:
+        if worker.channel_open:
+            worker.channel_open = False
+            fd = worker.channel.fileno()
+            self._by_fd.pop(fd, None)
+            self._poller.unregister(fd)
+            worker.channel.close()
+
+    # -- passfd: the master accepts --------------------------------------------------------
+
+    def _watch_listener(self) -> None:
+        if not self.mode.master_accepts:
+            return
+        want = (not self.lifecycle.stopping and not self._pending
+                and self.server.acceptor.backoff_remaining() == 0 and bool(self._receivers()))
+        if want != self._listening:
+            if want:
+                self._poller.register(self.server.fileno(), select.POLLIN)
+            else:
+                self._poller.unregister(self.server.fileno())
+            self._listening = want
+
+    def _receivers(self) -> list[Worker]:
+        """Workers that may get a connection now, least loaded first (fresh before superseded)."""
+        candidates = [w for w in self.workers.values() if w.ready and not w.retiring and w.channel_open]
+
+        def load(worker: Worker) -> tuple[bool, int, int]:
+            served, active = self.board.read(worker.slot)
+            return worker.superseded, worker.passed - served + active, worker.passed
+
+        return sorted(candidates, key=load)
+
+    def _accept_and_pass(self) -> None:
+        acceptor = self.server.acceptor
+        for _ in range(ACCEPT_BATCH):
+            if acceptor.backoff_remaining():
+                return
+            accepted = acceptor.accept()
+            if accepted is None:
+                return
+            self._pending.append(accepted)
+            self._pass_pending()
+            if self._pending:
+                return
+
+    def _pass_pending(self) -> None:
+        while self._pending:
+            sock, peer = self._pending[0]
+            for worker in self._receivers():
+                try:
+                    passed = pass_connection(worker.channel, sock, peer)
+                except OSError:  # the worker just died: try the next one
+                    continue
+                if passed:
+                    worker.passed += 1
+                    break
+            else:
+                return  # every channel is full or nobody is ready: retry soon
+            self._pending.popleft()
+            sock.close()
+
+    def _release(self) -> None:
+        if self._listening:
+            self._poller.unregister(self.server.fileno())
+            self._listening = False
+        for sock, _ in self._pending:
+            sock.close()
+        self._pending.clear()
+        self.mode.close()
+        self.board.close()

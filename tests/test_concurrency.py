@@ -1,0 +1,193 @@
+"""Load and stop behaviour every strategy owes: many clients at once, resets, graceful stops.
+
+These run under every selected strategy (FORKTHREAD_STRATEGIES), with the
+default bounds unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.support import (
+    echo_exchange,
+    fd_count,
+    process_tree,
+    recv_all,
+    settled,
+    thread_count,
+    wait_for,
+    zombies_of,
+)
+
+#: Every client thread and socket operation below is bounded by this (seconds).
+CLIENT_TIMEOUT = 60.0
+
+
+def _echo_client(server, payload: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    with server.connect(timeout=CLIENT_TIMEOUT) as sock:
+        return echo_exchange(sock, payload)
+
+
+def _idle_connection(server) -> socket.socket:  # type: ignore[no-untyped-def]
+    """A connection that has exchanged a few bytes and then says nothing more."""
+    sock = server.connect(timeout=CLIENT_TIMEOUT)
+    sock.sendall(b"still here")
+    assert recv_all(sock, limit=10) == b"still here"
+    return sock
+
+
+def _recv_or_reset(sock: socket.socket) -> bytes:
+    """One byte, or b"" when the server closed or reset the connection."""
+    try:
+        return sock.recv(1)
+    except ConnectionResetError:
+        return b""
+
+
+def test_120_clients_arriving_together_are_all_served(serve, strategy):
+    server = serve("echo", strategy=strategy)
+    socks = [server.connect(timeout=CLIENT_TIMEOUT) for _ in range(120)]
+    try:
+        # Every client has connected before any is answered; then each asks and half-closes.
+        for index, sock in enumerate(socks):
+            sock.sendall(b"client %d\n" % index)
+            sock.shutdown(socket.SHUT_WR)
+        for index, sock in enumerate(socks):
+            assert recv_all(sock) == b"client %d\n" % index
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_50_concurrent_echo_clients_1mib_each_byte_exact(serve, strategy):
+    server = serve("echo", strategy=strategy)
+    payloads = [os.urandom(1 << 20) for _ in range(50)]
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(lambda payload: _echo_client(server, payload), payloads, timeout=CLIENT_TIMEOUT))
+    assert [len(result) for result in results] == [1 << 20] * 50
+    assert all(result == payload for result, payload in zip(results, payloads, strict=True))
+
+
+def test_500_connections_half_reset_mid_stream_leave_nothing_behind(serve, strategy):
+    server = serve("echo", strategy=strategy)
+    with server.connect() as sock:  # warm up lazily-opened descriptors before the baseline
+        assert echo_exchange(sock, b"warm") == b"warm"
+    wait_for(lambda: not zombies_of(server.pid), timeout=2)
+    baseline_fds = settled(lambda: fd_count(server.pid))  # a pool may still be starting up
+    baseline_threads = settled(lambda: thread_count(server.pid))
+    chunk = os.urandom(32768)
+    for index in range(500):
+        with server.connect() as sock:
+            sock.sendall(chunk)
+            assert sock.recv(1), "the echo stream had not started"
+            if index % 2:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # close = RST
+            else:
+                sock.shutdown(socket.SHUT_WR)
+                assert len(recv_all(sock)) == len(chunk) - 1
+    assert wait_for(lambda: fd_count(server.pid) <= baseline_fds, timeout=10), (fd_count(server.pid), baseline_fds)
+    assert wait_for(lambda: not zombies_of(server.pid), timeout=2), zombies_of(server.pid)
+    assert wait_for(lambda: thread_count(server.pid) <= baseline_threads, timeout=10), thread_count(server.pid)
+
+
+def test_sigterm_lets_an_8mib_transfer_to_a_slow_reader_finish(serve, strategy):
+    server = serve("echo", strategy=strategy)
+    payload = os.urandom(8 << 20)
+    received = bytearray()
+    with server.connect(timeout=CLIENT_TIMEOUT) as sock:
+        # A small receive window keeps most of the 8 MiB in the server, not in kernel buffers.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sender_errors: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                sender_errors.append(exc)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            signalled = False
+            while True:
+                data = sock.recv(32768)
+                if not data:
+                    break
+                received += data
+                if not signalled and len(received) >= 1 << 20:
+                    server.send_signal(signal.SIGTERM)  # mid-transfer: the server must finish it first
+                    signalled = True
+                time.sleep(0.003)  # a slow reader: the server's sends block on a full socket buffer
+        finally:
+            sender.join(CLIENT_TIMEOUT)
+    assert not sender_errors, sender_errors
+    assert signalled
+    assert bytes(received) == payload
+    assert server.proc.wait(30) == 0, server.log()
+
+
+def test_graceful_timeout_cuts_a_connection_that_never_ends(serve, strategy):
+    server = serve("echo", "--graceful-timeout", "1", strategy=strategy)
+    with _idle_connection(server) as sock:
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        status = server.proc.wait(30)
+        elapsed = time.monotonic() - started
+        leftover = _recv_or_reset(sock)
+    assert status == 0, server.log()
+    assert leftover == b""  # the server ended the connection
+    assert elapsed >= 0.8, f"the connection was cut after {elapsed:.2f}s, before the graceful timeout"
+
+
+def test_sigusr1_storm_to_every_process_corrupts_no_transfer(serve, strategy):
+    server = serve("echo", strategy=strategy)
+    storm_over = threading.Event()
+    sent = 0
+
+    def storm() -> None:
+        nonlocal sent
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            for pid in process_tree(server.pid):
+                try:
+                    os.kill(pid, signal.SIGUSR1)
+                    sent += 1
+                except ProcessLookupError:
+                    pass  # a per-connection child that just ended
+            time.sleep(0.001)
+        storm_over.set()
+
+    def transfers(index: int) -> int:
+        done = 0
+        while not storm_over.is_set() and done < 100:
+            payload = os.urandom(1 << 20)
+            with server.connect(timeout=CLIENT_TIMEOUT) as sock:
+                assert echo_exchange(sock, payload, chunk=4096) == payload, f"client {index}, transfer {done}"
+            done += 1
+        return done
+
+    stormer = threading.Thread(target=storm)
+    stormer.start()
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            done = list(pool.map(transfers, range(4), timeout=CLIENT_TIMEOUT))
+    finally:
+        storm_over.set()
+        stormer.join(10)
+    assert all(done), done
+    assert sent > 100
+    assert server.proc.poll() is None, server.log()
+
+
+def test_idle_timeout_closes_a_silent_client(serve, strategy):
+    server = serve("echo", "--timeout", "0.5", strategy=strategy)
+    with _idle_connection(server) as sock:
+        started = time.monotonic()
+        assert _recv_or_reset(sock) == b""  # nothing more is sent: the server must give up on us
+        assert time.monotonic() - started >= 0.4
