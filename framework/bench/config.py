@@ -34,7 +34,7 @@ class Scale:
     sizes: tuple[int, ...] = (KIB, 64 * KIB, MIB)
     #: idle: most connections to open, and the time limit per server.
     max_idle: int = 10000
-    idle_seconds: float = 40.0
+    idle_seconds: float = 30.0
     #: repeats of every measurement (median and spread are reported) ...
     repeat: int = 3
     #: ... except http's, whose wrk points last a whole second each (``--repeat`` sets both).

@@ -205,11 +205,53 @@ def run_rr(spec: dict[str, Any]) -> dict[str, Any]:
             "starved": starved}
 
 
+#: idle: connections opened and probed together (well under any listen backlog).
+IDLE_BATCH = 64
+
+
+def _probe_batch(host: str, port: int, count: int, timeout: float, first: int) -> tuple[list[socket.socket], str]:
+    """Open *count* connections, send a byte on each, and keep those echoed within *timeout*, in order.
+
+    Returns the served ones and, when not all were, why it stopped (connections
+    are served in the order they were accepted, so the first unanswered one ends it).
+    """
+    socks: list[socket.socket] = []
+    connect_failure = ""
+    for _ in range(count):
+        try:
+            socks.append(_connect(host, port, timeout))
+        except OSError as exc:
+            connect_failure = f"connect failed: {exc.strerror or exc}"
+            break
+    for sock in socks:
+        try:
+            sock.sendall(b"x")
+        except OSError:
+            pass
+    deadline = time.monotonic() + timeout
+    served: list[socket.socket] = []
+    reason = ""
+    for index, sock in enumerate(socks):
+        if not reason:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                answered = sock.recv(1) == b"x"
+            except OSError:
+                answered = False
+            if answered:
+                served.append(sock)
+                continue
+            reason = f"connection {first + index} not served within {timeout}s"
+        sock.close()
+    return served, reason or connect_failure
+
+
 def run_idle(spec: dict[str, Any]) -> dict[str, Any]:
     """Open proven-served idle connections in steps, reporting after each step."""
     host, port = spec["host"], spec["port"]
     probe_timeout = spec.get("probe_timeout", 1.0)
     deadline = time.monotonic() + spec["duration"]
+    step = spec["step"]
     held: list[socket.socket] = []
     reported = 0
     reason = "reached the maximum"
@@ -218,22 +260,13 @@ def run_idle(spec: dict[str, Any]) -> dict[str, Any]:
             if time.monotonic() >= deadline:
                 reason = "time limit"
                 break
-            try:
-                sock = _connect(host, port, probe_timeout)
-            except OSError as exc:
-                reason = f"connect failed: {exc.strerror or exc}"
+            count = min(IDLE_BATCH, spec["max"] - len(held), step - len(held) % step)
+            served, failed = _probe_batch(host, port, count, probe_timeout, len(held) + 1)
+            held += served
+            if failed:
+                reason = failed
                 break
-            try:
-                sock.sendall(b"x")
-                answered = sock.recv(1) == b"x"
-            except OSError:
-                answered = False
-            if not answered:
-                sock.close()
-                reason = f"connection {len(held) + 1} not served within {probe_timeout}s"
-                break
-            held.append(sock)
-            if len(held) % spec["step"] == 0:
+            if len(held) % step == 0:
                 print(f"held {len(held)}", flush=True)
                 reported = len(held)
                 if sys.stdin.readline().strip() != "more":

@@ -32,7 +32,7 @@ def _pyplot(report: WorkloadReport) -> Any:
 def _save(config: BenchConfig, report: WorkloadReport, figure: Any, name: str) -> None:
     config.out.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(config.out / name, dpi=100)
+    figure.savefig(config.out / name, dpi=100, bbox_inches="tight")  # keeps a legend placed outside
     report.plots.append(name)
     figure.clf()
     import matplotlib.pyplot as pyplot
@@ -42,6 +42,10 @@ def _save(config: BenchConfig, report: WorkloadReport, figure: Any, name: str) -
 
 def _colour(row: Row) -> str:
     return "tab:blue" if row.kind == "forkthread" else "tab:gray"
+
+
+def _short(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.1f}"
 
 
 def bars(config: BenchConfig, report: WorkloadReport, rows: Sequence[Row], metrics: Sequence[tuple[str, str]],
@@ -59,7 +63,9 @@ def bars(config: BenchConfig, report: WorkloadReport, rows: Sequence[Row], metri
         highs = [row.spread.get(key, {}).get("max") or 0.0 for row in rows]
         errors = [[max(0.0, value - low) for value, low in zip(values, lows, strict=True)],
                   [max(0.0, high - value) for value, high in zip(values, highs, strict=True)]]
-        axis.barh(labels, values, color=[_colour(row) for row in rows], xerr=errors, capsize=2)
+        bars_drawn = axis.barh(labels, values, color=[_colour(row) for row in rows], xerr=errors, capsize=2)
+        axis.bar_label(bars_drawn, labels=[_short(value) for value in values], padding=3, fontsize="small")
+        axis.margins(x=0.15)  # room for the labels
         axis.invert_yaxis()
         axis.set_xlabel(label)
         axis.grid(axis="x", alpha=0.3)
@@ -73,7 +79,7 @@ def lines(config: BenchConfig, report: WorkloadReport, rows: Sequence[Row], x: s
     pyplot = _pyplot(report)
     if pyplot is None or not rows:
         return
-    panels = sorted({row.params.get(panel) for row in rows}, key=str) if panel else [None]
+    panels = list(dict.fromkeys(row.params.get(panel) for row in rows)) if panel else [None]  # in run order
     figure, axes = pyplot.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
     for axis, value in zip(axes[0], panels, strict=True):
         chosen = [row for row in rows if panel is None or row.params.get(panel) == value]
@@ -87,11 +93,13 @@ def lines(config: BenchConfig, report: WorkloadReport, rows: Sequence[Row], x: s
                       linestyle="-" if kind == "forkthread" else "--", label=target)
         axis.set_xscale("log")
         axis.set_yscale("log")
+        ticks = sorted({row.params[x] for row in chosen})
+        axis.set_xticks(ticks, [str(tick) for tick in ticks])
         axis.set_xlabel(x)
         axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3)
         axis.set_title(f"{title}{'' if value is None else f' — {value}'}", fontsize="medium")
-    axes[0][-1].legend(fontsize="small", loc="best")
+    axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     _save(config, report, figure, name)
 
 
