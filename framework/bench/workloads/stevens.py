@@ -55,6 +55,7 @@ def measure_once(config: BenchConfig, server: RunningServer) -> dict[str, float 
         "cpu_s": cpu, "cpu_us_per_conn": cpu / done * 1e6 if done else None,
         "conn_per_s": done / load.wall_seconds if load.wall_seconds > 0 else None,
         **latency_ms(load.latencies), "errors": float(load.errors), "connections": float(done),
+        "killed": 1.0 if stopped.killed else 0.0,
     }
 
 
@@ -108,6 +109,8 @@ def run(config: BenchConfig) -> WorkloadReport:
             row: Row = session.add_row(report, target, {}, samples, notes)
             if row.metrics.get("errors"):
                 row.notes.append(f"{row.metrics['errors']:.0f} failed connections (median)")
+            if any(sample["killed"] for sample in samples):
+                row.notes.append("did not stop gracefully: killed, so its children's CPU may be missing")
         else:
             session.skip(config, report, target, "; ".join(notes))
     add_process_control(report)
