@@ -80,7 +80,7 @@ def lines(config: BenchConfig, report: WorkloadReport, rows: Sequence[Row], x: s
     if pyplot is None or not rows:
         return
     panels = list(dict.fromkeys(row.params.get(panel) for row in rows)) if panel else [None]  # in run order
-    figure, axes = pyplot.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    figure, axes = pyplot.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1.5, 4.5), squeeze=False)
     for axis, value in zip(axes[0], panels, strict=True):
         chosen = [row for row in rows if panel is None or row.params.get(panel) == value]
         for target in dict.fromkeys(row.target for row in chosen):
@@ -111,9 +111,11 @@ def plot_stevens(config: BenchConfig, report: WorkloadReport) -> None:
 
 
 def plot_echo_rr(config: BenchConfig, report: WorkloadReport) -> None:
-    """Round trips per second against concurrency, one line per server."""
+    """Round trips per second, and server CPU per round trip, against concurrency; one line per server."""
     lines(config, report, report.rows, "connections", "rt_per_s", None, "echo_rr.png",
           "echo-rr: throughput vs concurrency", "round trips per second")
+    lines(config, report, report.rows, "connections", "cpu_us_per_rt", None, "echo_rr_cpu.png",
+          "echo-rr: server CPU per round trip", "server CPU µs per round trip")
 
 
 def plot_http(config: BenchConfig, report: WorkloadReport) -> None:
