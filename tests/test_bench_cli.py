@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,10 +92,13 @@ def test_http_quick_writes_every_file_with_peers(tmp_path):
 
 def test_small_stevens_run_structure(tmp_path):
     out = tmp_path / "out"
-    done = bench("stevens", "--quick", "--clients", "2", "--connections", "5", "--repeat", "2",
+    done = bench("stevens", "--quick", "--clients", "2", "--connections", "5", "--repeat", "2", "--pin",
                  "--strategies", "iterative", "--servers", "socketserver-threading", "--out", str(out))
     assert done.returncode == 0, done.stderr
-    report = workload(load(out), "stevens")
+    results = load(out)
+    assert results["settings"]["pin"] is True and results["settings"]["repeat"] == 2
+    assert results["machine"]["cpus"] == os.cpu_count() and results["machine"]["kernel"].startswith("Linux")
+    report = workload(results, "stevens")
     assert [row["target"] for row in report["rows"]] == ["iterative", "socketserver threading"]
     iterative = report["rows"][0]
     assert iterative["repeats"] == 2 and iterative["metrics"]["connections"] == 10
