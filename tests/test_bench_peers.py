@@ -6,6 +6,7 @@ import http.client
 import os
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from framework.bench.processes import RunningServer
 from framework.bench.report import Column, Row, WorkloadReport, table
 from framework.bench.targets import Context
 from framework.bench.workloads.http import file_name, make_root
-from tests.support import recv_all, reap_adopted
+from tests.support import reap_adopted, recv_all
 
 
 def peer(name: str):
@@ -73,7 +74,7 @@ def test_nginx_lives_in_a_temp_dir_that_is_removed_and_listens_on_loopback_only(
     try:
         command = peer("nginx").command(Context("http", "http", root=root))
         prefix = command.argv[command.argv.index("-p") + 1]
-        config = open(os.path.join(prefix, "nginx.conf")).read()
+        config = Path(prefix, "nginx.conf").read_text()
         assert f"listen 127.0.0.1:{command.port};" in config
         assert f"pid {prefix}/nginx.pid;" in config and "worker_processes 1;" in config
         with RunningServer(command) as server:
