@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -131,6 +132,7 @@ def run_bench(args: argparse.Namespace) -> int:
         results.notes.append("interrupted: partial results")
         print("interrupted: writing partial results", file=sys.stderr)
     results.seconds = time.monotonic() - started
+    machine["load_average_end"] = " ".join(f"{value:.2f}" for value in os.getloadavg()[:2])
     paths = results.write(config.out)
     print(results.text())
     print(f"\nwrote {', '.join(str(path) for path in paths)}"

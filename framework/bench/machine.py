@@ -70,5 +70,6 @@ def machine_summary(machine: dict[str, object]) -> str:
     """One line for the terminal and the report header."""
     return (
         f"{machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB, {machine['kernel']},"
-        f" {machine['python']}, load {machine['load_average']}"
+        f" {machine['python']}, load average {machine['load_average']} at the start"
+        + (f", {machine['load_average_end']} at the end" if machine.get("load_average_end") else "")
     )

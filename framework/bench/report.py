@@ -183,7 +183,7 @@ class Results:
         lines = ["# forkthread bench results", "",
                  f"Machine: {machine_summary(self.machine)}.  ",
                  f"Run: {self.machine.get('date_utc')} UTC, {self.seconds:.0f} s; settings: "
-                 + ", ".join(f"{key}={value}" for key, value in self.settings.items()) + ".", ""]
+                 + ", ".join(f"{key}={_setting(value)}" for key, value in self.settings.items()) + ".", ""]
         lines += [f"- {note}" for note in self.notes]
         for report in self.workloads:
             lines += ["", f"## {report.title}", "", report.description, "", table(report, markdown=True)]
@@ -204,6 +204,12 @@ class Results:
             parts += ["", f"== {report.title}", table(report, markdown=False)]
             parts += [f"  note: {note}" for note in report.notes]
         return "\n".join(parts)
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def _header(report: WorkloadReport, key: str) -> str:
