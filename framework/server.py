@@ -248,6 +248,7 @@ class Server:
         self._serving_thread = threading.current_thread()
         if self.handle_signals:
             self.lifecycle.install_default_signals(self.status)
+            self.lifecycle.install_signals(self.strategy.signal_actions(self))
         if ready is not None:
             ready()
         try:

@@ -8,5 +8,6 @@ own through the ``forkthread.servers`` entry-point group.
 SERVERS: dict[str, str] = {
     "daytime": "servers.daytime:DaytimeServer",
     "echo": "servers.echo:EchoServer",
+    "http": "servers.http.server:HttpServer",
     "nbytes": "servers.nbytes:NBytesServer",
 }

@@ -63,6 +63,10 @@ def serve() -> Iterator[Callable[..., ServerProcess]]:
                 status = process.stop(signal.SIGTERM)
                 if status != 0:
                     problems.append(f"{process.argv}: exit status {status}\n{process.log()}")
+            elif process.proc.returncode != process.expected_status:
+                # It ended before teardown, and not the way the test said it would: a crash.
+                problems.append(f"{process.argv}: ended during the test with status "
+                                f"{process.proc.returncode}\n{process.log()}")
         except AssertionError as exc:
             problems.append(str(exc))
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -120,6 +121,9 @@ class ServerProcess:
                                      env=env or child_env(), stdin=subprocess.DEVNULL)
         self.address = self._wait_listening(start_timeout)
         self.pid = self.proc.pid
+        #: The exit status a test expects if the server ends before teardown
+        #: (a test that SIGKILLs the master sets -SIGKILL); anything else fails the test.
+        self.expected_status = 0
 
     def _wait_listening(self, timeout: float) -> str:
         assert self.proc.stdout is not None
@@ -320,3 +324,57 @@ def settled(measure, interval: float = 0.1, timeout: float = 3.0) -> int:  # typ
         if value == previous:
             break
     return int(value)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of *pid* so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def assert_descriptor_backoff(server: ServerProcess, room: int, clients: int = 6) -> None:
+    """Starve the echo *server* of descriptors and prove it copes.
+
+    Its limit is lowered to leave room for *room* more connections; of
+    *clients* echo clients, the first *room* are served, the server logs that
+    it backs off, and does not spin meanwhile; once the limit is restored,
+    every other client is served too.
+    """
+    with server.connect() as sock:
+        assert echo_exchange(sock, b"warm") == b"warm"
+    highest = settled(lambda: max(int(fd) for fd in os.listdir(f"/proc/{server.pid}/fd")))
+    soft, hard = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
+    socks: list[socket.socket] = []
+    try:
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (highest + 1 + room, hard))
+        socks = [server.connect() for _ in range(clients)]
+        for sock in socks:
+            sock.sendall(b"x")
+        for sock in socks[:room]:
+            assert sock.recv(1) == b"x"
+        assert wait_for(lambda: "backing off" in server.log(), timeout=5), server.log()
+        used = cpu_seconds(server.pid)
+        time.sleep(1.0)
+        # A loop polling a listener it cannot accept from would burn the whole second.
+        assert cpu_seconds(server.pid) - used < 0.5
+    finally:
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        for sock in socks[:room]:
+            sock.close()
+    for sock in socks[room:]:
+        sock.settimeout(10)
+        assert sock.recv(1) == b"x"
+        sock.close()
+
+
+@contextlib.contextmanager
+def serving_in_thread(server) -> Iterator[threading.Thread]:  # type: ignore[no-untyped-def]
+    """Run ``server.serve_forever()`` in a thread (no signal handlers there); shutdown() and join on exit."""
+    runner = threading.Thread(target=server.serve_forever)
+    runner.start()
+    try:
+        yield runner
+    finally:
+        server.shutdown()
+        runner.join(30)

@@ -266,7 +266,7 @@ def test_deadline_fires_once_and_can_be_cancelled(harness):
 
 def test_idle_timeout_ends_a_silent_connection_but_not_a_busy_one():
     with open_fds_unchanged():
-        harness = Harness(idle_timeout=0.3)
+        harness = Harness(idle_timeout=0.5)
         try:
             silent_server, silent_client = tcp_pair()
             busy_server, busy_client = tcp_pair()
@@ -285,7 +285,7 @@ def test_idle_timeout_ends_a_silent_connection_but_not_a_busy_one():
                 harness.run_until(lambda: silent.lost, step=keep_busy)
                 assert isinstance(silent.lost[0], TimeoutError)
                 assert silent_client.recv(10) == b""
-                until = time.monotonic() + 0.6
+                until = time.monotonic() + 1.0
                 harness.run_until(lambda: time.monotonic() >= until, step=keep_busy)
                 assert not busy_connection.is_closing()
                 # Silence now: the busy one times out as well.
@@ -387,6 +387,74 @@ def test_a_handler_exception_ends_only_its_own_connection(harness):
         assert not healthy.lost
 
 
+@pytest.mark.parametrize("callback", ["made", "data", "eof", "deadline"])
+def test_an_exception_in_any_callback_is_reported_and_ends_the_connection(harness, callback):
+    def boom(protocol: Scripted, *args: object) -> None:
+        raise KeyError(callback)
+
+    def arm(protocol: Scripted) -> None:
+        protocol.transport.set_deadline(0.01)
+
+    scripts = {"made": {"made": boom}, "data": {"data": boom}, "eof": {"eof": boom},
+               "deadline": {"made": arm, "deadline": boom}}
+    server, client = tcp_pair()
+    protocol = Scripted(**scripts[callback])
+    harness.serve(server, protocol)
+    with client:
+        if callback in ("data", "eof"):
+            client.send(b"x")
+            client.shutdown(socket.SHUT_WR)
+        harness.run_until(lambda: protocol.lost)
+    assert isinstance(protocol.lost[0], KeyError)
+    assert [type(exc) for exc, _ in harness.errors] == [KeyError]
+
+
+def test_a_lingering_close_gives_up_when_the_peer_never_finishes(harness):
+    def answer(protocol: Scripted, data: bytes) -> None:
+        protocol.transport.write(b"bye")
+        protocol.transport.close(linger=0.2)
+
+    server, client = tcp_pair()
+    protocol = Scripted(data=answer)
+    connection = harness.serve(server, protocol)
+    with client:
+        client.send(b"hello")
+        reader = SlowReader(client, 100)
+        harness.run_until(lambda: reader.eof, step=reader.step)
+        assert bytes(reader.data) == b"bye"  # the sending side was shut down at once
+        assert not protocol.lost and connection.is_closing()
+        client.send(b"more input, discarded")  # but no end-of-file from this peer
+        harness.run_until(lambda: protocol.lost)
+    assert protocol.lost == [None]
+
+
+def test_a_lingering_close_ends_at_the_peer_eof_and_tolerates_a_reset(harness):
+    def answer(protocol: Scripted, data: bytes) -> None:
+        protocol.transport.close(linger=10)
+
+    server1, client1 = tcp_pair()
+    server2, client2 = tcp_pair()
+    finishes, resets = Scripted(data=answer), Scripted(data=answer)
+    harness.serve(server1, finishes)
+    harness.serve(server2, resets)
+    client1.send(b"x")
+    client2.send(b"x")
+    harness.run_until(lambda: client1.recv(1) == b"" if readable(client1) else False)
+    client1.shutdown(socket.SHUT_WR)
+    client2.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    client2.close()
+    harness.run_until(lambda: finishes.lost and resets.lost, timeout=5)
+    client1.close()
+    assert finishes.lost == [None] and resets.lost == [None]
+    assert not harness.errors
+
+
+def readable(sock: socket.socket) -> bool:
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)
+        return bool(selector.select(0))
+
+
 def test_a_peer_reset_ends_the_connection_quietly_and_releases_queued_files(harness, tmp_path):
     path = tmp_path / "file.bin"
     path.write_bytes(os.urandom(4 << 20))
@@ -449,6 +517,10 @@ def test_eof_received_true_keeps_the_connection_open_for_writing(harness):
 
 def test_unix_socketpair_echo_and_timer_heap_stays_small(harness):
     harness.loop.idle_timeout = 60.0
+    # A connection that stays: its live timer heads the heap, so the cancelled
+    # timers of the short ones behind it are not simply popped off the top.
+    held_server, held_client = socket.socketpair()
+    held = harness.serve(held_server, Scripted())
     for _ in range(300):
         server, client = socket.socketpair()
         with client:
@@ -463,9 +535,10 @@ def test_unix_socketpair_echo_and_timer_heap_stays_small(harness):
     harness.serve(server, protocol)
     client.setblocking(False)
     reader = SlowReader(client, 100)
-    with client:
+    with client, held_client:
         client.send(b"unix")
         harness.run_until(lambda: reader.data == b"unix", step=reader.step)
+        assert not held.is_closing()
 
 
 def test_writes_after_close_are_dropped_and_a_raising_connection_lost_is_reported(harness):
@@ -530,3 +603,21 @@ def test_sendfile_whole_rest_or_a_file_shorter_than_promised(harness, tmp_path, 
     else:  # the promised length cannot be kept: the connection is aborted
         assert isinstance(protocol.lost[0], OSError)
     assert not harness.errors
+
+
+def test_sendfile_over_a_unix_socket(harness, tmp_path):
+    content = os.urandom(3 << 20)
+    path = tmp_path / "file.bin"
+    path.write_bytes(content)
+
+    def made(protocol: Scripted) -> None:
+        with open(path, "rb") as file:
+            protocol.transport.sendfile(file)
+        protocol.transport.close()
+
+    server, client = socket.socketpair()
+    client.setblocking(False)
+    protocol = Scripted(made=made)
+    harness.serve(server, protocol)
+    assert read_to_eof(harness, client, 65536, wait=0) == content
+    assert protocol.lost == [None]

@@ -20,7 +20,9 @@ from framework.strategies.base import StrategyOptions
 from framework.strategies.poll import PollStrategy
 from servers.echo import EchoServer
 from tests import test_conformance
-from tests.support import echo_exchange, fd_count, wait_for
+from tests.support import assert_descriptor_backoff, echo_exchange, fd_count, wait_for
+
+pytestmark = pytest.mark.only_strategies("poll")
 
 SELECTORS = ["poll", "epoll", "select"]
 
@@ -37,13 +39,6 @@ def status_line(server) -> str:
     server.send_signal(signal.SIGUSR1)
     assert wait_for(lambda: server.log().count("status:") > before, timeout=5), server.log()
     return [line for line in server.log().splitlines() if "status:" in line][-1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of *pid* so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_options_and_description():
@@ -118,32 +113,7 @@ def test_max_connections_keeps_the_rest_waiting_then_serves_them(serve):
 
 
 def test_out_of_descriptors_backs_off_without_spinning_and_recovers(serve):
-    server = serve("echo", strategy="poll")
-    with server.connect() as sock:
-        assert echo_exchange(sock, b"warm") == b"warm"
-    highest = max(int(fd) for fd in os.listdir(f"/proc/{server.pid}/fd"))
-    soft, hard = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
-    clients = []
-    try:
-        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (highest + 3, hard))  # room for two connections
-        clients = [server.connect() for _ in range(6)]
-        for sock in clients:
-            sock.sendall(b"x")
-        for sock in clients[:2]:
-            assert sock.recv(1) == b"x"
-        assert wait_for(lambda: "backing off" in server.log(), timeout=5), server.log()
-        used = cpu_seconds(server.pid)
-        time.sleep(1.0)
-        # A loop polling a listener it cannot accept from would burn the whole second.
-        assert cpu_seconds(server.pid) - used < 0.5
-    finally:
-        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (soft, hard))
-    for sock in clients[:2]:
-        sock.close()
-    for sock in clients[2:]:
-        sock.settimeout(10)
-        assert sock.recv(1) == b"x"
-        sock.close()
+    assert_descriptor_backoff(serve("echo", strategy="poll"), room=2)
 
 
 def test_sigterm_lets_an_8mib_transfer_to_a_slow_reader_finish(serve):
@@ -259,15 +229,60 @@ def test_select_refuses_a_descriptor_beyond_fd_setsize():
     server_end, client_end = socket.socketpair()
     high = socket.socket(fileno=os.dup2(server_end.fileno(), 1100))
     server_end.close()
-    loop = EventLoop()
     try:
         with EchoServer("127.0.0.1:0", "poll") as server:
-            PollStrategy._start(server, loop, high, "peer", check_fd_setsize=True)
-            assert high.fileno() == -1 and not loop.connections
-            client_end.settimeout(5)
-            assert client_end.recv(1) == b""
+            assert start_one(server, high, "peer", check_fd_setsize=True) == 0
+            assert high.fileno() == -1
+            assert_closed(client_end)
     finally:
-        loop.close()
         client_end.close()
         high.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def start_one(server, sock: socket.socket, peer: str, *, check_fd_setsize: bool = False) -> int:
+    """Hand *sock* to a fresh loop the way PollStrategy does; return how many connections it then serves."""
+    loop = EventLoop()
+    try:
+        PollStrategy._start(server, loop, sock, peer, check_fd_setsize=check_fd_setsize)
+        return len(loop.connections)
+    finally:
+        loop.close()
+
+
+def assert_closed(sock: socket.socket) -> None:
+    sock.settimeout(5)
+    assert sock.recv(1) == b""
+
+
+class PickyEcho(EchoServer):
+    """Refuses the peer named "refused"; its protocol factory fails on demand; records errors."""
+
+    fail_factory = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.errors: list[BaseException] = []
+
+    def verify_request(self, sock: socket.socket, peer: str) -> bool:
+        return peer != "refused"
+
+    def protocol_factory(self):
+        if self.fail_factory:
+            raise RuntimeError("no protocol today")
+        return super().protocol_factory()
+
+    def handle_error(self, exc: BaseException, peer: str) -> None:
+        self.errors.append(exc)
+
+
+@pytest.mark.parametrize("case", ["refused", "factory fails", "served"])
+def test_server_hooks_decide_what_the_loop_serves(case):
+    server_end, client_end = socket.socketpair()
+    with server_end, client_end, PickyEcho("127.0.0.1:0", "poll") as server:
+        server.fail_factory = case == "factory fails"
+        served = start_one(server, server_end, "refused" if case == "refused" else "peer")
+        assert served == (1 if case == "served" else 0)
+        assert [type(exc) for exc in server.errors] == ([RuntimeError] if case == "factory fails" else [])
+        if case != "served":
+            assert_closed(client_end)

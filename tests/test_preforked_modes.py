@@ -12,14 +12,19 @@ import pytest
 from framework.strategies import STRATEGIES
 from framework.strategies.preforked import WORKER_KINDS
 from tests import test_conformance as conformance
+from tests.support import wait_for
 
 ACCEPT_MODES = ["shared", "lock", "reuseport", "passfd"]
 
 pytestmark = pytest.mark.only_strategies("preforked")
 
 
-@pytest.fixture(params=[(mode, kind) for kind in WORKER_KINDS for mode in ACCEPT_MODES],
-                ids=lambda variant: f"{variant[0]}-{variant[1]}")
+# The iterative workers are the quick core; threads and poll workers repeat
+# the matrix over their inner strategies (marked slow: deselect with -m "not slow").
+@pytest.fixture(params=[
+    pytest.param((mode, kind), id=f"{mode}-{kind}", marks=() if kind == "iterative" else pytest.mark.slow)
+    for kind in WORKER_KINDS for mode in ACCEPT_MODES
+])
 def variant(request: pytest.FixtureRequest) -> tuple[str, str]:
     mode, kind = request.param
     if WORKER_KINDS[kind] not in STRATEGIES:
@@ -32,7 +37,11 @@ def serve_variant(serve, variant):
     mode, kind = variant
 
     def start(server, *args, **kwargs):
-        return serve(server, *args, "--workers", "2", "--accept", mode, "--worker", kind, **kwargs)
+        process = serve(server, *args, "--workers", "2", "--accept", mode, "--worker", kind, **kwargs)
+        # "listening on" comes before the master forks; tests that take a baseline
+        # of the master's descriptors want the pool complete first.
+        assert wait_for(lambda: process.log().count(") ready") >= 2, timeout=20), process.log()
+        return process
 
     return start
 

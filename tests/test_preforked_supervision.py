@@ -14,7 +14,18 @@ import time
 
 import pytest
 
-from tests.support import child_env, echo_exchange, proc_children, process_state, reap_adopted, recv_all, wait_for
+from framework.strategies import StrategyOptions, create_strategy
+from servers.echo import EchoServer
+from tests.support import (
+    child_env,
+    echo_exchange,
+    proc_children,
+    process_state,
+    reap_adopted,
+    recv_all,
+    serving_in_thread,
+    wait_for,
+)
 
 pytestmark = pytest.mark.only_strategies("preforked")
 
@@ -59,8 +70,9 @@ def test_killed_worker_is_replaced_within_a_second(serve):
     assert all(echo_ok(server) for _ in range(5))
 
 
-def test_ttin_adds_and_ttou_removes_workers(serve):
-    server = start_pool(serve, workers=2)
+@pytest.mark.parametrize("accept", ["shared", "reuseport", "passfd"])
+def test_ttin_adds_and_ttou_removes_workers(serve, accept):
+    server = start_pool(serve, "--accept", accept, workers=2)
     server.send_signal(signal.SIGTTIN)
     wait_workers(server, 3)
     for _ in range(3):  # the last worker stays
@@ -68,7 +80,9 @@ def test_ttin_adds_and_ttou_removes_workers(serve):
         time.sleep(0.05)
     wait_workers(server, 1)
     assert "keeping the last worker" in server.log()
-    assert echo_ok(server)
+    # reuseport: a closed lane must leave no listener behind that nobody accepts on
+    # (a client hashed to it would hang until the timeout).
+    assert all(echo_ok(server, b"after ttou %d" % index) for index in range(20))
 
 
 def continuous_clients(server, seconds: float, threads: int = 4, limit: int = 2000):
@@ -100,9 +114,14 @@ def continuous_clients(server, seconds: float, threads: int = 4, limit: int = 20
     return workers, results
 
 
-@pytest.mark.parametrize("accept", ["shared", "lock", "passfd", "reuseport"])
-def test_sighup_under_load_replaces_every_worker_without_failures(serve, accept):
-    server = start_pool(serve, "--accept", accept, workers=2)
+@pytest.mark.parametrize(("accept", "worker"), [
+    ("shared", "iterative"), ("lock", "iterative"), ("passfd", "iterative"), ("reuseport", "iterative"),
+    *(pytest.param(accept, worker, marks=pytest.mark.slow) for accept, worker in [
+        ("shared", "threads"), ("passfd", "threads"), ("shared", "poll"), ("passfd", "poll"), ("reuseport", "poll"),
+    ]),
+])
+def test_sighup_under_load_replaces_every_worker_without_failures(serve, accept, worker):
+    server = start_pool(serve, "--accept", accept, "--worker", worker, "--threads", "2", workers=2)
     old = live_workers(server)
     clients, results = continuous_clients(server, seconds=2.0)
     try:
@@ -199,13 +218,15 @@ def test_max_requests_with_jitter_recycles_workers(serve):
     first = live_workers(server)
     for _ in range(16):
         assert echo_ok(server)
-    assert server.log().count("reached max-requests") >= 2, server.log()
+    # The master logs each recycling as it reaps the worker: asynchronously to our last reply.
+    assert wait_for(lambda: server.log().count("reached max-requests") >= 2, timeout=10), server.log()
     assert wait_for(lambda: len(live_workers(server)) == 1 and live_workers(server) != first, timeout=10)
 
 
 def test_workers_exit_when_the_master_is_killed(serve):
     server = start_pool(serve, workers=3)
     workers = live_workers(server)
+    server.expected_status = -signal.SIGKILL
     os.kill(server.pid, signal.SIGKILL)
     server.proc.wait(10)
     # The workers are orphans now, adopted by this (subreaper) process: they must go by themselves.
@@ -229,6 +250,7 @@ def test_eight_clients_held_at_once_with_eight_workers(serve, accept):
             sock.close()
 
 
+@pytest.mark.slow
 def test_sigusr1_storm_to_every_process_during_transfers(serve):
     server = start_pool(serve, workers=4)
     processes = {server.pid} | live_workers(server)
@@ -266,23 +288,22 @@ def test_sigterm_lets_an_in_flight_transfer_finish(serve):
     payload = os.urandom(8 << 20)
     with server.connect(timeout=30) as sock:
         sock.sendall(payload[:65536])
-        got = sock.recv(65536)
+        got = recv_all(sock, limit=65536)  # echoed: a worker is serving this connection
         server.send_signal(signal.SIGTERM)
-        sock.sendall(payload[65536:])
-        sock.shutdown(socket.SHUT_WR)
-        got += recv_all(sock)
+        got += echo_exchange(sock, payload[65536:])  # sends and reads concurrently
     assert got == payload
     assert server.proc.wait(30) == 0
 
 
-def test_sigint_is_a_quick_stop(serve):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT])
+def test_sigint_and_sigquit_are_a_quick_stop(serve, signum):
     server = serve("echo", "--workers", "2", "--graceful-timeout", "60", strategy="preforked")
     wait_workers(server, 2)
     with server.connect() as sock:
         sock.sendall(b"x")
         assert sock.recv(1) == b"x"
         started = time.monotonic()
-        assert server.stop(signal.SIGINT) == 0
+        assert server.stop(signum) == 0
         assert time.monotonic() - started < 10  # far below the 60 s graceful timeout
         assert recv_all(sock) == b""
 
@@ -303,3 +324,44 @@ def test_reuseport_refuses_unix_address(serve, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == \
         f"forkthread: --accept reuseport needs a TCP address, not unix:{tmp_path}/s"
     assert not os.path.exists(f"{tmp_path}/s")
+
+
+def test_in_process_pool_served_from_a_thread_and_shut_down():
+    """The API without the CLI: no signal handlers in a non-main thread, shutdown() from another."""
+    children_before = proc_children(os.getpid())
+    strategy = create_strategy("preforked", StrategyOptions(workers=2, accept="passfd"))
+    with EchoServer("127.0.0.1:0", strategy) as server, serving_in_thread(server) as runner:
+        for index in range(5):
+            with socket.create_connection((server.address.host, server.address.port), timeout=10) as sock:
+                assert echo_exchange(sock, b"hello %d" % index) == b"hello %d" % index
+        assert wait_for(lambda: strategy.counts(server)[0] == 5, timeout=5)
+    assert not runner.is_alive()
+    assert not proc_children(os.getpid()) - children_before
+
+
+@pytest.mark.parametrize("accept", ["shared", "lock", "reuseport", "passfd"])
+def test_sigusr1_is_forwarded_and_every_process_logs_its_status(serve, accept):
+    server = start_pool(serve, "--accept", accept, workers=3)
+    for index in range(6):
+        assert echo_ok(server, b"%d" % index)
+    server.send_signal(signal.SIGUSR1)
+    assert wait_for(lambda: server.log().count("status: ") == 4, timeout=5), server.log()
+    lines = [line for line in server.log().splitlines() if "status: " in line]
+    master = [line for line in lines if "strategy=preforked(" in line]
+    workers = [line for line in lines if "strategy=preforked-worker(" in line]
+    assert len(master) == 1 and len(workers) == 3, lines
+    assert "workers=3/3 booting=0 retiring=0" in master[0]
+    assert all(f"address={server.address} " in line for line in lines), lines
+    # The master's totals are the sum of the workers' own counts (the scoreboard).  A
+    # worker may still be closing the last connection (active=1): served is exact.
+    served = [int(re.search(r"served=(\d+)", line).group(1)) for line in workers]
+    assert "served=6 active=" in master[0] and sum(served) == 6, lines
+
+
+def test_master_signals_are_handled_as_soon_as_it_says_listening(serve):
+    # No wait for the workers: TTIN and HUP arrive while the master may still be forking.
+    server = serve("echo", "--workers", "1", strategy="preforked")
+    server.send_signal(signal.SIGTTIN)
+    server.send_signal(signal.SIGHUP)
+    wait_workers(server, 2)
+    assert echo_ok(server)

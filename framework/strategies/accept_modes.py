@@ -197,12 +197,18 @@ class ReusePortAccept(AcceptMode):
             self._lanes[lane] = reuseport_listener(server.address, server.backlog)
 
     def foreign_fds(self, lane: int) -> list[int]:
-        """Every other lane's listener: a worker holding one would keep a closed lane alive."""
-        return [sock.fileno() for number, sock in self._lanes.items() if number != lane]
+        """Every other lane's listener: a worker holding one would keep a closed lane alive.
+
+        Lane 0 is the server's own listener, which a worker of another lane
+        releases through the server instead (:meth:`worker_acceptor`).
+        """
+        return [sock.fileno() for number, sock in self._lanes.items() if number not in (0, lane)]
 
     def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
         """An acceptor on the lane's listener."""
+        if lane != 0:
+            server.release_listener()
         return Acceptor(self._lanes[lane])
 
     def lane_closed(self, lane: int) -> None:
@@ -257,7 +263,8 @@ class PassFdAccept(AcceptMode):
 
     def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
-        """An acceptor reading passed descriptors from the worker's channel."""
+        """An acceptor reading passed descriptors from the worker's channel (the listener is released)."""
+        server.release_listener()
         return PassedFdAcceptor(channel, master_gone)
 
 

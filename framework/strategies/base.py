@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -74,6 +75,15 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def serve(self, server: Server) -> None:
         """Serve *server*'s listener until a stop is requested and all work is over."""
+
+    def signal_actions(self, server: Server) -> dict[int, Callable[[int], None]]:
+        """Signal actions of the strategy's own (a master's HUP, TTIN...), beyond TERM, INT and USR1.
+
+        :meth:`~framework.server.Server.serve_forever` installs them with the
+        defaults, before it announces the server, so that no signal sent after
+        the announcement meets its default action.  Default: none.
+        """
+        return {}
 
     def counts(self, server: Server) -> tuple[int, int]:
         """``(connections served, connections active)`` for the status line."""

@@ -224,6 +224,7 @@ class LiveThreads:
         self._name = name
         self._on_exit = on_exit
         self._threads: set[threading.Thread] = set()
+        self._ending: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._started = 0
 
@@ -253,15 +254,20 @@ class LiveThreads:
         except Exception:
             log.exception("worker thread %s failed", threading.current_thread().name)
         finally:
+            current = threading.current_thread()
             with self._lock:
-                self._threads.discard(threading.current_thread())
+                self._threads.discard(current)
                 alive = len(self._threads)
+                # Still running for a few instructions: keep it for join(), and
+                # forget the ones that have finished meanwhile (the list stays short).
+                self._ending = [thread for thread in self._ending if thread.is_alive()]
+                self._ending.append(current)
             self._on_exit(alive)
 
     def join(self, timeout: float) -> None:
-        """Wait up to *timeout* seconds in all for the threads alive now."""
+        """Wait up to *timeout* seconds in all for the threads alive now, ending ones included."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            threads = list(self._threads)
+            threads = [*self._threads, *self._ending]
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))

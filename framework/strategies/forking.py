@@ -30,7 +30,7 @@ import threading
 from typing import TYPE_CHECKING, NoReturn
 
 from framework.strategies.base import StrategyOptions
-from framework.strategies.dispatching import DispatchingStrategy
+from framework.strategies.dispatching import WORKER_SIGNALS, DispatchingStrategy
 
 if TYPE_CHECKING:
     from framework.server import Server
@@ -106,18 +106,24 @@ class ForkingStrategy(DispatchingStrategy):
         # Buffered output would be written twice, once by each process.
         sys.stdout.flush()
         sys.stderr.flush()
+        # Signals are held back across fork(): one arriving in the child before it
+        # has its own wakeup pipe and queue would be lost; this way it is
+        # delivered once the child is ready for it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:  # EAGAIN (process limit) or ENOMEM: this client only
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             log.error("cannot fork for %s: %s; closing the connection", peer, exc.strerror or exc)
             sock.close()
             return
         if pid == 0:
-            self.run_child(server, sock, peer)
+            self.run_child(server, sock, peer, mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         sock.close()
         self._children.add(pid)
 
-    def run_child(self, server: Server, sock: socket.socket, peer: str) -> NoReturn:
+    def run_child(self, server: Server, sock: socket.socket, peer: str, mask: set[int | signal.Signals]) -> NoReturn:
         """In the child: serve *sock* and exit, never returning into the parent's code.
 
         Inherited state, reset on purpose:
@@ -130,6 +136,9 @@ class ForkingStrategy(DispatchingStrategy):
         * SIGUSR1 logs the child's own status line;
         * SIGCHLD goes back to the default: the child has no children, and
           the parent's reaper must not run here.
+
+        Signals stay blocked (as the parent blocked them around ``fork``)
+        until this is done; then *mask*, the parent's usual mask, is restored.
         """
         status = 1
         try:
@@ -139,6 +148,7 @@ class ForkingStrategy(DispatchingStrategy):
             server.release_listener()
             if self._sigchld_installed:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             server.handle_connection(sock, peer, main_thread=True)
             status = 0
         except BaseException:

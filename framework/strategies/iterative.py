@@ -7,11 +7,10 @@ client waits in the listen backlog until the first has left.
 
 from __future__ import annotations
 
-import math
-import select
 from typing import TYPE_CHECKING
 
 from framework.strategies.base import Strategy
+from framework.strategies.dispatching import AcceptLoop
 
 if TYPE_CHECKING:
     from framework.server import Server
@@ -27,10 +26,7 @@ class IterativeStrategy(Strategy):
         """Accept and serve connections one by one until a stop is requested."""
         lifecycle = server.lifecycle
         acceptor = server.acceptor
-        listen_fd = acceptor.fileno()
-        poller = select.poll()
-        poller.register(lifecycle.wakeup_fd(), select.POLLIN)
-        watching_listener = False
+        loop = AcceptLoop.for_server(server)
         while not lifecycle.stopping:
             # Accept first: under load a connection is usually waiting already,
             # which saves the poll() call.
@@ -38,15 +34,4 @@ class IterativeStrategy(Strategy):
             if accepted is not None:
                 server.handle_connection(*accepted, main_thread=True)
                 continue
-            backoff = acceptor.backoff_remaining()
-            if backoff and watching_listener:
-                poller.unregister(listen_fd)
-                watching_listener = False
-            elif not backoff and not watching_listener:
-                poller.register(listen_fd, select.POLLIN)
-                watching_listener = True
-            timeout = math.ceil(backoff * 1000) if backoff else None
-            for fd, _ in poller.poll(timeout):
-                if fd == lifecycle.wakeup_fd():
-                    lifecycle.dispatch()
-
+            loop.wait(accepting=True)

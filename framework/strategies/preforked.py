@@ -16,6 +16,7 @@ worker they are that worker's own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from framework.strategies.accept_modes import ACCEPT_MODES
@@ -66,15 +67,24 @@ class PreforkedStrategy(Strategy):
         return cls(options.workers, options.accept, options.worker, create_strategy(inner_name, options),
                    max_requests=options.max_requests, max_requests_jitter=options.max_requests_jitter)
 
+    def signal_actions(self, server: Server) -> dict[int, Callable[[int], None]]:
+        """The master's actions (HUP, TTIN, TTOU, QUIT, CHLD...): the supervisor is made here, before serving."""
+        return self._supervisor_for(server).signal_actions()
+
     def serve(self, server: Server) -> None:
         """Run the master until a stop is requested and every worker is reaped."""
-        from framework.strategies.supervisor import Supervisor
-
-        self._supervisor = Supervisor(server, self)
+        supervisor = self._supervisor_for(server)
         try:
-            self._supervisor.run()
+            supervisor.run()
         finally:
             self._supervisor = None
+
+    def _supervisor_for(self, server: Server) -> Supervisor:
+        from framework.strategies.supervisor import Supervisor
+
+        if self._supervisor is None or self._supervisor.server is not server:
+            self._supervisor = Supervisor(server, self)
+        return self._supervisor
 
     def become_worker(self, server: Server, plan: WorkerPlan) -> None:
         """In a freshly forked worker: from now on this object describes that worker."""

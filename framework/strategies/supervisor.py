@@ -33,6 +33,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from framework.strategies.accept_modes import ACCEPT_MODES, AcceptModeError, pass_connection
@@ -142,7 +143,8 @@ class Supervisor:
 
     def run(self) -> None:
         """Serve until stopped; every worker is reaped when this returns or raises."""
-        self._install_signals()
+        # The signal actions were installed by Server.serve_forever (main thread,
+        # handle_signals): without them, channel end-of-file and a tick wake the loop.
         try:
             self.mode.prepare(self.server)
         except AcceptModeError as exc:
@@ -156,8 +158,9 @@ class Supervisor:
         if self.boot_failure is not None:
             raise ServeError(self.boot_failure, exit_status=WORKER_BOOT_ERROR)
 
-    def _install_signals(self) -> None:
-        self.lifecycle.install_signals({
+    def signal_actions(self) -> dict[int, Callable[[int], None]]:
+        """The master's signal actions (installed by the server before it announces itself, and by :meth:`run`)."""
+        return {
             signal.SIGTERM: lambda signum: self.lifecycle.request_stop(graceful=True),
             signal.SIGINT: self._quick_stop,
             signal.SIGQUIT: self._quick_stop,
@@ -166,7 +169,7 @@ class Supervisor:
             signal.SIGTTOU: self._remove_worker,
             signal.SIGUSR1: self._log_status,
             signal.SIGCHLD: lambda signum: None,  # the wakeup is the point: the loop reaps
-        })
+        }
 
     def _loop(self) -> None:
         wakeup_fd = self.lifecycle.wakeup_fd()
@@ -286,8 +289,11 @@ class Supervisor:
         try:
             pid = os.fork()
             if pid == 0:
-                self.strategy.become_worker(self.server, plan)
-                run_worker(self.server, plan)  # never returns
+                try:
+                    self.strategy.become_worker(self.server, plan)
+                    run_worker(self.server, plan)  # never returns
+                finally:
+                    os._exit(WORKER_BOOT_ERROR)  # never return into the master's code
         except OSError as exc:
             log.error("cannot fork a worker: %s", exc)
             master_end.close()
@@ -353,6 +359,7 @@ class Supervisor:
 
     def _exited(self, worker: Worker, status: int) -> None:
         del self.workers[worker.pid]
+        self._read_channel(worker)  # a "ready" still unread must not make a crash look like a boot failure
         self._close_channel(worker)
         self.retired_served += self.board.read(worker.slot)[0]
         self.board.release(worker.slot)

@@ -1,0 +1,87 @@
+"""``forkthread serve http``: the static-file server and its command-line options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from typing import Any
+
+from framework import Server
+from servers.http.access_log import AccessLog
+from servers.http.protocol import DEFAULT_HEADER_TIMEOUT, HttpProtocol
+from servers.http.site import StaticSite
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+class HttpServer(Server):
+    """A static-file HTTP/1.1 server for the files under *root*.
+
+    *listing* lists directories without ``index.html``; *follow_symlinks*
+    follows symbolic links that stay inside the root (others are refused);
+    *header_timeout* bounds how long a request head may take to arrive
+    (slowloris); *access_log* is a file name, ``-`` for standard output, or
+    None for no access log.
+    """
+
+    name = "http"
+    description = "static files over HTTP/1.1 (GET, HEAD, ranges, conditional requests)"
+    default_port = 8080
+
+    def __init__(self, *args: Any, root: str = ".", listing: bool = False, follow_symlinks: bool = False,
+                 header_timeout: float = DEFAULT_HEADER_TIMEOUT, access_log: str | None = None,
+                 **kwargs: Any) -> None:
+        self.site = StaticSite(root, listing=listing, follow_symlinks=follow_symlinks)
+        self.header_timeout = header_timeout
+        try:
+            self.access_log = AccessLog.open(access_log) if access_log else None
+        except OSError as exc:
+            raise ValueError(f"cannot open access log {access_log!r}: {exc.strerror}") from None
+        super().__init__(*args, **kwargs)
+
+    def protocol_factory(self) -> HttpProtocol:
+        """A protocol for one connection, sharing the site (and its file cache)."""
+        return HttpProtocol(self.site, header_timeout=self.header_timeout, access_log=self.access_log,
+                            stopping=self._stopping)
+
+    def _stopping(self) -> bool:
+        # Read at call time: a forked worker gets a fresh lifecycle.
+        return self.lifecycle.stopping
+
+    def configure_connection(self, sock: socket.socket) -> None:
+        """Turn Nagle off: a response is a head then a file, and must not wait for a delayed ACK."""
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def server_close(self) -> None:
+        """Close the listener, then the access log."""
+        super().server_close()
+        if self.access_log is not None:
+            self.access_log.close()
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """``--root``, ``--listing``, ``--follow-symlinks``, ``--header-timeout``, ``--access-log``."""
+        parser.add_argument("--root", default=os.curdir, metavar="DIR",
+                            help="serve the files under DIR (default: the current directory)")
+        parser.add_argument("--listing", action="store_true",
+                            help="list directories that have no index.html (default: 404)")
+        parser.add_argument("--follow-symlinks", action="store_true",
+                            help="follow symbolic links that stay inside the root (default: refuse every link)")
+        parser.add_argument("--header-timeout", type=_positive_seconds, default=DEFAULT_HEADER_TIMEOUT,
+                            metavar="SECONDS",
+                            help="a request head must arrive within this time, or 408 (default: %(default)s)")
+        parser.add_argument("--access-log", metavar="FILE",
+                            help="write a Common Log Format line per request to FILE ('-': standard output)")
+
+    @classmethod
+    def options_from_arguments(cls, args: argparse.Namespace) -> dict[str, object]:
+        """Pass the options above to the constructor."""
+        return {"root": args.root, "listing": args.listing, "follow_symlinks": args.follow_symlinks,
+                "header_timeout": args.header_timeout, "access_log": args.access_log}
