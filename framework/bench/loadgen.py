@@ -207,10 +207,15 @@ def run_rr(spec: dict[str, Any]) -> dict[str, Any]:
 
 #: idle: connections opened and probed together (well under any listen backlog).
 IDLE_BATCH = 64
+#: idle: extra time a batch gets per connection in it (a fork or a thread each, on a busy machine).
+IDLE_SECONDS_PER_CONNECTION = 0.05
 
 
 def _probe_batch(host: str, port: int, count: int, timeout: float, first: int) -> tuple[list[socket.socket], str]:
-    """Open *count* connections, send a byte on each, and keep those echoed within *timeout*, in order.
+    """Open *count* connections, send a byte on each, and keep those echoed in time, in order.
+
+    The batch has *timeout* plus :data:`IDLE_SECONDS_PER_CONNECTION` per
+    connection to be answered.
 
     Returns the served ones and, when not all were, why it stopped (connections
     are served in the order they were accepted, so the first unanswered one ends it).
@@ -228,6 +233,7 @@ def _probe_batch(host: str, port: int, count: int, timeout: float, first: int) -
             sock.sendall(b"x")
         except OSError:
             pass
+    timeout += IDLE_SECONDS_PER_CONNECTION * len(socks)
     deadline = time.monotonic() + timeout
     served: list[socket.socket] = []
     reason = ""
@@ -241,7 +247,7 @@ def _probe_batch(host: str, port: int, count: int, timeout: float, first: int) -
             if answered:
                 served.append(sock)
                 continue
-            reason = f"connection {first + index} not served within {timeout}s"
+            reason = f"connection {first + index} not served within {timeout:.2g}s"
         sock.close()
     return served, reason or connect_failure
 

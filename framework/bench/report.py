@@ -117,7 +117,7 @@ def ratio_table(report: WorkloadReport) -> str:
     peers = sorted({peer for entry in ratios for peer in entry["ratios"]})
     if not peers:
         return ""
-    headers = ["server", *report.params, *[f"x {peer}" for peer in peers]]
+    headers = ["server", *report.params, *[f"vs {peer}" for peer in peers]]
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for entry in ratios:
         cells = [entry["target"], *[str(entry["params"].get(param, "")) for param in report.params]]

@@ -1,10 +1,11 @@
 """``idle``: how many concurrent idle connections each model holds, and what each costs in memory.
 
-One client process opens echo connections one by one; each counts as held
-only once the server has echoed a byte on it (a connection waiting in the
-listen backlog is not *served*).  After every step the lab samples the
+One client process opens echo connections in batches of 64; each counts as
+held only once the server has echoed a byte on it (a connection waiting in
+the listen backlog is not *served*).  After every step the lab samples the
 server tree's RSS and PSS.  It stops at ``--max-idle``, when a connection
-is not served within the probe timeout, at the time limit, or when free
+is not served in time (the probe timeout plus 50 ms per connection of its
+batch), at the time limit, or when free
 memory runs low (a fork per connection is expensive).  RLIMIT_NOFILE is
 raised to its hard limit first, and ``--max-idle`` is capped below it.
 """
@@ -94,7 +95,8 @@ def run(config: BenchConfig) -> WorkloadReport:
     most = min(config.scale.max_idle, max(1, soft - FD_MARGIN))
     report = WorkloadReport(
         name="idle", title="idle: concurrent idle connections and memory",
-        description=(f"Up to {most} echo connections opened one by one, each proven served by a one-byte echo,"
+        description=(f"Up to {most} echo connections opened in batches of 64, each proven served by a one-byte echo"
+                     " (a batch has 1 s + 50 ms per connection),"
                      " then held idle.  RSS counts pages shared between forked processes once per process;"
                      " anon PSS is anonymous memory (heap, stacks) with shared pages divided between their sharers"
                      " (the real footprint).  Per-connection figures are"
