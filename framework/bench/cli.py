@@ -110,6 +110,8 @@ def run_bench(args: argparse.Namespace) -> int:
     unknown = [name for name in config.strategies or [] if name not in STRATEGIES]
     if unknown:
         raise UsageError(f"unknown strategies {', '.join(unknown)} (choose from {', '.join(STRATEGIES)})")
+    if config.out.exists() and not config.out.is_dir():
+        raise UsageError(f"--out {config.out}: not a directory")
     if config.client == "wrk":
         from framework.bench.wrk import available
 
@@ -133,7 +135,11 @@ def run_bench(args: argparse.Namespace) -> int:
         print("interrupted: writing partial results", file=sys.stderr)
     results.seconds = time.monotonic() - started
     machine["load_average_end"] = " ".join(f"{value:.2f}" for value in os.getloadavg()[:2])
-    paths = results.write(config.out)
+    try:
+        paths = results.write(config.out)
+    except OSError as exc:
+        print(f"forkthread: cannot write results into {config.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(results.text())
     print(f"\nwrote {', '.join(str(path) for path in paths)}"
           + "".join(f", {config.out / plot}" for report in results.workloads for plot in report.plots))
