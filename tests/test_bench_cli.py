@@ -160,3 +160,17 @@ def test_misuse_is_one_line_and_status_2(args, tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_http_with_the_built_in_client(tmp_path):
+    out = tmp_path / "out"
+    done = bench("http", "--quick", "--client", "builtin", "--sizes", "1k,64k", "--concurrency", "2",
+                 "--duration", "0.3", "--strategies", "iterative", "--servers", "http.server", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    report = workload(load(out), "http")
+    assert any("--client builtin" in note for note in report["notes"])
+    rows = {(row["target"], row["params"]["size"]): row for row in report["rows"]}
+    assert set(rows) == {(target, size) for target in ("iterative", "http.server") for size in ("1 KiB", "64 KiB")}
+    for row in rows.values():
+        assert row["metrics"]["req_per_s"] > 0 and row["metrics"]["errors"] == 0  # keep-alive and HTTP/1.0 close
+        assert row["metrics"]["p99_ms"] is not None
