@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from framework import __version__
+from framework.activation import ActivationError, inetd_socket, listen_fds
 from framework.address import AddressError, parse_address
 from framework.registry import server_class, server_targets
 from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Server
@@ -24,7 +25,7 @@ PROG = "forkthread"
 #: Extra sub-commands: (module, function) pairs whose function adds a parser.
 #: Each module is imported only when the parser is built, and a sub-command
 #: whose module fails to import is left out rather than breaking the rest.
-EXTRA_COMMANDS: list[str] = ["framework.bench.cli:add_parser"]
+EXTRA_COMMANDS: list[str] = ["framework.client:add_parser", "framework.bench.cli:add_parser"]
 
 
 class UsageError(Exception):
@@ -52,6 +53,32 @@ def optional_timeout(text: str) -> float | None:
     if text.lower() in ("0", "none", "off"):
         return None
     return positive_float(text)
+
+
+def keepalive_triple(text: str) -> tuple[int, int, int]:
+    """argparse type: ``IDLE,INTERVAL,COUNT`` for TCP keep-alive, three whole numbers > 0."""
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected IDLE,INTERVAL,COUNT (e.g. 60,10,5), not {text!r}")
+    try:
+        idle, interval, count = (positive_int(part) for part in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three whole numbers > 0, not {text!r}") from None
+    return idle, interval, count
+
+
+def _add_socket_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("socket and deployment options")
+    group.add_argument("--backlog", type=positive_int, default=1024, metavar="N",
+                       help="listen backlog (default: %(default)s; the kernel caps it at somaxconn)")
+    group.add_argument("--reuse-port", action="store_true",
+                       help="set SO_REUSEPORT: instances share one port, the kernel spreads connections")
+    group.add_argument("--keepalive", type=keepalive_triple, metavar="IDLE,INTERVAL,COUNT",
+                       help="TCP keep-alive on connections: probe after IDLE s of silence, every INTERVAL s, "
+                            "give up after COUNT probes")
+    group.add_argument("--nodelay", action="store_true", help="TCP_NODELAY on connections (no Nagle delay)")
+    group.add_argument("--inetd", action="store_true",
+                       help="serve the one connection on standard input (inetd nowait, systemd Accept=yes)")
 
 
 def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +118,8 @@ def strategy_options(args: argparse.Namespace) -> StrategyOptions:
 def add_server_options(parser: argparse.ArgumentParser, cls: type[Server]) -> None:
     """Add the options of ``forkthread serve`` for server class *cls* to *parser*."""
     parser.add_argument("--bind", "-b", default=f"127.0.0.1:{cls.default_port}", metavar="ADDR",
-                        help="HOST:PORT, [V6]:PORT or unix:PATH; port 0 picks a free port (default: %(default)s)")
+                        help="HOST:PORT, [V6]:PORT, unix:PATH or udp:HOST:PORT; port 0 picks a free port;"
+                             " ignored under systemd socket activation (default: %(default)s)")
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error", "critical"),
                         help="log verbosity on standard error (default: %(default)s)")
@@ -99,9 +127,7 @@ def add_server_options(parser: argparse.ArgumentParser, cls: type[Server]) -> No
                         help="close a connection idle this long; 0 for never (default: %(default)s)")
     parser.add_argument("--graceful-timeout", type=positive_float, default=DEFAULT_GRACEFUL_TIMEOUT,
                         metavar="SECONDS", help="at stop, let connections finish this long (default: %(default)s)")
-    parser.add_argument("--backlog", type=positive_int, default=1024, metavar="N",
-                        help="listen backlog (default: %(default)s; the kernel caps it at somaxconn)")
-    parser.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT on the listener")
+    _add_socket_options(parser)
     _add_strategy_options(parser)
     cls.add_arguments(parser)
     parser.set_defaults(func=run_serve, server_cls=cls)
@@ -129,22 +155,39 @@ def configure_logging(level: str) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """``forkthread serve``: bind, print ``listening on ADDRESS``, serve until stopped."""
+    """``forkthread serve``: bind, print ``listening on ADDRESS``, serve until stopped.
+
+    Under systemd socket activation (``LISTEN_FDS``) the passed socket is
+    served instead of binding ``--bind``; with ``--inetd`` the one connection
+    on standard input is served and nothing is printed on standard output.
+    READY=1 goes to ``NOTIFY_SOCKET`` once the server handles signals.
+    """
     configure_logging(args.log_level)
     try:
         address = parse_address(args.bind)
         strategy = create_strategy(args.strategy, strategy_options(args))
+        activated = [] if args.inetd else listen_fds()
     except (AddressError, UnknownStrategyError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    except ActivationError as exc:
+        print(f"{PROG}: socket activation: {exc}", file=sys.stderr)
+        return 1
+    for extra in activated[1:]:
+        logging.getLogger("forkthread").warning("socket activation: serving only the first socket; closing %s", extra)
+        extra.close()
     cls = args.server_cls
     try:
         server = cls(address, strategy, timeout=args.timeout, graceful_timeout=args.graceful_timeout,
-                     backlog=args.backlog, reuse_port=args.reuse_port, **cls.options_from_arguments(args))
+                     backlog=args.backlog, reuse_port=args.reuse_port, keepalive=args.keepalive,
+                     nodelay=args.nodelay, listener=activated[0] if activated else None,
+                     bind=not args.inetd, **cls.options_from_arguments(args))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         print(f"{PROG}: cannot listen on {address}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    if args.inetd:
+        return _serve_inetd(server)
     with server:
         try:
             # Announced only once SIGTERM/SIGINT are handled: a test or supervisor may signal at once.
@@ -152,6 +195,20 @@ def run_serve(args: argparse.Namespace) -> int:
         except ServeError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return exc.exit_status
+    return 0
+
+
+def _serve_inetd(server: Server) -> int:
+    """Serve the connection on standard input with the blocking driver, then exit."""
+    try:
+        sock, peer = inetd_socket(0)
+    except ActivationError as exc:
+        print(f"{PROG}: --inetd: {exc}", file=sys.stderr)
+        return 1
+    try:
+        server.serve_connected(sock, peer)
+    finally:
+        server.server_close()
     return 0
 
 

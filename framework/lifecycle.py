@@ -37,6 +37,9 @@ class Lifecycle:
     def __init__(self, graceful_timeout: float = 30.0) -> None:
         self.graceful_timeout = graceful_timeout
         self.wakeup = Wakeup()
+        #: Written once when a stop begins and never drained: connections in
+        #: threads other than the main one poll it to learn of the stop.
+        self.stop_latch = Wakeup()
         self.signals = SignalDispatcher(self.wakeup)
         self.state = State.RUNNING
         #: time.monotonic() by which in-flight connections must be over; inf while running.
@@ -64,6 +67,7 @@ class Lifecycle:
             if self.state is State.RUNNING:
                 self.state = State.STOPPING
         self.wakeup.wake()
+        self.stop_latch.wake()
 
     def remaining(self) -> float | None:
         """Seconds until the graceful deadline (>= 0), or None while running."""
@@ -101,6 +105,8 @@ class Lifecycle:
         own; their wakeup descriptor is re-pointed at the new pipe.
         """
         old = self.wakeup
+        old_latch, self.stop_latch = self.stop_latch, Wakeup()
+        old_latch.close()
         self.wakeup = Wakeup()
         self.signals.wakeup = self.wakeup
         self.signals.reset_in_child()
@@ -115,6 +121,7 @@ class Lifecycle:
         if threading.current_thread() is threading.main_thread():
             self.signals.restore()
         self.wakeup.close()
+        self.stop_latch.close()
 
 
 class ActiveConnections:
@@ -134,6 +141,11 @@ class ActiveConnections:
         """Register a connection being served."""
         with self._lock:
             self._sockets.add(sock)
+            self.served += 1
+
+    def note_served(self) -> None:
+        """Count one unit of work that had no connection (a datagram answered)."""
+        with self._lock:
             self.served += 1
 
     def discard(self, sock: socket.socket) -> None:

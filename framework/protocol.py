@@ -120,6 +120,15 @@ class Protocol:
         """
         self.transport.close()
 
+    def server_stopping(self) -> None:
+        """Called once when the server begins a graceful stop while this connection is open.
+
+        A protocol between exchanges (an idle keep-alive connection) should
+        close now; one in the middle of an exchange should finish it, then
+        close.  The default does nothing: the connection runs on until it
+        ends by itself or the graceful deadline passes.
+        """
+
     def connection_lost(self, exc: BaseException | None) -> None:
         """Called once when the connection is over.
 

@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar
 
 from framework.accepting import Acceptor
+from framework.activation import sd_notify
 from framework.address import (
     DEFAULT_BACKLOG,
     Address,
@@ -39,6 +40,7 @@ from framework.address import (
     remove_unix_socket,
     socket_file_inode,
 )
+from framework.datagram import DatagramProtocol
 from framework.drivers.blocking import HandlerError, serve_connection
 from framework.lifecycle import ActiveConnections, Lifecycle
 from framework.protocol import Protocol
@@ -83,6 +85,8 @@ class Server:
     #: The protocol class instantiated for each connection by the default
     #: :meth:`protocol_factory`.
     protocol: ClassVar[type[Protocol] | None] = None
+    #: The datagram protocol for ``udp:`` addresses (None: the server speaks streams only).
+    datagram_protocol: ClassVar[type[DatagramProtocol] | None] = None
 
     def __init__(
         self,
@@ -93,6 +97,8 @@ class Server:
         graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
         backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool = False,
+        keepalive: tuple[int, int, int] | None = None,
+        nodelay: bool = False,
         listener: socket.socket | None = None,
         handle_signals: bool = True,
         bind: bool = True,
@@ -103,6 +109,8 @@ class Server:
         self.graceful_timeout = graceful_timeout
         self.backlog = backlog
         self.reuse_port = reuse_port
+        self.keepalive = keepalive
+        self.nodelay = nodelay
         self.handle_signals = handle_signals
         self.listener: socket.socket | None = listener
         self.lifecycle = Lifecycle(graceful_timeout)
@@ -115,7 +123,9 @@ class Server:
         self._stopped.set()
         if listener is not None:
             listener.setblocking(False)
-        elif bind:
+            self.requested_address = local_address(listener)
+        self._check_datagram_support()
+        if listener is None and bind:
             self.server_activate()
 
     # -- construction helpers ------------------------------------------------
@@ -132,6 +142,15 @@ class Server:
                 f" (supported: {', '.join(sorted(allowed))})"
             )
         return strategy
+
+    def _check_datagram_support(self) -> None:
+        """Refuse a datagram address that this server or the strategy cannot serve."""
+        if not self.requested_address.is_datagram:
+            return
+        if self.datagram_protocol is None and type(self).datagram_protocol_factory is Server.datagram_protocol_factory:
+            raise ValueError(f"server {self.name or type(self).__name__!r} does not speak datagrams (UDP)")
+        if not self.strategy.can_serve_datagrams():
+            raise ValueError(f"strategy {self.strategy.name!r} cannot serve datagrams (UDP)")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -189,12 +208,33 @@ class Server:
             raise NotImplementedError(f"{type(self).__name__} must set `protocol` or override protocol_factory()")
         return self.protocol()
 
+    def datagram_protocol_factory(self) -> DatagramProtocol:
+        """Return a fresh datagram protocol for one serving loop (default: ``self.datagram_protocol()``)."""
+        if self.datagram_protocol is None:
+            raise NotImplementedError(f"{type(self).__name__} does not speak datagrams")
+        return self.datagram_protocol()
+
     def verify_request(self, sock: socket.socket, peer: str) -> bool:
         """Return False to close a new connection at once, without serving it."""
         return True
 
     def configure_connection(self, sock: socket.socket) -> None:
-        """Set per-connection socket options on a freshly accepted socket (hook)."""
+        """Set per-connection socket options on a freshly accepted socket (hook).
+
+        Applies ``nodelay`` (TCP_NODELAY) and ``keepalive`` (SO_KEEPALIVE with
+        TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT) to TCP connections; a
+        subclass that overrides this should call it too.
+        """
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        if self.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.keepalive is not None:
+            idle, interval, count = self.keepalive
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
 
     def handle_error(self, exc: BaseException, peer: str) -> None:
         """Log a protocol's fault: the connection is already over, the server lives on."""
@@ -239,8 +279,9 @@ class Server:
         SIGTERM and SIGINT start a graceful stop and SIGUSR1 logs a status
         line; the previous handlers are restored on return.  *ready* is called
         once those handlers are in place (announce readiness there: a signal
-        sent before would find the default action).  On return every child
-        process has been reaped and every thread joined.
+        sent before would find the default action); under systemd
+        (``NOTIFY_SOCKET`` set) READY=1 is sent then too.  On return every
+        child process has been reaped and every thread joined.
         """
         self.server_activate()
         ignore_sigpipe()
@@ -251,8 +292,31 @@ class Server:
             self.lifecycle.install_signals(self.strategy.signal_actions(self))
         if ready is not None:
             ready()
+        sd_notify("READY=1")  # after ready(): whoever hears it may signal at once
         try:
-            self.strategy.serve(self)
+            if self.requested_address.is_datagram:
+                self.strategy.serve_datagrams(self)
+            else:
+                self.strategy.serve(self)
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                self.lifecycle.signals.restore()
+            self._serving_thread = None
+            self._stopped.set()
+
+    def serve_connected(self, sock: socket.socket, peer: str) -> None:
+        """Serve one already connected socket in this thread, then return (inetd mode).
+
+        Signals are handled as in :meth:`serve_forever`: SIGTERM ends the
+        connection within the graceful timeout.
+        """
+        ignore_sigpipe()
+        self._stopped.clear()
+        self._serving_thread = threading.current_thread()
+        if self.handle_signals:
+            self.lifecycle.install_default_signals(self.status)
+        try:
+            self.handle_connection(sock, peer, main_thread=True)
         finally:
             if threading.current_thread() is threading.main_thread():
                 self.lifecycle.signals.restore()

@@ -8,6 +8,8 @@ own through the ``forkthread.servers`` entry-point group.
 SERVERS: dict[str, str] = {
     "daytime": "servers.daytime:DaytimeServer",
     "echo": "servers.echo:EchoServer",
+    "chat": "servers.chat:ChatServer",
+    "message": "servers.message:MessageServer",
     "http": "servers.http.server:HttpServer",
     "nbytes": "servers.nbytes:NBytesServer",
 }

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from framework import Protocol, Server, Transport
+from framework.datagram import DatagramProtocol
 
 
 def daytime_line(utc: bool = False, now: float | None = None) -> bytes:
@@ -31,6 +33,17 @@ class DaytimeProtocol(Protocol):
         transport.close()
 
 
+class DaytimeDatagramProtocol(DatagramProtocol):
+    """RFC 867 over UDP: any datagram, whatever it holds, is answered with the time line."""
+
+    def __init__(self, utc: bool = False) -> None:
+        self.utc = utc
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Answer the sender with the time."""
+        self.transport.sendto(daytime_line(self.utc), addr)
+
+
 class DaytimeServer(Server):
     """RFC 867 daytime server; ``utc=True`` answers in UTC instead of local time."""
 
@@ -45,6 +58,10 @@ class DaytimeServer(Server):
     def protocol_factory(self) -> DaytimeProtocol:
         """A protocol that answers in local time or UTC, as configured."""
         return DaytimeProtocol(self.utc)
+
+    def datagram_protocol_factory(self) -> DaytimeDatagramProtocol:
+        """The UDP flavour (``--bind udp:HOST:PORT``), in local time or UTC as configured."""
+        return DaytimeDatagramProtocol(self.utc)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

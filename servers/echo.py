@@ -1,8 +1,14 @@
-"""Echo (RFC 862): send back every byte received; finish and close when the client half-closes."""
+"""Echo (RFC 862): send back every byte received; finish and close when the client half-closes.
+
+Over UDP (``--bind udp:HOST:PORT``) each datagram goes back to its sender unchanged.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from framework import Protocol, Server
+from framework.datagram import DatagramProtocol
 
 
 class EchoProtocol(Protocol):
@@ -18,6 +24,14 @@ class EchoProtocol(Protocol):
         self.transport.write(data)
 
 
+class EchoDatagramProtocol(DatagramProtocol):
+    """RFC 862 over UDP: send each datagram back to its sender, the same bytes, as one datagram."""
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Echo *data* (an empty datagram gets an empty answer)."""
+        self.transport.sendto(data, addr)
+
+
 class EchoServer(Server):
     """RFC 862 echo server."""
 
@@ -25,3 +39,4 @@ class EchoServer(Server):
     description = "RFC 862: send back everything received"
     default_port = 8007
     protocol = EchoProtocol
+    datagram_protocol = EchoDatagramProtocol

@@ -195,3 +195,26 @@ def test_graceful_deadline_in_the_main_thread_driver(lifecycle):
         assert recv_all(client) == b""
     thread.join(10)
     assert isinstance(result["ended_by"], TimeoutError)
+
+
+class StopAware(Protocol):
+    def __init__(self):
+        self.told = 0
+
+    def server_stopping(self) -> None:
+        self.told += 1
+        self.transport.write(b"bye\n")
+        self.transport.close()
+
+
+@pytest.mark.parametrize("watch_wakeup", [False, True], ids=["worker-thread", "main-thread"])
+def test_graceful_stop_is_told_to_an_idle_protocol(lifecycle, watch_wakeup):
+    protocol = StopAware()
+    client, thread, result = drive(protocol, lifecycle, watch_wakeup=watch_wakeup)
+    with client:
+        client.sendall(b"x")  # the connection is up and idle afterwards
+        lifecycle.request_stop()
+        assert recv_all(client) == b"bye\n"
+    thread.join(10)
+    assert not thread.is_alive()
+    assert protocol.told == 1 and result["ended_by"] is None

@@ -86,6 +86,11 @@ class BlockingConnection(Transport):
         self._poller.register(self._fd, _READ)
         if self._wakeup_fd >= 0:
             self._poller.register(self._wakeup_fd, select.POLLIN)
+        # The stop latch tells a connection in any thread that a graceful stop
+        # began, so the protocol can close an idle connection at once.
+        self._latch_fd = lifecycle.stop_latch.fileno()
+        self._poller.register(self._latch_fd, select.POLLIN)
+        self._stop_pending = False
         self._closing = False
         self._linger = 0.0
         self._eof = False
@@ -192,16 +197,25 @@ class BlockingConnection(Transport):
             # The protocol's deadline counts while waiting for the peer or idling
             # after its EOF, not while the peer is slow to read our output.
             protocol_deadline = None if events & _WRITE else self._protocol_deadline
-            graceful = self._lifecycle.deadline if self._wakeup_fd >= 0 else None
+            graceful = self._lifecycle.deadline  # inf until a stop begins
             deadline = earliest(idle_deadline, protocol_deadline, graceful)
             ready = self._poller.poll(poll_timeout_ms(deadline))
             for fd, revents in ready:
                 if fd == self._wakeup_fd:
                     self._lifecycle.dispatch()
+                elif fd == self._latch_fd:
+                    # Never drained: stop watching it, or every poll would return at once.
+                    self._poller.unregister(fd)
+                    self._latch_fd = -1
+                    self._stop_pending = True
                 elif revents & (events | _FAIL):
                     return
+            if self._stop_pending and not events & _WRITE:
+                # Told between exchanges, not in the middle of sending a response.
+                self._stop_pending = False
+                raise _StopRequested
             now = time.monotonic()
-            if graceful is not None and now >= self._lifecycle.deadline:
+            if now >= self._lifecycle.deadline:
                 self._error = ConnectionTimeout("server stopping: graceful timeout passed")
                 raise _Ended
             if protocol_deadline is not None and now >= protocol_deadline:
@@ -259,6 +273,9 @@ class BlockingConnection(Transport):
                     continue
             except _DeadlineReached:
                 self._call(protocol.deadline_expired)
+                continue
+            except _StopRequested:
+                self._call(protocol.server_stopping)
                 continue
             except _Ended:
                 break
@@ -318,6 +335,10 @@ class BlockingConnection(Transport):
 
 class _DeadlineReached(Exception):
     """Internal: the protocol's own deadline passed while waiting to read."""
+
+
+class _StopRequested(Exception):
+    """Internal: a graceful stop began while waiting to read; the protocol is told."""
 
 
 def serve_connection(

@@ -236,6 +236,12 @@ class EventLoop:
         while self._ended:
             self._ended.popleft()._report()
 
+    def notify_stopping(self) -> None:
+        """Tell every connection's protocol that a graceful stop began."""
+        for connection in list(self.connections):
+            connection.notify_stopping()
+        self.report_ended()
+
     def abort_all(self, exc: BaseException) -> int:
         """End every connection at once with *exc*; return how many there were."""
         connections = list(self.connections)
@@ -584,6 +590,15 @@ class NonBlockingConnection(Transport):
             self._deadline_due = True
             return
         self._fire_deadline()
+
+    def notify_stopping(self) -> None:
+        """Tell the protocol that a graceful stop began (once), unless it is already closing."""
+        if self.is_closing():
+            return
+        try:
+            self.protocol.server_stopping()
+        except Exception as exc:
+            self._fault(exc)
 
     def _fire_deadline(self) -> None:
         self._deadline_due = False

@@ -76,6 +76,24 @@ class Strategy(abc.ABC):
     def serve(self, server: Server) -> None:
         """Serve *server*'s listener until a stop is requested and all work is over."""
 
+    def serve_datagrams(self, server: Server) -> None:
+        """Answer datagrams on *server*'s (datagram) socket until a stop is requested.
+
+        Strategies that make sense for datagrams (iterative, threading,
+        pre-forked) override this with :func:`framework.datagram.serve_datagram_socket`
+        in one thread, several threads or several processes; a connection-based
+        model (fork per connection, an event loop of connections) refuses.
+        """
+        raise NotImplementedError(f"strategy {self.name!r} cannot serve datagrams (UDP)")
+
+    def can_serve_datagrams(self) -> bool:
+        """True when this strategy, as configured, implements :meth:`serve_datagrams`.
+
+        :class:`~framework.server.Server` asks before binding, so that a
+        refusal is a clear error rather than a failure once serving.
+        """
+        return type(self).serve_datagrams is not Strategy.serve_datagrams
+
     def signal_actions(self, server: Server) -> dict[int, Callable[[int], None]]:
         """Signal actions of the strategy's own (a master's HUP, TTIN...), beyond TERM, INT and USR1.
 

@@ -167,6 +167,9 @@ class DispatchingStrategy(Strategy):
     def collect(self, server: Server) -> None:
         """Hook: runs after every wakeup of the loop (the forking strategy reaps here)."""
 
+    def begin_stop(self, server: Server) -> None:
+        """Hook: a graceful stop began; tell workers that cannot see this process's lifecycle."""
+
     def end(self, server: Server) -> None:
         """Hook: runs in the serving thread after the stop phase, even after an error."""
 
@@ -188,6 +191,7 @@ class DispatchingStrategy(Strategy):
                 if loop.wait(accepting=self.has_room(), timeout=self.poll_interval()):
                     self._accept_batch(server)
                 self.collect(server)
+            self.begin_stop(server)
             wind_down(server, loop, self.live, lambda: self.force_stop(server), lambda: self.collect(server),
                       self.poll_interval())
         finally:

@@ -15,8 +15,10 @@ shared copy-on-write) and an exit per connection.
 * **The child** resets what it inherited deliberately (see
   :meth:`ForkingStrategy.run_child`), serves its connection in its own
   main thread, and always leaves through ``os._exit``.
-* **Stopping.**  The parent stops accepting, waits for its children until
-  the graceful deadline, then SIGKILLs the stragglers and reaps every one.
+* **Stopping.**  The parent stops accepting, passes SIGTERM on to its
+  children (each finishes its connection; an idle keep-alive one closes at
+  once), waits for them until the graceful deadline, then SIGKILLs the
+  stragglers and reaps every one.
 """
 
 from __future__ import annotations
@@ -156,6 +158,21 @@ class ForkingStrategy(DispatchingStrategy):
         finally:
             flush_logging()
             os._exit(status)
+
+    def begin_stop(self, server: Server) -> None:
+        """Pass the graceful stop on: SIGTERM to every child.
+
+        A child's lifecycle is its own, so it would not otherwise learn of the
+        stop; with SIGTERM its driver tells the protocol (an idle keep-alive
+        connection closes at once) and enforces the graceful deadline.
+        (A terminal's Ctrl-C reaches the children directly; a second request
+        changes nothing.)
+        """
+        for pid in self._children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # exited meanwhile; reaped on the next wakeup
 
     def force_stop(self, server: Server) -> None:
         """SIGKILL every child still alive (they are reaped by the loop)."""

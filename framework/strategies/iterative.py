@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from framework.datagram import serve_datagram_socket
 from framework.strategies.base import Strategy
 from framework.strategies.dispatching import AcceptLoop
 
@@ -35,3 +36,8 @@ class IterativeStrategy(Strategy):
                 server.handle_connection(*accepted, main_thread=True)
                 continue
             loop.wait(accepting=True)
+
+    def serve_datagrams(self, server: Server) -> None:
+        """Answer datagrams one by one in the serving thread until a stop is requested."""
+        assert server.listener is not None
+        serve_datagram_socket(server, server.listener, wakeup_fd=server.lifecycle.wakeup_fd(), main_thread=True)

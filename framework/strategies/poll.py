@@ -98,11 +98,15 @@ class PollStrategy(Strategy):
 
         loop.add_reader(lifecycle.wakeup_fd(), lifecycle.dispatch)
         listening = False
+        told_stopping = False
         try:
             while True:
                 timeout: float | None = None
                 if lifecycle.stopping:
                     want_listener = False
+                    if not told_stopping:
+                        told_stopping = True
+                        loop.notify_stopping()  # idle keep-alive connections can close now
                 else:
                     backoff = acceptor.backoff_remaining()
                     want_listener = not backoff and (bound is None or len(loop.connections) < bound)

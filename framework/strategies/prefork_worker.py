@@ -160,7 +160,10 @@ def run_worker(server: Server, plan: WorkerPlan) -> NoReturn:
             status = WORKER_BOOT_ERROR
             _exit(status)
         log.debug("worker %d (pid %d) ready", plan.number, os.getpid())
-        plan.inner.serve(server)
+        if server.requested_address.is_datagram:  # the listener may be a lane's own socket by now
+            plan.inner.serve_datagrams(server)
+        else:
+            plan.inner.serve(server)
         if plan.mode.worker_drains:
             drain(server, acceptor)
         status = 0

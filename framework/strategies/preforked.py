@@ -79,6 +79,19 @@ class PreforkedStrategy(Strategy):
         finally:
             self._supervisor = None
 
+    def serve_datagrams(self, server: Server) -> None:
+        """The same master and pool; each worker answers datagrams on the shared socket.
+
+        A worker runs its inner strategy's datagram loop (one loop, or
+        ``--threads`` threads) instead of accepting; the kernel hands each
+        datagram to one worker.
+        """
+        self.serve(server)
+
+    def can_serve_datagrams(self) -> bool:
+        """With the shared socket (``--accept shared`` or ``lock``) and a worker kind that serves datagrams."""
+        return self.accept in ("shared", "lock") and self.inner.can_serve_datagrams()
+
     def _supervisor_for(self, server: Server) -> Supervisor:
         from framework.strategies.supervisor import Supervisor
 

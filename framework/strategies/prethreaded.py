@@ -35,6 +35,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from framework.accepting import Acceptor
+from framework.datagram import serve_datagrams_in_threads
 from framework.strategies.base import Strategy, StrategyOptions
 from framework.strategies.dispatching import FORCE_GRACE, AcceptLoop, DispatchingStrategy, LiveThreads, wind_down
 
@@ -80,6 +81,10 @@ class PrethreadedStrategy(DispatchingStrategy):
     def counts(self, server: Server) -> tuple[int, int]:
         """``(connections served, connections active)``."""
         return Strategy.counts(self, server)
+
+    def serve_datagrams(self, server: Server) -> None:
+        """The pool's threads all wait on the one datagram socket (no accept, so no accept mode)."""
+        serve_datagrams_in_threads(server, self.threads)
 
     def serve(self, server: Server) -> None:
         """Serve with the pool, in the chosen accept mode."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
+from framework.datagram import DATAGRAM_THREADS, serve_datagrams_in_threads
 from framework.strategies.base import StrategyOptions
 from framework.strategies.dispatching import FORCE_GRACE, DispatchingStrategy, LiveThreads
 
@@ -56,6 +57,13 @@ class ThreadingStrategy(DispatchingStrategy):
                 server.lifecycle.wakeup.wake()
 
         self._threads = LiveThreads("connection", on_exit)
+
+    def serve_datagrams(self, server: Server) -> None:
+        """UDP has no connections to give threads to: a fixed set of threads shares the socket.
+
+        As many as ``--max-connections`` (default :data:`~framework.datagram.DATAGRAM_THREADS`).
+        """
+        serve_datagrams_in_threads(server, self.max_connections or DATAGRAM_THREADS)
 
     def live(self) -> int:
         """Threads serving a connection now."""

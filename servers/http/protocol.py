@@ -90,6 +90,15 @@ class HttpProtocol(Protocol):
         """The client is done sending: finish what is queued and close."""
         return None
 
+    def server_stopping(self) -> None:
+        """A graceful stop began: an idle keep-alive connection closes now.
+
+        A request in progress is answered first; its response says
+        ``Connection: close`` (see *stopping*) and ends the connection.
+        """
+        if not self.parser.buffered and not self.to_discard:
+            self.transport.close()
+
     def deadline_expired(self) -> None:
         """A request head took longer than the header timeout: 408, then close."""
         if not self.timing or self.transport.is_closing():

@@ -1,0 +1,230 @@
+"""Outboxes: bounded queues of outgoing bytes that *other* connections may fill.
+
+A protocol normally writes only to its own transport, from its own
+callbacks.  A server whose connections talk to each other (a chat room)
+writes to *other* connections' transports, and must never be held up by the
+slowest of them.  :func:`open_outbox` gives each connection an
+:class:`Outbox` whose :meth:`~Outbox.put` never waits for a peer: it returns
+False when the connection has more than *limit* bytes waiting (under
+threads, after a short bounded wait for our own sender thread: see
+:class:`ThreadedOutbox`), and the caller drops that connection with
+:meth:`~Outbox.drop`.
+
+How the bytes leave depends on the driver, and the outbox hides it:
+
+* **non-blocking driver** (the poll strategy, one thread):
+  :class:`BufferedOutbox` writes straight into the transport, which queues
+  what the socket does not take; the transport's ``write_buffer_size`` is
+  the bound that is checked.
+* **blocking driver** (the threading strategy): the transport's ``write``
+  blocks, and it belongs to the connection's own thread, which sits in
+  ``poll`` waiting for its peer's input.  :class:`ThreadedOutbox` keeps a
+  bounded queue and runs one sender thread per connection that drains it
+  through its own duplicate of the socket (its own descriptor and poll, so
+  nothing is shared with the connection's thread but the kernel socket).
+  A slow peer blocks only its own sender thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import threading
+from typing import Any
+
+from framework.protocol import Transport
+from framework.signals import is_peer_gone
+
+log = logging.getLogger("forkthread")
+
+#: How long a sender thread waits for a peer to take bytes before it counts as stuck.
+DEFAULT_SEND_TIMEOUT = 30.0
+#: How long a put into a full threaded outbox waits for the receiver's send to finish.
+DEFAULT_PACE = 0.2
+
+
+class Outbox:
+    """A non-blocking, bounded way to send bytes to one connection from anywhere."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def put(self, data: bytes) -> bool:
+        """Queue *data*; return False (queuing nothing) when the peer is over the limit.
+
+        Bytes for a connection that is already ending are discarded and
+        count as delivered: its end is reported by ``connection_lost``, not
+        as an overflow.
+        """
+        raise NotImplementedError
+
+    def drop(self, notice: bytes = b"") -> None:
+        """End the connection now: discard what is queued, try *notice* once if it fits, shut down."""
+        raise NotImplementedError
+
+    def close(self, flush: bool = False) -> None:
+        """Release the outbox when the connection is over (from ``connection_lost``).
+
+        *flush* asks for what is still queued to be sent first (an orderly end).
+        """
+
+
+class BufferedOutbox(Outbox):
+    """For a transport that queues writes itself (non-blocking driver); single-threaded use."""
+
+    def __init__(self, transport: Transport, limit: int) -> None:
+        super().__init__(limit)
+        self.transport = transport
+
+    def buffered(self) -> int:
+        """Bytes the transport holds for the peer (0 when the transport does not say)."""
+        size = self.transport.get_extra_info("write_buffer_size")
+        return int(size) if size is not None else 0
+
+    def put(self, data: bytes) -> bool:
+        """Write *data* unless the transport already holds more than the limit."""
+        if self.transport.is_closing():
+            return True
+        if self.buffered() + len(data) > self.limit:
+            return False
+        self.transport.write(data)
+        return True
+
+    def drop(self, notice: bytes = b"") -> None:
+        """Abort the connection; the peer's queue is full, so *notice* could not reach it anyway."""
+        self.transport.abort()
+
+
+class ThreadedOutbox(Outbox):
+    """A bounded queue drained by a sender thread of its own, through a duplicate of the socket.
+
+    The duplicate shares the connection (and its non-blocking flag) but has
+    its own descriptor, so the sender never touches the connection thread's
+    poll object and its descriptor cannot be closed or reused under it.
+
+    **Pacing.**  Threads do not take turns the way an event loop does: a
+    talker's thread holding the GIL can queue the bound's worth of lines
+    before a receiver's sender thread is even scheduled, and a reader that
+    keeps up would be dropped for our own scheduling.  So a :meth:`put` that
+    finds the queue full waits up to *pace* seconds for the sender thread to
+    bring it down to half the bound (the sender takes everything queued at
+    once, so that is one finished send).  A receiver that reads gets the
+    talker paced to its speed; one that does not read costs a talker one
+    wait of *pace* seconds, then ``put`` returns False and it is dropped.
+    At most the bound is queued plus the bound's worth in the send in progress.
+    """
+
+    def __init__(self, sock: socket.socket, peer: str, limit: int,
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT, pace: float = DEFAULT_PACE) -> None:
+        super().__init__(limit)
+        self.peer = peer
+        self.pace = pace
+        self._sock = sock.dup()
+        # A timeout keeps the (shared) descriptor non-blocking: settimeout(None) would make
+        # the connection's own thread block in recv.
+        self._sock.settimeout(send_timeout)
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._sending = False
+        self._state = "open"  # "open", "flushing" (closing after the queue), "dropped" or "closed"
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=f"outbox {peer}")
+        self._thread.start()
+
+    def put(self, data: bytes) -> bool:
+        """Queue *data* for the sender thread; False when the queue stays full for *pace* seconds."""
+        with self._ready:
+            if self._state == "open" and self._queued + len(data) > self.limit:
+                self._ready.wait_for(lambda: self._state != "open" or self._queued <= self.limit // 2, self.pace)
+            if self._state != "open":
+                return True
+            if self._queued + len(data) > self.limit:
+                return False
+            self._queue.append(data)
+            self._queued += len(data)
+            self._ready.notify_all()
+        return True
+
+    def drop(self, notice: bytes = b"") -> None:
+        """Discard the queue and shut the connection down; *notice* goes out if the socket takes it now.
+
+        Shutting down wakes both the sender thread (its send fails) and the
+        connection's own thread (it reads end-of-file), which then ends the
+        connection as usual.
+        """
+        with self._ready:
+            if self._state != "open":
+                return
+            self._state = "dropped"
+            self._queue.clear()
+            self._queued = 0
+            if notice and not self._sending:  # never interleave with a line half sent
+                try:
+                    self._sock.send(notice, socket.MSG_DONTWAIT)
+                except OSError:
+                    pass
+            self._ready.notify_all()
+        self._shutdown()
+
+    def close(self, flush: bool = False) -> None:
+        """Stop the sender thread, join it, close the duplicate.
+
+        With *flush* (an orderly end: the peer half-closed and still reads)
+        what is queued is sent first, within the send timeout; otherwise it
+        is abandoned.
+        """
+        with self._ready:
+            if flush and self._state == "open":
+                self._state = "flushing"
+            else:
+                self._state = "closed"
+                self._queue.clear()
+            self._ready.notify_all()
+        if not flush:
+            self._shutdown()
+        self._thread.join()
+        self._shutdown()
+        self._sock.close()
+
+    def _shutdown(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while self._state == "open" and not self._queue:
+                    self._ready.wait()
+                if self._state not in ("open", "flushing") or not self._queue:
+                    return
+                # Take everything queued: one sendall per wake-up, not one per line, so the
+                # sender keeps pace with producers that queue many small pieces at once.
+                data = b"".join(self._queue)
+                self._queue.clear()
+                self._queued = 0
+                self._sending = True
+                self._ready.notify_all()  # talkers waiting for room (see put)
+            try:
+                self._sock.sendall(data)
+            except TimeoutError:
+                log.info("%s: did not read for %g s; dropping it", self.peer, self._sock.gettimeout() or 0)
+                self.drop()
+            except OSError as exc:
+                if not is_peer_gone(exc):
+                    log.debug("%s: sender: %s", self.peer, exc)
+                return
+            finally:
+                with self._ready:
+                    self._sending = False
+
+
+def open_outbox(transport: Transport, limit: int, send_timeout: float = DEFAULT_SEND_TIMEOUT) -> Outbox:
+    """The right :class:`Outbox` for *transport*: buffered for the non-blocking driver, threaded otherwise."""
+    extra: Any = transport.get_extra_info("write_buffer_size")
+    sock = transport.get_extra_info("socket")
+    if extra is not None or not isinstance(sock, socket.socket):
+        return BufferedOutbox(transport, limit)
+    return ThreadedOutbox(sock, transport.peer, limit, send_timeout)
