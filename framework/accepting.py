@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import time
@@ -16,6 +17,14 @@ BACKOFF_START = 0.01
 BACKOFF_MAX = 1.0
 #: A capacity condition is logged when it starts and then at most this often.
 CAPACITY_LOG_INTERVAL = 10.0
+
+
+def stop_listening(listener: socket.socket) -> None:
+    """Make the kernel refuse new connections to *listener*; see :meth:`Acceptor.stop`."""
+    try:
+        listener.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass  # not listening or already closed: nothing to refuse
 
 
 class Acceptor:
@@ -34,13 +43,21 @@ class Acceptor:
         self._resume_at = 0.0
         self._suppressed = 0
         self._last_logged = -CAPACITY_LOG_INTERVAL
+        #: True once the listener stopped listening (:meth:`stop`, here or in another process).
+        self.stopped = False
 
     def fileno(self) -> int:
         """The descriptor to poll for readability before calling :meth:`accept`."""
         return self.listener.fileno()
 
     def backoff_remaining(self) -> float:
-        """Seconds before accepting is worth trying again (0.0: now)."""
+        """Seconds before accepting is worth trying again (0.0: now).
+
+        Once the listener is stopped this never reaches 0: a shut-down listener
+        polls as always ready (POLLHUP), so a loop must not watch it any more.
+        """
+        if self.stopped:
+            return BACKOFF_MAX
         if not self._resume_at:
             return 0.0
         remaining = self._resume_at - time.monotonic()
@@ -55,9 +72,15 @@ class Acceptor:
         The new socket is close-on-exec and non-blocking.  A fatal error (the
         listener itself is broken) is raised.
         """
+        if self.stopped:
+            return None
         try:
             fd, addr = self.listener._accept()  # type: ignore[attr-defined]
         except OSError as exc:
+            if exc.errno == errno.EINVAL and not self._listening():
+                # Another process sharing the listener (a pre-forked master) stopped it.
+                self.stopped = True
+                return None
             kind = classify_accept_error(exc)
             if kind is AcceptErrorKind.RETRY:
                 return None
@@ -71,6 +94,25 @@ class Acceptor:
         if self._backoff:
             self._recovered()
         return conn, format_peer(self._family, addr)
+
+    def stop(self) -> None:
+        """Stop listening, so that the kernel refuses new connections from now on.
+
+        ``shutdown(SHUT_RD)`` on a listening TCP socket resets the connections
+        still in its backlog (nobody accepted them) and answers new ones with
+        a reset (``ECONNREFUSED``); a Unix listener refuses new connects too.
+        The descriptor stays valid, so this is safe while another thread polls
+        or accepts on it, and the address stays reported until the socket is
+        closed.  Connections already accepted are not touched.
+        """
+        self.stopped = True
+        stop_listening(self.listener)
+
+    def _listening(self) -> bool:
+        try:
+            return bool(self.listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+        except OSError:
+            return False
 
     def _back_off(self, exc: OSError) -> None:
         self._backoff = min(BACKOFF_MAX, self._backoff * 2 if self._backoff else BACKOFF_START)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -261,11 +262,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    args = parser.parse_args(argv)
     try:
-        status: int = args.func(args)
-    except UsageError as exc:
-        parser.exit(2, f"{PROG}: error: {exc}\n")
-    except KeyboardInterrupt:
-        return 130
-    return status
+        try:
+            args = parser.parse_args(argv)
+            try:
+                status: int = args.func(args)
+            except UsageError as exc:
+                parser.exit(2, f"{PROG}: error: {exc}\n")
+            except KeyboardInterrupt:
+                return 130
+            return status
+        finally:
+            # Buffered output is written here, where a vanished reader can still be
+            # handled, not in the interpreter's final flush ("Exception ignored").
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Whoever read our standard output has gone (``forkthread list | head -1``):
+        # nothing more to say, and no traceback.  Point stdout at /dev/null so
+        # the interpreter's final flush does not fail again (Python's signal docs' recipe).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1

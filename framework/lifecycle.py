@@ -45,6 +45,7 @@ class Lifecycle:
         #: time.monotonic() by which in-flight connections must be over; inf while running.
         self.deadline = math.inf
         self._lock = threading.Lock()
+        self._on_stopping: list[Callable[[], None]] = []
 
     @property
     def stopping(self) -> bool:
@@ -64,10 +65,23 @@ class Lifecycle:
         with self._lock:
             deadline = time.monotonic() + (self.graceful_timeout if graceful else 0.0)
             self.deadline = min(self.deadline, deadline)
-            if self.state is State.RUNNING:
+            starting = self.state is State.RUNNING
+            if starting:
                 self.state = State.STOPPING
+        if starting:
+            for callback in self._on_stopping:
+                callback()
         self.wakeup.wake()
         self.stop_latch.wake()
+
+    def call_when_stopping(self, callback: Callable[[], None]) -> None:
+        """Run *callback* once, in :meth:`request_stop`, when stopping starts.
+
+        It runs in whatever thread asked for the stop (or in the loop, for a
+        signal), so it must be quick and thread-safe: stopping the listener is
+        the use it was made for.  A forked child forgets these callbacks.
+        """
+        self._on_stopping.append(callback)
 
     def remaining(self) -> float | None:
         """Seconds until the graceful deadline (>= 0), or None while running."""
@@ -111,6 +125,7 @@ class Lifecycle:
         self.signals.wakeup = self.wakeup
         self.signals.reset_in_child()
         self._lock = threading.Lock()
+        self._on_stopping = []  # the parent's resources are not the child's to stop
         if self.signals.installed:
             signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
         old.close()

@@ -121,6 +121,8 @@ class Server:
         self._serving_thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._stopped.set()
+        # New connections are refused as soon as a stop starts, not when the last one ends.
+        self.lifecycle.call_when_stopping(self._stop_listening)
         if listener is not None:
             listener.setblocking(False)
             self.requested_address = local_address(listener)
@@ -194,6 +196,10 @@ class Server:
                 raise RuntimeError("the server is not bound yet")
             self._acceptor = Acceptor(self.listener)
         return self._acceptor
+
+    def _stop_listening(self) -> None:
+        if self.listener is not None:
+            self.acceptor.stop()
 
     def use_acceptor(self, acceptor: Acceptor) -> None:
         """Take connections from *acceptor* instead of the listener (a pre-forked worker's accept mode)."""

@@ -314,6 +314,20 @@ def process_tree(pid: int) -> set[int]:
     return tree
 
 
+def tree_fd_count(pid: int) -> int:
+    """Descriptors open in *pid* and all its descendants together (workers, per-connection children)."""
+    total = 0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            total += fd_count(member)
+    return total
+
+
+def tree_zombies(pid: int) -> set[int]:
+    """Zombies anywhere in *pid*'s process tree (exited, not reaped by their parent)."""
+    return {member for member in process_tree(pid) if process_state(member) == "Z"}
+
+
 def settled(measure, interval: float = 0.1, timeout: float = 3.0) -> int:  # type: ignore[no-untyped-def]
     """``measure()`` once it reads the same twice *interval* apart (or when *timeout* passes)."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ import pytest
 from framework.registry import server_targets
 from tests.support import ROOT, descendants, proc_children, process_state, reap_adopted
 
-TEMPLATE = ROOT / "deploy" / "nginx" / "forkthread-upstream.conf"
+TEMPLATE = ROOT / "docs" / "deploy" / "nginx" / "forkthread-upstream.conf"
 
 pytestmark = [
     pytest.mark.needs_tool("nginx"),

@@ -24,6 +24,7 @@ from tests.support import (
     reap_adopted,
     recv_all,
     serving_in_thread,
+    task_children,
     wait_for,
 )
 
@@ -61,8 +62,9 @@ def test_killed_worker_is_replaced_within_a_second(serve):
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
-    # Forking the replacement is the supervisor's job: bounded at 1 s.
-    assert wait_for(lambda: proc_children(server.pid) - before, timeout=1.0, interval=0.005), server.log()
+    # Forking the replacement is the supervisor's job: bounded at 1 s.  (task_children, not
+    # proc_children: a scan of all /proc takes tens of milliseconds on a busy machine, and counts here.)
+    assert wait_for(lambda: task_children(server.pid) - before, timeout=1.0, interval=0.005), server.log()
     assert time.monotonic() - killed_at < 1.0
     after = wait_workers(server, 2)
     assert victim not in after and len(after - before) == 1
@@ -216,9 +218,13 @@ def test_repeated_crashes_are_respawned_with_back_off(serve):
 def test_max_requests_with_jitter_recycles_workers(serve):
     server = start_pool(serve, "--max-requests", "3", "--max-requests-jitter", "2", workers=1)
     first = live_workers(server)
-    for _ in range(16):
+    # A retiring worker keeps serving until its successor is ready (no gap in service), so how
+    # many connections one worker ends up serving depends on timing: connect until the master
+    # has recycled twice, bounded in count.
+    for _ in range(200):
         assert echo_ok(server)
-    # The master logs each recycling as it reaps the worker: asynchronously to our last reply.
+        if server.log().count("reached max-requests") >= 2:
+            break
     assert wait_for(lambda: server.log().count("reached max-requests") >= 2, timeout=10), server.log()
     assert wait_for(lambda: len(live_workers(server)) == 1 and live_workers(server) != first, timeout=10)
 

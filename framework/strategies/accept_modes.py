@@ -45,8 +45,8 @@ import threading
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, ClassVar
 
-from framework.accepting import Acceptor
-from framework.address import Address, resolve
+from framework.accepting import Acceptor, stop_listening
+from framework.address import Address, bind_socket
 
 if TYPE_CHECKING:
     from framework.server import Server
@@ -154,21 +154,8 @@ class LockAccept(AcceptMode):
 
 
 def reuseport_listener(address: Address, backlog: int) -> socket.socket:
-    """A non-blocking TCP listener with SO_REUSEPORT on *address* (joining its reuseport group)."""
-    address = resolve(address)
-    sock = socket.socket(address.family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if address.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address.sockaddr())
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    """A non-blocking listener with SO_REUSEPORT on *address* (joining its reuseport group)."""
+    return bind_socket(address, backlog=backlog, reuse_port=True)
 
 
 class ReusePortAccept(AcceptMode):
@@ -190,6 +177,12 @@ class ReusePortAccept(AcceptMode):
         # the flag is checked when the next socket binds.
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self._lanes[0] = listener
+        # Every lane's listener takes new connections until it stops listening, not only lane 0.
+        server.lifecycle.call_when_stopping(self._stop_lanes)
+
+    def _stop_lanes(self) -> None:
+        for listener in self._lanes.values():
+            stop_listening(listener)
 
     def before_spawn(self, server: Server, lane: int) -> None:
         """Create the lane's listener the first time the lane gets a worker."""

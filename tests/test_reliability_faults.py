@@ -1,0 +1,120 @@
+"""Handler faults: a protocol that raises ends its own connection, is logged once, and nothing else changes."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+import pytest
+
+from tests.reliability_support import count_lines, echo_roundtrip, report, settle, usage, workers_ready
+from tests.support import ROOT, recv_all, wait_for
+
+FAULTY = [sys.executable, str(ROOT / "tests" / "faulty_server.py")]
+
+#: magic word -> the exception the log must show once per fault.
+FAULTS = {
+    b"raise-in-data": "ValueError: fault injected in data_received",
+    b"raise-in-eof": "RuntimeError: fault injected in eof_received",
+    b"raise-in-lost": "LookupError: fault injected in connection_lost",
+}
+
+
+def provoke(server, word: bytes) -> None:
+    """Send *word* and half-close; the connection must end (quietly or with a reset), never hang."""
+    with server.connect(timeout=10) as sock:
+        try:
+            sock.sendall(b"hello " + word)
+            sock.shutdown(socket.SHUT_WR)
+            answer = recv_all(sock)
+        except ConnectionResetError:
+            return  # ended by the fault, at once: fine
+    # Whatever came back is a prefix of the echo: the fault never corrupts bytes.
+    assert (b"hello " + word).startswith(answer), answer
+
+
+def faults_survived(serve, strategy: str, rounds: int) -> None:
+    server = serve("faulty", "--workers", "2", strategy=strategy, program=FAULTY)
+    workers_ready(server)
+    assert echo_roundtrip(server, b"warm") == b"warm"
+    time.sleep(0.2)
+    workers_before = server.tree() if strategy == "preforked" else set()
+    baseline = usage(server.pid)
+    for _ in range(rounds):
+        for word in FAULTS:
+            provoke(server, word)
+            assert echo_roundtrip(server, b"still serving") == b"still serving"
+    after = settle(server.pid, baseline, pss_slack_kib=8192)
+    # The connection closes before the fault is logged: give the last report a moment to arrive.
+    wait_for(lambda: count_lines(server.log(), r"^Traceback") >= rounds * len(FAULTS), timeout=5)
+    log = server.log()
+    for word, line in FAULTS.items():
+        assert count_lines(log, line) == rounds, f"{word!r}: expected {rounds} reports of {line!r}\n{log}"
+    assert count_lines(log, r"^Traceback \(most recent call last\)") == rounds * len(FAULTS), log
+    assert server.proc.poll() is None
+    if strategy == "preforked":
+        assert server.tree() == workers_before, "a protocol fault cost a worker process"
+    assert after.fds <= baseline.fds and after.threads <= baseline.threads, (baseline, after)
+    report("faults", strategy=strategy, faults=rounds * len(FAULTS), tracebacks=rounds * len(FAULTS),
+           server_restarts=0, leaked_fds=after.fds - baseline.fds)
+
+
+def test_protocol_faults_end_one_connection_logged_once(serve, strategy):
+    faults_survived(serve, strategy, rounds=3)
+
+
+@pytest.mark.slow
+def test_many_protocol_faults(serve, strategy):
+    faults_survived(serve, strategy, rounds=100)
+
+
+def test_fault_does_not_disturb_concurrent_connection(serve, strategy):
+    if strategy == "iterative":
+        pytest.skip("iterative serves one connection at a time")
+    server = serve("faulty", "--workers", "2", strategy=strategy, program=FAULTY)
+    workers_ready(server)
+    with server.connect(timeout=10) as bystander:
+        bystander.sendall(b"first;")
+        assert recv_all(bystander, limit=6) == b"first;"
+        for word in FAULTS:
+            provoke(server, word)
+        bystander.sendall(b"second")
+        bystander.shutdown(socket.SHUT_WR)
+        assert recv_all(bystander) == b"second"
+
+
+def crash_connection(server) -> None:
+    """Send the word that makes the serving process exit; the connection must end, not hang."""
+    with server.connect(timeout=15) as sock:
+        sock.settimeout(15)
+        try:
+            sock.sendall(b"exit-process")
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_all(sock) == b""
+        except ConnectionResetError:
+            pass
+
+
+@pytest.mark.only_strategies("forking", "preforked")
+def test_process_crash_costs_one_connection(serve, strategy):
+    # Where a connection has a process of its own (forking) or a worker (preforked), the
+    # process may die outright; the server reaps it, replaces it if it is a worker, and serves on.
+    if strategy not in ("forking", "preforked"):
+        pytest.skip("the connection is served in the server's own process")
+    server = serve("faulty", "--workers", "2", strategy=strategy, program=FAULTY)
+    crashes = 8
+    started = time.monotonic()
+    for _ in range(crashes):
+        crash_connection(server)
+    assert echo_roundtrip(server, b"serving again", timeout=30) == b"serving again"
+    assert server.proc.poll() is None
+    if strategy == "preforked":
+        wait_for(lambda: count_lines(server.log(), r"died unexpectedly") >= crashes, timeout=10)
+        log = server.log()
+        assert count_lines(log, r"died unexpectedly") == crashes, log
+        # A burst of crashes slows respawning down instead of forking in a tight loop.
+        assert count_lines(log, r"worker crashes in .*next respawn in") >= 1, log
+        assert wait_for(lambda: len(server.tree()) == 2, timeout=15), "the pool was not refilled"
+    report("process-crash", strategy=strategy, crashes=crashes, seconds=f"{time.monotonic() - started:.1f}",
+           server_alive=1)

@@ -1,0 +1,236 @@
+"""Signals under load: storms lose nothing, SIGTERM always stops promptly, a stop under load is graceful."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.reliability_support import Bounded, echo_roundtrip, open_clients, report, run_threads
+from tests.support import ServerProcess, echo_exchange, process_state, recv_all, wait_for
+
+
+def signal_storm(server: ServerProcess, signums: list[int], stop: threading.Event, bound: Bounded,
+                 pause: float = 0.001) -> dict[int, int]:
+    """Send *signums* round-robin to the server and its descendants until *stop* or *bound*; count them."""
+    sent = dict.fromkeys(signums, 0)
+    tree: set[int] = set()
+    looked = 0.0
+    while not stop.is_set() and bound.more():
+        if time.monotonic() - looked > 0.25:  # reading /proc is slow: refresh the tree now and then
+            tree, looked = server.tree(), time.monotonic()
+        signum = signums[bound.done % len(signums)]
+        # Workers and per-connection children get USR1 and CHLD too; HUP is the master's.
+        targets = {server.pid} | (tree if signum in (signal.SIGCHLD, signal.SIGUSR1) else set())
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        sent[signum] += 1
+        time.sleep(pause)
+    return sent
+
+
+def storm_during_transfers(serve, strategy: str, clients: int, size: int, storm_count: int,
+                           rounds: int = 200) -> None:
+    server = serve("echo", "--workers", "2", "--log-level", "warning", strategy=strategy)
+    signums = [signal.SIGUSR1, signal.SIGCHLD]
+    if strategy == "preforked":
+        signums = signums * 5 + [signal.SIGHUP]  # reload: every worker replaced, in-flight ones finish
+    payloads = [os.urandom(size) for _ in range(clients)]
+    stop = threading.Event()
+    counts: dict[int, int] = {}
+    storm = threading.Thread(target=lambda: counts.update(
+        signal_storm(server, signums, stop, Bounded(storm_count, 30), pause=0.002)))
+    transfers = []
+
+    def client(index: int) -> None:
+        # Transfer again and again for as long as the storm lasts (bounded in count too).
+        bound = Bounded(rounds, 60)
+        while bound.more() and (storm.is_alive() or bound.done <= 2):
+            with server.connect(timeout=60) as sock:
+                assert echo_exchange(sock, payloads[index], chunk=4096) == payloads[index]
+            transfers.append(index)
+
+    storm.start()
+    try:
+        errors = run_threads(client, clients, timeout=90)
+    finally:
+        stop.set()
+        storm.join(30)
+    assert not errors, errors[:3]
+    assert server.proc.poll() is None, server.log()
+    assert echo_roundtrip(server, b"after the storm") == b"after the storm"
+    assert "Traceback" not in server.log(), server.log()
+    report("signal-storm", strategy=strategy, transfers=len(transfers), bytes=len(transfers) * size, lost_bytes=0,
+           **{signal.Signals(signum).name: sent for signum, sent in counts.items()})
+
+
+def test_signal_storm_during_transfers(serve, strategy):
+    storm_during_transfers(serve, strategy, clients=4, size=256 * 1024, storm_count=400)
+
+
+@pytest.mark.slow
+def test_signal_storm_during_transfers_long(serve, strategy):
+    storm_during_transfers(serve, strategy, clients=8, size=128 * 1024, storm_count=3000, rounds=2000)
+
+
+# -- SIGTERM right after start: the wakeup descriptor closes the check-then-block race -------------
+
+
+def sigterm_right_after_start(serve, strategy: str, delays: list[float]) -> None:
+    for delay in delays:
+        server = serve("echo", "--workers", "2", strategy=strategy)
+        time.sleep(delay)
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        try:
+            status = server.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"no exit 10 s after SIGTERM sent {delay * 1000:.1f} ms after start:\n{server.log()}")
+        assert status == 0, f"exit status {status} for SIGTERM {delay * 1000:.1f} ms after start\n{server.log()}"
+        assert time.monotonic() - started < 5
+    report("sigterm-race", strategy=strategy, starts=len(delays), prompt_exits=len(delays))
+
+
+def test_sigterm_right_after_start_always_exits_promptly(serve, strategy):
+    sigterm_right_after_start(serve, strategy, [0, 0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05])
+
+
+@pytest.mark.slow
+def test_sigterm_right_after_start_many_timings(serve, strategy):
+    sigterm_right_after_start(serve, strategy, [i * 0.001 for i in range(25)])
+
+
+# -- graceful stop under load -------------------------------------------------------------------
+
+
+def graceful_under_load(serve, strategy: str, clients: int, *options: str) -> None:
+    graceful = 10.0
+    server = serve("echo", "--workers", "2", "--graceful-timeout", str(graceful), "--timeout", "30", *options,
+                   strategy=strategy)
+    socks = []
+    try:
+        open_clients(server, clients, b"first half %d;", into=socks)
+        # Which requests has the server accepted (started to answer)?  Under iterative or a
+        # small pool the rest wait in the backlog, unaccepted.
+        time.sleep(0.5)
+        accepted = []
+        for index, sock in enumerate(socks):
+            sock.setblocking(False)
+            try:
+                head = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            assert head == b"first half %d;" % index
+            accepted.append(index)
+        assert accepted, "no client was being served"
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        # New connections are refused once stopping has started.
+        assert wait_for(lambda: refused(server), timeout=5), "a new connection was still taken after SIGTERM"
+        # Every accepted request completes, byte-exact.
+        for index in accepted:
+            sock = socks[index]
+            sock.setblocking(True)
+            sock.settimeout(graceful)
+            sock.sendall(b"second half %d" % index)
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_all(sock) == b"second half %d" % index, f"accepted request {index} cut short"
+        # The unaccepted ones end cleanly: served in full or refused/reset, never cut short.
+        for index, sock in enumerate(socks):
+            if index in accepted:
+                continue
+            sock.setblocking(True)
+            sock.settimeout(graceful)
+            try:
+                sock.sendall(b"second half")
+                sock.shutdown(socket.SHUT_WR)
+                answer = recv_all(sock)
+            except OSError:
+                continue
+            assert answer in (b"", b"first half %d;second half" % index), answer
+        status = server.proc.wait(graceful + 5)
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in socks:
+            sock.close()
+    assert status == 0, server.log()
+    assert elapsed < graceful + 5
+    assert "Traceback" not in server.log()
+    report("graceful", strategy=" ".join([strategy, *options]), clients=clients, accepted=len(accepted),
+           completed=len(accepted), exit_seconds=f"{elapsed:.2f}", lost_bytes=0)
+
+
+def refused(server: ServerProcess) -> bool:
+    try:
+        with server.connect(timeout=2) as sock:
+            sock.settimeout(0.5)
+            sock.recv(1)  # a backlog that is reset later reads as ConnectionResetError
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+    except (TimeoutError, OSError):
+        return False
+    return False
+
+
+def test_sigterm_with_100_active_clients(serve, strategy):
+    graceful_under_load(serve, strategy, clients=100)
+
+
+@pytest.mark.only_strategies("preforked")
+@pytest.mark.parametrize("accept", ["lock", "reuseport", "passfd"])
+def test_sigterm_with_100_active_clients_preforked_accept_modes(serve, strategy, accept):
+    if strategy != "preforked":
+        pytest.skip("accept modes are the pre-forked pool's")
+    graceful_under_load(serve, strategy, 100, "--accept", accept)
+
+
+@pytest.mark.only_strategies("preforked")
+def test_preforked_master_signals_right_after_start(serve, strategy):
+    # HUP, TTIN and TTOU sent the moment the server says it listens must reach the master's
+    # actions (reload, one worker more, one fewer), not their defaults (end or stop the process).
+    if strategy != "preforked":
+        pytest.skip("only the pre-forked master handles HUP, TTIN and TTOU")
+    for signum, burst in ((signal.SIGHUP, 200), (signal.SIGTTIN, 1), (signal.SIGTTOU, 1)):
+        server = serve("echo", "--workers", "2", strategy=strategy)
+        for _ in range(burst):  # a burst covers the moments between the announcement and the master's loop
+            server.send_signal(signum)
+            time.sleep(0.001)
+        time.sleep(0.3)
+        assert server.proc.poll() is None, f"{signal.Signals(signum).name} ended the master\n{server.log()}"
+        assert process_state(server.pid) != "T", f"{signal.Signals(signum).name} stopped the master"
+        assert echo_roundtrip(server, b"alive") == b"alive"
+
+
+def test_stalled_clients_cannot_hold_a_stop_beyond_the_graceful_timeout(serve, strategy):
+    # Clients that never finish their request: the stop waits --graceful-timeout for them, no longer.
+    graceful = 2.0
+    server = serve("echo", "--workers", "2", "--graceful-timeout", str(graceful), "--timeout", "60",
+                   strategy=strategy)
+    socks = []
+    try:
+        open_clients(server, 10, b"never finished %d", into=socks)
+        time.sleep(0.3)
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        status = server.proc.wait(graceful + 10)
+        elapsed = time.monotonic() - started
+        for sock in socks:  # every connection was ended: end-of-file or a reset, never a hang
+            sock.settimeout(5)
+            try:
+                recv_all(sock)
+            except ConnectionResetError:
+                pass
+    finally:
+        for sock in socks:
+            sock.close()
+    assert status == 0, server.log()
+    assert elapsed < graceful + 5, f"stop took {elapsed:.1f} s with --graceful-timeout {graceful}"
+    report("graceful-deadline", strategy=strategy, stalled_clients=len(socks), graceful_timeout=graceful,
+           exit_seconds=f"{elapsed:.2f}")
