@@ -11,4 +11,5 @@ SERVERS: dict[str, str] = {
     "chat": "servers.chat:ChatServer",
     "message": "servers.message:MessageServer",
     "http": "servers.http.server:HttpServer",
+    "nbytes": "servers.nbytes:NBytesServer",
 }

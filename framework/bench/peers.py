@@ -1,0 +1,150 @@
+"""Peers measured in the same run: stdlib socketserver and asyncio, http.server, gunicorn, nginx.
+
+Each peer says which protocols it can serve; a peer whose program is
+missing becomes a note instead of a row.  nginx gets a configuration
+written into a temporary directory (loopback only, one worker, pid file
+and logs in that directory) and is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+
+from framework.bench.processes import ServerCommand, free_port
+from framework.bench.targets import Context, Target, child_env
+
+BENCH_EXTRA = "pip install 'forkthread[bench]'"
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """A server that is not forkthread, for one or more protocols."""
+
+    name: str
+    protocols: frozenset[str]
+    command: Callable[[Context], ServerCommand]
+    #: Returns why the peer cannot run here, or None.
+    missing: Callable[[], str | None] = lambda: None
+
+
+def _stdlib(kind: str) -> Callable[[Context], ServerCommand]:
+    def command(context: Context) -> ServerCommand:
+        argv = [sys.executable, "-m", "framework.bench.peer_servers", f"{kind}-{context.protocol}"]
+        if kind == "asyncio":
+            argv[-1] = "asyncio-echo"
+        return ServerCommand(argv, env=child_env())
+
+    return command
+
+
+def _http_server(context: Context) -> ServerCommand:
+    argv = [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", context.root]
+    return ServerCommand(argv, ready_pattern=re.compile(r"Serving HTTP on (?P<host>\S+) port (?P<port>\d+)"),
+                         env=child_env())
+
+
+def _gunicorn(worker_class: str) -> Callable[[Context], ServerCommand]:
+    def command(context: Context) -> ServerCommand:
+        port = free_port()
+        argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(os.cpu_count() or 1),
+                "--worker-class", worker_class, "--log-level", "warning", "--graceful-timeout", "10",
+                "framework.bench.wsgi_static:app"]
+        if worker_class == "gthread":
+            argv[-1:-1] = ["--threads", "4"]
+        return ServerCommand(argv, ready_pattern=None, port=port,
+                             env=child_env({"FORKTHREAD_BENCH_ROOT": context.root}))
+
+    return command
+
+
+def _gunicorn_missing() -> str | None:
+    if importlib.util.find_spec("gunicorn") is None:
+        return f"gunicorn is not installed ({BENCH_EXTRA})"
+    return None
+
+
+def nginx_binary() -> str | None:
+    """The nginx program, on PATH or in /usr/sbin."""
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+master_process on;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    types {{ text/html html; application/octet-stream bin; }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+def _nginx(context: Context) -> ServerCommand:
+    binary = nginx_binary()
+    assert binary is not None
+    tmp = tempfile.mkdtemp(prefix="forkthread-nginx-")
+    port = free_port()
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as file:
+        file.write(NGINX_CONF.format(tmp=tmp, port=port, root=context.root))
+    # -e (nginx >= 1.19.5) keeps even the error log written before the config is read in tmp.
+    argv = [binary, "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "error.log")]
+    return ServerCommand(argv, ready_pattern=None, port=port, stop_signal=signal.SIGQUIT,  # SIGQUIT: graceful
+                         cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True))
+
+
+def _nginx_missing() -> str | None:
+    return None if nginx_binary() else "nginx is not installed"
+
+
+PEERS: list[Peer] = [
+    Peer("socketserver threading", frozenset({"nbytes", "echo"}), _stdlib("socketserver-threading")),
+    Peer("socketserver forking", frozenset({"nbytes", "echo"}), _stdlib("socketserver-forking")),
+    Peer("asyncio", frozenset({"echo"}), _stdlib("asyncio")),
+    Peer("http.server", frozenset({"http"}), _http_server),
+    Peer("gunicorn sync", frozenset({"http"}), _gunicorn("sync"), _gunicorn_missing),
+    Peer("gunicorn gthread", frozenset({"http"}), _gunicorn("gthread"), _gunicorn_missing),
+    Peer("nginx", frozenset({"http"}), _nginx, _nginx_missing),
+]
+
+
+def peer_key(name: str) -> str:
+    """The ``--servers`` spelling of a peer name (``gunicorn-sync``)."""
+    return name.replace(" ", "-").replace(".", "-").lower()
+
+
+def peer_targets(protocol: str, chosen: list[str] | None) -> list[Target]:
+    """A target (or a skip note) per peer that speaks *protocol*, filtered by ``--servers``."""
+    targets = []
+    for peer in PEERS:
+        if protocol not in peer.protocols:
+            continue
+        if chosen is not None and not any(peer_key(peer.name).startswith(peer_key(want)) for want in chosen):
+            continue
+        reason = peer.missing()
+        targets.append(Target(name=peer.name, kind="peer", command=None if reason else peer.command, skip=reason))
+    return targets

@@ -1,0 +1,177 @@
+"""A server under test: started as a real process, timed by CPU, stopped gracefully, fully reaped.
+
+Server CPU is charged to the whole process tree.  Two ways are used:
+
+* :meth:`RunningServer.cpu_seconds` samples ``/proc`` (live processes plus
+  children already reaped, see :mod:`framework.bench.procfs`): differences
+  of two samples measure one load point without restarting the server;
+* :meth:`RunningServer.stop` sends the stop signal and collects the exit
+  with ``os.wait4``, whose resource usage is the whole tree's (the server's
+  own CPU plus every child it reaped, recursively): nothing a child did is
+  lost, not even work done while shutting down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from framework.bench import procfs
+
+#: The line a ``forkthread serve`` process prints once it listens.
+LISTENING = re.compile(r"^listening on (?P<host>[^\s]+):(?P<port>\d+)\s*$", re.MULTILINE)
+
+
+class ServerStartError(RuntimeError):
+    """The server did not come up (exited, or never became ready in time)."""
+
+
+@dataclasses.dataclass
+class ServerCommand:
+    """How to start one server and how to know it is ready.
+
+    Readiness is either a line matching *ready_pattern* on standard output
+    or error (with ``host``/``port`` groups, or a ``port`` group), or, when
+    *port* is given, the port accepting connections.
+    """
+
+    argv: list[str]
+    ready_pattern: re.Pattern[str] | None = LISTENING
+    port: int | None = None
+    host: str = "127.0.0.1"
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    stop_signal: int = signal.SIGTERM
+    #: Called after the process is reaped (remove a temp dir, ...).
+    cleanup: Callable[[], None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StopResult:
+    """How a server ended: total tree CPU from ``wait4``, exit status, and whether it needed SIGKILL."""
+
+    cpu_seconds: float
+    status: int
+    killed: bool
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now (for programs that cannot be told port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _pin(cpus: set[int] | None) -> Callable[[], None] | None:
+    if not cpus:
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, cpus)
+
+    return pin
+
+
+class RunningServer:
+    """One started server process; use as a context manager so it is always stopped and reaped."""
+
+    def __init__(self, command: ServerCommand, *, cpus: set[int] | None = None, start_timeout: float = 20.0) -> None:
+        self.command = command
+        self.output = tempfile.TemporaryFile(  # noqa: SIM115 - closed in stop()
+            mode="w+", prefix="forkthread-bench-")
+        self.popen = subprocess.Popen(
+            command.argv, stdout=self.output, stderr=self.output, stdin=subprocess.DEVNULL,
+            cwd=command.cwd, env=command.env, preexec_fn=_pin(cpus),
+            process_group=0,  # a terminal's ^C reaches the lab, which then stops servers in order
+        )
+        self.pid = self.popen.pid
+        self.stopped: StopResult | None = None
+        try:
+            self.host, self.port = self._wait_ready(start_timeout)
+        except BaseException:
+            self.stop(timeout=5.0)
+            raise
+
+    def _wait_ready(self, timeout: float) -> tuple[str, int]:
+        deadline = time.monotonic() + timeout
+        command = self.command
+        while time.monotonic() < deadline:
+            if self.exited():
+                raise ServerStartError(f"exited before it was ready: {self.log()[-2000:].strip()}")
+            if command.port is not None:
+                with contextlib.suppress(OSError), socket.create_connection((command.host, command.port), 0.5):
+                    return command.host, command.port
+            elif command.ready_pattern is not None:
+                match = command.ready_pattern.search(self.log())
+                if match:
+                    groups = match.groupdict()
+                    return groups.get("host") or command.host, int(groups["port"])
+            time.sleep(0.02)
+        raise ServerStartError(f"not ready within {timeout:.0f}s: {self.log()[-2000:]}")
+
+    def exited(self) -> bool:
+        """True once the server process has ended (it is left unreaped for :meth:`stop`'s ``wait4``)."""
+        return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+    def log(self) -> str:
+        """Everything the server wrote to standard output and error so far."""
+        self.output.flush()
+        self.output.seek(0)
+        return self.output.read()
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the server's tree has used so far (from ``/proc``)."""
+        return procfs.tree_cpu_seconds(self.pid)
+
+    def memory(self) -> procfs.Memory:
+        """RSS/PSS of the server's tree now."""
+        return procfs.tree_memory(self.pid)
+
+    def stop(self, timeout: float = 30.0) -> StopResult:
+        """Stop gracefully (SIGKILL to the tree after *timeout*), reap, and return the tree's CPU."""
+        if self.stopped is not None:
+            return self.stopped
+        killed = False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, self.command.stop_signal)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            if pid == self.pid:
+                break
+            if time.monotonic() >= deadline and not killed:
+                self._kill_tree()
+                killed = True
+                deadline = time.monotonic() + 10.0
+            elif time.monotonic() >= deadline:
+                pid, status, usage = os.wait4(self.pid, 0)
+                break
+            time.sleep(0.01)
+        self.popen.returncode = os.waitstatus_to_exitcode(status)  # wait4 reaped it, not Popen
+        self.stopped = StopResult(usage.ru_utime + usage.ru_stime, self.popen.returncode, killed)
+        self.output.close()
+        if self.command.cleanup is not None:
+            self.command.cleanup()
+        return self.stopped
+
+    def _kill_tree(self) -> None:
+        for stat in procfs.tree(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stat.pid, signal.SIGKILL)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop(timeout=10.0 if exc_type is None else 3.0)

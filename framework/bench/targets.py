@@ -1,0 +1,95 @@
+"""What is measured: forkthread strategies (and their variants) as server commands.
+
+Rows come from :data:`framework.strategies.STRATEGIES` at run time, so a
+strategy registered later shows up without touching the lab.  Variants
+(pre-forked accept modes and worker kinds, pre-threaded accept modes) are
+extra rows in the ``stevens`` workload, as in UNP ch. 30.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from framework.bench.processes import ServerCommand
+from framework.strategies import STRATEGIES
+
+#: The checkout (or site-packages) directory holding ``framework`` and ``servers``.
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+#: strategy -> [(row label, extra serve options)]; the first entry is the strategy's default form.
+VARIANTS: dict[str, list[tuple[str, list[str]]]] = {
+    "prethreaded": [
+        ("prethreaded lock", ["--prethreaded-accept", "lock"]),
+        ("prethreaded handoff", ["--prethreaded-accept", "handoff"]),
+    ],
+    "preforked": [
+        ("preforked shared", ["--accept", "shared"]),
+        ("preforked lock", ["--accept", "lock"]),
+        ("preforked reuseport", ["--accept", "reuseport"]),
+        ("preforked passfd", ["--accept", "passfd"]),
+        ("preforked worker=threads", ["--worker", "threads"]),
+        ("preforked worker=poll", ["--worker", "poll"]),
+    ],
+}
+
+
+@dataclasses.dataclass
+class Context:
+    """What a workload asks of every server: the protocol, and options for forkthread servers."""
+
+    #: The forkthread server to run (``nbytes``, ``echo``, ``http``).
+    server: str
+    #: What the peers must speak: ``nbytes``, ``echo`` or ``http``.
+    protocol: str
+    #: Extra ``forkthread serve`` options (``--root DIR``, ``--timeout 0``).
+    server_options: list[str] = dataclasses.field(default_factory=list)
+    #: http: the directory of files served.
+    root: str = ""
+
+
+@dataclasses.dataclass
+class Target:
+    """One row source: a server the lab starts, or a reason it cannot."""
+
+    name: str
+    kind: str  # "forkthread" or "peer"
+    #: Builds the command for a workload's :class:`Context`.
+    command: Callable[[Context], ServerCommand] | None
+    strategy: str | None = None
+    skip: str | None = None
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for lab subprocesses: this checkout first on the import path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env.update(extra or {})
+    return env
+
+
+def serve_command(server: str, strategy: str, options: list[str], server_options: list[str]) -> ServerCommand:
+    """``python -m framework serve SERVER --bind 127.0.0.1:0 --strategy S ...``."""
+    argv = [sys.executable, "-m", "framework", "serve", server, "--bind", "127.0.0.1:0", "--strategy", strategy,
+            "--log-level", "warning", *options, *server_options]
+    return ServerCommand(argv, env=child_env())
+
+
+def strategy_targets(variants: bool, chosen: list[str] | None) -> list[Target]:
+    """A target per registered strategy (and per variant with *variants*), filtered by *chosen*."""
+    targets = []
+    for strategy in STRATEGIES:
+        if chosen is not None and strategy not in chosen:
+            continue
+        forms = VARIANTS.get(strategy, [(strategy, [])])
+        for label, options in forms if variants else forms[:1]:
+            name = label if variants else strategy
+
+            def command(context: Context, strategy: str = strategy, options: list[str] = options) -> ServerCommand:
+                return serve_command(context.server, strategy, options, context.server_options)
+
+            targets.append(Target(name=name, kind="forkthread", command=command, strategy=strategy))
+    return targets

@@ -1,0 +1,120 @@
+"""``stevens``: UNP ch. 30 — K client processes x N short connections, each asking for B bytes.
+
+Figure of merit, as in Stevens' Figure 30.1: the server's CPU time for the
+whole run (user + system of the whole process tree, reaped children
+included), and "process-control CPU" = that minus the iterative server's,
+i.e. what the concurrency model itself costs.  Each repeat starts a fresh
+server: CPU is sampled from ``/proc`` just before the load and collected
+with ``wait4`` after a graceful stop.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from framework.bench import session
+from framework.bench.clients import latency_ms, run_clients
+from framework.bench.config import BenchConfig
+from framework.bench.processes import RunningServer
+from framework.bench.report import Column, Row, WorkloadReport
+from framework.bench.targets import Context
+
+COLUMNS = [
+    Column("cpu_s", "server CPU s", 3),
+    Column("cpu_us_per_conn", "CPU µs/conn", 0),
+    Column("process_control_cpu_s", "process-control CPU s", 3),
+    Column("process_control_us_per_conn", "process-control µs/conn", 0),
+    Column("conn_per_s", "conn/s", 0),
+    Column("p99_ms", "p99 ms", 2),
+    Column("errors", "errors", 0),
+]
+
+
+def warm_up(server: RunningServer, nbytes: int, count: int = 20) -> None:
+    """A few connections from the lab itself, so first-use costs (imports, caches) are not measured."""
+    for _ in range(count):
+        with socket.create_connection((server.host, server.port), 10) as sock:
+            sock.sendall(b"%d\n" % nbytes)
+            while sock.recv(65536):
+                pass
+
+
+def measure_once(config: BenchConfig, server: RunningServer) -> dict[str, float | None]:
+    """One repeat: warm-up, baseline, load, graceful stop; the server's CPU and the clients' rate."""
+    scale = config.scale
+    warm_up(server, scale.nbytes)
+    specs = [{"kind": "nbytes", "host": server.host, "port": server.port, "connections": scale.connections,
+              "bytes": scale.nbytes, "duration": 60.0}
+             for _ in range(scale.clients)]
+    baseline = server.cpu_seconds()
+    load = run_clients(specs, time_limit=90.0)
+    stopped = server.stop()
+    cpu = max(0.0, stopped.cpu_seconds - baseline)
+    done = load.done
+    return {
+        "cpu_s": cpu, "cpu_us_per_conn": cpu / done * 1e6 if done else None,
+        "conn_per_s": done / load.wall_seconds if load.wall_seconds > 0 else None,
+        **latency_ms(load.latencies), "errors": float(load.errors), "connections": float(done),
+        "killed": 1.0 if stopped.killed else 0.0,
+    }
+
+
+def add_process_control(report: WorkloadReport) -> None:
+    """Server CPU minus the iterative server's: Stevens' Figure 30.1 column."""
+    baseline = next((row for row in report.rows if row.strategy == "iterative"), None)
+    base = baseline.metrics.get("cpu_us_per_conn") if baseline else None
+    if base is None:
+        report.notes.append("no iterative row, so no process-control CPU (it is measured against iterative)")
+        return
+    for row in report.rows:
+        per_conn = row.metrics.get("cpu_us_per_conn")
+        done = row.metrics.get("connections")
+        if per_conn is None or not done:
+            continue
+        row.metrics["process_control_us_per_conn"] = per_conn - base
+        row.metrics["process_control_cpu_s"] = (per_conn - base) * done / 1e6
+
+
+def run(config: BenchConfig) -> WorkloadReport:
+    """Measure every strategy (with variants) and the socketserver peers."""
+    scale = config.scale
+    report = WorkloadReport(
+        name="stevens", title="stevens: UNP ch. 30, short connections",
+        description=(f"{scale.clients} client processes x {scale.connections} connections each, every connection"
+                     f" asking for {scale.nbytes} bytes (UNP ch. 30: K=5, N=500, B=4000).  Server CPU is user +"
+                     " system of the whole server process tree, reaped children included; process-control CPU is"
+                     " that minus the iterative server's (Stevens' Figure 30.1 measure)."
+                     f"  Median of {scale.repeat} runs, (min-max)."),
+        columns=COLUMNS, ratio_metric="conn_per_s")
+    context = Context(server="nbytes", protocol="nbytes")
+    total = scale.clients * scale.connections
+    for target in session.runnable(config, report, context, variants=True):
+        samples = []
+        notes: list[str] = []
+        for repeat in range(scale.repeat):
+            try:
+                with session.start(config, target, context) as server:
+                    sample = measure_once(config, server)
+            except session.MEASUREMENT_ERRORS as exc:
+                notes.append(f"run {repeat + 1} failed: {exc}")
+                if isinstance(exc, session.ServerStartError):
+                    break  # it will not start next time either
+                config.progress(f"stevens: {target.name}: run {repeat + 1} failed: {exc}")
+                continue
+            samples.append(sample)
+            config.progress(
+                f"stevens: {target.name:<26} run {repeat + 1}/{scale.repeat}: {sample['connections']:.0f}/{total}"
+                f" connections, {sample['conn_per_s']:.0f}/s, server CPU {sample['cpu_s']:.3f}s")
+        if samples:
+            row: Row = session.add_row(report, target, {}, samples, notes)
+            if row.metrics.get("errors"):
+                row.notes.append(f"{row.metrics['errors']:.0f} failed connections (median)")
+            if any(sample["killed"] for sample in samples):
+                row.notes.append("did not stop gracefully: killed, so its children's CPU may be missing")
+        else:
+            session.skip(config, report, target, "; ".join(notes))
+    add_process_control(report)
+    from framework.bench.plots import plot_stevens
+
+    plot_stevens(config, report)
+    return report

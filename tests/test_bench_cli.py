@@ -1,0 +1,176 @@
+"""``forkthread bench`` end to end, as a subprocess: the structure of its output, never its speed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from framework.bench.peers import PEERS
+from framework.strategies import STRATEGIES
+from tests.support import child_env, reap_adopted
+
+PEERS_BY_PROTOCOL = {protocol: [peer.name for peer in PEERS if protocol in peer.protocols]
+                     for protocol in ("nbytes", "echo", "http")}
+
+
+def bench(*args: str, timeout: float = 110.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "framework", "bench", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env or child_env(), stdin=subprocess.DEVNULL)
+    assert not reap_adopted(), "the lab left processes behind"
+    return done
+
+
+def load(out: Path) -> dict:
+    for name in ("results.json", "results.csv", "results.md"):
+        assert (out / name).stat().st_size > 0, name
+    return json.loads((out / "results.json").read_text())
+
+
+def workload(results: dict, name: str) -> dict:
+    (found,) = [item for item in results["workloads"] if item["name"] == name]
+    return found
+
+
+def assert_rows_or_notes(report: dict, names: list[str]) -> None:
+    """Every name has a row, or a note saying why not."""
+    targets = {row["target"] for row in report["rows"]}
+    for name in names:
+        assert name in targets or any(note.startswith(f"{name}:") for note in report["notes"]), (name, report["notes"])
+
+
+def assert_strategy_rows(report: dict) -> None:
+    for strategy in STRATEGIES:
+        rows = [row for row in report["rows"] if row["strategy"] == strategy]
+        assert rows or any(note.startswith(strategy) for note in report["notes"]), strategy
+
+
+@pytest.mark.slow
+def test_stevens_quick_writes_every_file_and_a_row_per_strategy(tmp_path):
+    out = tmp_path / "out"
+    done = bench("stevens", "--quick", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    results = load(out)
+    assert list(out.glob("*.png"))
+    report = workload(results, "stevens")
+    for strategy in STRATEGIES:
+        rows = [row for row in report["rows"] if row["strategy"] == strategy]
+        assert rows, f"no row for {strategy}: {report['notes']}"
+        for row in rows:
+            assert row["metrics"]["cpu_s"] is not None and row["metrics"]["conn_per_s"] > 0
+            assert row["metrics"]["process_control_us_per_conn"] is not None
+    if "preforked" in STRATEGIES:
+        labels = {row["target"] for row in report["rows"]}
+        assert {"preforked shared", "preforked lock", "preforked reuseport", "preforked passfd"} <= labels
+    assert_rows_or_notes(report, PEERS_BY_PROTOCOL["nbytes"])
+    assert "stevens: " in done.stderr  # live progress
+    assert "server CPU s" in done.stdout  # the final table
+    markdown = (out / "results.md").read_text()
+    assert "## stevens" in markdown and "| iterative |" in markdown
+
+
+@pytest.mark.slow
+def test_http_quick_writes_every_file_with_peers(tmp_path):
+    out = tmp_path / "out"
+    done = bench("http", "--quick", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    results = load(out)
+    assert list(out.glob("*.png"))
+    report = workload(results, "http")
+    assert_strategy_rows(report)
+    assert_rows_or_notes(report, PEERS_BY_PROTOCOL["http"])
+    assert any(row["kind"] == "peer" for row in report["rows"])
+    for row in report["rows"]:
+        assert row["params"] == {"size": "1 KiB", "connections": 10}
+        assert row["metrics"]["req_per_s"] > 0
+
+
+def test_small_stevens_run_structure(tmp_path):
+    out = tmp_path / "out"
+    done = bench("stevens", "--quick", "--clients", "2", "--connections", "5", "--repeat", "2", "--pin",
+                 "--strategies", "iterative", "--servers", "socketserver-threading", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    results = load(out)
+    assert results["settings"]["pin"] is True and results["settings"]["repeat"] == 2
+    assert results["machine"]["cpus"] == os.cpu_count() and results["machine"]["kernel"].startswith("Linux")
+    report = workload(results, "stevens")
+    assert [row["target"] for row in report["rows"]] == ["iterative", "socketserver threading"]
+    iterative = report["rows"][0]
+    assert iterative["repeats"] == 2 and iterative["metrics"]["connections"] == 10
+    assert set(iterative["spread"]["cpu_s"]) == {"median", "min", "max"}
+    assert iterative["metrics"]["process_control_us_per_conn"] == 0
+    with (out / "results.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [row["server"] for row in rows] == ["iterative", "socketserver threading"]
+    assert rows[0]["conn_per_s"] and rows[0]["cpu_s_min"]
+
+
+def test_small_echo_rr_and_idle_runs(tmp_path):
+    out = tmp_path / "out"
+    done = bench("echo-rr", "--quick", "--concurrency", "1,3", "--duration", "0.3", "--strategies", "iterative",
+                 "--servers", "asyncio", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    report = workload(load(out), "echo-rr")
+    points = [(row["target"], row["params"]["connections"]) for row in report["rows"]]
+    assert points == [("iterative", 1), ("iterative", 3), ("asyncio", 1), ("asyncio", 3)]
+    assert all(row["metrics"]["rt_per_s"] > 0 for row in report["rows"])
+    assert report["ratios"][0]["ratios"].keys() == {"asyncio"}
+    assert (out / "echo_rr.png").exists()
+
+    done = bench("idle", "--quick", "--max-idle", "20", "--strategies", "iterative", "--servers", "asyncio",
+                 "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = {row["target"]: row for row in workload(load(out), "idle")["rows"]}
+    assert rows["iterative"]["metrics"]["held"] == 1  # one at a time: the second waits in the backlog
+    assert "not served" in rows["iterative"]["notes"][0]
+    assert rows["asyncio"]["metrics"]["held"] == 20
+    assert (out / "idle.png").exists()
+
+
+def test_without_matplotlib_tables_still_come_out_with_a_note(tmp_path):
+    fake = tmp_path / "fake"
+    (fake / "matplotlib").mkdir(parents=True)
+    (fake / "matplotlib" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = child_env()
+    env["PYTHONPATH"] = f"{fake}:{env['PYTHONPATH']}"
+    out = tmp_path / "out"
+    done = bench("stevens", "--quick", "--clients", "1", "--connections", "3", "--strategies", "iterative",
+                 "--servers", "none", "--out", str(out), env=env)
+    assert done.returncode == 0, done.stderr
+    report = workload(load(out), "stevens")
+    assert not list(out.glob("*.png"))
+    assert any("pip install 'forkthread[bench]'" in note for note in report["notes"])
+    assert "pip install 'forkthread[bench]'" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("args", [
+    ["stevens", "--strategies", "nope"],
+    ["http", "--sizes", "1x"],
+    ["echo-rr", "--concurrency", "0"],
+    ["nonsense"],
+    ["stevens", "--out", "/dev/null"],
+])
+def test_misuse_is_one_line_and_status_2(args, tmp_path):
+    done = bench(*args) if "--out" in args else bench(*args, "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_http_with_the_built_in_client(tmp_path):
+    out = tmp_path / "out"
+    done = bench("http", "--quick", "--client", "builtin", "--sizes", "1k,64k", "--concurrency", "2",
+                 "--duration", "0.3", "--strategies", "iterative", "--servers", "http.server", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    report = workload(load(out), "http")
+    assert any("--client builtin" in note for note in report["notes"])
+    rows = {(row["target"], row["params"]["size"]): row for row in report["rows"]}
+    assert set(rows) == {(target, size) for target in ("iterative", "http.server") for size in ("1 KiB", "64 KiB")}
+    for row in rows.values():
+        assert row["metrics"]["req_per_s"] > 0 and row["metrics"]["errors"] == 0  # keep-alive and HTTP/1.0 close
+        assert row["metrics"]["p99_ms"] is not None

@@ -1,0 +1,109 @@
+"""The lab's peers and report logic: each peer really serves its protocol and leaves nothing behind."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from framework.bench.peers import PEERS, nginx_binary, peer_targets
+from framework.bench.processes import RunningServer
+from framework.bench.report import Column, Row, WorkloadReport, table
+from framework.bench.targets import Context
+from framework.bench.workloads.http import file_name, make_root
+from tests.support import reap_adopted, recv_all
+
+
+def peer(name: str):
+    return next(item for item in PEERS if item.name == name)
+
+
+@pytest.mark.parametrize("name", ["socketserver threading", "socketserver forking"])
+def test_socketserver_nbytes_peers(name):
+    with RunningServer(peer(name).command(Context("nbytes", "nbytes"))) as server:
+        for count in (0, 4000, 200_000):
+            with socket.create_connection((server.host, server.port), 5) as sock:
+                sock.sendall(b"%d\n" % count)
+                assert len(recv_all(sock)) == count
+        stopped = server.stop()
+    assert stopped.status == 0 and not stopped.killed
+    assert not reap_adopted()
+
+
+@pytest.mark.parametrize("name", ["socketserver threading", "socketserver forking", "asyncio"])
+def test_echo_peers(name):
+    with RunningServer(peer(name).command(Context("echo", "echo"))) as server:
+        with socket.create_connection((server.host, server.port), 5) as sock:
+            for message in (b"x", b"hello\n" * 1000):
+                sock.sendall(message)
+                assert recv_all(sock, len(message)) == message
+        stopped = server.stop()
+    assert stopped.status == 0 and not stopped.killed
+    assert not reap_adopted()
+
+
+@pytest.mark.parametrize("name", ["http.server", "gunicorn sync", "gunicorn gthread", "nginx"])
+def test_http_peers_serve_the_files(name):
+    if peer(name).missing():
+        pytest.skip(peer(name).missing() or "")
+    root = make_root((1024, 65536))
+    try:
+        with RunningServer(peer(name).command(Context("http", "http", root=root))) as server:
+            for size in (1024, 65536):
+                connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+                connection.request("GET", "/" + file_name(size))
+                response = connection.getresponse()
+                body = response.read()
+                connection.close()
+                assert response.status == 200
+                with open(os.path.join(root, file_name(size)), "rb") as file:
+                    assert body == file.read()
+            server.stop()
+    finally:
+        shutil.rmtree(root)
+    assert not reap_adopted()
+
+
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed")
+def test_nginx_lives_in_a_temp_dir_that_is_removed_and_listens_on_loopback_only():
+    root = make_root((1024,))
+    try:
+        command = peer("nginx").command(Context("http", "http", root=root))
+        prefix = command.argv[command.argv.index("-p") + 1]
+        config = Path(prefix, "nginx.conf").read_text()
+        assert f"listen 127.0.0.1:{command.port};" in config
+        assert f"pid {prefix}/nginx.pid;" in config and "worker_processes 1;" in config
+        with RunningServer(command) as server:
+            assert os.path.exists(os.path.join(prefix, "nginx.pid"))
+            assert server.stop().status == 0
+        assert not os.path.exists(prefix)
+    finally:
+        shutil.rmtree(root)
+
+
+def test_peer_selection_and_missing_peers_become_notes():
+    names = [target.name for target in peer_targets("echo", None)]
+    assert names == ["socketserver threading", "socketserver forking", "asyncio"]
+    assert [target.name for target in peer_targets("http", ["gunicorn"])] == ["gunicorn sync", "gunicorn gthread"]
+    assert [target.name for target in peer_targets("http", ["http.server"])] == ["http.server"]
+    assert peer_targets("nbytes", ["nginx"]) == []
+
+
+def test_ratios_compare_rows_at_the_same_load_point():
+    report = WorkloadReport("w", "W", "", [Column("rate", "rate")], ratio_metric="rate", params=["c"])
+    report.rows = [
+        Row("w", "poll", "forkthread", "poll", {"c": 1}, {"rate": 300.0}),
+        Row("w", "poll", "forkthread", "poll", {"c": 10}, {"rate": 900.0}),
+        Row("w", "nginx", "peer", None, {"c": 1}, {"rate": 100.0}),
+        Row("w", "nginx", "peer", None, {"c": 10}, {"rate": 0.0}),
+    ]
+    ratios = report.ratios()
+    assert ratios == [{"target": "poll", "params": {"c": 1}, "ratios": {"nginx": 3.0}},
+                      {"target": "poll", "params": {"c": 10}, "ratios": {}}]
+    text = table(report, markdown=True)
+    assert text.splitlines()[0] == "| server | kind | c | rate | notes |"
+    assert "| poll | forkthread | 10 | 900 |  |" in text
