@@ -26,7 +26,7 @@ PROG = "forkthread"
 #: Extra sub-commands: (module, function) pairs whose function adds a parser.
 #: Each module is imported only when the parser is built, and a sub-command
 #: whose module fails to import is left out rather than breaking the rest.
-EXTRA_COMMANDS: list[str] = ["framework.client:add_parser", "framework.bench.cli:add_parser"]
+EXTRA_COMMANDS: dict[str, str] = {"client": "framework.client:add_parser", "bench": "framework.bench.cli:add_parser"}
 
 
 class UsageError(Exception):
@@ -134,10 +134,15 @@ def add_server_options(parser: argparse.ArgumentParser, cls: type[Server]) -> No
     parser.set_defaults(func=run_serve, server_cls=cls)
 
 
-def _add_serve_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_serve_parser(commands: argparse._SubParsersAction, only: str | None = None) -> None:  # type: ignore[type-arg]
     serve = commands.add_parser("serve", help="run a server", description="Run a server under a strategy.")
     servers = serve.add_subparsers(dest="server", metavar="SERVER", required=True)
-    for name in server_targets():
+    from servers import SERVERS
+
+    # `serve NAME` with a bundled NAME imports that server alone: a serving process
+    # stays small, and every fork (a child per connection) copies its page tables.
+    names = [only] if only in SERVERS else list(server_targets())
+    for name in names:
         try:
             cls = server_class(name)
         except Exception as exc:  # a broken plug-in must not take the command down
@@ -228,14 +233,22 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command-line parser."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command-line parser.  Given *argv*, only what its command needs is imported.
+
+    ``serve`` and ``list`` do not import the lab or the clients, and
+    ``serve NAME`` imports only that server: see :func:`_add_serve_parser`.
+    """
+    words = [word for word in (argv or ()) if not word.startswith("-")]
+    command = words[0] if words else None
     parser = argparse.ArgumentParser(prog=PROG, description="Socket servers under interchangeable concurrency models.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_serve_parser(commands)
+    _add_serve_parser(commands, only=words[1] if command == "serve" and len(words) > 1 else None)
     commands.add_parser("list", help="list servers and strategies").set_defaults(func=run_list)
-    for target in EXTRA_COMMANDS:
+    for name, target in EXTRA_COMMANDS.items():
+        if command in ("serve", "list") or (command in EXTRA_COMMANDS and command != name):
+            continue  # not needed to parse this command line
         module_name, _, function_name = target.partition(":")
         add_parser: Callable[[argparse._SubParsersAction], None] = getattr(  # type: ignore[type-arg]
             __import__(module_name, fromlist=[function_name]), function_name
@@ -258,7 +271,9 @@ def serve_main(cls: type[Server], argv: Sequence[str] | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    return _run(build_parser(), argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    return _run(build_parser(argv), argv)
 
 
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
