@@ -60,7 +60,8 @@ def serve() -> Iterator[Callable[..., ServerProcess]]:
     for process in started:
         try:
             if process.proc.poll() is None:
-                status = process.stop(signal.SIGTERM)
+                # Beyond the default 30 s graceful timeout: a slow stop fails on its status, not a hang.
+                status = process.stop(signal.SIGTERM, timeout=60)
                 if status != 0:
                     problems.append(f"{process.argv}: exit status {status}\n{process.log()}")
             elif process.proc.returncode != process.expected_status:
