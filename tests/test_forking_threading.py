@@ -207,6 +207,8 @@ def test_forking_child_finishes_its_connection_on_sigterm_within_the_graceful_ti
         (child,) = task_children(server.pid)
         os.kill(child, signal.SIGTERM)  # as a terminal's Ctrl-C or systemd's control-group stop would
         assert echo_exchange(sock, payload[1000:]) == payload[1000:]  # the transfer still completes
+    # That child exits and is reaped on its own schedule: wait, so the next one is the only child.
+    assert wait_for(lambda: not task_children(server.pid), timeout=10)
     with server.connect(timeout=30) as idle:
         idle.sendall(b"x")
         assert idle.recv(1) == b"x"
