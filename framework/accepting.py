@@ -6,6 +6,7 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Callable, Iterator
 
 from framework.address import format_peer
 from framework.signals import AcceptErrorKind, classify_accept_error
@@ -17,6 +18,8 @@ BACKOFF_START = 0.01
 BACKOFF_MAX = 1.0
 #: A capacity condition is logged when it starts and then at most this often.
 CAPACITY_LOG_INTERVAL = 10.0
+#: Connections accepted per listener wakeup before a loop looks at its other descriptors again.
+ACCEPT_BATCH = 64
 
 
 def stop_listening(listener: socket.socket) -> None:
@@ -65,6 +68,32 @@ class Acceptor:
             self._resume_at = 0.0
             return 0.0
         return remaining
+
+    def wants_polling(self, has_room: bool = True) -> bool:
+        """True when a loop should watch the listener now.
+
+        Not when the loop has no room for another connection (its clients
+        then wait in the kernel's backlog), during a capacity back-off, or
+        once the listener is stopped: a level-triggered poll on a listener we
+        will not accept from would spin.
+        """
+        return has_room and self.backoff_remaining() == 0.0
+
+    def accept_batch(
+        self, has_room: Callable[[], bool], limit: int = ACCEPT_BATCH
+    ) -> Iterator[tuple[socket.socket, str]]:
+        """Accept waiting connections while *has_room()*, at most *limit* per call.
+
+        Taking a batch per wakeup saves a poll per connection under load; the
+        limit keeps one busy listener from starving the loop's other work.
+        """
+        for _ in range(limit):
+            if not has_room():
+                return
+            accepted = self.accept()
+            if accepted is None:
+                return
+            yield accepted
 
     def accept(self) -> tuple[socket.socket, str] | None:
         """Accept one connection: ``(socket, peer text)``, or None when there is none now.
@@ -132,3 +161,25 @@ class Acceptor:
         self._backoff = 0.0
         self._suppressed = 0
         self._last_logged = -CAPACITY_LOG_INTERVAL
+
+
+class ListenerWatch:
+    """Keeps a listener in a poll set exactly while it is wanted there.
+
+    *register* and *unregister* add and remove the descriptor from whatever
+    the loop polls (``select.poll``, an event loop).  :meth:`update` is
+    called once per loop turn with :meth:`Acceptor.wants_polling`'s answer.
+    """
+
+    def __init__(self, fd: int, register: Callable[[int], object], unregister: Callable[[int], object]) -> None:
+        self._fd = fd
+        self._register = register
+        self._unregister = unregister
+        #: True while the listener is in the poll set.
+        self.watching = False
+
+    def update(self, wanted: bool) -> None:
+        """Add the listener to the poll set or take it out, when that changes."""
+        if wanted != self.watching:
+            (self._register if wanted else self._unregister)(self._fd)
+            self.watching = wanted

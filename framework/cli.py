@@ -77,7 +77,8 @@ def _add_socket_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--keepalive", type=keepalive_triple, metavar="IDLE,INTERVAL,COUNT",
                        help="TCP keep-alive on connections: probe after IDLE s of silence, every INTERVAL s, "
                             "give up after COUNT probes")
-    group.add_argument("--nodelay", action="store_true", help="TCP_NODELAY on connections (no Nagle delay)")
+    group.add_argument("--nodelay", action="store_true", default=None,
+                       help="TCP_NODELAY on connections (no Nagle delay; some servers, like http, set it anyway)")
     group.add_argument("--inetd", action="store_true",
                        help="serve the one connection on standard input (inetd nowait, systemd Accept=yes)")
 
@@ -85,8 +86,9 @@ def _add_socket_options(parser: argparse.ArgumentParser) -> None:
 def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     defaults = StrategyOptions()
     group = parser.add_argument_group("strategy options (each strategy uses the ones that apply)")
-    group.add_argument("--strategy", "-s", default="iterative", metavar="NAME",
-                       help=f"concurrency model: {', '.join(STRATEGIES)} (default: %(default)s)")
+    group.add_argument("--strategy", "-s", default=None, metavar="NAME",
+                       help=f"concurrency model: {', '.join(STRATEGIES)} (default: the server's own, see"
+                            " `forkthread list`)")
     group.add_argument("--max-connections", type=positive_int, metavar="N",
                        help="forking, threading, poll: serve at most N connections at once; others wait")
     group.add_argument("--threads", type=positive_int, default=defaults.threads, metavar="N",
@@ -171,7 +173,7 @@ def run_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
         address = parse_address(args.bind)
-        strategy = create_strategy(args.strategy, strategy_options(args))
+        strategy = create_strategy(args.strategy or args.server_cls.default_strategy, strategy_options(args))
         activated = [] if args.inetd else listen_fds()
     except (AddressError, UnknownStrategyError, ValueError) as exc:
         raise UsageError(str(exc)) from None
@@ -220,10 +222,11 @@ def _serve_inetd(server: Server) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     """``forkthread list``: the servers and strategies available, one line each."""
-    print("servers:")
+    print("servers (default strategy):")
     for name in server_targets():
         try:
-            description = server_class(name).description
+            cls = server_class(name)
+            description = f"{'(' + cls.default_strategy + ')':<13} {cls.description}"
         except Exception as exc:
             description = f"(unavailable: {exc})"
         print(f"  {name:<12} {description}")

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from framework.signals import SignalAction, SignalDispatcher, Wakeup
+from framework.signals import Latch, SignalAction, SignalDispatcher, Wakeup
 
 log = logging.getLogger("forkthread")
 
@@ -37,9 +37,9 @@ class Lifecycle:
     def __init__(self, graceful_timeout: float = 30.0) -> None:
         self.graceful_timeout = graceful_timeout
         self.wakeup = Wakeup()
-        #: Written once when a stop begins and never drained: connections in
+        #: Set when a stop begins and never drained: connections and pool
         #: threads other than the main one poll it to learn of the stop.
-        self.stop_latch = Wakeup()
+        self.stop_latch = Latch()
         self.signals = SignalDispatcher(self.wakeup)
         self.state = State.RUNNING
         #: time.monotonic() by which in-flight connections must be over; inf while running.
@@ -72,7 +72,7 @@ class Lifecycle:
             for callback in self._on_stopping:
                 callback()
         self.wakeup.wake()
-        self.stop_latch.wake()
+        self.stop_latch.set()
 
     def call_when_stopping(self, callback: Callable[[], None]) -> None:
         """Run *callback* once, in :meth:`request_stop`, when stopping starts.
@@ -119,7 +119,7 @@ class Lifecycle:
         own; their wakeup descriptor is re-pointed at the new pipe.
         """
         old = self.wakeup
-        old_latch, self.stop_latch = self.stop_latch, Wakeup()
+        old_latch, self.stop_latch = self.stop_latch, Latch()
         old_latch.close()
         self.wakeup = Wakeup()
         self.signals.wakeup = self.wakeup

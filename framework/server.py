@@ -3,7 +3,8 @@
 A concrete server is a subclass that says *what* is spoken on a connection
 (:meth:`Server.protocol_factory`); *how* connections are carried is a
 :class:`~framework.strategies.base.Strategy` chosen at run time.  The two meet
-only here::
+only through the contract in :mod:`framework.strategies.base`: a server is
+the :class:`~framework.strategies.base.Host` its strategy's run serves::
 
     class Upper(Protocol):
         def data_received(self, data):
@@ -27,7 +28,7 @@ import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from framework.accepting import Acceptor
 from framework.activation import sd_notify
@@ -41,13 +42,13 @@ from framework.address import (
     socket_file_inode,
 )
 from framework.datagram import DatagramProtocol
-from framework.drivers.blocking import HandlerError, serve_connection
+from framework.drivers.blocking import serve_connection
+from framework.drivers.common import HandlerError, ends_quietly
+from framework.drivers.datagram import DatagramService
 from framework.lifecycle import ActiveConnections, Lifecycle
 from framework.protocol import Protocol
-from framework.signals import ignore_sigpipe, is_peer_gone
-
-if TYPE_CHECKING:
-    from framework.strategies.base import Strategy
+from framework.signals import ignore_sigpipe
+from framework.strategies.base import ChildRole, Run, Strategy
 
 log = logging.getLogger("forkthread")
 
@@ -63,7 +64,9 @@ class Server:
 
     *address* is text (``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH``) or an
     :class:`~framework.address.Address`; *strategy* a strategy name or
-    instance (default ``iterative``).  *timeout* closes a connection idle for
+    instance (default: the class's :attr:`default_strategy`).  *nodelay*
+    and *keepalive* are applied to every accepted TCP connection by the
+    framework itself, whatever :meth:`configure_connection` does.  *timeout* closes a connection idle for
     that many seconds (None: never); *graceful_timeout* bounds how long
     in-flight connections may run on after a stop request.  *listener* serves
     an already listening socket (systemd socket activation, tests) instead of
@@ -78,6 +81,12 @@ class Server:
     description: ClassVar[str] = ""
     #: The port ``--bind`` defaults to on 127.0.0.1.
     default_port: ClassVar[int] = 8000
+    #: The strategy this server runs under when none is given.  Servers whose
+    #: connections last (keep-alive HTTP, chat, echo sessions) choose one that
+    #: serves many clients at once.
+    default_strategy: ClassVar[str] = "iterative"
+    #: Whether TCP_NODELAY is set on connections when ``nodelay`` is not given.
+    default_nodelay: ClassVar[bool] = False
     #: Strategy names this server can run under; None means every one.
     #: A server with shared state between connections (a chat room) lists
     #: only the strategies that keep all connections in one process.
@@ -98,7 +107,7 @@ class Server:
         backlog: int = DEFAULT_BACKLOG,
         reuse_port: bool = False,
         keepalive: tuple[int, int, int] | None = None,
-        nodelay: bool = False,
+        nodelay: bool | None = None,
         listener: socket.socket | None = None,
         handle_signals: bool = True,
         bind: bool = True,
@@ -110,14 +119,15 @@ class Server:
         self.backlog = backlog
         self.reuse_port = reuse_port
         self.keepalive = keepalive
-        self.nodelay = nodelay
+        self.nodelay = self.default_nodelay if nodelay is None else nodelay
         self.handle_signals = handle_signals
-        self.listener: socket.socket | None = listener
+        self._listener: socket.socket | None = listener
         self.lifecycle = Lifecycle(graceful_timeout)
         self.connections = ActiveConnections()
         self._unix_inode: tuple[int, int, int] | None = None
         self._acceptor: Acceptor | None = None
-        self._acceptor_installed = False
+        #: The run serving now (None outside serve_forever, and in a child per connection).
+        self._run: Run | None = None
         self._serving_thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._stopped.set()
@@ -126,6 +136,7 @@ class Server:
         if listener is not None:
             listener.setblocking(False)
             self.requested_address = local_address(listener)
+            self._acceptor = Acceptor(listener)
         self._check_datagram_support()
         if listener is None and bind:
             self.server_activate()
@@ -136,7 +147,7 @@ class Server:
         from framework.strategies import create_strategy
 
         if strategy is None or isinstance(strategy, str):
-            strategy = create_strategy(strategy or "iterative")
+            strategy = create_strategy(strategy or self.default_strategy)
         allowed = self.supported_strategies
         if allowed is not None and strategy.name not in allowed:
             raise ValueError(
@@ -167,44 +178,41 @@ class Server:
 
     def server_activate(self) -> None:
         """Bind and listen (idempotent).  Raises :class:`OSError` as the kernel reports it."""
-        if self.listener is not None:
+        if self._listener is not None:
             return
-        self.listener = bind_socket(self.requested_address, backlog=self.backlog, reuse_port=self.reuse_port)
+        self._listener = bind_socket(self.requested_address, backlog=self.backlog, reuse_port=self.reuse_port)
+        self._acceptor = Acceptor(self._listener)
         if self.requested_address.is_unix:
             self._unix_inode = socket_file_inode(self.requested_address.path)
 
     @property
+    def listener(self) -> socket.socket:
+        """The bound socket (listening, or a datagram socket)."""
+        if self._listener is None:
+            raise RuntimeError("the server is not bound (or this process released its listener)")
+        return self._listener
+
+    @property
     def address(self) -> Address:
         """The address really listened on (with the real port when 0 was asked)."""
-        if self.listener is None:
+        if self._listener is None:
             return self.requested_address
-        return local_address(self.listener)
+        return local_address(self._listener)
 
     def fileno(self) -> int:
         """The listening socket's descriptor."""
-        if self.listener is None:
-            raise RuntimeError("the server is not bound yet")
         return self.listener.fileno()
 
     @property
     def acceptor(self) -> Acceptor:
-        """The :class:`~framework.accepting.Acceptor` for the listener (strategies use it)."""
-        if self._acceptor is not None and self._acceptor_installed:
-            return self._acceptor
-        if self._acceptor is None or self._acceptor.listener is not self.listener:
-            if self.listener is None:
-                raise RuntimeError("the server is not bound yet")
-            self._acceptor = Acceptor(self.listener)
+        """Where this process takes connections from: the listener's, or a pre-forked worker's own."""
+        if self._acceptor is None:
+            raise RuntimeError("the server is not bound yet")
         return self._acceptor
 
     def _stop_listening(self) -> None:
-        if self.listener is not None:
-            self.acceptor.stop()
-
-    def use_acceptor(self, acceptor: Acceptor) -> None:
-        """Take connections from *acceptor* instead of the listener (a pre-forked worker's accept mode)."""
-        self._acceptor = acceptor
-        self._acceptor_installed = True
+        if self._acceptor is not None:
+            self._acceptor.stop()
 
     # -- what a connection says --------------------------------------------------
 
@@ -225,12 +233,14 @@ class Server:
         return True
 
     def configure_connection(self, sock: socket.socket) -> None:
-        """Set per-connection socket options on a freshly accepted socket (hook).
+        """Hook: set options of your own on a freshly accepted socket (default: nothing).
 
-        Applies ``nodelay`` (TCP_NODELAY) and ``keepalive`` (SO_KEEPALIVE with
-        TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT) to TCP connections; a
-        subclass that overrides this should call it too.
+        The framework's own options (``nodelay``, ``keepalive``) are applied
+        before this is called, whether or not a subclass overrides it.
         """
+
+    def _apply_socket_options(self, sock: socket.socket) -> None:
+        """``nodelay`` (TCP_NODELAY) and ``keepalive`` (SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT) on TCP."""
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             return
         if self.nodelay:
@@ -246,37 +256,82 @@ class Server:
         """Log a protocol's fault: the connection is already over, the server lives on."""
         log.error("connection from %s: handler failed: %r", peer, exc, exc_info=exc)
 
-    # -- serving -------------------------------------------------------------------
+    # -- serving: the Host contract (framework.strategies.base) -------------------
 
-    def handle_connection(self, sock: socket.socket, peer: str, *, main_thread: bool = True) -> None:
-        """Serve one accepted connection to its end in the calling thread (blocking driver).
+    def admit(self, sock: socket.socket, peer: str) -> Protocol | None:
+        """Admit one accepted connection: verify it, apply socket options, make its protocol.
+
+        The one admission rule every strategy and driver uses.  Returns None,
+        with *sock* closed, when :meth:`verify_request` refuses the connection
+        or its set-up fails (reported to :meth:`handle_error`).  A refused
+        connection is not counted as served.
+        """
+        try:
+            if not self.verify_request(sock, peer):
+                sock.close()
+                return None
+            self._apply_socket_options(sock)
+            self.configure_connection(sock)
+            return self.protocol_factory()
+        except Exception as exc:
+            self.handle_error(exc, peer)
+            sock.close()
+            return None
+
+    def serve_connection(self, sock: socket.socket, peer: str, *, main_thread: bool = True) -> None:
+        """Admit and serve one accepted connection to its end in the calling thread (blocking driver).
 
         Every exception is handled here, so a strategy can call this in a
         loop: a vanished peer or a timeout is logged at debug, a protocol's
         fault goes to :meth:`handle_error`.  *sock* is closed on return.
         """
+        protocol = self.admit(sock, peer)
+        if protocol is None:
+            return
         self.connections.add(sock)
         try:
-            if not self.verify_request(sock, peer):
-                sock.close()
-                return
-            self.configure_connection(sock)
             ended_by = serve_connection(
-                sock, peer, self.protocol_factory(), lifecycle=self.lifecycle,
-                idle_timeout=self.timeout, watch_wakeup=main_thread,
+                sock, peer, protocol, lifecycle=self.lifecycle, idle_timeout=self.timeout, watch_wakeup=main_thread,
             )
             if ended_by is not None:
                 log.debug("connection from %s ended: %s", peer, ended_by)
         except HandlerError as fault:
             self.handle_error(fault.original, peer)
         except Exception as exc:
-            if is_peer_gone(exc):
+            if ends_quietly(exc):
                 log.debug("connection from %s ended: %s", peer, exc)
             else:
                 self.handle_error(exc, peer)
         finally:
             self.connections.discard(sock)
             sock.close()
+
+    def datagram_service(self) -> DatagramService:
+        """What a datagram loop needs of this server (see :mod:`framework.drivers.datagram`)."""
+        return DatagramService(self.lifecycle, self.datagram_protocol_factory, self.connections, self.handle_error)
+
+    def enter_child(self, role: ChildRole) -> Run | None:
+        """In a freshly forked process: become *role*; see :meth:`framework.strategies.base.Host.enter_child`."""
+        self.lifecycle.after_fork_in_child()
+        self._serving_thread = threading.current_thread()
+        self._unix_inode = None  # the parent owns the socket file
+        self.connections = role.connections if role.connections is not None else ActiveConnections()
+        self._acceptor = role.acceptor
+        if not role.keep_listener and self._listener is not None:
+            # Keep reporting the address really listened on after closing our copy.
+            self.requested_address = self.address
+            self._listener.close()
+            self._listener = None
+        self._run = role.strategy.start(self) if role.strategy is not None else None
+        if role.worker:
+            self.worker_init()
+        return self._run
+
+    def counts(self) -> tuple[int, int]:
+        """``(connections served, connections active)`` of this process's run (a master: its pool's)."""
+        if self._run is not None:
+            return self._run.counts()
+        return self.connections.served, len(self.connections)
 
     def serve_forever(self, ready: Callable[[], object] | None = None) -> None:
         """Serve until :meth:`shutdown`, SIGTERM or SIGINT; then stop gracefully.
@@ -293,20 +348,22 @@ class Server:
         ignore_sigpipe()
         self._stopped.clear()
         self._serving_thread = threading.current_thread()
+        run = self._run = self.strategy.start(self)
         if self.handle_signals:
             self.lifecycle.install_default_signals(self.status)
-            self.lifecycle.install_signals(self.strategy.signal_actions(self))
+            self.lifecycle.install_signals(run.signal_actions())
         if ready is not None:
             ready()
         sd_notify("READY=1")  # after ready(): whoever hears it may signal at once
         try:
             if self.requested_address.is_datagram:
-                self.strategy.serve_datagrams(self)
+                run.serve_datagrams()
             else:
-                self.strategy.serve(self)
+                run.serve()
         finally:
             if threading.current_thread() is threading.main_thread():
                 self.lifecycle.signals.restore()
+            self._run = None
             self._serving_thread = None
             self._stopped.set()
 
@@ -322,7 +379,7 @@ class Server:
         if self.handle_signals:
             self.lifecycle.install_default_signals(self.status)
         try:
-            self.handle_connection(sock, peer, main_thread=True)
+            self.serve_connection(sock, peer, main_thread=True)
         finally:
             if threading.current_thread() is threading.main_thread():
                 self.lifecycle.signals.restore()
@@ -342,32 +399,12 @@ class Server:
 
     def server_close(self) -> None:
         """Close the listener and the lifecycle's descriptors; remove our Unix socket file."""
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
             if self.requested_address.is_unix:
                 remove_unix_socket(self.requested_address.path, self._unix_inode)
         self.lifecycle.close()
-
-    def release_listener(self) -> None:
-        """Close this process's copy of the listener: for a forked child that will not accept.
-
-        :attr:`address` keeps reporting the address really listened on, and
-        the Unix socket file is left to the process that bound it.
-        """
-        if self.listener is not None:
-            self.requested_address = self.address
-            self._unix_inode = None
-            self.listener.close()
-            self.listener = None
-            self._acceptor = None
-
-    def after_fork_in_child(self) -> None:
-        """Reset per-process state in a freshly forked child (strategies call this)."""
-        self.lifecycle.after_fork_in_child()
-        self.connections = ActiveConnections()
-        self._unix_inode = None  # the parent owns the socket file
-        self._serving_thread = threading.current_thread()
 
     def worker_init(self) -> None:
         """Hook: runs once in each pre-forked worker process, after the fork and before it serves.
@@ -378,9 +415,10 @@ class Server:
 
     def status(self) -> str:
         """One line describing the server now: for SIGUSR1 and logs."""
-        served, active = self.strategy.counts(self)
+        served, active = self.counts()
+        strategy = self._run.describe() if self._run is not None else self.strategy.describe()
         return (
-            f"pid={os.getpid()} server={self.name or type(self).__name__} strategy={self.strategy.describe()}"
+            f"pid={os.getpid()} server={self.name or type(self).__name__} strategy={strategy}"
             f" address={self.address} served={served} active={active}"
             f" state={self.lifecycle.state.value}"
         )

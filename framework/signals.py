@@ -41,6 +41,18 @@ PEER_GONE_ERRNOS = frozenset(
      errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN}
 )
 
+#: Every signal a server process handles: masters, workers and single processes alike.
+#: Held (blocked) across ``fork()`` so a child cannot lose one before its own handlers
+#: are in place, and blocked in worker threads so they all reach the main thread.
+SERVER_SIGNALS = frozenset({
+    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+    signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU,
+})
+
+#: Signals that belong to a pre-forked master; a worker ignores them (TTIN/TTOU would
+#: stop it, HUP end it).
+MASTER_ONLY_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU})
+
 #: accept() errors after which the next accept may well succeed.
 ACCEPT_RETRY_ERRNOS = frozenset(
     {errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED, errno.EINTR, errno.EPROTO, errno.EPERM,
@@ -149,6 +161,48 @@ class Wakeup:
         self.read_fd = self.write_fd = -1
 
 
+class Latch:
+    """A pipe that becomes readable once, and stays so: "stop" for loops in any thread.
+
+    A :class:`Wakeup` is drained by the one loop that owns it; a latch is
+    never drained, so every thread polling it sees it, however many there are
+    and whenever they look.  :meth:`set` is safe from any thread and from a
+    signal handler, and idempotent.
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._set = False
+
+    def fileno(self) -> int:
+        """The descriptor to poll: readable once :meth:`set` was called."""
+        return self.read_fd
+
+    def is_set(self) -> bool:
+        """True once :meth:`set` was called (in this process)."""
+        return self._set
+
+    def set(self) -> None:
+        """Make the read end readable for good."""
+        if self._set:
+            return
+        self._set = True
+        try:
+            os.write(self.write_fd, b"\0")
+        except OSError:
+            pass  # closed: nobody is left to tell
+
+    def close(self) -> None:
+        """Close both ends (idempotent)."""
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.read_fd = self.write_fd = -1
+
+
 SignalAction = Callable[[int], None]
 
 
@@ -182,6 +236,10 @@ class SignalDispatcher:
             if signum not in self._previous:
                 self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._record)
+
+    def handles(self, signum: int) -> bool:
+        """True when *signum* is routed here with an action."""
+        return self.installed and signum in self._actions
 
     def _record(self, signum: int, frame: object) -> None:
         # Runs between two bytecodes of the main thread: append (atomic) and go.
@@ -223,11 +281,11 @@ class SignalDispatcher:
         self._pending.clear()
 
 
-def block_signals_in_thread(signums: set[int]) -> None:
-    """Keep *signums* away from the calling (non-main) thread.
+def block_signals_in_thread() -> None:
+    """Keep :data:`SERVER_SIGNALS` away from the calling (non-main) thread.
 
     CPython runs Python handlers in the main thread anyway; blocking the
     signals in worker threads also keeps their system calls from being
     interrupted by a signal storm meant for the main thread.
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+    signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)

@@ -154,6 +154,8 @@ class ChatServer(Server):
     name = "chat"
     description = "multi-user line chat: every line goes to everyone else (poll, threading)"
     default_port = 8016
+    #: Everyone in the room is connected at once, in one process: one event loop.
+    default_strategy = "poll"
     supported_strategies = frozenset({"poll", "threading"})
 
     def __init__(self, *args: object, max_buffer: int = DEFAULT_MAX_BUFFER, **kwargs: object) -> None:

@@ -38,5 +38,7 @@ class EchoServer(Server):
     name = "echo"
     description = "RFC 862: send back everything received"
     default_port = 8007
+    #: An echo session lasts as long as the client wants: a thread each, many at once.
+    default_strategy = "threading"
     protocol = EchoProtocol
     datagram_protocol = EchoDatagramProtocol

@@ -138,7 +138,7 @@ def test_serving_outside_the_main_thread_and_shutdown(name):
             runner.join(30)
     assert not runner.is_alive()
     assert not any(thread.is_alive() for thread in set(threading.enumerate()) - threads_before)
-    assert instance.counts(server)[1] == 0
+    assert server.counts()[1] == 0
 
 
 @pytest.mark.parametrize(("name", "options", "message"), [

@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from framework.drivers.nonblocking import EventLoop
 from framework.strategies import create_strategy
 from framework.strategies.base import StrategyOptions
 from framework.strategies.poll import PollStrategy
@@ -214,12 +213,12 @@ def test_select_refuses_a_descriptor_beyond_fd_setsize():
 
 def start_one(server, sock: socket.socket, peer: str, *, check_fd_setsize: bool = False) -> int:
     """Hand *sock* to a fresh loop the way PollStrategy does; return how many connections it then serves."""
-    loop = EventLoop()
+    run = PollStrategy("select" if check_fd_setsize else "poll").start(server)
     try:
-        PollStrategy._start(server, loop, sock, peer, check_fd_setsize=check_fd_setsize)
-        return len(loop.connections)
+        run.add_accepted(sock, peer)
+        return len(run.loop.connections)
     finally:
-        loop.close()
+        run.loop.close()
 
 
 def assert_closed(sock: socket.socket) -> None:

@@ -346,7 +346,7 @@ def test_in_process_pool_served_from_a_thread_and_shut_down():
         for index in range(5):
             with socket.create_connection((server.address.host, server.address.port), timeout=10) as sock:
                 assert echo_exchange(sock, b"hello %d" % index) == b"hello %d" % index
-        assert wait_for(lambda: strategy.counts(server)[0] == 5, timeout=5)
+        assert wait_for(lambda: server.counts()[0] == 5, timeout=5)
     assert not runner.is_alive()
     assert not proc_children(os.getpid()) - children_before
 

@@ -191,4 +191,4 @@ def _other_strategy() -> str:
 def test_status_line_names_strategy_and_counts():
     with EchoServer("127.0.0.1:0", handle_signals=False) as server:
         status = server.status()
-    assert "strategy=iterative" in status and "served=0" in status and f"pid={os.getpid()}" in status
+    assert "strategy=threading" in status and "served=0" in status and f"pid={os.getpid()}" in status

@@ -107,17 +107,21 @@ def test_stream_only_server_refuses_udp():
 
 
 def test_strategy_without_datagram_support_is_refused_in_code():
-    from framework.strategies.base import Strategy
+    from framework.strategies.base import Run, Strategy
     from servers.echo import EchoServer
+
+    class ConnectionsOnlyRun(Run):
+        def serve(self):
+            raise AssertionError("never reached")
 
     class ConnectionsOnly(Strategy):
         name = "connections-only"
 
-        def serve(self, server):
-            raise AssertionError("never reached")
+        def start(self, host):
+            return ConnectionsOnlyRun(self, host)
 
     assert not ConnectionsOnly().can_serve_datagrams()
     with pytest.raises(ValueError, match="strategy 'connections-only' cannot serve datagrams"):
         EchoServer("udp:127.0.0.1:0", strategy=ConnectionsOnly())
     with pytest.raises(NotImplementedError, match="cannot serve datagrams"):
-        ConnectionsOnly().serve_datagrams(None)
+        ConnectionsOnly().start(None).serve_datagrams()

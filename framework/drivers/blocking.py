@@ -26,33 +26,23 @@ from framework.drivers.common import (
     DEFAULT_LINGER,
     LINGER_MAX_BYTES,
     RECV_SIZE,
+    ConnectionTimeout,
+    HandlerError,
     ShortFileError,
     earliest,
+    ends_quietly,
     poll_timeout_ms,
     sendfile_some,
     socket_extra_info,
 )
 from framework.lifecycle import Lifecycle
 from framework.protocol import FileLike, Protocol, Transport
-from framework.signals import is_peer_gone
 
 log = logging.getLogger("forkthread")
 
 _READ = select.POLLIN | select.POLLPRI
 _WRITE = select.POLLOUT
 _FAIL = select.POLLERR | select.POLLHUP | select.POLLNVAL
-
-
-class ConnectionTimeout(TimeoutError):
-    """A connection ended because a time limit passed (idle, send or shutdown)."""
-
-
-class HandlerError(Exception):
-    """Wraps an exception a protocol raised, so the server can log it as a handler fault."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(str(original))
-        self.original = original
 
 
 class _Ended(Exception):
@@ -183,7 +173,7 @@ class BlockingConnection(Transport):
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = exc
-        if not is_peer_gone(exc) and not isinstance(exc, (TimeoutError, ShortFileError)):
+        if not ends_quietly(exc):
             raise exc
 
     def _wait(self, events: int) -> None:

@@ -1,4 +1,4 @@
-"""Pieces both drivers share: buffer sizes, sendfile steps, deadlines, peer-gone handling."""
+"""Pieces both drivers share: buffer sizes, sendfile steps, deadlines, how a connection may end."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import socket
 import time
 from typing import Any
+
+from framework.signals import is_peer_gone
 
 #: Bytes asked of one recv().  64 KiB stays below glibc's mmap threshold, so a
 #: read costs no extra mmap/munmap, and moves large transfers in few calls.
@@ -25,6 +27,28 @@ LINGER_MAX_BYTES = 1 << 20
 
 class ShortFileError(OSError):
     """The file ended before the promised byte count was sent (it shrank meanwhile)."""
+
+
+class ConnectionTimeout(TimeoutError):
+    """A connection ended because a time limit passed (idle, send or shutdown)."""
+
+
+class HandlerError(Exception):
+    """Wraps an exception a protocol raised, so the server can log it as a handler fault."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def ends_quietly(exc: BaseException) -> bool:
+    """True when *exc* is a normal end of one connection: logged at debug, never as a fault.
+
+    The peer went away (reset, broken pipe...), a time limit passed, or a
+    file shrank under a response whose length was already promised.  The one
+    rule every driver and the server apply to what ended a connection.
+    """
+    return is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError))
 
 
 def sendfile_some(sock_fd: int, file_fd: int, offset: int, count: int) -> int:

@@ -46,11 +46,17 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from framework.drivers.blocking import ConnectionTimeout
-from framework.drivers.common import LINGER_MAX_BYTES, RECV_SIZE, ShortFileError, sendfile_some, socket_extra_info
+from framework.drivers.common import (
+    LINGER_MAX_BYTES,
+    RECV_SIZE,
+    ConnectionTimeout,
+    ShortFileError,
+    ends_quietly,
+    sendfile_some,
+    socket_extra_info,
+)
 from framework.lifecycle import ActiveConnections
 from framework.protocol import FileLike, Protocol, Transport
-from framework.signals import is_peer_gone
 
 log = logging.getLogger("forkthread")
 
@@ -682,7 +688,7 @@ class NonBlockingConnection(Transport):
             return
         if self._faulted:
             loop.handle_error(exc, self._peer)
-        elif is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError)):
+        elif ends_quietly(exc):
             log.debug("connection from %s ended: %s", self._peer, exc)
         else:
             loop.handle_error(exc, self._peer)

@@ -1,8 +1,8 @@
 """How pre-forked workers get their connections: Stevens' pre-forked variants (UNP §30.6-30.9).
 
 Each mode prepares shared state in the master before the first fork and
-gives every worker an :class:`~framework.accepting.Acceptor` (installed with
-:meth:`~framework.server.Server.use_acceptor`), so the worker's inner
+gives every worker an :class:`~framework.accepting.Acceptor` (the worker
+enters its role with it: :class:`~framework.strategies.base.ChildRole`), so the worker's inner
 strategy runs unchanged whatever the mode:
 
 ``shared``
@@ -43,13 +43,11 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, ClassVar
+from typing import IO, ClassVar
 
 from framework.accepting import Acceptor, stop_listening
 from framework.address import Address, bind_socket
-
-if TYPE_CHECKING:
-    from framework.server import Server
+from framework.strategies.base import Host
 
 log = logging.getLogger("forkthread")
 
@@ -72,20 +70,24 @@ class AcceptMode:
     #: listener's backlog, its channel's queue): it serves them before exiting.
     worker_drains: ClassVar[bool] = False
 
-    def prepare(self, server: Server) -> None:
+    def prepare(self, host: Host) -> None:
         """In the master, once, before the first worker is forked."""
 
-    def before_spawn(self, server: Server, lane: int) -> None:
+    def before_spawn(self, host: Host, lane: int) -> None:
         """In the master, before forking a worker for *lane*."""
 
     def foreign_fds(self, lane: int) -> list[int]:
         """Descriptors a worker of *lane* inherits but must close (other lanes' resources)."""
         return []
 
-    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
+    def worker_acceptor(self, host: Host, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
         """In a freshly forked worker of *lane*: the acceptor its inner strategy will use."""
         raise NotImplementedError
+
+    def keeps_listener(self, lane: int) -> bool:
+        """True when a worker of *lane* accepts on the server's own listener (so keeps its copy)."""
+        return True
 
     def lane_closed(self, lane: int) -> None:
         """In the master: no worker is left on *lane* and the pool shrank below it."""
@@ -99,10 +101,10 @@ class SharedAccept(AcceptMode):
 
     name = "shared"
 
-    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
+    def worker_acceptor(self, host: Host, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
         """The plain acceptor over the inherited listener."""
-        return server.acceptor
+        return host.acceptor
 
 
 class LockedAcceptor(Acceptor):
@@ -135,16 +137,16 @@ class LockAccept(AcceptMode):
     def __init__(self) -> None:
         self._lock_file: IO[bytes] | None = None
 
-    def prepare(self, server: Server) -> None:
+    def prepare(self, host: Host) -> None:
         """Create the lock file (already unlinked: nothing to clean up on disk)."""
         # Kept open for the whole serve, closed by close(): no context manager fits.
         self._lock_file = tempfile.TemporaryFile(prefix="forkthread-accept-lock-")  # noqa: SIM115
 
-    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
+    def worker_acceptor(self, host: Host, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
         """An acceptor on the inherited listener that takes the lock around accept."""
-        assert self._lock_file is not None and server.listener is not None
-        return LockedAcceptor(server.listener, self._lock_file.fileno())
+        assert self._lock_file is not None
+        return LockedAcceptor(host.listener, self._lock_file.fileno())
 
     def close(self) -> None:
         """Close the lock file."""
@@ -167,42 +169,43 @@ class ReusePortAccept(AcceptMode):
     def __init__(self) -> None:
         self._lanes: dict[int, socket.socket] = {}
 
-    def prepare(self, server: Server) -> None:
+    def prepare(self, host: Host) -> None:
         """Make the server's own listener lane 0 of a reuseport group."""
-        listener = server.listener
-        assert listener is not None
+        listener = host.listener
         if listener.family not in (socket.AF_INET, socket.AF_INET6):
-            raise AcceptModeError(f"--accept reuseport needs a TCP address, not {server.address}")
+            raise AcceptModeError(f"--accept reuseport needs a TCP address, not {host.address}")
         # Linux lets a listening socket join a reuseport group after the fact:
         # the flag is checked when the next socket binds.
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self._lanes[0] = listener
         # Every lane's listener takes new connections until it stops listening, not only lane 0.
-        server.lifecycle.call_when_stopping(self._stop_lanes)
+        host.lifecycle.call_when_stopping(self._stop_lanes)
 
     def _stop_lanes(self) -> None:
         for listener in self._lanes.values():
             stop_listening(listener)
 
-    def before_spawn(self, server: Server, lane: int) -> None:
+    def before_spawn(self, host: Host, lane: int) -> None:
         """Create the lane's listener the first time the lane gets a worker."""
         if lane not in self._lanes:
-            self._lanes[lane] = reuseport_listener(server.address, server.backlog)
+            self._lanes[lane] = reuseport_listener(host.address, host.backlog)
 
     def foreign_fds(self, lane: int) -> list[int]:
         """Every other lane's listener: a worker holding one would keep a closed lane alive.
 
         Lane 0 is the server's own listener, which a worker of another lane
-        releases through the server instead (:meth:`worker_acceptor`).
+        closes when it enters its role (:meth:`keeps_listener`).
         """
         return [sock.fileno() for number, sock in self._lanes.items() if number not in (0, lane)]
 
-    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
+    def worker_acceptor(self, host: Host, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
         """An acceptor on the lane's listener."""
-        if lane != 0:
-            server.release_listener()
         return Acceptor(self._lanes[lane])
+
+    def keeps_listener(self, lane: int) -> bool:
+        """Only lane 0's workers accept on the server's own listener."""
+        return lane == 0
 
     def lane_closed(self, lane: int) -> None:
         """Close a lane the pool no longer has (SIGTTOU); lane 0 is the server's and stays."""
@@ -254,11 +257,14 @@ class PassFdAccept(AcceptMode):
     master_accepts = True
     worker_drains = True
 
-    def worker_acceptor(self, server: Server, lane: int, channel: socket.socket,
+    def worker_acceptor(self, host: Host, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
-        """An acceptor reading passed descriptors from the worker's channel (the listener is released)."""
-        server.release_listener()
+        """An acceptor reading passed descriptors from the worker's channel."""
         return PassedFdAcceptor(channel, master_gone)
+
+    def keeps_listener(self, lane: int) -> bool:
+        """No: only the master accepts."""
+        return False
 
 
 #: ``--accept`` name -> mode class.

@@ -1,15 +1,129 @@
-"""The strategy interface: how connections are carried, whatever is said on them."""
+"""The contract between a server and the strategies that carry it, and the strategy interface.
+
+Three things live here, and nothing else joins the two layers:
+
+:class:`Host`
+    Everything a strategy may ask of the server it carries, written down
+    once: where to take connections from, how to admit and serve one, the
+    process's run state, the counters, and the one call by which a forked
+    process enters its role (:meth:`Host.enter_child`).  A
+    :class:`~framework.server.Server` is a Host; strategies name this
+    class, never ``Server``, and never assign a server's attributes.
+:class:`Strategy`
+    A concurrency model as *configuration*: immutable, built from options,
+    reusable.  :meth:`Strategy.start` creates a :class:`Run`.
+:class:`Run`
+    One serve of a strategy over one host: it owns that serve's state (the
+    children it forked, its threads, a pre-forked supervisor) and is thrown
+    away when serving ends.  Nothing a run does changes its strategy.
+"""
 
 from __future__ import annotations
 
 import abc
 import dataclasses
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+import socket
+from typing import ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from framework.server import Server
+from framework.accepting import Acceptor
+from framework.address import Address
+from framework.drivers.datagram import DatagramService
+from framework.lifecycle import ActiveConnections, Lifecycle
+from framework.protocol import Protocol as ConnectionProtocol
+from framework.signals import SignalAction
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildRole:
+    """What a freshly forked process becomes; given to :meth:`Host.enter_child`.
+
+    A child per connection (``forking``) takes the defaults: no listener, its
+    own counters.  A pre-forked worker brings the acceptor its accept mode
+    made, the counters it publishes on the scoreboard, and its own run.
+    """
+
+    #: Where the child takes connections from (None: it accepts none).
+    acceptor: Acceptor | None = None
+    #: The child's connection counters (None: fresh ones).
+    connections: ActiveConnections | None = None
+    #: Keep this process's copy of the listener (workers that accept on it); otherwise it is closed.
+    keep_listener: bool = False
+    #: The strategy the child serves by from now on: :meth:`Host.enter_child` starts its run
+    #: and the child's status line reports it (None: the child serves what it was given, and
+    #: its status counts its own connections).
+    strategy: Strategy | None = None
+    #: A pre-forked worker: run the server's ``worker_init`` hook (a failure there is a boot failure).
+    worker: bool = False
+
+
+class Host(Protocol):
+    """The whole of what a strategy may ask of the server it carries.
+
+    The path of one connection is: take it from :attr:`acceptor`, then either
+    :meth:`serve_connection` (blocking: admission, driver, every error handled,
+    socket closed) or :meth:`admit` and hand the protocol to an event loop.
+    """
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """This process's run state, wakeup pipe, stop latch and signal routing."""
+
+    @property
+    def connections(self) -> ActiveConnections:
+        """The connections this process serves now, and how many it has served."""
+
+    @property
+    def acceptor(self) -> Acceptor:
+        """Where this process takes new connections from."""
+
+    @property
+    def listener(self) -> socket.socket:
+        """This process's bound socket (a datagram socket, or a listener an accept mode shares)."""
+
+    @property
+    def address(self) -> Address:
+        """The address really listened on."""
+
+    @property
+    def backlog(self) -> int:
+        """The listen backlog (for listeners a strategy opens beside the server's own)."""
+
+    @property
+    def timeout(self) -> float | None:
+        """Idle timeout of a connection, in seconds (None: none)."""
+
+    @property
+    def graceful_timeout(self) -> float:
+        """How long in-flight connections may run on after a stop request."""
+
+    def admit(self, sock: socket.socket, peer: str) -> ConnectionProtocol | None:
+        """Admit one accepted connection: verify, apply socket options, count, make its protocol.
+
+        Returns None (and closes *sock*) when the connection is refused or its
+        set-up failed (logged).  The one admission rule both drivers use.
+        """
+
+    def serve_connection(self, sock: socket.socket, peer: str, *, main_thread: bool) -> None:
+        """Admit and serve one connection to its end in the calling thread; closes *sock*; never raises."""
+
+    def handle_error(self, exc: BaseException, peer: str) -> None:
+        """Report a fault of one connection's protocol (the connection is already over)."""
+
+    def datagram_service(self) -> DatagramService:
+        """What a datagram loop needs to answer datagrams on :attr:`listener`."""
+
+    def status(self) -> str:
+        """The status line (SIGUSR1)."""
+
+    def enter_child(self, role: ChildRole) -> Run | None:
+        """In a freshly forked process: become *role* (the one call a child makes).
+
+        Gives the process its own wakeup pipe and counters, takes the role's
+        acceptor, closes the listener unless the role keeps it, runs
+        ``worker_init`` for a worker, and returns the run of the role's
+        strategy (None without one).
+        """
 
 
 @dataclasses.dataclass
@@ -51,15 +165,11 @@ class ServeError(RuntimeError):
 
 
 class Strategy(abc.ABC):
-    """A concurrency model: given a bound :class:`~framework.server.Server`, serve until stopped.
+    """A concurrency model, as configuration: immutable once built, reusable for any number of serves.
 
-    :meth:`serve` runs in the thread that called
-    :meth:`~framework.server.Server.serve_forever`.  It must return once
-    ``server.lifecycle.stopping`` and in-flight connections are over (or the
-    graceful deadline passed), with every child reaped and thread joined.
-    It serves each connection with
-    :meth:`~framework.server.Server.handle_connection` (blocking driver) or
-    the non-blocking driver, and accepts with ``server.acceptor``.
+    Concrete strategies are frozen dataclasses.  :meth:`start` makes the
+    :class:`Run` that serves one host; the run's :meth:`Run.serve` runs in
+    the thread that called :meth:`~framework.server.Server.serve_forever`.
     """
 
     #: The name on the command line (``--strategy NAME``).
@@ -73,40 +183,58 @@ class Strategy(abc.ABC):
         return cls()
 
     @abc.abstractmethod
-    def serve(self, server: Server) -> None:
-        """Serve *server*'s listener until a stop is requested and all work is over."""
-
-    def serve_datagrams(self, server: Server) -> None:
-        """Answer datagrams on *server*'s (datagram) socket until a stop is requested.
-
-        Strategies that make sense for datagrams (iterative, threading,
-        pre-forked) override this with :func:`framework.datagram.serve_datagram_socket`
-        in one thread, several threads or several processes; a connection-based
-        model (fork per connection, an event loop of connections) refuses.
-        """
-        raise NotImplementedError(f"strategy {self.name!r} cannot serve datagrams (UDP)")
+    def start(self, host: Host) -> Run:
+        """A new run of this strategy over *host*; nothing is served until :meth:`Run.serve`."""
 
     def can_serve_datagrams(self) -> bool:
-        """True when this strategy, as configured, implements :meth:`serve_datagrams`.
-
-        :class:`~framework.server.Server` asks before binding, so that a
-        refusal is a clear error rather than a failure once serving.
+        """True when this strategy, as configured, can answer datagrams (its runs implement
+        :meth:`Run.serve_datagrams`).  A server asks before binding, so a refusal is a clear error.
         """
-        return type(self).serve_datagrams is not Strategy.serve_datagrams
-
-    def signal_actions(self, server: Server) -> dict[int, Callable[[int], None]]:
-        """Signal actions of the strategy's own (a master's HUP, TTIN...), beyond TERM, INT and USR1.
-
-        :meth:`~framework.server.Server.serve_forever` installs them with the
-        defaults, before it announces the server, so that no signal sent after
-        the announcement meets its default action.  Default: none.
-        """
-        return {}
-
-    def counts(self, server: Server) -> tuple[int, int]:
-        """``(connections served, connections active)`` for the status line."""
-        return server.connections.served, len(server.connections)
+        return False
 
     def describe(self) -> str:
         """The strategy with its main options, for the status line (``preforked(4,lock)``)."""
         return self.name
+
+
+class Run(abc.ABC):
+    """One serve of a :class:`Strategy` over a :class:`Host`: the state of that serve, and its loop.
+
+    :meth:`serve` must return once ``host.lifecycle.stopping`` and in-flight
+    connections are over (or the graceful deadline passed), with every child
+    reaped and thread joined.
+    """
+
+    def __init__(self, strategy: Strategy, host: Host) -> None:
+        #: The configuration this run serves by (never changed by the run).
+        self.strategy = strategy
+        self.host = host
+
+    def signal_actions(self) -> dict[int, SignalAction]:
+        """Signal actions of the run's own (a master's HUP, TTIN...), beyond TERM, INT and USR1.
+
+        The server installs them with the defaults before it announces
+        itself, so no signal sent after the announcement meets its default
+        action.  Asking has no side effect.  Default: none.
+        """
+        return {}
+
+    @abc.abstractmethod
+    def serve(self) -> None:
+        """Serve the host's listener until a stop is requested and all work is over."""
+
+    def serve_datagrams(self) -> None:
+        """Answer datagrams on the host's socket until a stop is requested.
+
+        Only runs of strategies whose :meth:`Strategy.can_serve_datagrams` is true implement it.
+        """
+        raise NotImplementedError("this strategy cannot serve datagrams (UDP)")
+
+    def counts(self) -> tuple[int, int]:
+        """``(connections served, connections active)`` for the status line."""
+        connections = self.host.connections
+        return connections.served, len(connections)
+
+    def describe(self) -> str:
+        """The run's strategy and options for the status line (a worker says which worker it is)."""
+        return self.strategy.describe()

@@ -6,9 +6,10 @@
   off after a capacity error (clients then wait in the kernel's backlog).
 * :func:`wind_down` is the stop phase: wait for the workers until
   the graceful deadline, then end them by force, then wait a bounded while.
-* :class:`DispatchingStrategy` is the accept loop of a strategy that hands
+* :class:`DispatchingStrategy` is the configuration (``--max-connections``)
+  and :class:`DispatchingRun` the accept loop of a strategy that hands
   every accepted connection to a worker (a child process, a new thread, a
-  pooled thread), bounded by ``--max-connections``.
+  pooled thread).
 * :class:`LiveThreads` is a set of worker threads that each remove
   themselves when they end (no ever-growing list: bpo-37193), with the
   server's signals blocked in them.
@@ -17,34 +18,21 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 import math
 import select
-import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from framework.accepting import Acceptor
+from framework.accepting import Acceptor, ListenerWatch
+from framework.lifecycle import Lifecycle
 from framework.signals import block_signals_in_thread
-from framework.strategies.base import Strategy
-
-if TYPE_CHECKING:
-    from framework.server import Server
+from framework.strategies.base import Host, Run, Strategy
 
 log = logging.getLogger("forkthread")
-
-#: Signals a worker thread blocks, so they reach the main thread and a
-#: storm of them interrupts no worker's system call.
-WORKER_SIGNALS = frozenset({
-    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
-    signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU,
-})
-
-#: Connections accepted per listener wakeup before the loop looks at its wakeup pipe again.
-ACCEPT_BATCH = 64
 
 #: After the graceful deadline, how long forced ends may take before the strategy gives up on them.
 FORCE_GRACE = 5.0
@@ -58,24 +46,24 @@ class AcceptLoop:
 
     *wake_fd* is the process's wakeup pipe in a serving thread (then
     *on_wake* is ``lifecycle.dispatch``), or a stop pipe in a pool thread.
-    :meth:`for_server` builds the former.
+    :meth:`for_host` builds the former.
     """
 
     def __init__(self, acceptor: Acceptor, wake_fd: int, on_wake: Callable[[], object]) -> None:
         self._acceptor = acceptor
-        self._listen_fd = acceptor.fileno()
         self._wake_fd = wake_fd
         self._on_wake = on_wake
         self._poller = select.poll()
         self._poller.register(wake_fd, select.POLLIN)
-        self._watching_listener = False
+        self._listener = ListenerWatch(acceptor.fileno(), lambda fd: self._poller.register(fd, select.POLLIN),
+                                       self._poller.unregister)
         #: True when the last :meth:`wait` found *wake_fd* readable.
         self.woke = False
 
     @classmethod
-    def for_server(cls, server: Server) -> AcceptLoop:
+    def for_host(cls, host: Host) -> AcceptLoop:
         """The serving thread's loop: the listener beside the lifecycle's wakeup pipe."""
-        return cls(server.acceptor, server.lifecycle.wakeup_fd(), server.lifecycle.dispatch)
+        return cls(host.acceptor, host.lifecycle.wakeup_fd(), host.lifecycle.dispatch)
 
     def wait(self, *, accepting: bool, timeout: float | None = None) -> bool:
         """Block until the listener or the wake-up descriptor is ready, or *timeout* seconds pass.
@@ -86,7 +74,7 @@ class AcceptLoop:
         listener we will not accept from would spin.
         """
         backoff = self._acceptor.backoff_remaining() if accepting else 0.0
-        self._watch_listener(accepting and not backoff)
+        self._listener.update(self._acceptor.wants_polling(accepting))
         if backoff:
             timeout = backoff if timeout is None else min(timeout, backoff)
         listener_ready = self.woke = False
@@ -98,15 +86,8 @@ class AcceptLoop:
                 listener_ready = True
         return listener_ready
 
-    def _watch_listener(self, wanted: bool) -> None:
-        if wanted and not self._watching_listener:
-            self._poller.register(self._listen_fd, select.POLLIN)
-        elif not wanted and self._watching_listener:
-            self._poller.unregister(self._listen_fd)
-        self._watching_listener = wanted
 
-
-def wind_down(server: Server, loop: AcceptLoop, live: Callable[[], int], force: Callable[[], object],
+def wind_down(lifecycle: Lifecycle, loop: AcceptLoop, live: Callable[[], int], force: Callable[[], object],
               collect: Callable[[], None] = lambda: None, interval: float | None = None) -> None:
     """The stop phase: wait while ``live()`` workers remain, until the graceful deadline.
 
@@ -115,7 +96,6 @@ def wind_down(server: Server, loop: AcceptLoop, live: Callable[[], int], force: 
     rest, and is repeated every :data:`FORCE_INTERVAL` for up to
     :data:`FORCE_GRACE` seconds while workers remain.
     """
-    lifecycle = server.lifecycle
     while live() and not lifecycle.past_deadline():
         remaining = lifecycle.remaining()
         timeout = remaining if interval is None or remaining is None else min(remaining, interval)
@@ -133,6 +113,7 @@ def wind_down(server: Server, loop: AcceptLoop, live: Callable[[], int], force: 
         log.error("%d worker(s) did not end within %g s of being stopped", live(), FORCE_GRACE)
 
 
+@dataclasses.dataclass(frozen=True)
 class DispatchingStrategy(Strategy):
     """A strategy whose serving thread accepts and hands each connection to a worker.
 
@@ -142,11 +123,24 @@ class DispatchingStrategy(Strategy):
     the loop: nobody is refused, everybody is served in turn.
     """
 
-    def __init__(self, max_connections: int | None = None) -> None:
-        if max_connections is not None and max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+    max_connections: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {self.max_connections}")
+
+    def describe(self) -> str:
+        """The name, with the bound when there is one: ``threading(max=4)``."""
+        return self.name if self.max_connections is None else f"{self.name}(max={self.max_connections})"
+
+
+class DispatchingRun(Run):
+    """The accept loop of a :class:`DispatchingStrategy`: accept, hand over, wind down at a stop."""
+
+    def __init__(self, strategy: Strategy, host: Host, max_connections: int | None) -> None:
+        super().__init__(strategy, host)
         self.max_connections = max_connections
-        #: Connections accepted since the server started.
+        #: Connections accepted since the run started.
         self.accepted = 0
 
     @abc.abstractmethod
@@ -154,23 +148,23 @@ class DispatchingStrategy(Strategy):
         """Connections being served right now (workers busy)."""
 
     @abc.abstractmethod
-    def start_worker(self, server: Server, sock: socket.socket, peer: str) -> None:
+    def start_worker(self, sock: socket.socket, peer: str) -> None:
         """Hand one accepted connection to a worker; the worker closes *sock*."""
 
     @abc.abstractmethod
-    def force_stop(self, server: Server) -> None:
+    def force_stop(self) -> None:
         """The graceful deadline passed: end the connections still being served."""
 
-    def begin(self, server: Server) -> None:
+    def begin(self) -> None:
         """Hook: runs in the serving thread before the first accept."""
 
-    def collect(self, server: Server) -> None:
+    def collect(self) -> None:
         """Hook: runs after every wakeup of the loop (the forking strategy reaps here)."""
 
-    def begin_stop(self, server: Server) -> None:
+    def begin_stop(self) -> None:
         """Hook: a graceful stop began; tell workers that cannot see this process's lifecycle."""
 
-    def end(self, server: Server) -> None:
+    def end(self) -> None:
         """Hook: runs in the serving thread after the stop phase, even after an error."""
 
     def poll_interval(self) -> float | None:
@@ -181,45 +175,36 @@ class DispatchingStrategy(Strategy):
         """True while one more connection may start."""
         return self.max_connections is None or self.live() < self.max_connections
 
-    def serve(self, server: Server) -> None:
+    def serve(self) -> None:
         """Accept and dispatch until a stop is requested; then wind the workers down."""
-        lifecycle = server.lifecycle
-        loop = AcceptLoop.for_server(server)
-        self.begin(server)
+        lifecycle = self.host.lifecycle
+        acceptor = self.host.acceptor
+        loop = AcceptLoop.for_host(self.host)
+        self.begin()
         try:
             while not lifecycle.stopping:
                 if loop.wait(accepting=self.has_room(), timeout=self.poll_interval()):
-                    self._accept_batch(server)
-                self.collect(server)
-            self.begin_stop(server)
-            wind_down(server, loop, self.live, lambda: self.force_stop(server), lambda: self.collect(server),
-                      self.poll_interval())
+                    for sock, peer in acceptor.accept_batch(self._may_accept):
+                        self.accepted += 1
+                        self.start_worker(sock, peer)
+                self.collect()
+            self.begin_stop()
+            wind_down(lifecycle, loop, self.live, self.force_stop, self.collect, self.poll_interval())
         finally:
-            self.end(server)
+            self.end()
 
-    def _accept_batch(self, server: Server) -> None:
-        for _ in range(ACCEPT_BATCH):
-            if server.lifecycle.stopping or not self.has_room():
-                return
-            accepted = server.acceptor.accept()
-            if accepted is None:
-                return
-            self.accepted += 1
-            self.start_worker(server, *accepted)
+    def _may_accept(self) -> bool:
+        return not self.host.lifecycle.stopping and self.has_room()
 
-    def counts(self, server: Server) -> tuple[int, int]:
+    def counts(self) -> tuple[int, int]:
         """``(connections accepted, connections being served)``."""
         return self.accepted, self.live()
-
-    def describe(self) -> str:
-        """The name, with the bound when there is one: ``threading(max=4)``."""
-        return self.name if self.max_connections is None else f"{self.name}(max={self.max_connections})"
 
 
 class LiveThreads:
     """The worker threads alive right now; each removes itself as it ends.
 
-    Every thread blocks :data:`WORKER_SIGNALS` first.  *on_exit* is called
+    Every thread blocks :data:`~framework.signals.SERVER_SIGNALS` first.  *on_exit* is called
     by each thread as its last act, with the number of threads still alive:
     the owner wakes its loop there when that matters.
     """
@@ -253,7 +238,7 @@ class LiveThreads:
 
     def _run(self, target: Callable[..., object], args: tuple[object, ...]) -> None:
         try:
-            block_signals_in_thread(set(WORKER_SIGNALS))
+            block_signals_in_thread()
             target(*args)
         except Exception:
             log.exception("worker thread %s failed", threading.current_thread().name)

@@ -7,37 +7,49 @@ client waits in the listen backlog until the first has left.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
 
-from framework.datagram import serve_datagram_socket
-from framework.strategies.base import Strategy
+from framework.drivers.datagram import serve_datagram_socket
+from framework.strategies.base import Host, Run, Strategy
 from framework.strategies.dispatching import AcceptLoop
 
-if TYPE_CHECKING:
-    from framework.server import Server
 
-
+@dataclasses.dataclass(frozen=True)
 class IterativeStrategy(Strategy):
     """Accept, serve to the end, accept the next; nothing runs concurrently."""
 
     name = "iterative"
     description = "one connection at a time in one process (the baseline)"
 
-    def serve(self, server: Server) -> None:
+    def start(self, host: Host) -> IterativeRun:
+        """A run serving one connection at a time."""
+        return IterativeRun(self, host)
+
+    def can_serve_datagrams(self) -> bool:
+        """Yes: one loop answers datagrams in the serving thread."""
+        return True
+
+
+class IterativeRun(Run):
+    """The serving thread accepts a connection and serves it to its end."""
+
+    def serve(self) -> None:
         """Accept and serve connections one by one until a stop is requested."""
-        lifecycle = server.lifecycle
-        acceptor = server.acceptor
-        loop = AcceptLoop.for_server(server)
+        host = self.host
+        lifecycle = host.lifecycle
+        acceptor = host.acceptor
+        loop = AcceptLoop.for_host(host)
         while not lifecycle.stopping:
             # Accept first: under load a connection is usually waiting already,
             # which saves the poll() call.
-            accepted = acceptor.accept() if acceptor.backoff_remaining() == 0 else None
+            accepted = acceptor.accept() if acceptor.wants_polling() else None
             if accepted is not None:
-                server.handle_connection(*accepted, main_thread=True)
+                host.serve_connection(*accepted, main_thread=True)
                 continue
             loop.wait(accepting=True)
 
-    def serve_datagrams(self, server: Server) -> None:
+    def serve_datagrams(self) -> None:
         """Answer datagrams one by one in the serving thread until a stop is requested."""
-        assert server.listener is not None
-        serve_datagram_socket(server, server.listener, wakeup_fd=server.lifecycle.wakeup_fd(), main_thread=True)
+        host = self.host
+        serve_datagram_socket(host.listener, host.datagram_service(), wakeup_fd=host.lifecycle.wakeup_fd(),
+                              main_thread=True)

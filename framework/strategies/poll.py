@@ -10,25 +10,31 @@ output; the price is that one slow callback holds up everyone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import selectors
-from typing import TYPE_CHECKING, ClassVar
+import socket
+from typing import ClassVar
 
-from framework.drivers.blocking import ConnectionTimeout
+from framework.accepting import ListenerWatch
+from framework.drivers.common import ConnectionTimeout
 from framework.drivers.nonblocking import EventLoop
-from framework.strategies.base import Strategy, StrategyOptions
-
-if TYPE_CHECKING:
-    import socket
-
-    from framework.server import Server
+from framework.strategies.base import Host, Run, Strategy, StrategyOptions
 
 log = logging.getLogger("forkthread")
 
 #: select(2) cannot watch descriptors at or above FD_SETSIZE.
 FD_SETSIZE = 1024
 
+#: --selector name -> selector class.
+SELECTORS: dict[str, str] = {
+    "poll": "PollSelector",
+    "epoll": "EpollSelector",
+    "select": "SelectSelector",
+}
 
+
+@dataclasses.dataclass(frozen=True)
 class PollStrategy(Strategy):
     """Serve every connection from one event loop in the serving thread.
 
@@ -39,21 +45,17 @@ class PollStrategy(Strategy):
 
     name = "poll"
     description = "one thread, one event loop over poll(2) (or epoll/select): non-blocking I/O"
+    SELECTORS: ClassVar[dict[str, str]] = SELECTORS
 
-    #: --selector name -> selector class.
-    SELECTORS: ClassVar[dict[str, str]] = {
-        "poll": "PollSelector",
-        "epoll": "EpollSelector",
-        "select": "SelectSelector",
-    }
+    selector: str = "poll"
+    max_connections: int | None = None
 
-    def __init__(self, selector: str = "poll", max_connections: int | None = None) -> None:
-        if selector not in self.SELECTORS or not hasattr(selectors, self.SELECTORS[selector]):
-            raise ValueError(f"unknown or unavailable selector {selector!r} (choose from {', '.join(self.SELECTORS)})")
-        if max_connections is not None and max_connections <= 0:
-            raise ValueError(f"max_connections must be > 0, not {max_connections}")
-        self.selector = selector
-        self.max_connections = max_connections
+    def __post_init__(self) -> None:
+        if self.selector not in SELECTORS or not hasattr(selectors, SELECTORS[self.selector]):
+            raise ValueError(
+                f"unknown or unavailable selector {self.selector!r} (choose from {', '.join(SELECTORS)})")
+        if self.max_connections is not None and self.max_connections <= 0:
+            raise ValueError(f"max_connections must be > 0, not {self.max_connections}")
 
     @classmethod
     def from_options(cls, options: StrategyOptions) -> PollStrategy:
@@ -69,55 +71,46 @@ class PollStrategy(Strategy):
 
     def make_selector(self) -> selectors.BaseSelector:
         """A new selector of the configured kind."""
-        selector: selectors.BaseSelector = getattr(selectors, self.SELECTORS[self.selector])()
+        selector: selectors.BaseSelector = getattr(selectors, SELECTORS[self.selector])()
         return selector
 
-    def serve(self, server: Server) -> None:
+    def start(self, host: Host) -> PollRun:
+        """A run of one event loop."""
+        return PollRun(self, host)
+
+
+class PollRun(Run):
+    """The event loop of one serve: the listener, the wakeup pipe and every connection in one selector."""
+
+    strategy: PollStrategy
+
+    def __init__(self, strategy: PollStrategy, host: Host) -> None:
+        super().__init__(strategy, host)
+        self.loop = EventLoop(strategy.make_selector(), idle_timeout=host.timeout, handle_error=host.handle_error,
+                              connections=host.connections)
+
+    def serve(self) -> None:
         """Accept and serve connections until a stop is requested and the last one is over.
 
         On a stop request the listener leaves the poll set at once; open
         connections run on until they end or the graceful deadline passes,
         when the rest are aborted.
         """
-        lifecycle = server.lifecycle
-        acceptor = server.acceptor
-        listen_fd = acceptor.fileno()
-        loop = EventLoop(self.make_selector(), idle_timeout=server.timeout, handle_error=server.handle_error,
-                         connections=server.connections)
-        bound = self.max_connections
-        check_fd_setsize = self.selector == "select"
-
-        def accept_batch() -> None:
-            # Take every waiting connection now (level-triggered poll would
-            # report the listener again anyway), up to the bound.
-            while not lifecycle.stopping and (bound is None or len(loop.connections) < bound):
-                accepted = acceptor.accept()
-                if accepted is None:
-                    return
-                self._start(server, loop, *accepted, check_fd_setsize=check_fd_setsize)
-
+        lifecycle = self.host.lifecycle
+        acceptor = self.host.acceptor
+        loop = self.loop
+        listener = ListenerWatch(acceptor.fileno(), lambda fd: loop.add_reader(fd, self._accept_batch),
+                                 loop.remove_reader)
         loop.add_reader(lifecycle.wakeup_fd(), lifecycle.dispatch)
-        listening = False
         told_stopping = False
         try:
             while True:
                 timeout: float | None = None
                 if lifecycle.stopping:
-                    want_listener = False
+                    listener.update(False)
                     if not told_stopping:
                         told_stopping = True
                         loop.notify_stopping()  # idle keep-alive connections can close now
-                else:
-                    backoff = acceptor.backoff_remaining()
-                    want_listener = not backoff and (bound is None or len(loop.connections) < bound)
-                    timeout = backoff or None
-                if want_listener != listening:
-                    if want_listener:
-                        loop.add_reader(listen_fd, accept_batch)
-                    else:
-                        loop.remove_reader(listen_fd)
-                    listening = want_listener
-                if lifecycle.stopping:
                     if not loop.connections:
                         break
                     if lifecycle.past_deadline():
@@ -125,26 +118,33 @@ class PollStrategy(Strategy):
                         log.info("graceful timeout passed: aborted %d connection(s)", aborted)
                         break
                     timeout = lifecycle.remaining()
+                else:
+                    listener.update(acceptor.wants_polling(self._has_room()))
+                    timeout = acceptor.backoff_remaining() or None
                 loop.run_once(timeout)
         finally:
             loop.close()
 
-    @staticmethod
-    def _start(server: Server, loop: EventLoop, sock: socket.socket, peer: str, *, check_fd_setsize: bool) -> None:
-        """Hand one accepted connection to the loop, through the server's hooks."""
-        try:
-            if check_fd_setsize and sock.fileno() >= FD_SETSIZE:
-                log.warning("connection from %s refused: descriptor %d is beyond select()'s FD_SETSIZE",
-                            peer, sock.fileno())
-                sock.close()
-                return
-            if not server.verify_request(sock, peer):
-                sock.close()
-                return
-            server.configure_connection(sock)
-            protocol = server.protocol_factory()
-        except Exception as exc:
-            server.handle_error(exc, peer)
+    def _has_room(self) -> bool:
+        bound = self.strategy.max_connections
+        return bound is None or len(self.loop.connections) < bound
+
+    def _may_accept(self) -> bool:
+        return not self.host.lifecycle.stopping and self._has_room()
+
+    def _accept_batch(self) -> None:
+        # Take every waiting connection now (level-triggered poll would
+        # report the listener again anyway), up to the bound.
+        for sock, peer in self.host.acceptor.accept_batch(self._may_accept):
+            self.add_accepted(sock, peer)
+
+    def add_accepted(self, sock: socket.socket, peer: str) -> None:
+        """Hand one accepted connection to the loop, through the host's admission."""
+        if self.strategy.selector == "select" and sock.fileno() >= FD_SETSIZE:
+            log.warning("connection from %s refused: descriptor %d is beyond select()'s FD_SETSIZE",
+                        peer, sock.fileno())
             sock.close()
             return
-        loop.add_connection(sock, peer, protocol)
+        protocol = self.host.admit(sock, peer)
+        if protocol is not None:
+            self.loop.add_connection(sock, peer, protocol)

@@ -1,10 +1,12 @@
 """One pre-forked worker process: boot, tell the master it is ready, run the inner strategy, exit.
 
-Everything here runs in the child after ``fork()`` and ends in ``os._exit``:
-a worker never returns into the master's code.  The master blocks its
-signals around ``fork()``, so a signal aimed at a worker that is still
-booting waits until the worker's own handlers are in place (instead of
-being recorded by the master's inherited handler and lost).
+Everything here runs in the child after :func:`framework.processes.fork`
+and ends in :func:`framework.processes.exit_child`: a worker never returns
+into the master's code.  Signals stay held from the fork until the worker's
+own handlers are in place, so a signal aimed at a booting worker waits for
+them.  The worker enters its role with one call,
+:meth:`~framework.strategies.base.Host.enter_child`, which gives it its
+acceptor, its scoreboard counters and its run.
 
 Exit statuses the master reads: 0 after a requested stop,
 :data:`WORKER_BOOT_ERROR` when booting failed (the master then stops instead
@@ -21,15 +23,14 @@ import os
 import signal
 import socket
 import threading
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from framework.accepting import Acceptor
-from framework.strategies.base import Strategy
+from framework.processes import Forked, exit_child
+from framework.signals import MASTER_ONLY_SIGNALS
+from framework.strategies.accept_modes import AcceptMode
+from framework.strategies.base import ChildRole, Host, Run, Strategy
 from framework.strategies.scoreboard import Scoreboard, ScoredConnections
-
-if TYPE_CHECKING:
-    from framework.server import Server
-    from framework.strategies.accept_modes import AcceptMode
 
 log = logging.getLogger("forkthread")
 
@@ -41,11 +42,9 @@ RETIRE_ME = b"Q"
 #: The signal a worker gets when its master dies (a graceful stop).
 PARENT_DEATH_SIGNAL = signal.SIGTERM
 PR_SET_PDEATHSIG = 1
-#: Signals that belong to the master; a worker ignores them (TTIN/TTOU would stop it, HUP end it).
-MASTER_ONLY_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class WorkerPlan:
     """What the master tells a worker it is about to fork."""
 
@@ -59,11 +58,50 @@ class WorkerPlan:
     board: Scoreboard
     max_requests: int
     master_pid: int
-    #: Master-side descriptors of the other workers' channels: closed at once,
-    #: so a worker's end-of-file really means its master is gone.
-    foreign_fds: list[int]
-    #: The signal mask to restore once the worker's handlers are installed.
-    signal_mask: set[int | signal.Signals]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerStrategy(Strategy):
+    """The inner strategy as one worker runs it: the same serving, described as that worker."""
+
+    name = "preforked-worker"
+    description = "one worker of a pre-forked pool"
+
+    inner: Strategy
+    number: int
+    accept: str
+
+    def start(self, host: Host) -> Run:
+        """The inner strategy's run, described as this worker."""
+        return WorkerRun(self, host, self.inner.start(host))
+
+    def can_serve_datagrams(self) -> bool:
+        """As the inner strategy."""
+        return self.inner.can_serve_datagrams()
+
+    def describe(self) -> str:
+        """``preforked-worker(3,accept=shared,worker=iterative)``."""
+        return f"{self.name}({self.number},accept={self.accept},worker={self.inner.describe()})"
+
+
+class WorkerRun(Run):
+    """A worker's run: the inner run's serving and counts, the worker's description."""
+
+    def __init__(self, strategy: WorkerStrategy, host: Host, inner: Run) -> None:
+        super().__init__(strategy, host)
+        self.inner = inner
+
+    def serve(self) -> None:
+        """Serve as the inner strategy does."""
+        self.inner.serve()
+
+    def serve_datagrams(self) -> None:
+        """Answer datagrams as the inner strategy does."""
+        self.inner.serve_datagrams()
+
+    def counts(self) -> tuple[int, int]:
+        """The inner run's counts: this worker's own."""
+        return self.inner.counts()
 
 
 def die_with_parent(master_pid: int) -> None:
@@ -78,23 +116,22 @@ def die_with_parent(master_pid: int) -> None:
         os._exit(0)
 
 
-def install_worker_signals(server: Server) -> None:
+def install_worker_signals(host: Host) -> None:
     """Drop the master's signal handling and install the worker's own, deliberately.
 
     TERM stops gracefully, INT and QUIT quickly, USR1 logs this worker's
-    status line; HUP, TTIN and TTOU are the master's business and ignored;
-    CHLD goes back to its default.
+    status line; HUP, TTIN and TTOU are the master's business and ignored
+    (CHLD went back to its default at the fork).
     """
-    lifecycle = server.lifecycle
+    lifecycle = host.lifecycle
     lifecycle.signals.restore()
     for signum in MASTER_ONLY_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     lifecycle.install_signals({
         signal.SIGTERM: lambda signum: lifecycle.request_stop(graceful=True),
         signal.SIGINT: lambda signum: lifecycle.request_stop(graceful=False),
         signal.SIGQUIT: lambda signum: lifecycle.request_stop(graceful=False),
-        signal.SIGUSR1: lambda signum: log.info("status: %s", server.status()),
+        signal.SIGUSR1: lambda signum: log.info("status: %s", host.status()),
     })
 
 
@@ -108,7 +145,7 @@ class RetireRequest:
         self._lock = threading.Lock()
 
     def __call__(self, served: int) -> None:
-        """Called after each accepted connection with the worker's total so far."""
+        """Called after each admitted connection with the worker's total so far."""
         if not self._limit or served < self._limit:
             return
         with self._lock:
@@ -120,60 +157,52 @@ class RetireRequest:
             self._channel.send(RETIRE_ME)
 
 
-def boot(server: Server, plan: WorkerPlan) -> Acceptor:
+def boot(host: Host, plan: WorkerPlan, forked: Forked) -> tuple[Acceptor, Run]:
     """Everything between ``fork()`` and "ready": any exception here is a boot failure."""
-    server.after_fork_in_child()
     die_with_parent(plan.master_pid)
-    for fd in plan.foreign_fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    install_worker_signals(server)
-    server.connections = ScoredConnections(
-        plan.board, plan.slot, RetireRequest(plan.channel, plan.max_requests))
-    lifecycle = server.lifecycle
-    acceptor = plan.mode.worker_acceptor(server, plan.lane, plan.channel, lambda: lifecycle.request_stop(graceful=True))
-    server.use_acceptor(acceptor)
-    server.worker_init()
-    signal.pthread_sigmask(signal.SIG_SETMASK, plan.signal_mask)
-    return acceptor
+    lifecycle = host.lifecycle
+    acceptor = plan.mode.worker_acceptor(host, plan.lane, plan.channel, lambda: lifecycle.request_stop(graceful=True))
+    run = host.enter_child(ChildRole(
+        acceptor=acceptor,
+        connections=ScoredConnections(plan.board, plan.slot, RetireRequest(plan.channel, plan.max_requests)),
+        keep_listener=plan.mode.keeps_listener(plan.lane),
+        strategy=WorkerStrategy(plan.inner, plan.number, plan.mode.name),
+        worker=True,
+    ))
+    assert run is not None
+    install_worker_signals(host)
+    forked.release_signals()
+    return acceptor, run
 
 
-def drain(server: Server, acceptor: Acceptor) -> None:
+def drain(host: Host, acceptor: Acceptor) -> None:
     """Serve the connections only this worker can take (own backlog, channel queue) before exiting."""
-    lifecycle = server.lifecycle
+    lifecycle = host.lifecycle
     while not lifecycle.past_deadline():
         accepted = acceptor.accept()
         if accepted is None:
             return
-        server.handle_connection(*accepted, main_thread=True)
+        host.serve_connection(*accepted, main_thread=True)
 
 
-def run_worker(server: Server, plan: WorkerPlan) -> NoReturn:
+def run_worker(host: Host, plan: WorkerPlan, forked: Forked, datagrams: bool) -> NoReturn:
     """The whole life of a worker process; never returns."""
     status = 1
     try:
         try:
-            acceptor = boot(server, plan)
+            acceptor, run = boot(host, plan, forked)
             plan.channel.send(READY)
         except BaseException as exc:
             log.error("worker %d (pid %d) failed to boot: %r", plan.number, os.getpid(), exc, exc_info=exc)
-            status = WORKER_BOOT_ERROR
-            _exit(status)
+            exit_child(WORKER_BOOT_ERROR)
         log.debug("worker %d (pid %d) ready", plan.number, os.getpid())
-        if server.requested_address.is_datagram:  # the listener may be a lane's own socket by now
-            plan.inner.serve_datagrams(server)
+        if datagrams:
+            run.serve_datagrams()
         else:
-            plan.inner.serve(server)
+            run.serve()
         if plan.mode.worker_drains:
-            drain(server, acceptor)
+            drain(host, acceptor)
         status = 0
     except BaseException as exc:
         log.critical("worker %d (pid %d) crashed: %r", plan.number, os.getpid(), exc, exc_info=exc)
-    _exit(status)
-
-
-def _exit(status: int) -> NoReturn:
-    for handler in logging.getLogger().handlers + log.handlers:
-        with contextlib.suppress(Exception):
-            handler.flush()
-    os._exit(status)
+    exit_child(status)

@@ -10,7 +10,7 @@ share the listener, chosen with ``--prethreaded-accept``:
     accepts one connection, releases the mutex, and serves.  Only one thread
     waits in the kernel at a time, so there is no thundering herd, and the
     main thread does nothing per connection.  The lock holder also polls a
-    stop pipe that is written once and never drained, so every thread in
+    stop latch that is set once and never drained, so every thread in
     turn sees it and leaves promptly when the server stops.
 ``handoff`` (Stevens §30.12)
     The main thread accepts and hands each socket to the pool through a
@@ -27,20 +27,17 @@ GIL adds a thread switch to every hand-off, so ``lock`` is usually cheaper.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import queue
 import socket
 import threading
-from typing import TYPE_CHECKING
 
 from framework.accepting import Acceptor
-from framework.datagram import serve_datagrams_in_threads
-from framework.strategies.base import Strategy, StrategyOptions
-from framework.strategies.dispatching import FORCE_GRACE, AcceptLoop, DispatchingStrategy, LiveThreads, wind_down
-
-if TYPE_CHECKING:
-    from framework.server import Server
+from framework.drivers.datagram import serve_datagrams_in_threads
+from framework.signals import Latch
+from framework.strategies.base import Host, Run, Strategy, StrategyOptions
+from framework.strategies.dispatching import FORCE_GRACE, AcceptLoop, DispatchingRun, LiveThreads, wind_down
 
 log = logging.getLogger("forkthread")
 
@@ -48,26 +45,21 @@ log = logging.getLogger("forkthread")
 ACCEPT_MODES = ("lock", "handoff")
 
 
-class PrethreadedStrategy(DispatchingStrategy):
+@dataclasses.dataclass(frozen=True)
+class PrethreadedStrategy(Strategy):
     """A fixed pool of *threads* threads sharing the listener by *accept* mode (``lock`` or ``handoff``)."""
 
     name = "prethreaded"
     description = "a fixed pool of threads, taking turns in accept or fed by the main thread"
 
-    def __init__(self, threads: int = 8, accept: str = "lock") -> None:
-        if accept not in ACCEPT_MODES:
-            raise ValueError(f"prethreaded accept mode must be one of {', '.join(ACCEPT_MODES)}, not {accept!r}")
-        if threads < 1:
-            raise ValueError(f"prethreaded needs at least 1 thread, not {threads}")
-        # In hand-off mode, the pool size bounds the connections handed over.
-        super().__init__(max_connections=threads)
-        self.threads = threads
-        self.accept_mode = accept
-        self._pool: LiveThreads | None = None
-        self._queue: queue.SimpleQueue[tuple[socket.socket, str] | None] = queue.SimpleQueue()
-        self._busy = 0
-        self._busy_lock = threading.Lock()
-        self._accept_lock = threading.Lock()
+    threads: int = 8
+    accept: str = "lock"
+
+    def __post_init__(self) -> None:
+        if self.accept not in ACCEPT_MODES:
+            raise ValueError(f"prethreaded accept mode must be one of {', '.join(ACCEPT_MODES)}, not {self.accept!r}")
+        if self.threads < 1:
+            raise ValueError(f"prethreaded needs at least 1 thread, not {self.threads}")
 
     @classmethod
     def from_options(cls, options: StrategyOptions) -> PrethreadedStrategy:
@@ -76,33 +68,47 @@ class PrethreadedStrategy(DispatchingStrategy):
 
     def describe(self) -> str:
         """``prethreaded(8,lock)``."""
-        return f"{self.name}({self.threads},{self.accept_mode})"
+        return f"{self.name}({self.threads},{self.accept})"
 
-    def counts(self, server: Server) -> tuple[int, int]:
-        """``(connections served, connections active)``."""
-        return Strategy.counts(self, server)
+    def start(self, host: Host) -> Run:
+        """A run of the pool in the configured accept mode."""
+        if self.accept == "lock":
+            return TakingTurnsRun(self, host)
+        return HandoffRun(self, host, self.threads)
 
-    def serve_datagrams(self, server: Server) -> None:
-        """The pool's threads all wait on the one datagram socket (no accept, so no accept mode)."""
-        serve_datagrams_in_threads(server, self.threads)
+    def can_serve_datagrams(self) -> bool:
+        """Yes: the pool's threads all wait on the one datagram socket."""
+        return True
 
-    def serve(self, server: Server) -> None:
-        """Serve with the pool, in the chosen accept mode."""
-        if self.accept_mode == "lock":
-            self._serve_taking_turns(server)
-        else:
-            super().serve(server)
 
-    # -- lock: the threads take turns in accept ---------------------------------
+def _serve_datagrams(run: Run, threads: int) -> None:
+    """The pool's threads all wait on the one datagram socket (no accept, so no accept mode)."""
+    serve_datagrams_in_threads(run.host.listener, run.host.datagram_service(), threads)
 
-    def _serve_taking_turns(self, server: Server) -> None:
-        lifecycle = server.lifecycle
-        loop = AcceptLoop.for_server(server)  # the main thread only runs signal actions
-        stop_read, stop_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+class TakingTurnsRun(Run):
+    """``lock``: the pool threads take turns in accept, under a mutex (Stevens §30.11)."""
+
+    strategy: PrethreadedStrategy
+
+    def __init__(self, strategy: PrethreadedStrategy, host: Host) -> None:
+        super().__init__(strategy, host)
+        self._accept_lock = threading.Lock()
+
+    def serve_datagrams(self) -> None:
+        """See :func:`_serve_datagrams`."""
+        _serve_datagrams(self, self.strategy.threads)
+
+    def serve(self) -> None:
+        """Start the pool; the main thread only runs signal actions until a stop, then winds down."""
+        host = self.host
+        lifecycle = host.lifecycle
+        loop = AcceptLoop.for_host(host)  # the main thread only runs signal actions
+        stop = Latch()
         pool = LiveThreads("prethreaded", lambda alive: lifecycle.wakeup.wake())
         try:
-            started = sum(pool.start(self._take_turns, server, server.acceptor, stop_read)
-                          for _ in range(self.threads))
+            started = sum(pool.start(self._take_turns, host.acceptor, stop.fileno())
+                          for _ in range(self.strategy.threads))
             if not started:
                 raise RuntimeError("prethreaded: no pool thread could be started")
             while not lifecycle.stopping:
@@ -112,15 +118,14 @@ class PrethreadedStrategy(DispatchingStrategy):
                     # the thread): the listener is broken, so stop rather than idle.
                     log.error("a pool thread ended unexpectedly; stopping the server")
                     lifecycle.request_stop()
-            os.write(stop_write, b"\0")
-            wind_down(server, loop, lambda: len(pool), server.connections.abort_all)
+            stop.set()
+            wind_down(lifecycle, loop, lambda: len(pool), host.connections.abort_all)
         finally:
-            os.write(stop_write, b"\0")  # idempotent: the pipe is never drained
+            stop.set()
             pool.join(FORCE_GRACE)
-            os.close(stop_read)
-            os.close(stop_write)
+            stop.close()
 
-    def _take_turns(self, server: Server, acceptor: Acceptor, stop_fd: int) -> None:
+    def _take_turns(self, acceptor: Acceptor, stop_fd: int) -> None:
         """A pool thread: wait for the accept mutex, accept one connection, serve it; until stopped."""
         turn = AcceptLoop(acceptor, stop_fd, on_wake=lambda: None)
         while True:
@@ -128,11 +133,11 @@ class PrethreadedStrategy(DispatchingStrategy):
                 accepted = self._accept_one(turn, acceptor)
             if accepted is None:
                 return
-            server.handle_connection(*accepted, main_thread=False)
+            self.host.serve_connection(*accepted, main_thread=False)
 
     @staticmethod
     def _accept_one(turn: AcceptLoop, acceptor: Acceptor) -> tuple[socket.socket, str] | None:
-        """Holding the mutex: wait for a connection and accept it; None once the stop pipe is readable."""
+        """Holding the mutex: wait for a connection and accept it; None once the stop latch is set."""
         while True:
             listener_ready = turn.wait(accepting=True)
             if turn.woke:
@@ -142,44 +147,62 @@ class PrethreadedStrategy(DispatchingStrategy):
                 if accepted is not None:
                     return accepted
 
-    # -- handoff: the main thread accepts and feeds the pool ---------------------
 
-    def begin(self, server: Server) -> None:
-        """Start the pool; each thread waits on the queue."""
+class HandoffRun(DispatchingRun):
+    """``handoff``: the main thread accepts and feeds the pool through a queue (Stevens §30.12)."""
+
+    strategy: PrethreadedStrategy
+
+    def __init__(self, strategy: PrethreadedStrategy, host: Host, threads: int) -> None:
+        # The pool size bounds the connections handed over.
+        super().__init__(strategy, host, max_connections=threads)
         self._pool = LiveThreads("prethreaded")
-        for _ in range(self.threads):
-            self._pool.start(self._take_from_queue, server)
+        self._queue: queue.SimpleQueue[tuple[socket.socket, str] | None] = queue.SimpleQueue()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+
+    def serve_datagrams(self) -> None:
+        """See :func:`_serve_datagrams`."""
+        _serve_datagrams(self, self.strategy.threads)
+
+    def counts(self) -> tuple[int, int]:
+        """``(connections served, connections active)``."""
+        return Run.counts(self)
+
+    def begin(self) -> None:
+        """Start the pool; each thread waits on the queue."""
+        for _ in range(self.strategy.threads):
+            self._pool.start(self._take_from_queue)
 
     def live(self) -> int:
         """Connections handed over and not finished yet."""
         return self._busy
 
-    def start_worker(self, server: Server, sock: socket.socket, peer: str) -> None:
+    def start_worker(self, sock: socket.socket, peer: str) -> None:
         """Hand *sock* to the pool (a thread is free: the loop accepts only then)."""
         with self._busy_lock:
             self._busy += 1
         self._queue.put((sock, peer))
 
-    def _take_from_queue(self, server: Server) -> None:
+    def _take_from_queue(self) -> None:
+        lifecycle = self.host.lifecycle
         while (item := self._queue.get()) is not None:
             try:
-                server.handle_connection(*item, main_thread=False)
+                self.host.serve_connection(*item, main_thread=False)
             finally:
                 with self._busy_lock:
                     self._busy -= 1
-                    was_full = self._busy == self.threads - 1
-                if was_full or server.lifecycle.stopping:
-                    server.lifecycle.wakeup.wake()
+                    was_full = self._busy == self.strategy.threads - 1
+                if was_full or lifecycle.stopping:
+                    lifecycle.wakeup.wake()
 
-    def force_stop(self, server: Server) -> None:
+    def force_stop(self) -> None:
         """Shut every open connection down, which ends the pool threads' waits."""
-        server.connections.abort_all()
+        self.host.connections.abort_all()
 
-    def end(self, server: Server) -> None:
+    def end(self) -> None:
         """One sentinel per thread; join; close any socket never picked up."""
-        if self._pool is None:
-            return
-        for _ in range(self.threads):
+        for _ in range(self.strategy.threads):
             self._queue.put(None)
         self._pool.join(FORCE_GRACE)
         while not self._queue.empty():

@@ -33,25 +33,16 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from framework.accepting import ListenerWatch
+from framework.processes import exit_child, fork
+from framework.signals import SignalAction
 from framework.strategies.accept_modes import ACCEPT_MODES, AcceptModeError, pass_connection
-from framework.strategies.base import ServeError
+from framework.strategies.base import Host, Run, ServeError, Strategy
 from framework.strategies.prefork_worker import READY, RETIRE_ME, WORKER_BOOT_ERROR, WorkerPlan, run_worker
 from framework.strategies.scoreboard import Scoreboard
 
-if TYPE_CHECKING:
-    from framework.server import Server
-    from framework.strategies.preforked import PreforkedStrategy
-
 log = logging.getLogger("forkthread")
-
-#: Signals the master handles (blocked around fork so a booting worker cannot lose them).
-MASTER_SIGNALS = frozenset({
-    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
-    signal.SIGUSR1, signal.SIGCHLD,
-})
 #: More than this many crashes within CRASH_WINDOW seconds and respawns back off.
 CRASH_BURST = 3
 CRASH_WINDOW = 10.0
@@ -63,8 +54,6 @@ QUICK_STOP_GRACE = 2.0
 KILL_MARGIN = 0.5
 #: The master's loop wakes at least this often (a safety net; signals and channels wake it anyway).
 TICK = 1.0
-#: passfd: most connections accepted per wakeup before looking at other events.
-ACCEPT_BATCH = 64
 #: passfd: how soon to retry handing out a connection when every channel was full.
 PASS_RETRY = 0.01
 
@@ -99,15 +88,27 @@ def describe_exit(status: int) -> str:
     return f"exit status {code}"
 
 
-class Supervisor:
-    """Runs the master loop for one :class:`~framework.strategies.preforked.PreforkedStrategy` serve."""
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    """What the master keeps: the pool's size, accept mode, workers' strategy and recycling."""
 
-    def __init__(self, server: Server, strategy: PreforkedStrategy) -> None:
-        self.server = server
-        self.lifecycle = server.lifecycle
-        self.strategy = strategy
-        self.mode = ACCEPT_MODES[strategy.accept]()
-        self.target = strategy.workers
+    workers: int
+    accept: str
+    inner: Strategy
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+
+
+class Supervisor(Run):
+    """The master of one pre-forked serve: its workers, their lanes and channels, the scoreboard."""
+
+    def __init__(self, strategy: Strategy, host: Host, pool: PoolConfig) -> None:
+        super().__init__(strategy, host)
+        self.lifecycle = host.lifecycle
+        self.pool = pool
+        self.mode = ACCEPT_MODES[pool.accept]()
+        self._datagrams = False  # serve_datagrams(): workers answer datagrams instead of accepting
+        self.target = pool.workers
         self.workers: dict[int, Worker] = {}
         self.board = Scoreboard()
         self.retired_served = 0
@@ -120,7 +121,8 @@ class Supervisor:
         self._pending: collections.deque[tuple[socket.socket, str]] = collections.deque()
         self._poller = select.poll()
         self._by_fd: dict[int, Worker] = {}
-        self._listening = False
+        self._listener = ListenerWatch(host.listener.fileno(), lambda fd: self._poller.register(fd, select.POLLIN),
+                                       self._poller.unregister) if self.mode.master_accepts else None
 
     # -- counting -----------------------------------------------------------------
 
@@ -133,7 +135,11 @@ class Supervisor:
             active += worker_active
         return served, active
 
-    def status(self) -> str:
+    def describe(self) -> str:
+        """``preforked(workers=4,accept=shared,worker=iterative)``, with the pool's size now."""
+        return f"preforked(workers={self.target},accept={self.pool.accept},worker={self.pool.inner.describe()})"
+
+    def pool_status(self) -> str:
         """The pool part of the master's status line."""
         alive = [w for w in self.workers.values() if not w.retiring]
         return (f"workers={len(alive)}/{self.target} booting={sum(not w.ready for w in alive)}"
@@ -141,12 +147,25 @@ class Supervisor:
 
     # -- the loop -----------------------------------------------------------------
 
-    def run(self) -> None:
+    def serve(self) -> None:
         """Serve until stopped; every worker is reaped when this returns or raises."""
-        # The signal actions were installed by Server.serve_forever (main thread,
+        self._run()
+
+    def serve_datagrams(self) -> None:
+        """The same master and pool; each worker answers datagrams on the shared socket.
+
+        A worker runs its inner strategy's datagram loop (one loop, or
+        ``--threads`` threads) instead of accepting; the kernel hands each
+        datagram to one worker.
+        """
+        self._datagrams = True
+        self._run()
+
+    def _run(self) -> None:
+        # The signal actions were installed by the server (main thread,
         # handle_signals): without them, channel end-of-file and a tick wake the loop.
         try:
-            self.mode.prepare(self.server)
+            self.mode.prepare(self.host)
         except AcceptModeError as exc:
             raise ServeError(str(exc), exit_status=2) from None
         self._poller.register(self.lifecycle.wakeup_fd(), select.POLLIN)
@@ -158,8 +177,8 @@ class Supervisor:
         if self.boot_failure is not None:
             raise ServeError(self.boot_failure, exit_status=WORKER_BOOT_ERROR)
 
-    def signal_actions(self) -> dict[int, Callable[[int], None]]:
-        """The master's signal actions (installed by the server before it announces itself, and by :meth:`run`)."""
+    def signal_actions(self) -> dict[int, SignalAction]:
+        """The master's signal actions (installed by the server before it announces itself)."""
         return {
             signal.SIGTERM: lambda signum: self.lifecycle.request_stop(graceful=True),
             signal.SIGINT: self._quick_stop,
@@ -188,7 +207,7 @@ class Supervisor:
             for fd, _ in self._poller.poll(self._poll_timeout()):
                 if fd == wakeup_fd:
                     self.lifecycle.dispatch()
-                elif self._listening and fd == self.server.fileno():
+                elif self._listener is not None and self._listener.watching and fd == self.host.listener.fileno():
                     self._accept_and_pass()
                 else:
                     worker = self._by_fd.get(fd)
@@ -237,7 +256,7 @@ class Supervisor:
         log.info("SIGTTOU: workers %d -> %d", self.target + 1, self.target)
 
     def _log_status(self, signum: int) -> None:
-        log.info("status: %s %s", self.server.status(), self.status())
+        log.info("status: %s %s", self.host.status(), self.pool_status())
         for worker in self.workers.values():
             self._signal(worker, signal.SIGUSR1)
 
@@ -268,32 +287,26 @@ class Supervisor:
             return False
         master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.spawned += 1
-        max_requests = self.strategy.max_requests
-        if max_requests and self.strategy.max_requests_jitter:
-            max_requests += random.randint(0, self.strategy.max_requests_jitter)
+        max_requests = self.pool.max_requests
+        if max_requests and self.pool.max_requests_jitter:
+            max_requests += random.randint(0, self.pool.max_requests_jitter)
         try:
-            self.mode.before_spawn(self.server, lane)
+            self.mode.before_spawn(self.host, lane)
         except OSError as exc:
             log.error("cannot prepare lane %d for a worker: %s", lane, exc)
             self.board.release(slot)
             self._next_spawn_at = time.monotonic() + RESPAWN_BACKOFF_MAX
             return False
         plan = WorkerPlan(
-            number=self.spawned, lane=lane, slot=slot, channel=worker_end, mode=self.mode, inner=self.strategy.inner,
+            number=self.spawned, lane=lane, slot=slot, channel=worker_end, mode=self.mode, inner=self.pool.inner,
             board=self.board, max_requests=max_requests, master_pid=os.getpid(),
-            foreign_fds=[master_end.fileno(), *self._by_fd, *(sock.fileno() for sock, _ in self._pending),
-                         *self.mode.foreign_fds(lane)],
-            signal_mask=set(),
         )
-        plan.signal_mask = signal.pthread_sigmask(signal.SIG_BLOCK, MASTER_SIGNALS)
+        # The other workers' channels and passed sockets, and other lanes' listeners:
+        # closed at once in the worker, so its end-of-file really means its master is gone.
+        foreign = [master_end.fileno(), *self._by_fd, *(sock.fileno() for sock, _ in self._pending),
+                   *self.mode.foreign_fds(lane)]
         try:
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    self.strategy.become_worker(self.server, plan)
-                    run_worker(self.server, plan)  # never returns
-                finally:
-                    os._exit(WORKER_BOOT_ERROR)  # never return into the master's code
+            forked = fork(close_in_child=foreign)
         except OSError as exc:
             log.error("cannot fork a worker: %s", exc)
             master_end.close()
@@ -301,8 +314,12 @@ class Supervisor:
             self.board.release(slot)
             self._next_spawn_at = time.monotonic() + RESPAWN_BACKOFF_MAX
             return False
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, plan.signal_mask)
+        if forked.pid == 0:
+            try:
+                run_worker(self.host, plan, forked, self._datagrams)  # never returns
+            finally:
+                exit_child(WORKER_BOOT_ERROR)  # never return into the master's code
+        pid = forked.pid
         worker_end.close()
         master_end.setblocking(False)
         worker = Worker(pid=pid, number=self.spawned, lane=lane, slot=slot, channel=master_end)
@@ -320,7 +337,7 @@ class Supervisor:
         elif self.lifecycle.stopping:
             kill_at = self.lifecycle.deadline + KILL_MARGIN
         else:
-            kill_at = now + self.server.graceful_timeout + KILL_MARGIN
+            kill_at = now + self.host.graceful_timeout + KILL_MARGIN
         if worker.retiring and worker.kill_at <= kill_at:
             return
         worker.retiring = True
@@ -430,16 +447,10 @@ class Supervisor:
     # -- passfd: the master accepts --------------------------------------------------------
 
     def _watch_listener(self) -> None:
-        if not self.mode.master_accepts:
+        if self._listener is None:
             return
-        want = (not self.lifecycle.stopping and not self._pending
-                and self.server.acceptor.backoff_remaining() == 0 and bool(self._receivers()))
-        if want != self._listening:
-            if want:
-                self._poller.register(self.server.fileno(), select.POLLIN)
-            else:
-                self._poller.unregister(self.server.fileno())
-            self._listening = want
+        room = not self.lifecycle.stopping and not self._pending and bool(self._receivers())
+        self._listener.update(self.host.acceptor.wants_polling(room))
 
     def _receivers(self) -> list[Worker]:
         """Workers that may get a connection now, least loaded first (fresh before superseded)."""
@@ -452,17 +463,9 @@ class Supervisor:
         return sorted(candidates, key=load)
 
     def _accept_and_pass(self) -> None:
-        acceptor = self.server.acceptor
-        for _ in range(ACCEPT_BATCH):
-            if acceptor.backoff_remaining():
-                return
-            accepted = acceptor.accept()
-            if accepted is None:
-                return
+        for accepted in self.host.acceptor.accept_batch(lambda: not self._pending):
             self._pending.append(accepted)
             self._pass_pending()
-            if self._pending:
-                return
 
     def _pass_pending(self) -> None:
         while self._pending:
@@ -481,9 +484,8 @@ class Supervisor:
             sock.close()
 
     def _release(self) -> None:
-        if self._listening:
-            self._poller.unregister(self.server.fileno())
-            self._listening = False
+        if self._listener is not None:
+            self._listener.update(False)
         for sock, _ in self._pending:
             sock.close()
         self._pending.clear()

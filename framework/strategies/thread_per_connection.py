@@ -21,70 +21,74 @@ Python code at a time, so this model scales with waiting, not with CPUs.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
-from typing import TYPE_CHECKING
 
-from framework.datagram import DATAGRAM_THREADS, serve_datagrams_in_threads
-from framework.strategies.base import StrategyOptions
-from framework.strategies.dispatching import FORCE_GRACE, DispatchingStrategy, LiveThreads
-
-if TYPE_CHECKING:
-    from framework.server import Server
+from framework.drivers.datagram import DATAGRAM_THREADS, serve_datagrams_in_threads
+from framework.strategies.base import Host, StrategyOptions
+from framework.strategies.dispatching import FORCE_GRACE, DispatchingRun, DispatchingStrategy, LiveThreads
 
 
+@dataclasses.dataclass(frozen=True)
 class ThreadingStrategy(DispatchingStrategy):
     """Start a thread per connection; bound them with ``max_connections``."""
 
     name = "threading"
     description = "one thread per connection"
 
-    def __init__(self, max_connections: int | None = None) -> None:
-        super().__init__(max_connections)
-        self._threads: LiveThreads | None = None
-
     @classmethod
     def from_options(cls, options: StrategyOptions) -> ThreadingStrategy:
         """Use ``--max-connections``."""
         return cls(max_connections=options.max_connections)
 
-    def begin(self, server: Server) -> None:
-        """Create the live-thread set; a thread that ends wakes the loop when it matters."""
-        bound = self.max_connections
+    def start(self, host: Host) -> ThreadingRun:
+        """A run that starts a thread per connection."""
+        return ThreadingRun(self, host, self.max_connections)
+
+    def can_serve_datagrams(self) -> bool:
+        """Yes: a fixed set of threads shares the datagram socket."""
+        return True
+
+
+class ThreadingRun(DispatchingRun):
+    """The threads of one serve, each removing itself when its connection ends."""
+
+    def __init__(self, strategy: ThreadingStrategy, host: Host, max_connections: int | None) -> None:
+        super().__init__(strategy, host, max_connections)
+        lifecycle = host.lifecycle
 
         def on_exit(alive: int) -> None:
             # The loop needs to hear of an end only when it is waiting for room or for the last thread.
-            if server.lifecycle.stopping or (bound is not None and alive == bound - 1):
-                server.lifecycle.wakeup.wake()
+            if lifecycle.stopping or (max_connections is not None and alive == max_connections - 1):
+                lifecycle.wakeup.wake()
 
         self._threads = LiveThreads("connection", on_exit)
 
-    def serve_datagrams(self, server: Server) -> None:
+    def serve_datagrams(self) -> None:
         """UDP has no connections to give threads to: a fixed set of threads shares the socket.
 
-        As many as ``--max-connections`` (default :data:`~framework.datagram.DATAGRAM_THREADS`).
+        As many as ``--max-connections`` (default :data:`~framework.drivers.datagram.DATAGRAM_THREADS`).
         """
-        serve_datagrams_in_threads(server, self.max_connections or DATAGRAM_THREADS)
+        serve_datagrams_in_threads(self.host.listener, self.host.datagram_service(),
+                                   self.max_connections or DATAGRAM_THREADS)
 
     def live(self) -> int:
         """Threads serving a connection now."""
-        return 0 if self._threads is None else len(self._threads)
+        return len(self._threads)
 
-    def start_worker(self, server: Server, sock: socket.socket, peer: str) -> None:
+    def start_worker(self, sock: socket.socket, peer: str) -> None:
         """Serve *sock* in a new thread (closed at once if no thread can start)."""
-        assert self._threads is not None
-        if not self._threads.start(serve_in_thread, server, sock, peer):
+        if not self._threads.start(self._serve, sock, peer):
             sock.close()
 
-    def force_stop(self, server: Server) -> None:
+    def _serve(self, sock: socket.socket, peer: str) -> None:
+        # Worker threads do not watch the wakeup pipe: the main thread dispatches signals.
+        self.host.serve_connection(sock, peer, main_thread=False)
+
+    def force_stop(self) -> None:
         """Shut every open connection down, which ends the threads serving them."""
-        server.connections.abort_all()
+        self.host.connections.abort_all()
 
-    def end(self, server: Server) -> None:
+    def end(self) -> None:
         """Join what is left (bounded: the stop phase already forced the connections)."""
-        if self._threads is not None:
-            self._threads.join(FORCE_GRACE)
-
-
-def serve_in_thread(server: Server, sock: socket.socket, peer: str) -> None:
-    """Serve one connection in a worker thread (which does not watch the wakeup pipe)."""
-    server.handle_connection(sock, peer, main_thread=False)
+        self._threads.join(FORCE_GRACE)

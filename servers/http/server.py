@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 from typing import Any
 
 from framework import Server
@@ -33,6 +32,10 @@ class HttpServer(Server):
     name = "http"
     description = "static files over HTTP/1.1 (GET, HEAD, ranges, conditional requests)"
     default_port = 8080
+    #: Keep-alive connections last: one event loop serves them all at once.
+    default_strategy = "poll"
+    #: A response is a head then a file: it must not wait for a delayed ACK (Nagle).
+    default_nodelay = True
 
     def __init__(self, *args: Any, root: str = ".", listing: bool = False, follow_symlinks: bool = False,
                  header_timeout: float = DEFAULT_HEADER_TIMEOUT, access_log: str | None = None,
@@ -53,11 +56,6 @@ class HttpServer(Server):
     def _stopping(self) -> bool:
         # Read at call time: a forked worker gets a fresh lifecycle.
         return self.lifecycle.stopping
-
-    def configure_connection(self, sock: socket.socket) -> None:
-        """Turn Nagle off: a response is a head then a file, and must not wait for a delayed ACK."""
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def server_close(self) -> None:
         """Close the listener, then the access log."""
