@@ -26,7 +26,7 @@ PROG = "forkthread"
 #: Extra sub-commands: (module, function) pairs whose function adds a parser.
 #: Each module is imported only when the parser is built, and a sub-command
 #: whose module fails to import is left out rather than breaking the rest.
-EXTRA_COMMANDS: dict[str, str] = {"client": "framework.client:add_parser", "bench": "framework.bench.cli:add_parser"}
+EXTRA_COMMANDS: dict[str, str] = {"client": "servers.client:add_parser", "bench": "framework.bench.cli:add_parser"}
 
 
 class UsageError(Exception):

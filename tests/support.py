@@ -110,12 +110,14 @@ def reap_adopted(timeout: float = 5.0, keep: set[int] = frozenset()) -> set[int]
 class ServerProcess:
     """A ``forkthread serve`` process: started, waited for ``listening on``, stopped, checked."""
 
-    def __init__(self, server: str, *args: str, strategy: str = "iterative", bind: str = "127.0.0.1:0",
+    def __init__(self, server: str, *args: str, strategy: str | None = "iterative", bind: str = "127.0.0.1:0",
                  env: dict[str, str] | None = None, start_timeout: float = 20.0,
                  program: list[str] | None = None) -> None:
         # *program* replaces ``python -m framework serve SERVER`` (a user's own serve_main script).
         launcher = program or [sys.executable, "-m", "framework", "serve", server]
-        self.argv = [*launcher, "--bind", bind, "--strategy", strategy, *args]
+        # strategy=None: the server's own default strategy.
+        chosen = [] if strategy is None else ["--strategy", strategy]
+        self.argv = [*launcher, "--bind", bind, *chosen, *args]
         self.log_file = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self.log_file, text=True,
                                      env=env or child_env(), stdin=subprocess.DEVNULL)

@@ -196,10 +196,6 @@ class DispatchingRun(Run):
     def _may_accept(self) -> bool:
         return not self.host.lifecycle.stopping and self.has_room()
 
-    def counts(self) -> tuple[int, int]:
-        """``(connections accepted, connections being served)``."""
-        return self.accepted, self.live()
-
 
 class LiveThreads:
     """The worker threads alive right now; each removes itself as it ends.

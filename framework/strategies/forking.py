@@ -78,6 +78,10 @@ class ForkingRun(DispatchingRun):
         """Children alive (or exited and not yet reaped)."""
         return len(self.children)
 
+    def counts(self) -> tuple[int, int]:
+        """``(connections accepted, children serving)``: each child counts (and admits) its own."""
+        return self.accepted, self.live()
+
     def begin(self) -> None:
         """Note whether SIGCHLD wakes us (otherwise reap on a timer)."""
         self._sigchld = self.host.lifecycle.signals.handles(signal.SIGCHLD)

@@ -165,10 +165,6 @@ class HandoffRun(DispatchingRun):
         """See :func:`_serve_datagrams`."""
         _serve_datagrams(self, self.strategy.threads)
 
-    def counts(self) -> tuple[int, int]:
-        """``(connections served, connections active)``."""
-        return Run.counts(self)
-
     def begin(self) -> None:
         """Start the pool; each thread waits on the queue."""
         for _ in range(self.strategy.threads):

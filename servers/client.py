@@ -8,8 +8,10 @@
     forkthread client chat 127.0.0.1:8016             # lines from stdin out, the room's lines in
     forkthread client message unix:/tmp/msg.sock hello quit
 
-Every client connects with :func:`framework.address.connect`, so it takes
-the same address forms as ``--bind``.  A server that cannot be reached is
+Each client sits beside the server whose protocol it speaks and reuses its
+framing (the message client the message server's length prefix, the HTTP
+client :mod:`servers.http.client`).  Every client connects with
+:func:`framework.address.connect`, so it takes the same address forms as ``--bind``.  A server that cannot be reached is
 one line on standard error and exit status 1.
 """
 
@@ -19,40 +21,26 @@ import argparse
 import os
 import select
 import socket
-import struct
 import sys
 from collections.abc import Callable
 from typing import BinaryIO
 
 from framework.address import Address, AddressError, connect, parse_address
+from servers.http.client import run_http
+from servers.message import HEADER as MESSAGE_HEADER
+from servers.message import encode_message
+from servers.output import ClientError, recv_all, write_stdout
 
 PROG = "forkthread client"
-
-
-class ClientError(Exception):
-    """A client-side failure worth one line to the user."""
-
-
-def _write(data: bytes) -> None:
-    out = sys.stdout.buffer
-    out.write(data)
-    out.flush()
-
-
-def _recv_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def run_daytime(sock: socket.socket, address: Address, args: argparse.Namespace) -> int:
     """Print the server's time line (UDP: send an empty datagram first, as RFC 867 says)."""
     if address.is_datagram:
         sock.send(b"")
-        _write(sock.recv(65536))
+        write_stdout(sock.recv(65536))
     else:
-        _write(_recv_all(sock))
+        write_stdout(recv_all(sock))
     return 0
 
 
@@ -62,7 +50,7 @@ def run_echo(sock: socket.socket, address: Address, args: argparse.Namespace) ->
     if address.is_datagram:
         for line in stdin:
             sock.send(line)
-            _write(sock.recv(65536))
+            write_stdout(sock.recv(65536))
         return 0
     _pump(sock, stdin)
     return 0
@@ -94,7 +82,7 @@ def _pump(sock: socket.socket, stdin: BinaryIO, on_line: Callable[[bytes], None]
                 data = sock.recv(65536)
                 if not data:
                     return
-                _write(data)
+                write_stdout(data)
 
 
 def run_chat(sock: socket.socket, address: Address, args: argparse.Namespace) -> int:
@@ -103,52 +91,12 @@ def run_chat(sock: socket.socket, address: Address, args: argparse.Namespace) ->
     return 0
 
 
-def run_http(sock: socket.socket, address: Address, args: argparse.Namespace) -> int:
-    """GET (or HEAD) *path*; body to stdout, status line and headers to stderr; exit 1 for 4xx/5xx."""
-    host = args.host or ("localhost" if address.is_unix else f"{address.host}:{address.port}")
-    if address.family == socket.AF_INET6 and not args.host:
-        host = f"[{address.host}]:{address.port}"
-    method = "HEAD" if args.head else "GET"
-    request = (f"{method} {args.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: forkthread-client\r\n"
-               "Connection: close\r\n\r\n")
-    sock.sendall(request.encode("ascii"))
-    response = _recv_all(sock)
-    head, sep, body = response.partition(b"\r\n\r\n")
-    if not sep:
-        raise ClientError(f"not an HTTP response: {response[:80]!r}")
-    lines = head.decode("iso-8859-1").split("\r\n")
-    sys.stderr.write("\n".join(lines) + "\n")
-    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = _dechunk(body)
-    _write(body)
-    parts = lines[0].split()
-    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-    return 0 if 200 <= status < 400 else 1
-
-
-def _dechunk(data: bytes) -> bytes:
-    """Decode a chunked body (trailers ignored)."""
-    body = bytearray()
-    while True:
-        size_line, sep, data = data.partition(b"\r\n")
-        if not sep:
-            raise ClientError("truncated chunked body")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            return bytes(body)
-        body += data[:size]
-        data = data[size + 2:]
-
-
 def run_message(sock: socket.socket, address: Address, args: argparse.Namespace) -> int:
-    """Send each TEXT as a length-prefixed message and print each answer."""
-    header = struct.Struct("!I")
+    """Send each TEXT as a message in the server's own framing and print each answer."""
     for text in args.texts:
-        data = text.encode("utf-8")
-        sock.sendall(header.pack(len(data)) + data)
-        size = header.unpack(_recv_exactly(sock, header.size))[0]
-        _write(_recv_exactly(sock, size) + b"\n")
+        sock.sendall(encode_message(text))
+        (size,) = MESSAGE_HEADER.unpack(_recv_exactly(sock, MESSAGE_HEADER.size))
+        write_stdout(_recv_exactly(sock, size) + b"\n")
     return 0
 
 
