@@ -116,12 +116,8 @@ def ignore_sigpipe() -> None:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 
-class Wakeup:
-    """A self-pipe: written to wake a loop blocked in ``poll``, drained by that loop.
-
-    Both ends are non-blocking and close-on-exec.  :meth:`wake` is safe from
-    any thread and from a signal handler; a full pipe already means "awake".
-    """
+class _Pipe:
+    """A non-blocking, close-on-exec pipe whose read end a loop polls."""
 
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -129,6 +125,24 @@ class Wakeup:
     def fileno(self) -> int:
         """The descriptor to poll for readability."""
         return self.read_fd
+
+    def close(self) -> None:
+        """Close both ends (idempotent)."""
+        for fd in (self.read_fd, self.write_fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.read_fd = self.write_fd = -1
+
+
+class Wakeup(_Pipe):
+    """A self-pipe: written to wake a loop blocked in ``poll``, drained by that loop.
+
+    :meth:`wake` is safe from any thread and from a signal handler; a full
+    pipe already means "awake".
+    """
 
     def wake(self) -> None:
         """Make the read end readable."""
@@ -150,18 +164,8 @@ class Wakeup:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def close(self) -> None:
-        """Close both ends (idempotent)."""
-        for fd in (self.read_fd, self.write_fd):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self.read_fd = self.write_fd = -1
 
-
-class Latch:
+class Latch(_Pipe):
     """A pipe that becomes readable once, and stays so: "stop" for loops in any thread.
 
     A :class:`Wakeup` is drained by the one loop that owns it; a latch is
@@ -171,12 +175,8 @@ class Latch:
     """
 
     def __init__(self) -> None:
-        self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        super().__init__()
         self._set = False
-
-    def fileno(self) -> int:
-        """The descriptor to poll: readable once :meth:`set` was called."""
-        return self.read_fd
 
     def is_set(self) -> bool:
         """True once :meth:`set` was called (in this process)."""
@@ -191,16 +191,6 @@ class Latch:
             os.write(self.write_fd, b"\0")
         except OSError:
             pass  # closed: nobody is left to tell
-
-    def close(self) -> None:
-        """Close both ends (idempotent)."""
-        for fd in (self.read_fd, self.write_fd):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self.read_fd = self.write_fd = -1
 
 
 SignalAction = Callable[[int], None]

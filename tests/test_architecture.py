@@ -99,9 +99,9 @@ def test_strategies_are_immutable_and_reusable():
             strategy.max_connections = 3  # type: ignore[misc]
     strategy = create_strategy("threading")
     for _ in range(2):  # the same configuration serves twice: each serve is its own run
-        with EchoServer("127.0.0.1:0", strategy, handle_signals=False) as server, serving_in_thread(server):
-            with socket.create_connection(server.address.sockaddr(), timeout=10) as sock:
-                assert echo_exchange(sock, b"again") == b"again"
+        with EchoServer("127.0.0.1:0", strategy, handle_signals=False) as server, serving_in_thread(server), \
+                socket.create_connection(server.address.sockaddr(), timeout=10) as sock:
+            assert echo_exchange(sock, b"again") == b"again"
 
 
 def test_http_default_serves_a_second_client_while_a_first_holds_keepalive(serve, site):
