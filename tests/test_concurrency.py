@@ -163,6 +163,48 @@ def test_sigterm_lets_an_8mib_transfer_to_a_slow_reader_finish(serve, strategy):
     assert server.proc.wait(30) == 0, server.log()
 
 
+def _read_http_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The response head up to its blank line, and whatever body bytes came with it."""
+    buffered = b""
+    while b"\r\n\r\n" not in buffered:
+        data = sock.recv(65536)
+        assert data, f"connection closed inside the response head: {buffered!r}"
+        buffered += data
+    head, _, rest = buffered.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def test_sigterm_mid_response_closes_the_keepalive_connection_once_it_is_sent(serve, strategy, tmp_path):
+    # Issue 14.1: a stop noticed while the blocking driver waited to write was
+    # lost, so the keep-alive connection stayed open until the graceful
+    # deadline.  With a 60 s graceful timeout and 30 s waits, only that hang fails.
+    size = 16 << 20
+    (tmp_path / "big.bin").write_bytes(os.urandom(size))
+    server = serve("http", "--root", str(tmp_path), "--graceful-timeout", "60", strategy=strategy)
+    with server.connect(timeout=30.0) as sock:
+        # A small receive window keeps the response in the server's hands while the stop arrives.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: test\r\n\r\n")
+        head, body = _read_http_head(sock)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert b"connection: close" not in head.lower()  # keep-alive: the stop came after the head
+        received = len(body)
+        signalled = False
+        while received < size:
+            data = sock.recv(65536)
+            assert data, f"connection closed after {received} of {size} body bytes"
+            received += len(data)
+            if not signalled and received >= 1 << 20:
+                server.send_signal(signal.SIGTERM)  # mid-response: the server must finish it first
+                signalled = True
+            time.sleep(0.002)  # a slow reader: the server waits to write
+        assert signalled
+        assert received == size
+        # The exchange in flight is done: the server ends the connection (EOF, not a 30 s timeout).
+        assert sock.recv(65536) == b""
+    assert server.proc.wait(30) == 0, server.log()
+
+
 def test_graceful_timeout_cuts_a_connection_that_never_ends(serve, strategy):
     server = serve("echo", "--graceful-timeout", "1", strategy=strategy)
     with _idle_connection(server) as sock:

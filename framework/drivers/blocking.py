@@ -1,21 +1,30 @@
 """The blocking driver: one protocol, one socket, the calling thread, until the connection ends.
 
-The socket is non-blocking underneath and every wait is a ``poll`` on the
-socket plus, in the main thread, the process's wakeup pipe.  That costs what
-a Python socket with a timeout costs anyway (CPython polls before each call
-then), and buys three things a plain blocking ``recv`` cannot give:
+The socket is non-blocking underneath.  Every call is tried first and the
+thread waits -- a ``poll`` on the socket plus, in the main thread, the
+process's wakeup pipe and, between exchanges, the stop latch -- only when it
+would block.  That buys what a plain blocking ``recv`` cannot give:
 
 * idle and send timeouts (``--timeout``), and the protocol's own deadlines;
 * signals handled while a connection is in flight (SIGUSR1's status line,
   SIGTERM starting a graceful stop) without interrupting the transfer;
-* the graceful deadline enforced in the main thread; in other threads
-  :meth:`framework.lifecycle.ActiveConnections.abort_all` shuts the socket
-  down, which ends the wait.
+* a graceful stop told to the protocol between exchanges, in any thread
+  (the lifecycle's stop latch), and its deadline enforced in the main
+  thread; in other threads :meth:`framework.lifecycle.ActiveConnections.abort_all`
+  shuts the socket down, which ends the wait;
+
+and pays for none of it on an exchange that does not wait: between two
+exchanges the driver reads two flags (a signal recorded, a stop begun) and
+looks at the clock only when a protocol deadline or a graceful stop runs.
+The poll object is made at the first wait, so a connection that never
+waits (a request that came with the connection, an answer that fits in
+the socket buffer) makes none.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import select
 import socket
@@ -29,7 +38,6 @@ from framework.drivers.common import (
     ConnectionTimeout,
     HandlerError,
     ShortFileError,
-    earliest,
     ends_quietly,
     poll_timeout_ms,
     sendfile_some,
@@ -43,18 +51,16 @@ log = logging.getLogger("forkthread")
 _READ = select.POLLIN | select.POLLPRI
 _WRITE = select.POLLOUT
 _FAIL = select.POLLERR | select.POLLHUP | select.POLLNVAL
-
-
-class _Ended(Exception):
-    """Internal: the connection is over; unwinds out of a wait."""
+_INF = math.inf
 
 
 class BlockingConnection(Transport):
     """A :class:`Transport` over one socket, driven by :meth:`run` in the calling thread.
 
     *idle_timeout* bounds every wait for the peer (to send a request or to
-    read our response); *lifecycle* supplies the graceful deadline, and with
-    *watch_wakeup* (main thread only) its wakeup pipe is polled too.
+    read our response); *lifecycle* supplies the graceful deadline and the
+    stop latch, and with *watch_wakeup* (main thread only) its wakeup pipe
+    is polled and its recorded signals dispatched too.
     """
 
     def __init__(
@@ -71,16 +77,16 @@ class BlockingConnection(Transport):
         self._fd = sock.fileno()
         self._lifecycle = lifecycle
         self._idle_timeout = idle_timeout
-        self._wakeup_fd = lifecycle.wakeup_fd() if watch_wakeup else -1
-        self._poller = select.poll()
-        self._poller.register(self._fd, _READ)
-        if self._wakeup_fd >= 0:
-            self._poller.register(self._wakeup_fd, select.POLLIN)
+        self._watch_wakeup = watch_wakeup
         # The stop latch tells a connection in any thread that a graceful stop
         # began, so the protocol can close an idle connection at once.
-        self._latch_fd = lifecycle.stop_latch.fileno()
-        self._poller.register(self._latch_fd, select.POLLIN)
-        self._stop_pending = False
+        self._latch = lifecycle.stop_latch
+        self._stop_told = False
+        #: Made at the first wait (see _poll_for); which events it watches on the socket; latch registered?
+        self._poller: Any = None
+        self._wakeup_fd = -1
+        self._polled = -1
+        self._latch_polled = False
         self._closing = False
         self._linger = 0.0
         self._eof = False
@@ -110,26 +116,39 @@ class BlockingConnection(Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of *data* before returning (waiting as the peer reads)."""
-        if self.is_closing():
+        if self._closing or self._error is not None or not data:
             return
-        view = memoryview(data).cast("B")
+        if not isinstance(data, (bytes, bytearray)):
+            data = memoryview(data).cast("B")
+        # Most writes fit in the socket buffer: one send, no copy, no wait.
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self.bytes_sent += sent
+        if sent < len(data):
+            self._send_rest(memoryview(data)[sent:])
+
+    def _send_rest(self, view: memoryview) -> None:
         try:
             while view:
                 try:
                     sent = self.sock.send(view)
                 except BlockingIOError:
-                    self._wait(_WRITE)
+                    if not self._wait(_WRITE):
+                        return
                     continue
                 self.bytes_sent += sent
                 view = view[sent:]
         except OSError as exc:
             self._fail(exc)
-        except _Ended:
-            pass
 
     def sendfile(self, file: FileLike | IO[bytes], offset: int = 0, count: int | None = None) -> None:
         """Send *count* bytes of *file* from *offset* with ``sendfile(2)``."""
-        if self.is_closing():
+        if self._closing or self._error is not None:
             return
         file_fd = file.fileno()
         if count is None:
@@ -139,7 +158,8 @@ class BlockingConnection(Transport):
                 try:
                     sent = sendfile_some(self._fd, file_fd, offset, count)
                 except BlockingIOError:
-                    self._wait(_WRITE)
+                    if not self._wait(_WRITE):
+                        return
                     continue
                 offset += sent
                 count -= sent
@@ -150,8 +170,6 @@ class BlockingConnection(Transport):
             self._fail(exc)
         except OSError as exc:
             self._fail(exc)
-        except _Ended:
-            pass
 
     def close(self, *, linger: float = 0.0) -> None:
         """End the connection once the queue is sent (writes are synchronous here).
@@ -176,44 +194,72 @@ class BlockingConnection(Transport):
         if not ends_quietly(exc):
             raise exc
 
-    def _wait(self, events: int) -> None:
-        """Wait until the socket is ready for *events*; handle wakeups and deadlines meanwhile.
+    def _poll_for(self, events: int) -> Any:
+        """The poll object, watching the socket for *events*; the latch only while reading."""
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            if self._watch_wakeup:
+                self._wakeup_fd = self._lifecycle.wakeup_fd()
+                poller.register(self._wakeup_fd, select.POLLIN)
+        if events != self._polled:
+            poller.register(self._fd, events)  # register() of a registered fd modifies it
+            self._polled = events
+        # The latch is never drained: watch it only while waiting to read and
+        # until the protocol has been told, or every poll would return at once.
+        # During a write the stop is noticed when the write is done (in _serve).
+        watch_latch = not events & _WRITE and not self._stop_told
+        if watch_latch != self._latch_polled:
+            if watch_latch:
+                poller.register(self._latch.fileno(), select.POLLIN)
+            else:
+                poller.unregister(self._latch.fileno())
+            self._latch_polled = watch_latch
+        return poller
 
-        Raises :class:`_Ended` when a time limit passes (after recording why).
+    def _wait(self, events: int) -> bool:
+        """Wait until the socket is ready for *events*; run signal actions meanwhile.
+
+        True when the socket is ready (or failed: the next call will say how).
+        False when the caller must look again before calling: a time limit
+        passed (then the connection has ended, ``_error`` says why), or,
+        while waiting to read, a graceful stop began or the protocol's
+        deadline came.
         """
-        self._poller.modify(self._fd, events)
-        idle_deadline = None if self._idle_timeout is None else time.monotonic() + self._idle_timeout
+        reading = not events & _WRITE
+        poller = self._poller
+        if poller is None or events != self._polled or self._latch_polled != (reading and not self._stop_told):
+            poller = self._poll_for(events)
+        lifecycle = self._lifecycle
+        wakeup_fd = self._wakeup_fd
+        idle_timeout = self._idle_timeout
+        now = time.monotonic()
+        idle_deadline = _INF if idle_timeout is None else now + idle_timeout
         while True:
             # The protocol's deadline counts while waiting for the peer or idling
             # after its EOF, not while the peer is slow to read our output.
-            protocol_deadline = None if events & _WRITE else self._protocol_deadline
-            graceful = self._lifecycle.deadline  # inf until a stop begins
-            deadline = earliest(idle_deadline, protocol_deadline, graceful)
-            ready = self._poller.poll(poll_timeout_ms(deadline))
-            for fd, revents in ready:
-                if fd == self._wakeup_fd:
-                    self._lifecycle.dispatch()
-                elif fd == self._latch_fd:
-                    # Never drained: stop watching it, or every poll would return at once.
-                    self._poller.unregister(fd)
-                    self._latch_fd = -1
-                    self._stop_pending = True
-                elif revents & (events | _FAIL):
-                    return
-            if self._stop_pending and not events & _WRITE:
-                # Told between exchanges, not in the middle of sending a response.
-                self._stop_pending = False
-                raise _StopRequested
+            deadline = min(idle_deadline, lifecycle.deadline)  # the graceful deadline is inf until a stop
+            protocol_deadline = self._protocol_deadline
+            if reading and protocol_deadline is not None and protocol_deadline < deadline:
+                deadline = protocol_deadline
+            timeout = None if deadline == _INF else max(0, math.ceil((deadline - now) * 1000))
+            for fd, revents in poller.poll(timeout):
+                if fd == self._fd:
+                    if revents & (events | _FAIL):
+                        return True
+                elif fd == wakeup_fd:
+                    lifecycle.dispatch()
+            if reading and not self._stop_told and self._latch.is_set():
+                return False  # a stop began: _serve tells the protocol
             now = time.monotonic()
-            if now >= self._lifecycle.deadline:
+            if now >= lifecycle.deadline:
                 self._error = ConnectionTimeout("server stopping: graceful timeout passed")
-                raise _Ended
-            if protocol_deadline is not None and now >= protocol_deadline:
-                self._protocol_deadline = None
-                raise _DeadlineReached
-            if idle_deadline is not None and now >= idle_deadline:
-                self._error = ConnectionTimeout(f"idle for {self._idle_timeout:g} s")
-                raise _Ended
+                return False
+            if reading and protocol_deadline is not None and now >= protocol_deadline:
+                return False  # _serve calls the protocol's deadline_expired
+            if now >= idle_deadline:
+                self._error = ConnectionTimeout(f"idle for {idle_timeout:g} s")
+                return False
 
     def run(self, protocol: Protocol) -> BaseException | None:
         """Drive *protocol* until the connection is over; return what ended it.
@@ -234,58 +280,90 @@ class BlockingConnection(Transport):
         self._lost(protocol)
         return self._error
 
-    def _call(self, callback: Any, *args: Any) -> Any:
+    @staticmethod
+    def _call(callback: Any, *args: Any) -> Any:
         try:
             return callback(*args)
-        except (_Ended, HandlerError):
+        except HandlerError:
             raise
         except Exception as exc:  # a fault in the protocol: this connection only
             raise HandlerError(exc) from exc
 
     def _serve(self, protocol: Protocol) -> None:
-        optimistic = True  # the first request is usually there already: try recv before poll
-        while not self.is_closing():
-            try:
-                if not optimistic:
-                    if self._eof:
-                        # The protocol keeps the connection after EOF: only a deadline can move it.
-                        if self._protocol_deadline is None:
-                            break
-                        self._sleep_until_deadline()
-                    else:
-                        self._wait(_READ)
-                optimistic = False
-                if self._eof:
+        """Read and hand over until the connection ends.
+
+        Each turn first looks at what may have happened meanwhile -- a signal
+        recorded (main thread), a stop begun, the protocol's deadline -- with
+        flag checks, then tries ``recv`` and waits only when it would block:
+        a request usually arrived already, with the connection or while the
+        previous answer was written.
+        """
+        recv = self.sock.recv
+        latch = self._latch
+        lifecycle = self._lifecycle
+        signals_pending = lifecycle.signals.pending if self._watch_wakeup else None
+        data_received = protocol.data_received
+        # Whether to try recv before polling: yes for the first request, which
+        # usually came with the connection, and while the peer sends more than
+        # one read takes; no once a read found nothing (a failed recv raises,
+        # which costs more than the poll it would have saved).
+        optimistic = True
+        while not self._closing and self._error is None:
+            if signals_pending is not None and signals_pending():
+                lifecycle.dispatch()
+            if latch.is_set():
+                if not self._stop_told:
+                    # Told between exchanges, never in the middle of sending a response.
+                    self._stop_told = True
+                    self._call(protocol.server_stopping)
                     continue
-                try:
-                    data = self.sock.recv(RECV_SIZE)
-                except BlockingIOError:
-                    continue
-            except _DeadlineReached:
+                if time.monotonic() >= lifecycle.deadline:
+                    self._error = ConnectionTimeout("server stopping: graceful timeout passed")
+                    break
+            if self._protocol_deadline is not None and time.monotonic() >= self._protocol_deadline:
+                self._protocol_deadline = None
                 self._call(protocol.deadline_expired)
                 continue
-            except _StopRequested:
-                self._call(protocol.server_stopping)
+            if self._eof:
+                # The protocol keeps the connection after EOF: only its deadline can move it.
+                if self._protocol_deadline is None or self._sleep_after_eof():
+                    break
                 continue
-            except _Ended:
-                break
+            if not optimistic and not self._wait(_READ):
+                continue
+            try:
+                data = recv(RECV_SIZE)
+            except BlockingIOError:
+                if optimistic:
+                    optimistic = False
+                    self._wait(_READ)
+                continue
             except OSError as exc:
                 self._fail(exc)
                 break
             if data:
+                # A full buffer says more is waiting: read before polling again.
+                optimistic = len(data) == RECV_SIZE
                 self.bytes_received += len(data)
-                self._call(protocol.data_received, data)
+                try:
+                    data_received(data)
+                except HandlerError:
+                    raise
+                except Exception as exc:  # a fault in the protocol: this connection only
+                    raise HandlerError(exc) from exc
             else:
                 self._eof = True
                 if not self._call(protocol.eof_received):
                     self._closing = True
 
-    def _sleep_until_deadline(self) -> None:
+    def _sleep_after_eof(self) -> bool:
+        """Wait after the peer's EOF; True when the connection is over (the peer vanished)."""
         # Poll for nothing but errors: after EOF the socket stays readable forever.
-        self._wait(0)
-        # _wait returned, so the socket reported an error or hang-up: the peer is gone.
+        if not self._wait(0):
+            return False
+        # The socket reported an error or hang-up: the peer is gone.
         self._error = ConnectionResetError("peer gone while the protocol held the connection")
-        raise _Ended
+        return True
 
     def _finish(self, abort: bool) -> None:
         """Close the socket: at once after an error, gracefully otherwise."""
@@ -297,17 +375,24 @@ class BlockingConnection(Transport):
 
     def _drain_input(self) -> None:
         """Read what the peer still sends so closing sends FIN, not RST."""
-        deadline = time.monotonic() + self._linger
+        deadline = -_INF
         budget = LINGER_MAX_BYTES
+        poller = None
         try:
             if self._linger > 0:
                 self.sock.shutdown(socket.SHUT_WR)
-            self._poller.modify(self._fd, _READ)
+                deadline = time.monotonic() + self._linger
             while budget > 0:
                 try:
                     data = self.sock.recv(RECV_SIZE)
                 except BlockingIOError:
-                    if time.monotonic() >= deadline or not self._poller.poll(poll_timeout_ms(deadline)):
+                    if deadline == -_INF or time.monotonic() >= deadline:
+                        return
+                    if poller is None:
+                        # The socket alone: a wakeup or the latch must not cut a linger short.
+                        poller = select.poll()
+                        poller.register(self._fd, _READ)
+                    if not poller.poll(poll_timeout_ms(deadline)):
                         return
                     continue
                 if not data:
@@ -321,14 +406,6 @@ class BlockingConnection(Transport):
             protocol.connection_lost(self._error)
         except Exception as exc:
             raise HandlerError(exc) from exc
-
-
-class _DeadlineReached(Exception):
-    """Internal: the protocol's own deadline passed while waiting to read."""
-
-
-class _StopRequested(Exception):
-    """Internal: a graceful stop began while waiting to read; the protocol is told."""
 
 
 def serve_connection(

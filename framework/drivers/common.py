@@ -63,11 +63,6 @@ def sendfile_some(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
     return sent
 
 
-def earliest(*deadlines: float | None) -> float:
-    """The earliest of several monotonic deadlines (``None`` = no deadline), or inf."""
-    return min((d for d in deadlines if d is not None), default=math.inf)
-
-
 def poll_timeout_ms(deadline: float) -> int | None:
     """Milliseconds until *deadline* for ``poll()``, rounded up; None for no deadline."""
     if deadline == math.inf:
