@@ -71,8 +71,9 @@ class Lifecycle:
         if starting:
             for callback in self._on_stopping:
                 callback()
-        self.wakeup.wake()
+        # The latch first: a main-thread loop woken by the pipe reads the latch's flag.
         self.stop_latch.set()
+        self.wakeup.wake()
 
     def call_when_stopping(self, callback: Callable[[], None]) -> None:
         """Run *callback* once, in :meth:`request_stop`, when stopping starts.

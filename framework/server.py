@@ -122,6 +122,8 @@ class Server:
         self.nodelay = self.default_nodelay if nodelay is None else nodelay
         self.handle_signals = handle_signals
         self._listener: socket.socket | None = listener
+        #: The listener's local address, asked of the kernel once (a child per connection reads it too).
+        self._bound_address: Address | None = None
         self.lifecycle = Lifecycle(graceful_timeout)
         self.connections = ActiveConnections()
         self._unix_inode: tuple[int, int, int] | None = None
@@ -181,6 +183,7 @@ class Server:
         if self._listener is not None:
             return
         self._listener = bind_socket(self.requested_address, backlog=self.backlog, reuse_port=self.reuse_port)
+        self._bound_address = None
         self._acceptor = Acceptor(self._listener)
         if self.requested_address.is_unix:
             self._unix_inode = socket_file_inode(self.requested_address.path)
@@ -197,7 +200,9 @@ class Server:
         """The address really listened on (with the real port when 0 was asked)."""
         if self._listener is None:
             return self.requested_address
-        return local_address(self._listener)
+        if self._bound_address is None:
+            self._bound_address = local_address(self._listener)
+        return self._bound_address
 
     def fileno(self) -> int:
         """The listening socket's descriptor."""

@@ -172,11 +172,36 @@ class Latch(_Pipe):
     never drained, so every thread polling it sees it, however many there are
     and whenever they look.  :meth:`set` is safe from any thread and from a
     signal handler, and idempotent.
+
+    The pipe is made when a loop first asks for :meth:`fileno`: a process
+    whose loops only read :meth:`is_set` (a child serving one connection in
+    its main thread hears of a stop through its wakeup pipe) never makes one.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self) -> None:  # no super().__init__(): the pipe is made on demand
+        self.read_fd = self.write_fd = -1
         self._set = False
+        self._closed = False
+        self._making = threading.Lock()
+
+    def fileno(self) -> int:
+        """The descriptor to poll (made now if needed; readable if already set; -1 once closed)."""
+        if self.read_fd < 0 and not self._closed:
+            with self._making:
+                if self.read_fd < 0 and not self._closed:
+                    read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                    self.read_fd = read_fd
+                    # set() before the write end existed wrote nothing: write for it.
+                    # (set() stores the flag before it reads write_fd, we the reverse.)
+                    if self._set:
+                        self._write()
+        return self.read_fd
+
+    def close(self) -> None:
+        """Close both ends (idempotent); no pipe is made afterwards."""
+        with self._making:
+            self._closed = True
+            super().close()
 
     def is_set(self) -> bool:
         """True once :meth:`set` was called (in this process)."""
@@ -187,6 +212,10 @@ class Latch(_Pipe):
         if self._set:
             return
         self._set = True
+        if self.write_fd >= 0:
+            self._write()
+
+    def _write(self) -> None:
         try:
             os.write(self.write_fd, b"\0")
         except OSError:

@@ -79,8 +79,11 @@ class BlockingConnection(Transport):
         self._idle_timeout = idle_timeout
         self._watch_wakeup = watch_wakeup
         # The stop latch tells a connection in any thread that a graceful stop
-        # began, so the protocol can close an idle connection at once.
+        # began, so the protocol can close an idle connection at once.  The
+        # main thread polls the wakeup pipe instead, which every stop request
+        # writes after setting the latch, and reads the latch's flag.
         self._latch = lifecycle.stop_latch
+        self._poll_latch = not watch_wakeup
         self._stop_told = False
         #: Made at the first wait (see _poll_for); which events it watches on the socket; latch registered?
         self._poller: Any = None
@@ -208,7 +211,7 @@ class BlockingConnection(Transport):
         # The latch is never drained: watch it only while waiting to read and
         # until the protocol has been told, or every poll would return at once.
         # During a write the stop is noticed when the write is done (in _serve).
-        watch_latch = not events & _WRITE and not self._stop_told
+        watch_latch = self._poll_latch and not events & _WRITE and not self._stop_told
         if watch_latch != self._latch_polled:
             if watch_latch:
                 poller.register(self._latch.fileno(), select.POLLIN)
@@ -228,7 +231,8 @@ class BlockingConnection(Transport):
         """
         reading = not events & _WRITE
         poller = self._poller
-        if poller is None or events != self._polled or self._latch_polled != (reading and not self._stop_told):
+        if (poller is None or events != self._polled
+                or self._latch_polled != (self._poll_latch and reading and not self._stop_told)):
             poller = self._poll_for(events)
         lifecycle = self._lifecycle
         wakeup_fd = self._wakeup_fd

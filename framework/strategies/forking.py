@@ -26,6 +26,7 @@ shared copy-on-write) and an exit per connection.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -83,8 +84,15 @@ class ForkingRun(DispatchingRun):
         return self.accepted, self.live()
 
     def begin(self) -> None:
-        """Note whether SIGCHLD wakes us (otherwise reap on a timer)."""
+        """Note whether SIGCHLD wakes us (otherwise reap on a timer); freeze the heap built so far.
+
+        ``gc.freeze()`` moves every object alive now (modules, classes,
+        functions: almost the whole heap) out of the collector's reach, so
+        neither the parent's collections nor a child's touch their pages:
+        each such write would copy a page shared with every live child.
+        """
         self._sigchld = self.host.lifecycle.signals.handles(signal.SIGCHLD)
+        gc.freeze()
 
     def poll_interval(self) -> float | None:
         """None with SIGCHLD; a short reaping interval while children live without it."""
@@ -139,6 +147,8 @@ class ForkingRun(DispatchingRun):
         graceful timeout.  Signals stay held until this is done.
         """
         status = 1
+        # A short life: a collection would only copy pages of the parent's heap.
+        gc.disable()
         try:
             self.host.enter_child(ChildRole())
             forked.release_signals()
@@ -174,7 +184,8 @@ class ForkingRun(DispatchingRun):
             self._killed.add(pid)
 
     def end(self) -> None:
-        """Reap whatever is left, blocking: no child outlives the server."""
+        """Reap whatever is left, blocking: no child outlives the server; unfreeze the heap."""
+        gc.unfreeze()
         for pid in list(self.children):
             if pid not in self._killed:
                 log.error("child %d still running at exit; killing it", pid)
