@@ -199,9 +199,10 @@ class Latch(_Pipe):
 
     def close(self) -> None:
         """Close both ends (idempotent); no pipe is made afterwards."""
-        with self._making:
-            self._closed = True
-            super().close()
+        # Without the lock: a forked child closes the parent's latch, and a lock
+        # another thread of the parent held at the fork would stay held here.
+        self._closed = True
+        super().close()
 
     def is_set(self) -> bool:
         """True once :meth:`set` was called (in this process)."""
