@@ -27,6 +27,9 @@ from typing import NoReturn
 
 from framework.signals import SERVER_SIGNALS
 
+#: Looked up once, in the parent: a child leaving through exit_child() only reads it.
+_LOG = logging.getLogger("forkthread")
+
 
 @dataclasses.dataclass(frozen=True)
 class Forked:
@@ -69,7 +72,7 @@ def fork(close_in_child: Iterable[int] = ()) -> Forked:
 
 def exit_child(status: int) -> NoReturn:
     """Leave a forked child for good: flush every logging handler and the standard streams, then ``os._exit``."""
-    for handler in (*logging.getLogger().handlers, *logging.getLogger("forkthread").handlers):
+    for handler in (*logging.root.handlers, *_LOG.handlers):
         with contextlib.suppress(Exception):  # a broken stream must not keep us from exiting
             handler.flush()
     for stream in (sys.stdout, sys.stderr):
