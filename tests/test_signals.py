@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import threading
 
@@ -12,6 +13,7 @@ import pytest
 from framework.lifecycle import ActiveConnections, Lifecycle, State
 from framework.signals import (
     AcceptErrorKind,
+    Latch,
     SignalDispatcher,
     Wakeup,
     classify_accept_error,
@@ -114,3 +116,78 @@ def test_active_connections_abort_all_wakes_a_blocked_reader():
         assert got == [b""]
         connections.discard(left)
         assert len(connections) == 0 and connections.served == 1
+
+
+def _readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def test_latch_set_before_its_pipe_is_made_is_readable_when_made():
+    latch = Latch()
+    try:
+        latch.set()
+        assert latch.is_set()
+        assert _readable(latch.fileno())
+        assert latch.fileno() == latch.fileno()  # made once
+    finally:
+        latch.close()
+
+
+def test_latch_made_then_set_becomes_readable_and_stays_so():
+    latch = Latch()
+    try:
+        fd = latch.fileno()
+        assert not _readable(fd)
+        latch.set()
+        latch.set()
+        assert _readable(fd) and _readable(fd)  # never drained
+    finally:
+        latch.close()
+
+
+def test_latch_made_by_many_threads_at_once_is_one_pipe():
+    latch = Latch()
+    try:
+        barrier = threading.Barrier(8)
+        seen: list[int] = []
+
+        def ask() -> None:
+            barrier.wait(10)
+            seen.append(latch.fileno())
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert len(set(seen)) == 1 and seen[0] >= 0
+    finally:
+        latch.close()
+
+
+def test_a_closed_latch_makes_no_pipe():
+    latch = Latch()
+    latch.close()
+    assert latch.fileno() == -1
+    latch.set()  # nobody is left to tell: no error
+    assert latch.is_set()
+
+
+def test_stop_request_sets_the_latch_before_waking_the_loop():
+    # A main-thread loop woken by the wakeup pipe reads the latch's flag at once.
+    lifecycle = Lifecycle()
+    seen: list[bool] = []
+    original = lifecycle.wakeup.wake
+
+    def wake() -> None:
+        seen.append(lifecycle.stop_latch.is_set())
+        original()
+
+    lifecycle.wakeup.wake = wake  # type: ignore[method-assign]
+    try:
+        lifecycle.request_stop()
+        assert seen == [True]
+    finally:
+        lifecycle.close()
