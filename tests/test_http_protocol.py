@@ -158,7 +158,8 @@ def test_query_and_fragment_ignored(site):
     ("bytes=1020-5000", 206, (1020, 1023)),
     ("bytes=5-2", 200, None),          # invalid: ignored
     ("items=0-1", 200, None),          # other unit: ignored
-    ("bytes=0-1,5-6", 200, None),      # several ranges: whole file
+    ("bytes=0-1,2-6", 206, (0, 6)),    # adjacent ranges coalesce into one
+    ("bytes=5-9,0-7", 206, (0, 9)),    # overlapping ranges too, whatever their order
 ])
 @CHUNKINGS
 def test_single_range(site, spec, status, span, chunk):
