@@ -163,3 +163,31 @@ def read_replies(sock: socket.socket, methods: list[str], *, timeout: float = 10
     if not closed and client.closing:
         closed = sock.recv(1) == b""
     return replies, closed
+
+
+def byteranges_parts(reply: Reply) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a ``multipart/byteranges`` *reply*: each part's headers (lower-case names) and bytes.
+
+    Strict about the frame (RFC 9110 section 14.6, RFC 2046 section 5.1.1): it
+    must start with the first delimiter and end with the closing one.
+    """
+    content_type = reply.header("content-type") or ""
+    kind, _, parameters = content_type.partition(";")
+    assert kind.strip() == "multipart/byteranges", content_type
+    name, _, boundary = parameters.strip().partition("=")
+    assert name == "boundary" and boundary, content_type
+    delimiter = b"--" + boundary.encode("ascii")
+    body = reply.body
+    assert body.startswith(delimiter + b"\r\n"), body[:80]
+    assert body.endswith(b"\r\n" + delimiter + b"--\r\n"), body[-80:]
+    inner = body[len(delimiter) + 2:-(len(delimiter) + 6)]
+    parts = []
+    for chunk in inner.split(b"\r\n" + delimiter + b"\r\n"):
+        head, blank, data = chunk.partition(b"\r\n\r\n")
+        assert blank, chunk[:80]
+        headers = {}
+        for line in head.split(b"\r\n"):
+            field, _, value = line.decode("latin-1").partition(":")
+            headers[field.strip().lower()] = value.strip()
+        parts.append((headers, data))
+    return parts
