@@ -191,3 +191,15 @@ def byteranges_parts(reply: Reply) -> list[tuple[dict[str, str], bytes]]:
             headers[field.strip().lower()] = value.strip()
         parts.append((headers, data))
     return parts
+
+
+#: Every request header the static server reads (the header-value fuzz covers each).
+READ_HEADERS = ["Range", "If-Range", "If-Modified-Since", "If-None-Match", "If-Match", "If-Unmodified-Since",
+                "Host", "Connection", "Content-Length", "Transfer-Encoding", "Expect", "Accept-Encoding"]
+
+
+def request_with(name: str, value: bytes) -> bytes:
+    """A GET of a file with *name*: *value* (replacing Host when that is the name), then a plain GET."""
+    host = b"" if name == "Host" else b"Host: x\r\n"
+    return (b"GET /kib.bin HTTP/1.1\r\n" + host + name.encode("ascii") + b": " + value + b"\r\n\r\n"
+            + b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -14,11 +14,21 @@ import shutil
 import subprocess
 import sys
 import time
+from urllib.parse import quote
 
 import pytest
 
 from servers.http.dates import http_date
-from tests.http_support import KIB, SMALL, byteranges_parts, exchange, make_root, read_replies
+from tests.http_support import (
+    KIB,
+    READ_HEADERS,
+    SMALL,
+    byteranges_parts,
+    exchange,
+    make_root,
+    read_replies,
+    request_with,
+)
 from tests.support import child_env
 
 CSS = b"body { color: black; }\n" * 40
@@ -67,7 +77,8 @@ CHUNKED = "Transfer-Encoding: chunked"
 def test_chunked_bodies_keep_the_connection_in_sync(serve, strategy, root, piece):
     server = serve("http", "--root", str(root), strategy=strategy)
     data = (request("/x", CHUNKED, method="POST", body=b"5\r\nhello\r\n0\r\n\r\n")
-            + request("/hello.txt", CHUNKED, body=b"3;ext=\"a b\"\r\nabc\r\n00000A\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n")
+            + request("/hello.txt", CHUNKED,
+                      body=b"3;ext=\"a b\"\r\nabc\r\n00000A\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n")
             + request("/kib.bin", "Content-Length: 4", body=b"GET ")
             + request("/x", CHUNKED, method="PUT", body=b"1\r\nG\r\n0\r\n\r\n")
             + request("/hello.txt"))
@@ -99,7 +110,7 @@ def test_too_large_body_is_answered_with_close(serve, strategy, root):
     with server.connect() as sock:
         sock.sendall(request("/hello.txt", "Content-Length: 999999999999"))
         (reply,), closed = read_replies(sock, ["GET"], timeout=10)
-    assert reply.status == 200 and reply.body == SMALL and reply.header("connection") == "close"
+    assert reply.status == 200 and reply.body == SMALL and reply.header("connection") == "close" and closed
 
 
 def read_until(sock, marker: bytes, timeout: float = 10.0) -> bytes:
@@ -165,10 +176,11 @@ def test_trickled_body_does_not_hold_the_server(serve, strategy, root, framing):
 
 def test_two_ranges_give_multipart_byteranges(serve, strategy, root):
     server = serve("http", "--root", str(root), strategy=strategy)
+    hundred = "Range: bytes=" + ",".join(f"{i * 3}-{i * 3}" for i in range(100))
     with server.connect() as sock:
         replies, closed = exchange(sock, request("/kib.bin", "Range: bytes=0-1,5-6")
                                    + request("/kib.bin", "Range: bytes=700-709,0-3,2-5,-4")
-                                   + request("/kib.bin", "Range: bytes=" + ",".join(f"{i * 3}-{i * 3}" for i in range(100)))
+                                   + request("/kib.bin", hundred)
                                    + request("/kib.bin", "Range: bytes=0-1,2-3"), ["GET"] * 4)
     two, three, many, adjacent = replies
     assert two.status == 206 and not closed
@@ -268,9 +280,10 @@ def test_precompressed_siblings(serve, strategy, root):
     assert gz_range.status == 206 and gz_range.body == CSS_GZ[:10]
     assert gz_range.header("content-range") == f"bytes 0-9/{len(CSS_GZ)}"
     assert no_sibling.header("vary") is None and no_sibling.header("content-encoding") is None
+    gz_tag = gz.header("etag")
     with server.connect() as sock:
-        replies, _ = exchange(sock, request("/only-gz.css", "Accept-Encoding: gzip", f"If-None-Match: {gz.header('etag')}")
-                              + request("/only-gz.css", f"If-None-Match: {gz.header('etag')}")
+        replies, _ = exchange(sock, request("/only-gz.css", "Accept-Encoding: gzip", f"If-None-Match: {gz_tag}")
+                              + request("/only-gz.css", f"If-None-Match: {gz_tag}")
                               + request("/only-gz.css", "Accept-Encoding: gzip", f"If-Match: {plain.header('etag')}"),
                               ["GET"] * 3)
     assert [reply.status for reply in replies] == [304, 200, 412]
@@ -300,8 +313,6 @@ def test_cache_control_with_control_characters_is_a_usage_error(value):
 
 
 def test_utf8_names_are_served_and_listed(serve, strategy, root):
-    from urllib.parse import quote
-
     server = serve("http", "--root", str(root), "--listing", strategy=strategy)
     with server.connect() as sock:
         replies, _ = exchange(sock, request("/noindex/" + quote(UTF8_NAME)) + request("/noindex/"), ["GET"] * 2)
@@ -339,4 +350,25 @@ def test_bare_lf_in_a_head_is_400_and_close(serve, strategy, root):
         with server.connect() as sock:
             (reply,), closed = exchange(sock, data + request("/hello.txt"), ["GET", "GET"])
         assert reply.status == 400 and closed
+    assert_clean_log(server)
+
+
+HOSTILE = [b"", b"9" * 5000, b"bytes=0-" + b"9" * 5000, b"bytes=-" + b"9" * 5000, b"bytes=" + b"0-0," * 3000,
+           b"Sat, 01 Jan 0000 00:00:00 GMT", b"Mon, 01 Jan 10000 00:00:00 GMT", b"Sun, 06 Nov 99999999999 08:49:37 GMT",
+           b"Sunday, 99-Foo-0 99:99:99 GMT", b", ".join([b'"x"'] * 3000), b"gzip;q=0.5," * 2000, b"\xff\xfe\xc3\xa9",
+           b"\x00", b"\x01\x1b[2J\x7f", b"a\rb", b"100-continue, 100-continue", b"chunked, chunked", b"*;q=0"]
+
+
+def test_hostile_header_values_over_real_sockets(serve, strategy, root):
+    """Every header the server reads, with each hostile value: a well-formed answer, nothing in the log."""
+    server = serve("http", "--root", str(root), strategy=strategy)
+    for name in READ_HEADERS:
+        for value in HOSTILE:
+            with server.connect() as sock:
+                replies, closed = exchange(sock, request_with(name, value), ["GET", "GET"])
+            assert replies and all(100 <= reply.status <= 599 for reply in replies), (name, value[:40])
+            if len(replies) == 2:
+                assert replies[1].body == SMALL, (name, value[:40])
+            else:
+                assert closed, (name, value[:40])
     assert_clean_log(server)
