@@ -40,7 +40,7 @@ class HttpServer(Server):
     """
 
     name = "http"
-    description = "static files over HTTP/1.1 (GET, HEAD, ranges, conditional requests, precompressed files)"
+    description = "static files over HTTP/1.1 (GET, HEAD, ranges, conditional requests)"
     default_port = 8080
 
     def __init__(self, *args: Any, root: str = ".", listing: bool = False, follow_symlinks: bool = False,
