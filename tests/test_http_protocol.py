@@ -12,7 +12,7 @@ from servers.http.access_log import AccessLog
 from servers.http.dates import http_date
 from servers.http.protocol import HttpProtocol
 from servers.http.site import StaticSite
-from tests.http_support import BIG, KIB, SMALL, make_root, parse_responses, pieces_of
+from tests.http_support import BIG, KIB, SMALL, byteranges_parts, make_root, parse_responses, pieces_of
 
 CHUNKINGS = pytest.mark.parametrize("chunk", [None, -1, 1], ids=["whole", "lines", "bytes"])
 
@@ -172,6 +172,21 @@ def test_single_range(site, spec, status, span, chunk):
         assert reply.body == KIB[first:last + 1]
         assert reply.header("content-range") == f"bytes {first}-{last}/1024"
         assert reply.header("content-length") == str(last - first + 1)
+
+
+@CHUNKINGS
+def test_several_ranges_give_multipart_byteranges(site, chunk):
+    (reply,), _ = run(site, get("/kib.bin", "Range: bytes=10-19, 0-3, -2"), chunk=chunk)
+    assert reply.status == 206 and int(reply.header("content-length")) == len(reply.body)
+    parts = byteranges_parts(reply)
+    assert [(headers["content-range"], data) for headers, data in parts] == [
+        ("bytes 0-3/1024", KIB[:4]), ("bytes 10-19/1024", KIB[10:20]), ("bytes 1022-1023/1024", KIB[1022:])]
+
+
+def test_too_many_ranges_give_the_whole_file(site):
+    spec = ",".join(f"{i * 2}-{i * 2}" for i in range(33))
+    (reply,), _ = run(site, get("/kib.bin", f"Range: bytes={spec}"))
+    assert reply.status == 200 and reply.body == KIB
 
 
 @pytest.mark.parametrize("spec", ["bytes=1024-", "bytes=5000-6000", "bytes=-0"])
@@ -339,6 +354,87 @@ def test_get_with_body_skips_it(site):
     data = b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nxxxxx" + get("/kib.bin")
     replies, _ = run(site, data, ["GET", "GET"], chunk=1)
     assert [r.body for r in replies] == [SMALL, KIB]
+
+
+@CHUNKINGS
+def test_chunked_bodies_with_extensions_and_trailers_keep_the_connection(site, chunk):
+    body = b"4;a=1;b=\"x y\"\r\nGET \r\n000\r\nX-Checksum: 1\r\nX-Other: 2\r\n\r\n"
+    data = get("/hello.txt", "Transfer-Encoding: chunked") + body + get("/kib.bin")
+    replies, transport = run(site, data, ["GET", "GET"], chunk=chunk)
+    assert [r.body for r in replies] == [SMALL, KIB] and not transport.closed
+
+
+def test_broken_chunked_body_ends_the_connection_after_the_response(site):
+    data = get("/hello.txt", "Transfer-Encoding: chunked") + b"5\r\nhelloXX" + get("/kib.bin")
+    (reply,), transport = run(site, data)
+    assert reply.body == SMALL and transport.closed and transport.linger > 0
+
+
+def test_body_over_the_bound_is_never_read(site):
+    (reply,), transport = run(site, get("/hello.txt", "Content-Length: 1048577") + b"x" * 10)
+    assert reply.body == SMALL and reply.header("connection") == "close" and transport.closed
+
+
+def test_body_deadline_is_a_total_time(site):
+    transport = RecordingTransport()
+    protocol = HttpProtocol(site, header_timeout=2.5)
+    protocol.connection_made(transport)
+    protocol.data_received(get("/hello.txt", "Content-Length: 100"))
+    assert transport.deadline == 2.5, "the body's clock starts at the end of its head"
+    transport.deadline = None
+    for _ in range(5):  # trickled bytes do not restart the clock
+        protocol.data_received(b"x")
+        assert transport.deadline is None and not transport.closed
+    written = transport.output()
+    protocol.deadline_expired()
+    assert transport.closed and transport.output() == written, "closed, with nothing more to say"
+
+
+def test_body_done_stops_the_clock_until_the_next_head(site):
+    transport = RecordingTransport()
+    protocol = HttpProtocol(site, header_timeout=2.5)
+    protocol.connection_made(transport)
+    protocol.data_received(get("/hello.txt", "Content-Length: 2") + b"xy")
+    assert transport.deadline is None
+    protocol.deadline_expired()  # fired too late to be cancelled: nothing happens
+    assert not transport.closed
+
+
+@pytest.mark.parametrize(("headers", "version", "continues"), [
+    (("Content-Length: 5", "Expect: 100-continue"), "1.1", True),
+    (("Transfer-Encoding: chunked", "Expect: 100-CONTINUE"), "1.1", True),
+    (("Content-Length: 5", "Expect: 100-continue"), "1.0", False),     # HTTP/1.0 knows no 100
+    (("Content-Length: 0", "Expect: 100-continue"), "1.1", False),     # no body to ask for
+    (("Content-Length: 5000000", "Expect: 100-continue"), "1.1", False),  # over the bound: never read
+])
+def test_expect_100_continue(site, headers, version, continues):
+    transport = RecordingTransport()
+    protocol = HttpProtocol(site)
+    protocol.connection_made(transport)
+    protocol.data_received(get("/hello.txt", *headers, version=version))
+    output = transport.output()
+    assert output.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 ") is continues
+    assert output.split(b"\r\n\r\n", 2)[-1 if continues else 1] == SMALL
+
+
+def test_no_100_when_the_body_is_already_arriving(site):
+    (reply,), transport = run(site, get("/hello.txt", "Content-Length: 5", "Expect: 100-continue") + b"hello")
+    assert not transport.output().startswith(b"HTTP/1.1 100") and reply.body == SMALL and not transport.closed
+
+
+def test_refused_request_expecting_100_gets_its_final_status_and_close(site):
+    (reply,), transport = run(site, get("/x", "Content-Length: 5", "Expect: 100-continue", method="POST"), ["POST"])
+    assert reply.status == 405 and reply.header("connection") == "close" and transport.closed
+    assert b" 100 " not in transport.output()
+
+
+def test_stopping_while_a_body_is_skipped_closes_once_it_ends(site):
+    transport = RecordingTransport()
+    protocol = HttpProtocol(site)
+    protocol.connection_made(transport)
+    protocol.data_received(get("/hello.txt", "Content-Length: 4") + b"xy")
+    protocol.server_stopping()
+    assert not transport.closed, "the body is still coming"
 
 
 # -- header timeout (slowloris) ------------------------------------------------------------
