@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from servers.http.body import MAX_BODY, BodyError, ChunkedBody, LengthBody
 from servers.http.coding import choose_coding, weights
@@ -240,3 +242,40 @@ def test_cache_control_values_accepted(value):
 def test_cache_control_values_refused(value):
     with pytest.raises(argparse.ArgumentTypeError):
         _field_value(value)
+
+
+# -- chunked framing, generated -----------------------------------------------------
+
+_TOKENS = st.text(alphabet="abcXYZ019!#$%&'*+-.^_`|~", min_size=1, max_size=6)
+_EXTENSION = st.one_of(_TOKENS, st.tuples(_TOKENS, _TOKENS).map("=".join),
+                       st.tuples(_TOKENS, st.text(alphabet="ab ;,=\\\"\t", max_size=8)).map(
+                           lambda pair: f'{pair[0]}="{pair[1].replace(chr(92), "").replace(chr(34), "")}"'))
+
+
+@st.composite
+def chunked_bodies(draw) -> bytes:
+    """A valid chunked body: any chunk sizes (hex case, leading zeros), extensions and trailer fields."""
+    out = bytearray()
+    for data in [*draw(st.lists(st.binary(min_size=1, max_size=40), max_size=6)), b""]:
+        size = "0" * draw(st.integers(0, 20)) + format(len(data), draw(st.sampled_from(["x", "X"])))
+        extensions = "".join(";" + extension for extension in draw(st.lists(_EXTENSION, max_size=3)))
+        out += f"{size}{extensions}\r\n".encode() + data + (b"\r\n" if data else b"")
+    for name, value in draw(st.lists(st.tuples(_TOKENS, _TOKENS), max_size=3)):
+        out += f"{name}: {value}\r\n".encode()
+    return bytes(out + b"\r\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunked_bodies(), st.integers(1, 50))
+def test_generated_chunked_bodies_end_exactly(body, piece):
+    assert skip(ChunkedBody(), body + NEXT, piece) == (True, NEXT)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(1, 50))
+def test_any_bytes_end_a_chunked_body_or_refuse_it(data, piece):
+    try:
+        _, left = skip(ChunkedBody(limit=200), data, piece)
+    except BodyError:
+        return
+    assert len(left) <= len(data)
