@@ -429,12 +429,16 @@ def test_refused_request_expecting_100_gets_its_final_status_and_close(site):
 
 
 def test_stopping_while_a_body_is_skipped_closes_once_it_ends(site):
+    stopping = []
     transport = RecordingTransport()
-    protocol = HttpProtocol(site)
+    protocol = HttpProtocol(site, stopping=lambda: bool(stopping))
     protocol.connection_made(transport)
     protocol.data_received(get("/hello.txt", "Content-Length: 4") + b"xy")
+    stopping.append(True)
     protocol.server_stopping()
     assert not transport.closed, "the body is still coming"
+    protocol.data_received(b"zw")
+    assert transport.closed, "the exchange is over: nothing holds the stop up"
 
 
 # -- header timeout (slowloris) ------------------------------------------------------------

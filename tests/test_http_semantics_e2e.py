@@ -11,6 +11,7 @@ import gzip
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -371,4 +372,19 @@ def test_hostile_header_values_over_real_sockets(serve, strategy, root):
                 assert replies[1].body == SMALL, (name, value[:40])
             else:
                 assert closed, (name, value[:40])
+    assert_clean_log(server)
+
+
+def test_graceful_stop_waits_for_a_body_then_ends_the_connection(serve, strategy, root):
+    server = serve("http", "--root", str(root), strategy=strategy)
+    with server.connect() as sock:
+        sock.sendall(request("/hello.txt", "Content-Length: 10", body=b"12345"))
+        (reply,), _ = read_replies(sock, ["GET"])
+        assert reply.body == SMALL
+        server.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # let the stop begin while the body is still coming (a hang fails below, not this)
+        sock.sendall(b"67890")
+        sock.settimeout(20)
+        assert sock.recv(1) == b"", "the exchange is over: the connection ends"
+    assert server.proc.wait(30) == 0
     assert_clean_log(server)

@@ -102,6 +102,10 @@ class HttpProtocol(Protocol):
             self.body = None
             self.transport.set_deadline(None)
             self.timing = _IDLE
+            if self.stopping() and not self.parser.buffered:
+                # A stop began while the body came (server_stopping waited for it): the exchange is over.
+                self.transport.close()
+                return False
         return done
 
     def eof_received(self) -> bool | None:
