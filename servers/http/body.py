@@ -16,7 +16,7 @@ so the connection must end.
 
 from __future__ import annotations
 
-from servers.http.parser import MAX_FIELDS, MAX_HEAD, TOKEN_BYTES, RequestError, parse_field
+from servers.http.parser import MAX_FIELDS, MAX_HEAD, TOKEN_BYTES, RequestError, parse_fields
 
 #: Most bytes of a request body read and thrown away to keep a connection (more: close).
 MAX_BODY = 1 << 20
@@ -135,7 +135,7 @@ class ChunkedBody:
         if self._trailer_fields > MAX_FIELDS or self._trailer_bytes > MAX_HEAD:
             raise BodyError("trailer section too large")
         try:
-            parse_field(line)
+            parse_fields([line])
         except RequestError as refused:
             raise BodyError(f"trailer field: {refused.detail}") from None
 

@@ -109,32 +109,32 @@ def _content_length(value: bytes) -> int:
     return int(length)
 
 
-def parse_field(line: bytes) -> tuple[bytes, bytes]:
-    """One field line (no line end) -> lower-cased name and trimmed value; 400 when malformed.
+def parse_fields(lines: list[bytes]) -> dict[bytes, bytes]:
+    """Field lines (no line ends) -> values by lower-cased name; 400 when one is malformed.
 
-    Used for the head's fields and a chunked body's trailer fields alike.
+    A repeated field's values are joined with ``, `` (RFC 9110 section 5.3),
+    except ``Host``, which may appear once.  Used for the head's fields and a
+    chunked body's trailer fields alike.
     """
-    name, colon, value = line.partition(b":")
-    if not colon or not name or not TOKEN_BYTES.issuperset(name):
-        if line[:1] in (b" ", b"\t"):
-            raise RequestError(400, "obsolete line folding")
-        raise RequestError(400, "malformed header field")
-    if b"\r" in value:
-        raise RequestError(400, "CR in header value")
-    return name.lower(), value.strip(b" \t")
-
-
-def check_line_ends(block: bytes) -> None:
-    """400 unless every LF in *block* ends a CRLF.
-
-    RFC 9112 section 2.2 lets a recipient take a bare LF as a line end; a
-    server behind a proxy must not: where a front end that ends lines only
-    at CRLF sees one field (``Dummy: x\\nContent-Length: 23``), this server
-    would see two, and the two would disagree about where the next request
-    starts (request smuggling).
-    """
-    if block.count(b"\n") != block.count(b"\r\n"):
-        raise RequestError(400, "bare LF in request head")
+    fields: dict[bytes, bytes] = {}
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or not TOKEN_BYTES.issuperset(name):
+            if line[:1] in (b" ", b"\t"):
+                raise RequestError(400, "obsolete line folding")
+            raise RequestError(400, "malformed header field")
+        if b"\r" in value:
+            raise RequestError(400, "CR in header value")
+        name = name.lower()
+        value = value.strip(b" \t")
+        previous = fields.get(name)
+        if previous is None:
+            fields[name] = value
+        elif name == b"host":
+            raise RequestError(400, "more than one Host field")
+        else:
+            fields[name] = previous + b", " + value
+    return fields
 
 
 def parse_head(block: bytes) -> RequestHead:
@@ -142,7 +142,13 @@ def parse_head(block: bytes) -> RequestHead:
 
     Raises :class:`RequestError` for anything malformed or unsupported.
     """
-    check_line_ends(block)
+    # RFC 9112 section 2.2 lets a recipient take a bare LF as a line end; a
+    # server behind a proxy must not: where a front end that ends lines only
+    # at CRLF sees one field (``Dummy: x\nContent-Length: 23``), this server
+    # would see two, and the two would disagree about where the next request
+    # starts (request smuggling).  So every LF must end a CRLF.
+    if block.count(b"\n") != block.count(b"\r\n"):
+        raise RequestError(400, "bare LF in request head")
     lines = block.split(b"\r\n")
     request_line = lines[0]
     if len(request_line) > MAX_REQUEST_LINE:
@@ -163,16 +169,7 @@ def parse_head(block: bytes) -> RequestHead:
     if not target or not target.isascii() or b"\t" in target or b"\r" in target:
         raise RequestError(400, "malformed request target")
     version = _parse_version(version_text)
-    fields: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, value = parse_field(line)
-        previous = fields.get(name)
-        if previous is None:
-            fields[name] = value
-        elif name == b"host":
-            raise RequestError(400, "more than one Host field")
-        else:
-            fields[name] = previous + b", " + value
+    fields = parse_fields(lines[1:])
     head = RequestHead(method, target, version, fields, request_line)
     _check_framing(head)
     return head
@@ -258,7 +255,7 @@ class HeadParser:
         end = buffer.find(b"\n\r\n", start)
         bare = buffer.find(b"\n\n", start, end + 2 if end >= 0 else len(buffer))
         if bare >= 0:
-            # The blank line that ends this head is a bare LF: refused (see check_line_ends),
+            # The blank line that ends this head is a bare LF: refused (see parse_head),
             # but only now, so that what came before is logged as usual.
             block = bytes(buffer[:bare])
             del buffer[:bare + 2]
@@ -272,7 +269,7 @@ class HeadParser:
         if end > MAX_HEAD:
             raise RequestError(431, "request head too large", self._first_line())
         # The head's last line ends just before *end*: with its CR, or with a bare LF
-        # that check_line_ends refuses.
+        # that parse_head refuses.
         block = bytes(buffer[:end - 1] if buffer[end - 1] == 13 else buffer[:end + 1])
         del buffer[:end + 3]
         self._scanned = 0

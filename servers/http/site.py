@@ -32,7 +32,7 @@ from servers.http.ranges import Unsatisfiable, parse_ranges
 
 _VARY = "Vary: Accept-Encoding\r\n"
 # The fields that make a request conditional (RFC 9110 section 13.1).
-_PRECONDITIONS = (b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
+_PRECONDITIONS = frozenset({b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since"})
 
 
 @dataclasses.dataclass(slots=True)
@@ -50,15 +50,6 @@ class Response:
     #: *count*), then *tail*.
     parts: list[tuple[bytes, int, int]] | None = None
     tail: bytes = b""
-
-
-@dataclasses.dataclass(slots=True)
-class Representation:
-    """What is sent for a file: the file itself, or a precompressed sibling (*coding* says which)."""
-
-    file: FileEntry
-    etag: str
-    coding: str | None = None
 
 
 class StaticSite:
@@ -116,11 +107,17 @@ class StaticSite:
                                                      extra=self.cache_control),
                         len(page) if with_body else 0)
 
-    def _representation(self, fields: dict[bytes, bytes], entry: FileEntry) -> tuple[Representation, str]:
-        """The representation to send for *entry*, and the ``Vary`` line its choice calls for ("" when none)."""
+    def _representation(self, fields: dict[bytes, bytes],
+                        entry: FileEntry) -> tuple[FileEntry, str, str | None, str]:
+        """What to send for *entry*: the file itself or a precompressed sibling.
+
+        Returns its file, its entity tag, its coding (None for the file as it
+        is) and the ``Vary`` line the choice calls for ("" when there was none
+        to make).  A tuple, not an object: this is on every request's path.
+        """
         siblings = self.siblings.of(entry.path)
         if not siblings:
-            return Representation(entry, entry.etag), ""
+            return entry, entry.etag, None, ""
         coding = choose_coding(fields.get(b"accept-encoding"), [name for name, _ in siblings])
         if coding is not None:
             path = dict(siblings)[coding]
@@ -131,16 +128,15 @@ class StaticSite:
                 pass  # gone since it was found: the file itself will do
             else:
                 # Its own tag, told apart from the file's even if their times and sizes agree.
-                return Representation(sibling, f'{sibling.etag[:-1]}-{coding}"', coding), _VARY
-        return Representation(entry, entry.etag), _VARY
+                return sibling, f'{sibling.etag[:-1]}-{coding}"', coding, _VARY
+        return entry, entry.etag, None, _VARY
 
     def _file(self, request: RequestHead, entry: FileEntry, keep_alive: bool, with_body: bool) -> Response:
         fields = request.fields
-        chosen, vary = self._representation(fields, entry)
-        file = chosen.file
-        validators = f"Last-Modified: {file.last_modified}\r\nETag: {chosen.etag}\r\n{vary}{self.cache_control}"
-        if any(name in fields for name in _PRECONDITIONS):
-            status = precondition_status(fields, chosen.etag, file.mtime)
+        file, etag, coding, vary = self._representation(fields, entry)
+        validators = f"Last-Modified: {file.last_modified}\r\nETag: {etag}\r\n{vary}{self.cache_control}"
+        if not _PRECONDITIONS.isdisjoint(fields):
+            status = precondition_status(fields, etag, file.mtime)
             if status == 304:
                 return Response(304, responses.head(304, validators, keep_alive=keep_alive))
             if status is not None:
@@ -149,13 +145,13 @@ class StaticSite:
         spans = None
         range_header = fields.get(b"range")
         if range_header is not None and with_body \
-                and if_range_holds(fields.get(b"if-range"), chosen.etag, file.mtime):
+                and if_range_holds(fields.get(b"if-range"), etag, file.mtime):
             try:
                 spans = parse_ranges(range_header, size)
             except Unsatisfiable:
                 return error(416, keep_alive, with_body, extra=f"Content-Range: bytes */{size}\r\n")
-        coding = f"Content-Encoding: {chosen.coding}\r\n" if chosen.coding else ""
-        common = f"{validators}{coding}Accept-Ranges: bytes\r\n"
+        encoding = f"Content-Encoding: {coding}\r\n" if coding else ""
+        common = f"{validators}{encoding}Accept-Ranges: bytes\r\n"
         if spans is None:
             head = responses.head(200, f"Content-Type: {entry.content_type}\r\nContent-Length: {size}\r\n{common}",
                                   keep_alive=keep_alive)
