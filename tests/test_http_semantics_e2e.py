@@ -285,9 +285,14 @@ def test_precompressed_siblings(serve, strategy, root):
     with server.connect() as sock:
         replies, _ = exchange(sock, request("/only-gz.css", "Accept-Encoding: gzip", f"If-None-Match: {gz_tag}")
                               + request("/only-gz.css", f"If-None-Match: {gz_tag}")
-                              + request("/only-gz.css", "Accept-Encoding: gzip", f"If-Match: {plain.header('etag')}"),
-                              ["GET"] * 3)
-    assert [reply.status for reply in replies] == [304, 200, 412]
+                              + request("/only-gz.css", "Accept-Encoding: gzip", f"If-Match: {plain.header('etag')}")
+                              + request("/only-gz.css", "Accept-Encoding: gzip", "Range: bytes=0-3",
+                                        f"If-Range: {plain.header('etag')}")
+                              + request("/only-gz.css", "Accept-Encoding: gzip", "Range: bytes=0-3",
+                                        f"If-Range: {gz_tag}"),
+                              ["GET"] * 5)
+    assert [reply.status for reply in replies] == [304, 200, 412, 200, 206]
+    assert replies[3].body == CSS_GZ and replies[4].body == CSS_GZ[:4]
     assert replies[0].header("vary") == "Accept-Encoding"
 
 

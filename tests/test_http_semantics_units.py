@@ -115,6 +115,7 @@ def test_length_body_takes_exactly_its_bytes():
     (b"bytes=0-1,a-b", None),                       # one invalid item: the header is ignored
     (b"bytes=\xff-1", None),
     (b"bytes=\xd9\xa1-2", None),                    # Arabic-Indic digit: not a digit here
+    (b"bytes=" + b",".join(b"%d-%d" % (i * 2, i * 2) for i in range(5)), [(i * 2, i * 2) for i in range(5)]),
     (b"bytes=" + b"0-0," * (MAX_RANGES + 1), None),  # too many ranges: whole file
     (b"bytes=" + b"," * 100_000 + b"0-1", None),    # thousands of empty items
 ])
@@ -124,6 +125,12 @@ def test_parse_ranges(header, spans):
             parse_ranges(header, 10)
         return
     assert parse_ranges(header, 10) == spans
+
+
+def test_range_cap_is_on_the_ranges_listed():
+    at_cap = b"bytes=" + b",".join(b"%d-%d" % (i * 2, i * 2) for i in range(MAX_RANGES))
+    assert len(parse_ranges(at_cap, 1000)) == MAX_RANGES
+    assert parse_ranges(at_cap + b",900-901", 1000) is None
 
 
 def test_multipart_frame_lengths_add_up():
