@@ -12,13 +12,17 @@ Regression tests for issue 14 items 5-7:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.support import child_env
+from tests.support import child_env, wait_for
 
 #: A program that embeds a forking echo server and runs subprocesses of its own while
 #: connections come and go.  argv[1]: ``thread`` (serve_forever in a thread: no SIGCHLD
@@ -92,3 +96,85 @@ def test_embedded_forking_server_leaves_subprocess_exit_statuses_alone(serving_t
     assert result["statuses"] == [7] * 5, done.stderr
     assert result["zombies"] == [], done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def accept_queue(port: int) -> int:
+    """Connections waiting in the kernel's accept queue of the TCP listener on *port*.
+
+    For a listening socket, ``/proc/net/tcp``'s ``rx_queue`` is its accept
+    backlog (what ``ss -ltn`` shows as Recv-Q).
+    """
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no listener on port {port}")
+
+
+def master_turns(server, turns: int = 2) -> None:  # type: ignore[no-untyped-def]
+    """Make the pre-forked master go round its loop *turns* times (SIGUSR1: a status line each).
+
+    Its poll is level-triggered, so once it has logged two status lines it
+    has also handled a listener that was readable, if it was watching it.
+    """
+    def lines() -> int:
+        return sum("status:" in line and "workers=" in line for line in server.log().splitlines())
+
+    for _ in range(turns):
+        before = lines()
+        server.send_signal(signal.SIGUSR1)
+        assert wait_for(lambda before=before: lines() > before, timeout=20), server.log()
+
+
+def echo_once(sock: socket.socket, payload: bytes) -> bytes:
+    """Send *payload* and read its echo back."""
+    sock.sendall(payload)
+    received = b""
+    while len(received) < len(payload):
+        chunk = sock.recv(len(payload) - len(received))
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+#: Inner worker kinds, with the options that give one worker room for *capacity* connections.
+PASSFD_WORKERS = {
+    "iterative": ((), 1),
+    "threads": (("--threads", "2"), 2),
+    "poll": (("--max-connections", "2"), 2),
+}
+
+
+@pytest.mark.only_strategies("preforked")
+@pytest.mark.parametrize("worker", list(PASSFD_WORKERS))
+def test_passfd_clients_wait_in_the_kernel_backlog_while_the_worker_is_busy(serve, worker):
+    options, capacity = PASSFD_WORKERS[worker]
+    server = serve("echo", "--workers", "1", "--accept", "passfd", "--worker", worker, *options,
+                   strategy="preforked")
+    port = int(server.address.rsplit(":", 1)[1])
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(server.connect(timeout=30)) for _ in range(capacity)]
+        for index, sock in enumerate(held):
+            assert echo_once(sock, b"held %d" % index) == b"held %d" % index  # being served now
+        waiting = [stack.enter_context(server.connect(timeout=30)) for _ in range(5)]
+        for index, sock in enumerate(waiting):
+            sock.sendall(b"waiting %d" % index)
+        master_turns(server)
+        # The master has not taken them: they wait in the kernel (before the fix: 0, all
+        # five accepted and queued in the busy worker's channel).
+        assert accept_queue(port) == 5, server.log()
+        for sock in held:
+            sock.close()
+        # Each is served once the worker has room, in the order they came.
+        for index, sock in enumerate(waiting):
+            expected = b"waiting %d" % index
+            received = b""
+            while len(received) < len(expected):
+                chunk = sock.recv(len(expected) - len(received))
+                assert chunk, f"client {index} was closed unanswered"
+                received += chunk
+            assert received == expected
+            sock.close()
+    assert accept_queue(port) == 0
