@@ -14,15 +14,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
+import resource
+import selectors
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import child_env, wait_for
+from framework.drivers.common import OutOfDescriptors
+from framework.drivers.nonblocking import FILES_HIGH_WATER, EventLoop
+from framework.protocol import Protocol, Transport
+from tests.support import PeakSampler, child_env, recv_all, settled, tree_fd_count, wait_for
 
 #: A program that embeds a forking echo server and runs subprocesses of its own while
 #: connections come and go.  argv[1]: ``thread`` (serve_forever in a thread: no SIGCHLD
@@ -178,3 +186,185 @@ def test_passfd_clients_wait_in_the_kernel_backlog_while_the_worker_is_busy(serv
             assert received == expected
             sock.close()
     assert accept_queue(port) == 0
+
+
+#: The server's descriptor limit in the pipelining test: far fewer than the requests pipelined.
+NOFILE = 256
+#: Requests the client pipelines: over one 64 KiB read holds ~1,800 of them.
+PIPELINED = 3000
+
+
+def limited_serve(serve, *args: str, strategy: str):  # type: ignore[no-untyped-def]
+    """``forkthread serve http`` with RLIMIT_NOFILE lowered to :data:`NOFILE` (the pid stays the server's)."""
+    program = ["sh", "-c", f'ulimit -n {NOFILE} && exec "$@"', "sh", sys.executable, "-m", "framework", "serve", "http"]
+    return serve("http", *args, strategy=strategy, program=program)
+
+
+@pytest.mark.parametrize("strategy_args", [
+    pytest.param(("poll",), marks=pytest.mark.only_strategies("poll"), id="poll"),
+    pytest.param(("preforked", "--workers", "1", "--worker", "poll"), marks=pytest.mark.only_strategies("preforked"),
+                 id="preforked-poll"),
+])
+def test_pipelining_client_that_never_reads_cannot_exhaust_descriptors(serve, tmp_path, strategy_args):
+    body = bytes(range(256)) * 256  # 64 KiB: the socket buffers fill after a few responses, the rest queue
+    (tmp_path / "f.bin").write_bytes(body)
+    name, *options = strategy_args
+    server = limited_serve(serve, "--root", str(tmp_path), *options, strategy=name)
+    request = b"GET /f.bin HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def fetch() -> bytes:
+        with server.connect(timeout=30) as sock:
+            sock.sendall(request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            return recv_all(sock)
+
+    assert fetch().endswith(body)  # the file is open in the server's cache from now on
+    baseline = settled(lambda: tree_fd_count(server.pid))
+    with PeakSampler(lambda: tree_fd_count(server.pid)) as peak, server.connect(timeout=30) as greedy:
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        greedy.sendall(request * PIPELINED)  # and never reads
+        # Another client is served normally meanwhile, and more than once.
+        for _ in range(3):
+            assert fetch().endswith(body)
+        held = settled(lambda: tree_fd_count(server.pid))
+    # The greedy client costs its socket and one descriptor of the file, not one per queued response
+    # (before the fix: a dup each, EMFILE inside data_received and a traceback per attempt).
+    assert held <= baseline + 4, (baseline, held, server.log())
+    assert peak.value <= baseline + 8, (baseline, peak.value, server.log())
+    assert wait_for(lambda: tree_fd_count(server.pid) <= baseline, timeout=20), server.log()
+    log = server.log()
+    assert "Traceback" not in log and " ERROR " not in log, log
+
+
+class FileSender(Protocol):
+    """Answers each byte received with ``sendfile`` of the next of *files*; records how it ended."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+        self.sent = 0
+        self.lost: list[BaseException | None] = []
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for _ in data:
+            with open(self.files[self.sent % len(self.files)], "rb") as file:  # closed at once: the driver dups
+                self.transport.sendfile(file)
+            self.sent += 1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.append(exc)
+
+
+def stuffed_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected (server side, client side) TCP pair whose client never reads, small buffers."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(listener.getsockname())
+        server, _ = listener.accept()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return server, client
+
+
+def run_until(loop: EventLoop, predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    """Run *loop* until *predicate()* (bounded in steps and time)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(100_000):
+        if predicate():
+            return
+        assert time.monotonic() < deadline, "condition not reached in time"
+        loop.run_once(0.01)
+    raise AssertionError("condition not reached within the step limit")
+
+
+def test_queued_file_responses_hold_one_descriptor_per_file_and_pause_reading(tmp_path):
+    tiny = tmp_path / "tiny"
+    tiny.write_bytes(b"t")
+    loop = EventLoop(selectors.PollSelector())
+    server, client = stuffed_pair()
+    try:
+        protocol = FileSender([tiny])
+        connection = loop.add_connection(server, "greedy", protocol)
+        filler = b"f" * 4096
+        for _ in range(10_000):  # fill the kernel's buffers until our queue starts
+            connection.write(filler)
+            if connection.buffered:
+                break
+        before = len(os.listdir("/proc/self/fd"))
+        client.sendall(b"x" * (FILES_HIGH_WATER * 4))  # one read: four times the queued-file bound
+        run_until(loop, lambda: protocol.sent == FILES_HIGH_WATER * 4)
+        # One descriptor for the 256 queued responses (before: one each), and the
+        # connection is no longer read (before: the byte count alone decided, and it is small).
+        assert len(os.listdir("/proc/self/fd")) == before + 1
+        assert connection.buffered < 64 * 1024 and not connection.reading
+        client.setblocking(False)
+        received = bytearray()
+
+        def drained() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                received.extend(client.recv(1 << 20))
+            return received.endswith(b"t" * (FILES_HIGH_WATER * 4))
+
+        run_until(loop, drained)
+        assert connection.reading and not connection.buffered  # the queue drained: read again
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        client.close()
+        loop.close()
+
+
+def limit_leaving(room: int) -> int:
+    """A descriptor limit that leaves this process exactly *room* free descriptor numbers below it."""
+    held = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    fd = free = 0
+    while True:
+        if fd not in held:
+            free += 1
+            if free > room:
+                return fd
+        fd += 1
+
+
+def test_out_of_descriptors_ends_only_the_connection_that_queued_the_response(tmp_path, caplog):
+    files = []
+    for index in range(40):
+        files.append(tmp_path / f"file{index}")
+        files[-1].write_bytes(os.urandom(1 << 16))
+    loop = EventLoop(selectors.PollSelector(), handle_error=lambda exc, peer: errors.append(exc))
+    errors: list[BaseException] = []
+    greedy_server, greedy_client = stuffed_pair()
+    other_server, other_client = stuffed_pair()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        greedy = FileSender(files)  # a different file each: one descriptor each
+        other = FileSender(files[:1])
+        loop.add_connection(greedy_server, "greedy", greedy)
+        loop.add_connection(other_server, "other", other)
+        # Room for a few dups and one open() at a time: the greedy client's 40 run out.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit_leaving(8), hard))
+        with caplog.at_level(logging.WARNING, logger="forkthread"):
+            greedy_client.sendall(b"x" * len(files))
+            run_until(loop, lambda: greedy.lost)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert isinstance(greedy.lost[0], OutOfDescriptors), greedy.lost
+        # The other connection is served on.
+        other_client.sendall(b"x")
+        other_client.setblocking(False)
+        answer = bytearray()
+
+        def answered() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                answer.extend(other_client.recv(1 << 16))
+            return bool(answer)
+
+        run_until(loop, answered)
+        assert not other.lost and not errors
+        warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "no descriptor" in warnings[0].getMessage(), warnings
+        assert not any(record.exc_info for record in caplog.records)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for sock in (greedy_client, other_client):
+            sock.close()
+        loop.close()
