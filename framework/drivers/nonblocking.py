@@ -755,4 +755,5 @@ class NonBlockingConnection(Transport):
             loop.handle_error(exc, self._peer)
 
 
-__all__ = ["HIGH_WATER", "LOW_WATER", "EventLoop", "NonBlockingConnection", "Timer", "log_handler_error"]
+__all__ = ["FILES_HIGH_WATER", "FILES_LOW_WATER", "HIGH_WATER", "LOW_WATER", "EventLoop", "NonBlockingConnection",
+           "Timer", "log_handler_error"]
