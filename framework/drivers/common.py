@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -25,8 +26,15 @@ DEFAULT_LINGER = 2.0
 LINGER_MAX_BYTES = 1 << 20
 
 
+log = logging.getLogger("forkthread")
+
+
 class ShortFileError(OSError):
     """The file ended before the promised byte count was sent (it shrank meanwhile)."""
+
+
+class OutOfDescriptors(OSError):
+    """A connection ended because the process had no descriptor left for its queued response (warned once)."""
 
 
 class ConnectionTimeout(TimeoutError):
@@ -44,11 +52,38 @@ class HandlerError(Exception):
 def ends_quietly(exc: BaseException) -> bool:
     """True when *exc* is a normal end of one connection: logged at debug, never as a fault.
 
-    The peer went away (reset, broken pipe...), a time limit passed, or a
-    file shrank under a response whose length was already promised.  The one
-    rule every driver and the server apply to what ended a connection.
+    The peer went away (reset, broken pipe...), a time limit passed, a
+    file shrank under a response whose length was already promised, or the
+    process ran out of descriptors for one connection's queued response
+    (a :class:`LogThrottle` warning says so).  The one rule every driver and
+    the server apply to what ended a connection.
     """
-    return is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError))
+    return is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError, OutOfDescriptors))
+
+
+class LogThrottle:
+    """Warns about a recurring condition when it starts, then at most every *interval* seconds.
+
+    Conditions anyone can cause again and again (running out of
+    descriptors) must not flood the log: the warnings left out are counted
+    and the count goes with the next one.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def warning(self, message: str) -> None:
+        """Log *message* now, or count it when the last warning is less than *interval* old."""
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        extra = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
+        log.warning("%s%s", message, extra)
+        self._last = now
+        self._suppressed = 0
 
 
 def sendfile_some(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
