@@ -61,31 +61,6 @@ def ends_quietly(exc: BaseException) -> bool:
     return is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError, OutOfDescriptors))
 
 
-class LogThrottle:
-    """Warns about a recurring condition when it starts, then at most every *interval* seconds.
-
-    Conditions anyone can cause again and again (running out of
-    descriptors) must not flood the log: the warnings left out are counted
-    and the count goes with the next one.
-    """
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._last = -math.inf
-        self._suppressed = 0
-
-    def warning(self, message: str) -> None:
-        """Log *message* now, or count it when the last warning is less than *interval* old."""
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._suppressed += 1
-            return
-        extra = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
-        log.warning("%s%s", message, extra)
-        self._last = now
-        self._suppressed = 0
-
-
 def sendfile_some(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
     """Send up to *count* bytes of *file_fd* from *offset*; return how many went out.
 

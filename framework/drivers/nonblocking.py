@@ -54,7 +54,6 @@ from framework.drivers.common import (
     LINGER_MAX_BYTES,
     RECV_SIZE,
     ConnectionTimeout,
-    LogThrottle,
     OutOfDescriptors,
     ShortFileError,
     ends_quietly,
@@ -62,6 +61,7 @@ from framework.drivers.common import (
     socket_extra_info,
 )
 from framework.lifecycle import ActiveConnections
+from framework.logthrottle import LogThrottle
 from framework.protocol import FileLike, Protocol, Transport
 
 log = logging.getLogger("forkthread")
