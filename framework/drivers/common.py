@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import socket
@@ -26,7 +25,6 @@ DEFAULT_LINGER = 2.0
 LINGER_MAX_BYTES = 1 << 20
 
 
-log = logging.getLogger("forkthread")
 
 
 class ShortFileError(OSError):
