@@ -69,6 +69,10 @@ class PollStrategy(Strategy):
             details.append(f"max={self.max_connections}")
         return f"{self.name}({','.join(details)})" if details else self.name
 
+    def carries_blocking_handlers(self) -> bool:
+        """No: one thread serves every connection, so a handler that blocks would stall them all."""
+        return False
+
     def make_selector(self) -> selectors.BaseSelector:
         """A new selector of the configured kind."""
         selector: selectors.BaseSelector = getattr(selectors, SELECTORS[self.selector])()

@@ -1,0 +1,299 @@
+"""Blocking handlers: a ``socketserver`` request handler runs unchanged over one connection.
+
+A server may name a handler class (``handler = MyHandler``, a subclass of the
+standard library's :class:`socketserver.BaseRequestHandler`, such as
+:class:`socketserver.StreamRequestHandler`) instead of a protocol.  The
+handler is called exactly as ``socketserver`` calls it,
+``handler(request, client_address, server)``: its constructor runs
+``setup()``, ``handle()`` and ``finish()`` in the calling thread, reading and
+writing the connected socket itself and blocking as long as it likes.  Only
+strategies that give every connection a thread of its own carry it
+(:meth:`framework.strategies.base.Strategy.carries_blocking_handlers`).
+
+The framework keeps its promises around the handler, not inside it:
+
+* **Time limits.**  The socket is blocking with a timeout
+  (``sock.settimeout(timeout)``, ``--timeout``), so a silent peer makes the
+  handler's read raise :class:`TimeoutError`, which ends the connection
+  quietly.  A handler class's own ``timeout`` attribute
+  (``StreamRequestHandler.timeout``) wins, as in ``socketserver``.
+* **The graceful stop** (:class:`HandlerWatch`, one helper thread per
+  process).  When a stop begins, a connection that then receives nothing for
+  :data:`STOP_IDLE_GRACE` seconds sees end-of-input: its reading side is shut
+  down, so a handler waiting in ``readline`` for the next request gets ``b""``
+  and returns, as if the client had closed; bytes already received are
+  still read first, and writing still works, so a response in progress is
+  completed.  A connection still receiving keeps going.  At the graceful
+  deadline every connection still served is shut down in both directions:
+  a read returns ``b""``, a write fails with ``EPIPE`` (a quiet end).
+* **Signals in the main thread.**  A handler in the main thread (iterative,
+  a forking child, an iterative pre-forked worker) never polls the wakeup
+  pipe, so while it runs the same helper thread runs the signal actions
+  (SIGTERM starts the stop, SIGUSR1 logs the status line), woken by
+  :attr:`framework.signals.SignalDispatcher.on_record`.  Signals must reach
+  the main thread: threads a handler starts should block them
+  (:func:`framework.signals.block_signals_in_thread`), as the framework's do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from framework.drivers.common import LINGER_MAX_BYTES, RECV_SIZE, earliest, poll_timeout_ms
+from framework.lifecycle import Lifecycle
+from framework.signals import Wakeup, block_signals_in_thread
+
+#: What a server's ``handler`` is called as: ``handler(request, client_address, server)``.
+HandlerClass = Callable[[socket.socket, object, object], object]
+
+#: At a graceful stop, a connection that receives nothing for this long (counted from
+#: the stop) sees end-of-input: an idle handler waiting for the next request returns.
+STOP_IDLE_GRACE = 1.0
+
+#: After the watch saw input arrive on a connection, how long it looks away while the
+#: handler reads it (unread input keeps a socket readable: looking again at once would spin).
+ACTIVITY_REST = 0.05
+
+_READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+
+
+def run_handler(handler: HandlerClass, request: socket.socket, server: object, *, timeout: float | None,
+                watch: HandlerWatch, main_thread: bool) -> None:
+    """Run *handler* over the connected *request* in the calling thread, as ``socketserver`` does.
+
+    *request* is whatever socket the server hands the handler (a TLS socket
+    later, a plain one now); *server* becomes the handler's ``self.server``.
+    ``client_address`` is the peer's address as ``accept()`` reports it (a
+    tuple for TCP, ``''`` or a path for a Unix socket).  Whatever the handler
+    raises propagates; the caller closes *request* (:func:`close_request`).
+    """
+    request.settimeout(timeout)  # blocking, with the idle limit on every call
+    client_address = request.getpeername()
+    watch.attach(request, main_thread)
+    try:
+        handler(request, client_address, server)
+    finally:
+        watch.detach(request, main_thread)
+
+
+def close_request(request: socket.socket) -> None:
+    """End a handler's connection as ``socketserver.shutdown_request`` does, then close it.
+
+    The sending side is shut down first (the peer reads end-of-file after
+    everything written), and input that already arrived unread is discarded
+    without waiting, so the close sends FIN rather than a reset.
+    """
+    try:
+        request.shutdown(socket.SHUT_WR)
+        request.setblocking(False)
+        budget = LINGER_MAX_BYTES
+        while budget > 0 and (data := request.recv(RECV_SIZE)):
+            budget -= len(data)
+    except OSError:
+        pass  # nothing more to read now, or the peer is gone: nothing left to protect
+    finally:
+        request.close()
+
+
+class HandlerWatch:
+    """The helper thread of one process that keeps time and stops for its blocking handlers.
+
+    Started at the first handler connection of the process (again in a
+    forked child) and ended by :meth:`close` or, once a stop began, when no
+    handler connection is left.  It blocks the server's signals and waits on
+    its own wake-up pipe and the lifecycle's stop latch; once stopping, on the
+    connections too, applying the rules of the module docstring.
+    """
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._watched: set[socket.socket] = set()
+        self._main: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._control: Wakeup | None = None
+
+    def attach(self, request: socket.socket, main_thread: bool) -> None:
+        """Watch *request* while a handler serves it (*main_thread*: run signal actions meanwhile)."""
+        if self._pid != os.getpid():
+            self._enter_process()
+        control = self._control
+        assert control is not None
+        with self._lock:
+            self._watched.add(request)
+            if main_thread:
+                self._main = request
+                self._lifecycle.signals.on_record = control.wake
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, args=(control,), name="handler-watch",
+                                                daemon=True)
+                self._threads = [thread for thread in self._threads if thread.is_alive()]
+                self._threads.append(self._thread)
+                self._thread.start()
+        if self._lifecycle.stopping:
+            control.wake()  # watch this one from now on
+
+    def detach(self, request: socket.socket, main_thread: bool) -> None:
+        """Stop watching *request* (before it is closed)."""
+        with self._lock:
+            self._watched.discard(request)
+            if main_thread:
+                self._main = None
+                self._lifecycle.signals.on_record = None
+        if self._lifecycle.stopping and self._control is not None:
+            self._control.wake()
+        if main_thread and self._lifecycle.signals.pending():
+            self._lifecycle.dispatch()  # recorded while the watch was being told
+
+    def close(self) -> None:
+        """End the helper thread (if this process has one) and wait for it."""
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            self._thread = None
+            threads, self._threads = self._threads, []
+        if self._control is not None:
+            self._control.wake()
+        for thread in threads:
+            thread.join(5.0)
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        self._pid = -1
+
+    def _enter_process(self) -> None:
+        # First use in this process (a forked child inherits the parent's object, not its thread).
+        if self._control is not None:
+            self._control.close()  # this process's copies of another process's pipe
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._watched = set()
+        self._main = None
+        self._thread = None
+        self._threads = []
+        self._control = Wakeup()
+
+    def _dispatch_for_main(self) -> None:
+        """Run the signal actions the main thread cannot run while its handler blocks."""
+        if self._main is not None and self._lifecycle.signals.pending():
+            self._lifecycle.dispatch()
+
+    def _run(self, control: Wakeup) -> None:
+        block_signals_in_thread()
+        lifecycle = self._lifecycle
+        poller = select.poll()
+        poller.register(control.fileno(), select.POLLIN)
+        latch_fd = lifecycle.stop_latch.fileno()
+        poller.register(latch_fd, select.POLLIN)
+        stop = _StopRules(poller)
+        me = threading.current_thread()
+        while True:
+            timeout = stop.next_deadline(lifecycle.deadline) if stop.started else None
+            for fd, _ in poller.poll(None if timeout is None else poll_timeout_ms(timeout)):
+                if fd == control.fileno():
+                    control.drain()
+                    self._dispatch_for_main()
+                elif fd == latch_fd:
+                    poller.unregister(latch_fd)  # a latch stays readable
+                    stop.started = True
+                else:
+                    stop.saw_input(fd)
+            with self._lock:
+                if self._thread is not me:
+                    return  # closed
+                if stop.started:
+                    # Shut-downs happen under the lock: a socket is only closed after detach().
+                    stop.apply(self._watched, lifecycle.deadline)
+                    if not self._watched:
+                        self._thread = None
+                        return
+
+
+class _StopRules:
+    """The graceful-stop rules for handler connections, as the watch thread applies them."""
+
+    def __init__(self, poller: select.poll) -> None:
+        self._poller = poller
+        self.started = False
+        self._polled: dict[int, socket.socket] = {}
+        self._quiet_since: dict[socket.socket, float] = {}
+        self._resting: dict[socket.socket, float] = {}
+        self._done: set[socket.socket] = set()  # input shut down: nothing more to watch
+        self._killed: set[socket.socket] = set()  # shut down both ways at the graceful deadline
+        self._forced = False
+
+    def next_deadline(self, graceful: float) -> float:
+        """When the rules must next be applied (monotonic)."""
+        return earliest(
+            None if self._forced else graceful,
+            *(since + STOP_IDLE_GRACE for sock, since in self._quiet_since.items() if sock not in self._done),
+            *self._resting.values(),
+        )
+
+    def saw_input(self, fd: int) -> None:
+        """Input arrived on *fd*: the connection is not idle; look away while the handler reads it."""
+        sock = self._polled.pop(fd, None)
+        self._poller.unregister(fd)
+        if sock is not None:
+            now = time.monotonic()
+            self._quiet_since[sock] = now
+            self._resting[sock] = now + ACTIVITY_REST
+
+    def apply(self, watched: set[socket.socket], graceful: float) -> None:
+        """Follow the connections in *watched*; end idle ones' input; at *graceful*, shut all down."""
+        now = time.monotonic()
+        for sock in [sock for sock in self._quiet_since if sock not in watched]:
+            self._forget(sock)
+        for sock in watched:
+            if sock not in self._quiet_since:
+                self._quiet_since[sock] = now
+                self._watch(sock)
+        if now >= graceful:
+            self._forced = True  # from now on only connections attached later need it
+            for sock in watched - self._killed:
+                self._killed.add(sock)
+                self._shut(sock, socket.SHUT_RDWR)
+        for sock, since in self._quiet_since.items():
+            if sock not in self._done and now >= since + STOP_IDLE_GRACE:
+                self._shut(sock, socket.SHUT_RD)
+        for sock, until in list(self._resting.items()):
+            if now >= until:
+                del self._resting[sock]
+                self._watch(sock)
+
+    def _watch(self, sock: socket.socket) -> None:
+        if sock in self._done or sock in self._resting:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            fd = sock.fileno()
+            if fd >= 0 and fd not in self._polled:
+                self._poller.register(fd, _READABLE)
+                self._polled[fd] = sock
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        for fd, polled in list(self._polled.items()):
+            if polled is sock:
+                del self._polled[fd]
+                self._poller.unregister(fd)
+
+    def _shut(self, sock: socket.socket, how: int) -> None:
+        self._done.add(sock)
+        self._resting.pop(sock, None)
+        self._unwatch(sock)  # a shut-down socket stays readable
+        with contextlib.suppress(OSError):
+            sock.shutdown(how)
+
+    def _forget(self, sock: socket.socket) -> None:
+        self._unwatch(sock)
+        self._quiet_since.pop(sock, None)
+        self._resting.pop(sock, None)
+        self._done.discard(sock)
+        self._killed.discard(sock)
