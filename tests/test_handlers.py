@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import socket
+import socketserver
 import struct
 import subprocess
 import sys
@@ -24,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from framework.address import parse_address
-from tests.support import ROOT, ServerProcess, child_env, echo_exchange, recv_all, wait_for
+from framework import Server
+from framework.address import connect, parse_address
+from tests.support import ROOT, ServerProcess, child_env, echo_exchange, recv_all, serving_in_thread, wait_for
 
 MODULE = "myhandlers"
 
@@ -447,3 +449,27 @@ def test_tutorial_handler_example_under_every_strategy(serve, strategy):
     server = serve("upper", strategy=strategy, program=program)
     with server.connect() as sock:
         assert echo_exchange(sock, b"hello\nworld\nlast", chunk=3) == b"HELLO\nWORLD\nLAST\n3 lines\n"
+
+
+# -- in process ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy_name", ["iterative", "threading", "prethreaded"])
+def test_shutdown_in_process_ends_waiting_handlers_and_the_watch(strategy_name):
+    """Server.shutdown() with a handler waiting in readline: serve_forever returns, no thread is left."""
+    class LineEcho(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while line := self.rfile.readline():
+                self.wfile.write(line)
+
+    class LineEchoServer(Server):
+        handler = LineEcho
+
+    before = set(threading.enumerate())
+    with LineEchoServer("127.0.0.1:0", strategy_name, graceful_timeout=60) as server:
+        with serving_in_thread(server) as runner, connect(server.address, 10) as sock:
+            assert line_exchange(sock, b"hi\n") == b"hi\n"
+            server.shutdown()
+            assert read_to_end(sock) == b""
+        assert not runner.is_alive()
+    assert wait_for(lambda: not [t for t in set(threading.enumerate()) - before if t.is_alive()], timeout=10)
