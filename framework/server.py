@@ -336,10 +336,7 @@ class Server:
         except HandlerError as fault:
             self.handle_error(fault.original, peer)
         except Exception as exc:
-            if ends_quietly(exc):
-                log.debug("connection from %s ended: %s", peer, exc)
-            else:
-                self.handle_error(exc, peer)
+            self._connection_ended_by(exc, peer)
         finally:
             self.connections.discard(sock)
             sock.close()
@@ -355,14 +352,18 @@ class Server:
         try:
             run_handler(handler, sock, self, timeout=self.timeout, watch=self._handler_watch,
                         main_thread=main_thread)
-        except Exception as exc:
-            if ends_quietly(exc):
-                log.debug("connection from %s ended: %s", peer, exc)
-            else:
-                self.handle_error(exc, peer)
+        except Exception as exc:  # the handler's own I/O meets the vanished peers and time limits
+            self._connection_ended_by(exc, peer)
         finally:
             self.connections.discard(sock)
             close_request(sock)
+
+    def _connection_ended_by(self, exc: Exception, peer: str) -> None:
+        """A connection ended by *exc*: a normal end (:func:`ends_quietly`) at debug, a fault to handle_error."""
+        if ends_quietly(exc):
+            log.debug("connection from %s ended: %s", peer, exc)
+        else:
+            self.handle_error(exc, peer)
 
     def _release_handler_watch(self) -> None:
         if self._handler_watch is not None:

@@ -179,6 +179,13 @@ def line_exchange(sock: socket.socket, line: bytes) -> bytes:
     return received
 
 
+def assert_stop_ends_waiting_clients(server: ServerProcess, clients: list[socket.socket]) -> None:
+    """SIGTERM ends the server (status 0) well inside its graceful timeout; each client reads end-of-file."""
+    assert server.stop(signal.SIGTERM, timeout=20) == 0, server.log()
+    for sock in clients:
+        assert read_to_end(sock) == b""
+
+
 def read_to_end(sock: socket.socket) -> bytes:
     """Read until the server ends the connection; a reset counts as the end too."""
     try:
@@ -255,9 +262,7 @@ def test_sigterm_is_prompt_while_handlers_wait_in_readline(serve, strategy, hand
             assert line_exchange(sock, b"waiting\n") == b"waiting\n"  # its handler now waits in readline
         server.send_signal(signal.SIGUSR1)  # signal actions run while the handler blocks
         assert wait_for(lambda: "status:" in server.log(), timeout=10), server.log()
-        assert server.stop(signal.SIGTERM, timeout=20) == 0, server.log()
-        for sock in clients:
-            assert read_to_end(sock) == b""
+        assert_stop_ends_waiting_clients(server, clients)
     finally:
         for sock in clients:
             sock.close()
@@ -386,9 +391,7 @@ def test_preforked_thread_workers_carry_handlers(serve, handlers_dir):
         streaming = serve(f"{MODULE}:StreamEchoServer", "--worker", "threads", strategy="preforked")
         with streaming.connect(timeout=60) as sock:
             assert echo_exchange(sock, payload) == payload
-        assert server.stop(signal.SIGTERM, timeout=20) == 0, server.log()
-        for sock in clients:
-            assert read_to_end(sock) == b""
+        assert_stop_ends_waiting_clients(server, clients)
     finally:
         for sock in clients:
             sock.close()
