@@ -273,6 +273,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     ``serve`` and ``list`` do not import the lab or the clients, and
     ``serve NAME`` imports only that server: see :func:`_add_serve_parser`.
+    ``serve MODULE:CLASS`` imports that class (:func:`load_server_target`),
+    and raises :class:`UsageError` when it cannot.
     """
     words = [word for word in (argv or ()) if not word.startswith("-")]
     command = words[0] if words else None
