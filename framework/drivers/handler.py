@@ -37,7 +37,9 @@ The framework keeps its promises around the handler, not inside it:
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import logging
 import os
 import select
 import socket
@@ -48,6 +50,8 @@ from collections.abc import Callable
 from framework.drivers.common import LINGER_MAX_BYTES, RECV_SIZE, earliest, poll_timeout_ms
 from framework.lifecycle import Lifecycle
 from framework.signals import Wakeup, block_signals_in_thread
+
+log = logging.getLogger("forkthread")
 
 #: What a server's ``handler`` is called as: ``handler(request, client_address, server)``.
 HandlerClass = Callable[[socket.socket, object, object], object]
@@ -102,13 +106,17 @@ def close_request(request: socket.socket) -> None:
 
 
 class HandlerWatch:
-    """The helper thread of one process that keeps time and stops for its blocking handlers.
+    """The helper thread of one process that runs signals and the graceful stop for its blocking handlers.
 
-    Started at the first handler connection of the process (again in a
-    forked child) and ended by :meth:`close` or, once a stop began, when no
-    handler connection is left.  It blocks the server's signals and waits on
-    its own wake-up pipe and the lifecycle's stop latch; once stopping, on the
-    connections too, applying the rules of the module docstring.
+    It exists only when there is work for it, so serving costs no thread:
+    it starts when a stop begins while handlers run (or a handler starts
+    during a stop), or when a signal arrives while a handler blocks the main
+    thread.  It ends when a stop began and no handler is left, or at
+    :meth:`close`.  It is started with :func:`_thread.start_new_thread`,
+    which takes no lock that the interrupted main thread could hold, so a
+    signal handler may start it.  It blocks the server's signals and waits
+    on its own wake-up pipe and the lifecycle's stop latch; once stopping, on
+    the connections too, applying the rules of the module docstring.
     """
 
     def __init__(self, lifecycle: Lifecycle) -> None:
@@ -117,29 +125,30 @@ class HandlerWatch:
         self._lock = threading.Lock()
         self._watched: set[socket.socket] = set()
         self._main: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._threads: list[threading.Thread] = []
         self._control: Wakeup | None = None
+        #: True while a watch thread runs; read without the lock (by a signal handler).
+        self._running = False
+        #: Held by the running watch thread: :meth:`close` waits on it.
+        self._done = threading.Lock()
+        #: Bumped by :meth:`close`: a thread of an older generation leaves.
+        self._generation = 0
 
     def attach(self, request: socket.socket, main_thread: bool) -> None:
         """Watch *request* while a handler serves it (*main_thread*: run signal actions meanwhile)."""
         if self._pid != os.getpid():
             self._enter_process()
-        control = self._control
-        assert control is not None
+        lifecycle = self._lifecycle
         with self._lock:
             self._watched.add(request)
+            if self._control is None:
+                self._control = Wakeup()
             if main_thread:
                 self._main = request
-                self._lifecycle.signals.on_record = control.wake
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, args=(control,), name="handler-watch",
-                                                daemon=True)
-                self._threads = [thread for thread in self._threads if thread.is_alive()]
-                self._threads.append(self._thread)
-                self._thread.start()
-        if self._lifecycle.stopping:
-            control.wake()  # watch this one from now on
+                lifecycle.signals.on_record = self._signal_arrived
+        if main_thread and lifecycle.signals.pending():
+            lifecycle.dispatch()  # recorded before the hook was in place: the handler is about to block
+        if lifecycle.stopping:
+            self._start()
 
     def detach(self, request: socket.socket, main_thread: bool) -> None:
         """Stop watching *request* (before it is closed)."""
@@ -148,53 +157,101 @@ class HandlerWatch:
             if main_thread:
                 self._main = None
                 self._lifecycle.signals.on_record = None
-        if self._lifecycle.stopping and self._control is not None:
-            self._control.wake()
+            control = self._control if self._running else None
+        if control is not None:
+            control.wake()
         if main_thread and self._lifecycle.signals.pending():
             self._lifecycle.dispatch()  # recorded while the watch was being told
 
     def close(self) -> None:
-        """End the helper thread (if this process has one) and wait for it."""
+        """End the helper thread (if this process has one), wait for it, close the wake-up pipe."""
         if self._pid != os.getpid():
             return
         with self._lock:
-            self._thread = None
-            threads, self._threads = self._threads, []
-        if self._control is not None:
-            self._control.wake()
-        for thread in threads:
-            thread.join(5.0)
-        if self._control is not None:
-            self._control.close()
-            self._control = None
-        self._pid = -1
+            self._generation += 1
+            control, self._control = self._control, None
+        if control is not None:
+            control.wake()
+        if self._done.acquire(timeout=5.0):
+            self._done.release()
+        if control is not None:
+            control.close()
 
     def _enter_process(self) -> None:
-        # First use in this process (a forked child inherits the parent's object, not its thread).
+        # First use in this process: a forked child inherits the parent's object, not its thread.
         if self._control is not None:
             self._control.close()  # this process's copies of another process's pipe
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._done = threading.Lock()
         self._watched = set()
         self._main = None
-        self._thread = None
-        self._threads = []
-        self._control = Wakeup()
+        self._control = None
+        self._running = False
+        # A child's lifecycle forgot the parent's callbacks: register in every process.
+        self._lifecycle.call_when_stopping(self._stop_began)
+
+    def _stop_began(self) -> None:
+        """A stop began (any thread, never a signal handler): handlers running now need the watch."""
+        with self._lock:
+            wanted = bool(self._watched)
+        if wanted:
+            self._start()
+
+    def _signal_arrived(self) -> None:
+        """In the main thread's signal handler, while its handler blocks: have the actions run."""
+        if self._running:
+            control = self._control
+            if control is not None:
+                control.wake()
+        else:
+            self._start()  # it dispatches what is pending as it starts
+
+    def _start(self) -> None:
+        """Start a watch thread unless one runs (a second one started in a race leaves at once)."""
+        if not self._running:
+            _thread.start_new_thread(self._run, ())
+        elif self._control is not None:
+            self._control.wake()
 
     def _dispatch_for_main(self) -> None:
         """Run the signal actions the main thread cannot run while its handler blocks."""
         if self._main is not None and self._lifecycle.signals.pending():
             self._lifecycle.dispatch()
 
-    def _run(self, control: Wakeup) -> None:
-        block_signals_in_thread()
+    def _run(self) -> None:
+        with self._lock:
+            if self._running or self._control is None:
+                return  # another watch thread runs, or the watch was closed
+            self._running = True
+            self._done.acquire()
+            control = self._control
+            generation = self._generation
+        left = False
+        try:
+            block_signals_in_thread()
+            left = self._watch(control, generation)
+        except Exception:
+            log.exception("the blocking-handler watch failed")
+        finally:
+            if not left:
+                with self._lock:
+                    self._leave()
+
+    def _leave(self) -> None:
+        """The watch thread leaves (holding the lock: an attach either sees it running, or starts another)."""
+        self._running = False
+        self._done.release()
+
+    def _watch(self, control: Wakeup, generation: int) -> bool:
+        """The watch thread's loop; returns True once it has left (see :meth:`_leave`)."""
         lifecycle = self._lifecycle
         poller = select.poll()
         poller.register(control.fileno(), select.POLLIN)
         latch_fd = lifecycle.stop_latch.fileno()
         poller.register(latch_fd, select.POLLIN)
         stop = _StopRules(poller)
-        me = threading.current_thread()
+        self._dispatch_for_main()  # started by a signal: its action first
         while True:
             timeout = stop.next_deadline(lifecycle.deadline) if stop.started else None
             for fd, _ in poller.poll(None if timeout is None else poll_timeout_ms(timeout)):
@@ -207,14 +264,15 @@ class HandlerWatch:
                 else:
                     stop.saw_input(fd)
             with self._lock:
-                if self._thread is not me:
-                    return  # closed
+                if self._generation != generation:
+                    self._leave()  # closed
+                    return True
                 if stop.started:
                     # Shut-downs happen under the lock: a socket is only closed after detach().
                     stop.apply(self._watched, lifecycle.deadline)
                     if not self._watched:
-                        self._thread = None
-                        return
+                        self._leave()
+                        return True
 
 
 class _StopRules:
