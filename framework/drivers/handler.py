@@ -17,22 +17,24 @@ The framework keeps its promises around the handler, not inside it:
   handler's read raise :class:`TimeoutError`, which ends the connection
   quietly.  A handler class's own ``timeout`` attribute
   (``StreamRequestHandler.timeout``) wins, as in ``socketserver``.
-* **The graceful stop** (:class:`HandlerWatch`, one helper thread per
-  process).  When a stop begins, a connection that then receives nothing for
-  :data:`STOP_IDLE_GRACE` seconds sees end-of-input: its reading side is shut
-  down, so a handler waiting in ``readline`` for the next request gets ``b""``
-  and returns, as if the client had closed; bytes already received are
-  still read first, and writing still works, so a response in progress is
+* **The graceful stop** (:class:`HandlerWatch`: a helper thread of the
+  process, started only when a stop begins while handlers run).  A
+  connection that receives nothing for :data:`STOP_IDLE_GRACE` seconds after
+  the stop began sees end-of-input: its reading side is shut down, so a
+  handler waiting in ``readline`` for the next request gets ``b""`` and
+  returns, as if the client had closed; bytes already received are still
+  read first, and writing still works, so a response in progress is
   completed.  A connection still receiving keeps going.  At the graceful
   deadline every connection still served is shut down in both directions:
   a read returns ``b""``, a write fails with ``EPIPE`` (a quiet end).
 * **Signals in the main thread.**  A handler in the main thread (iterative,
   a forking child, an iterative pre-forked worker) never polls the wakeup
   pipe, so while it runs the same helper thread runs the signal actions
-  (SIGTERM starts the stop, SIGUSR1 logs the status line), woken by
-  :attr:`framework.signals.SignalDispatcher.on_record`.  Signals must reach
-  the main thread: threads a handler starts should block them
-  (:func:`framework.signals.block_signals_in_thread`), as the framework's do.
+  (SIGTERM starts the stop, SIGUSR1 logs the status line); the first signal
+  starts it, from :attr:`framework.signals.SignalDispatcher.on_record`.
+  Signals must reach the main thread: threads a handler starts should
+  block them (:func:`framework.signals.block_signals_in_thread`), as the
+  framework's own threads do.
 """
 
 from __future__ import annotations
