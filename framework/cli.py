@@ -159,7 +159,16 @@ def load_server_target(target: str) -> type[Server]:
         raise UsageError(f"module {module_name!r} has no {class_name!r}")
     if not (isinstance(cls, type) and issubclass(cls, Server)):
         raise UsageError(f"{target} is not a forkthread Server subclass")
+    if not _speaks(cls):
+        raise UsageError(f"{target} sets neither `protocol` nor `handler` (nor `datagram_protocol`)")
     return cls
+
+
+def _speaks(cls: type[Server]) -> bool:
+    """True when *cls* says what is spoken on a connection or a datagram socket."""
+    return (cls.protocol is not None or cls.handler is not None or cls.datagram_protocol is not None
+            or cls.protocol_factory is not Server.protocol_factory
+            or cls.datagram_protocol_factory is not Server.datagram_protocol_factory)
 
 
 def _add_serve_parser(commands: argparse._SubParsersAction, only: str | None = None) -> None:  # type: ignore[type-arg]

@@ -407,6 +407,14 @@ def test_preforked_thread_workers_carry_handlers(serve, handlers_dir):
     (f"{MODULE}:helper", "is not a forkthread Server subclass"),
     ("broken:Anything", "broken on purpose"),
     (":Nothing", "expected MODULE:CLASS"),
+    ("framework.server:Server", "sets neither `protocol` nor `handler`"),
+    ("os:path", "is not a forkthread Server subclass"),
+    ("a..b:X", "cannot import 'a..b'"),
+    (".relative:X", "cannot import '.relative'"),
+    ("é:Ü", "cannot import 'é'"),
+    ("x" * 5000 + ":X", "cannot import"),
+    (f"{MODULE}:Not A Class", "has no 'Not A Class'"),
+    (f"{MODULE}:StreamEcho", "is not a forkthread Server subclass"),  # the handler, not its server
 ])
 def test_bad_target_is_one_line_and_exit_2(handlers_dir, target, says):
     result = run_serve(target, "--bind", "127.0.0.1:0")
