@@ -63,7 +63,9 @@ DEFAULT_GRACEFUL_TIMEOUT = 30.0
 
 class Server:
     """Base class of every server: subclass it, set :attr:`protocol` (or override
-    :meth:`protocol_factory`), and run it under any strategy.
+    :meth:`protocol_factory`), and run it under any strategy.  Or set
+    :attr:`handler` to a ``socketserver`` request handler, run unchanged
+    under every strategy that gives a connection a thread of its own.
 
     *address* is text (``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH``) or an
     :class:`~framework.address.Address`; *strategy* a strategy name or
@@ -139,8 +141,8 @@ class Server:
         self._serving_thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._stopped.set()
-        #: Keeps time and stops for blocking handlers (created at the first handler connection).
-        self._handler_watch: HandlerWatch | None = None
+        #: Runs signals and the graceful stop for blocking handlers (no thread until needed).
+        self._handler_watch = HandlerWatch(self.lifecycle) if self.handler is not None else None
         # New connections are refused as soon as a stop starts, not when the last one ends.
         self.lifecycle.call_when_stopping(self._stop_listening)
         if listener is not None:
@@ -346,12 +348,11 @@ class Server:
         handler = self._admit(sock, peer, self._handler_class)
         if handler is None:
             return
-        if self._handler_watch is None:
-            self._handler_watch = HandlerWatch(self.lifecycle)
+        watch = self._handler_watch
+        assert watch is not None  # made with the server, as it has a handler
         self.connections.add(sock)
         try:
-            run_handler(handler, sock, self, timeout=self.timeout, watch=self._handler_watch,
-                        main_thread=main_thread)
+            run_handler(handler, sock, self, timeout=self.timeout, watch=watch, main_thread=main_thread)
         except Exception as exc:  # the handler's own I/O meets the vanished peers and time limits
             self._connection_ended_by(exc, peer)
         finally:
