@@ -349,7 +349,8 @@ class Server:
         if handler is None:
             return
         watch = self._handler_watch
-        assert watch is not None  # made with the server, as it has a handler
+        if watch is None:  # `handler` given to the instance after __init__, not to the class
+            watch = self._handler_watch = HandlerWatch(self.lifecycle)
         self.connections.add(sock)
         try:
             run_handler(handler, sock, self, timeout=self.timeout, watch=watch, main_thread=main_thread)
