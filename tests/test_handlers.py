@@ -253,15 +253,20 @@ def test_raising_handler_ends_its_connection_and_is_logged_once(serve, strategy,
     assert "handler failed" in log
 
 
-def test_sigterm_is_prompt_while_handlers_wait_in_readline(serve, strategy, handlers_dir):
-    """Idle handlers blocked in readline end soon after SIGTERM, far inside a 60 s graceful timeout."""
+@pytest.mark.parametrize("status_first", [False, True], ids=["term", "usr1-then-term"])
+def test_sigterm_is_prompt_while_handlers_wait_in_readline(serve, strategy, handlers_dir, status_first):
+    """Idle handlers blocked in readline end soon after SIGTERM, far inside a 60 s graceful timeout.
+
+    SIGTERM may be the first signal the server gets while its handlers block, or follow a SIGUSR1.
+    """
     server = start(serve, strategy, "LineEchoServer", "--graceful-timeout", "60")
     clients = [server.connect(timeout=30) for _ in range(1 if strategy == "iterative" else 2)]
     try:
         for sock in clients:
             assert line_exchange(sock, b"waiting\n") == b"waiting\n"  # its handler now waits in readline
-        server.send_signal(signal.SIGUSR1)  # signal actions run while the handler blocks
-        assert wait_for(lambda: "status:" in server.log(), timeout=10), server.log()
+        if status_first:
+            server.send_signal(signal.SIGUSR1)  # signal actions run while the handler blocks
+            assert wait_for(lambda: "status:" in server.log(), timeout=10), server.log()
         assert_stop_ends_waiting_clients(server, clients)
     finally:
         for sock in clients:
