@@ -230,6 +230,18 @@ class Server:
         """The listening socket's descriptor."""
         return self.listener.fileno()
 
+    # socketserver's names, so handlers written against socketserver.BaseServer keep working.
+
+    @property
+    def server_address(self) -> str | tuple[str, int]:
+        """:attr:`address` as ``socketserver`` names it: ``(host, port)``, or a Unix socket's path."""
+        return self.address.sockaddr()
+
+    @property
+    def RequestHandlerClass(self) -> Callable[..., object] | None:
+        """:attr:`handler`, under ``socketserver``'s name."""
+        return self.handler
+
     @property
     def acceptor(self) -> Acceptor:
         """Where this process takes connections from: the listener's, or a pre-forked worker's own."""

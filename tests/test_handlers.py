@@ -34,6 +34,7 @@ MODULE = "myhandlers"
 HANDLERS = textwrap.dedent('''
     """Handlers and servers written the socketserver way, for tests/test_handlers.py."""
 
+    import http.server
     import os
     import socketserver
 
@@ -76,6 +77,8 @@ HANDLERS = textwrap.dedent('''
         def handle(self):
             server = self.server
             self.wfile.write(f"{server.greeting} from {type(server).__name__} {server.address}\\n".encode())
+            # socketserver's own names for what a handler may ask its server
+            self.wfile.write(f"{server.server_address!r} {server.RequestHandlerClass.__name__}\\n".encode())
 
 
     class Flood(socketserver.StreamRequestHandler):
@@ -117,6 +120,12 @@ HANDLERS = textwrap.dedent('''
         @classmethod
         def options_from_arguments(cls, args):
             return {"greeting": args.greeting}
+
+
+    class FilesServer(Server):
+        """The standard library's file server handler, unchanged (files of the current directory)."""
+
+        handler = http.server.SimpleHTTPRequestHandler
 
 
     class Upper(Protocol):
@@ -314,8 +323,21 @@ def test_graceful_deadline_ends_a_handler_still_busy(serve, strategy, handlers_d
 
 def test_handler_reads_its_server_attributes(serve, strategy, handlers_dir):
     server = start(serve, strategy, "GreeterServer", "--greeting", "bonjour")
+    host, port = server.address.rsplit(":", 1)
     with server.connect() as sock:
-        assert read_to_end(sock) == f"bonjour from GreeterServer {server.address}\n".encode()
+        assert read_to_end(sock) == (f"bonjour from GreeterServer {server.address}\n"
+                                     f"{(host, int(port))!r} Greeter\n").encode()
+
+
+def test_http_server_handler_from_the_stdlib_runs_unchanged(serve, strategy, handlers_dir):
+    """http.server's SimpleHTTPRequestHandler, as it is, serves files under every carrying model."""
+    (handlers_dir / "page.txt").write_bytes(b"served by a stdlib handler\n" * 1000)
+    server = start(serve, strategy, "FilesServer")
+    with server.connect() as sock:
+        sock.sendall(b"GET /page.txt HTTP/1.0\r\nHost: test\r\n\r\n")
+        response = read_to_end(sock)
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and body == b"served by a stdlib handler\n" * 1000, head
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6", "unix"])
