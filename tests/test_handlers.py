@@ -286,20 +286,31 @@ def test_sigterm_is_prompt_while_handlers_wait_in_readline(serve, strategy, hand
 def test_graceful_stop_lets_a_running_transfer_finish(serve, strategy, handlers_dir):
     server = start(serve, strategy, "StreamEchoServer", "--graceful-timeout", "60")
     payload = os.urandom(8 * 1024 * 1024)
-    received: list[bytes] = []
+    received = bytearray()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            while data := sock.recv(65536):
+                received.extend(data)
+        except OSError as exc:
+            errors.append(exc)
+
     with server.connect(timeout=60) as sock:
-        reader = threading.Thread(target=lambda: received.append(recv_all(sock)))
+        reader = threading.Thread(target=read)
         reader.start()
         try:
             view = memoryview(payload)
-            sock.sendall(view[:1 << 20])
+            sock.sendall(view[:1 << 16])
+            # Signal once the handler serves this connection (before, a stop would refuse it unserved).
+            assert wait_for(lambda: len(received) > 0, timeout=30)
             server.send_signal(signal.SIGTERM)  # mid-transfer: the handler goes on receiving
-            for start_at in range(1 << 20, len(payload), 1 << 16):
+            for start_at in range(1 << 16, len(payload), 1 << 16):
                 sock.sendall(view[start_at:start_at + (1 << 16)])
             sock.shutdown(socket.SHUT_WR)
         finally:
             reader.join(60)
-    assert received and received[0] == payload
+    assert not errors and bytes(received) == payload
     assert server.proc.wait(30) == 0, server.log()
 
 

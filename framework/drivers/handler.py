@@ -40,11 +40,15 @@ The framework keeps its promises around the handler, not inside it:
 from __future__ import annotations
 
 import _thread
+import array
 import contextlib
+import fcntl
 import logging
 import os
 import select
 import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -58,8 +62,8 @@ log = logging.getLogger("forkthread")
 #: What a server's ``handler`` is called as: ``handler(request, client_address, server)``.
 HandlerClass = Callable[[socket.socket, object, object], object]
 
-#: At a graceful stop, a connection that receives nothing for this long (counted from
-#: the stop) sees end-of-input: an idle handler waiting for the next request returns.
+#: At a graceful stop, a connection idle this long (nothing received or sent) sees
+#: end-of-input: an idle handler waiting for the next request returns.
 STOP_IDLE_GRACE = 1.0
 
 #: After the watch saw input arrive on a connection, how long it looks away while the
@@ -277,66 +281,111 @@ class HandlerWatch:
                         return True
 
 
+def _bytes_queued(sock: socket.socket) -> bool:
+    """True when *sock* holds unread input or unsent (or unacknowledged) output: not idle."""
+    for request in (termios.FIONREAD, termios.TIOCOUTQ):  # SIOCINQ, SIOCOUTQ
+        count = array.array("i", [0])
+        fcntl.ioctl(sock.fileno(), request, count)
+        if count[0]:
+            return True
+    return False
+
+
+def _tcp_idle_for(sock: socket.socket) -> float:
+    """Seconds since *sock* last received or sent data, from the kernel's ``TCP_INFO``."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    last_data_sent: int
+    last_data_recv: int
+    last_data_sent, _, last_data_recv = struct.unpack_from("<III", info, _TCP_INFO_LAST_DATA_SENT)
+    return min(last_data_sent, last_data_recv) / 1000
+
+
+#: struct tcp_info (linux/tcp.h): its size up to tcpi_total_retrans, and where tcpi_last_data_sent,
+#: tcpi_last_ack_sent and tcpi_last_data_recv (milliseconds ago) are.
+_TCP_INFO_SIZE = 104
+_TCP_INFO_LAST_DATA_SENT = 44
+
+
 class _StopRules:
-    """The graceful-stop rules for handler connections, as the watch thread applies them."""
+    """The graceful-stop rules for handler connections, as the watch thread applies them.
+
+    Idle means: nothing queued either way (``SIOCINQ``, ``SIOCOUTQ``) and, on
+    TCP, no data received or sent for :data:`STOP_IDLE_GRACE` seconds by the
+    kernel's own clock (``TCP_INFO``), so a starved watch thread cannot
+    mistake a busy connection for an idle one, and a connection idle before
+    the stop ends at once.  A Unix socket has no such clock: the watch polls
+    it for input and counts only time it watched without a gap.
+    """
 
     def __init__(self, poller: select.poll) -> None:
         self._poller = poller
         self.started = False
-        self._polled: dict[int, socket.socket] = {}
-        self._quiet_since: dict[socket.socket, float] = {}
+        self._polled: dict[int, socket.socket] = {}  # Unix sockets watched for input
+        self._seen: dict[socket.socket, float] = {}  # Unix: since when watched without seeing input
         self._resting: dict[socket.socket, float] = {}
-        self._done: set[socket.socket] = set()  # input shut down: nothing more to watch
+        self._check_at: dict[socket.socket, float] = {}  # when to ask again whether it is idle
         self._killed: set[socket.socket] = set()  # shut down both ways at the graceful deadline
         self._forced = False
 
     def next_deadline(self, graceful: float) -> float:
         """When the rules must next be applied (monotonic)."""
-        return earliest(
-            None if self._forced else graceful,
-            *(since + STOP_IDLE_GRACE for sock, since in self._quiet_since.items() if sock not in self._done),
-            *self._resting.values(),
-        )
+        return earliest(None if self._forced else graceful, *self._check_at.values(), *self._resting.values())
 
     def saw_input(self, fd: int) -> None:
-        """Input arrived on *fd*: the connection is not idle; look away while the handler reads it."""
+        """Input arrived on a watched Unix socket: look away while the handler reads it."""
         sock = self._polled.pop(fd, None)
         self._poller.unregister(fd)
         if sock is not None:
-            now = time.monotonic()
-            self._quiet_since[sock] = now
-            self._resting[sock] = now + ACTIVITY_REST
+            self._resting[sock] = time.monotonic() + ACTIVITY_REST
 
     def apply(self, watched: set[socket.socket], graceful: float) -> None:
         """Follow the connections in *watched*; end idle ones' input; at *graceful*, shut all down."""
         now = time.monotonic()
-        for sock in [sock for sock in self._quiet_since if sock not in watched]:
+        for sock in [sock for sock in self._seen if sock not in watched]:
             self._forget(sock)
         for sock in watched:
-            if sock not in self._quiet_since:
-                self._quiet_since[sock] = now
-                self._watch(sock)
+            if sock not in self._seen:
+                self._seen[sock] = now
+                self._check_at[sock] = now
+                self._watch(sock, now)
         if now >= graceful:
             self._forced = True  # from now on only connections attached later need it
             for sock in watched - self._killed:
                 self._killed.add(sock)
-                self._shut(sock, socket.SHUT_RDWR)
-        for sock, since in self._quiet_since.items():
-            if sock not in self._done and now >= since + STOP_IDLE_GRACE:
-                self._shut(sock, socket.SHUT_RD)
+                self._end_input(sock, socket.SHUT_RDWR)
         for sock, until in list(self._resting.items()):
             if now >= until:
                 del self._resting[sock]
-                self._watch(sock)
+                self._watch(sock, now)
+        for sock, at in list(self._check_at.items()):
+            if now >= at:
+                idle = self._idle_for(sock, now)
+                if idle >= STOP_IDLE_GRACE:
+                    self._end_input(sock, socket.SHUT_RD)
+                else:
+                    self._check_at[sock] = now + STOP_IDLE_GRACE - idle
 
-    def _watch(self, sock: socket.socket) -> None:
-        if sock in self._done or sock in self._resting:
+    def _idle_for(self, sock: socket.socket, now: float) -> float:
+        try:
+            if _bytes_queued(sock):
+                self._seen[sock] = now
+                return 0.0
+            if sock.family != socket.AF_UNIX:
+                return _tcp_idle_for(sock)
+        except OSError:
+            return STOP_IDLE_GRACE  # no longer connected: ending its input harms nothing
+        return 0.0 if sock in self._resting else now - self._seen[sock]
+
+    def _watch(self, sock: socket.socket, now: float) -> None:
+        """Poll a Unix socket for input; its quiet time counts from now (it was not watched before)."""
+        if sock.family != socket.AF_UNIX or sock not in self._check_at or sock in self._resting:
             return
         with contextlib.suppress(OSError, ValueError):
             fd = sock.fileno()
             if fd >= 0 and fd not in self._polled:
                 self._poller.register(fd, _READABLE)
                 self._polled[fd] = sock
+                self._seen[sock] = now
 
     def _unwatch(self, sock: socket.socket) -> None:
         for fd, polled in list(self._polled.items()):
@@ -344,8 +393,8 @@ class _StopRules:
                 del self._polled[fd]
                 self._poller.unregister(fd)
 
-    def _shut(self, sock: socket.socket, how: int) -> None:
-        self._done.add(sock)
+    def _end_input(self, sock: socket.socket, how: int) -> None:
+        self._check_at.pop(sock, None)  # decided: nothing more to watch
         self._resting.pop(sock, None)
         self._unwatch(sock)  # a shut-down socket stays readable
         with contextlib.suppress(OSError):
@@ -353,7 +402,6 @@ class _StopRules:
 
     def _forget(self, sock: socket.socket) -> None:
         self._unwatch(sock)
-        self._quiet_since.pop(sock, None)
-        self._resting.pop(sock, None)
-        self._done.discard(sock)
+        for table in (self._seen, self._resting, self._check_at):
+            table.pop(sock, None)
         self._killed.discard(sock)
