@@ -18,9 +18,10 @@ The framework keeps its promises around the handler, not inside it:
   quietly.  A handler class's own ``timeout`` attribute
   (``StreamRequestHandler.timeout``) wins, as in ``socketserver``.
 * **The graceful stop** (:class:`HandlerWatch`: a helper thread of the
-  process, started only when a stop begins while handlers run).  A
-  connection that receives nothing for :data:`STOP_IDLE_GRACE` seconds after
-  the stop began sees end-of-input: its reading side is shut down, so a
+  process, started only when a stop begins while handlers run).  Once a
+  stop began, a connection idle for :data:`STOP_IDLE_GRACE` seconds (nothing
+  received or sent, nothing queued: see :class:`_StopRules`) sees
+  end-of-input: its reading side is shut down, so a
   handler waiting in ``readline`` for the next request gets ``b""`` and
   returns, as if the client had closed; bytes already received are still
   read first, and writing still works, so a response in progress is
