@@ -522,3 +522,28 @@ def test_shutdown_in_process_ends_waiting_handlers_and_the_watch(strategy_name):
             assert read_to_end(sock) == b""
         assert not runner.is_alive()
     assert wait_for(lambda: not [t for t in set(threading.enumerate()) - before if t.is_alive()], timeout=10)
+
+
+def test_inetd_serves_one_connection_with_a_handler(handlers_dir):
+    """``--inetd``: the handler serves the connection on standard input; SIGTERM ends it promptly."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=30)
+        accepted, _ = listener.accept()
+    with client, accepted:
+        proc = subprocess.Popen([sys.executable, "-m", "framework", "serve", f"{MODULE}:LineEchoServer", "--inetd",
+                                 "--graceful-timeout", "60"], stdin=accepted, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env=child_env())
+        accepted.close()
+        try:
+            assert line_exchange(client, b"over inetd\n") == b"over inetd\n"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+            assert read_to_end(client) == b""
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            assert proc.stderr is not None
+            errors = proc.stderr.read()
+            proc.stderr.close()
+    assert "Traceback" not in errors
