@@ -8,6 +8,7 @@ exit status 0.  No traceback reaches the user for any of these.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -136,9 +137,49 @@ def add_server_options(parser: argparse.ArgumentParser, cls: type[Server]) -> No
     parser.set_defaults(func=run_serve, server_cls=cls)
 
 
+def load_server_target(target: str) -> type[Server]:
+    """Import ``MODULE:CLASS`` (the current directory first on the import path) and return the class.
+
+    Raises :class:`UsageError` with a one-line reason when the module cannot
+    be imported (missing, or its import raises), has no such attribute, or
+    the attribute is not a :class:`~framework.server.Server` subclass.
+    """
+    module_name, _, class_name = target.partition(":")
+    if not module_name or not class_name:
+        raise UsageError(f"{target!r}: expected MODULE:CLASS (e.g. myservers:UpperServer)")
+    cwd = os.getcwd()
+    if sys.path[:1] != [cwd]:
+        sys.path.insert(0, cwd)  # a console script starts with its own directory first, not ours
+    try:
+        module = importlib.import_module(module_name)
+    except (Exception, SystemExit) as exc:
+        raise UsageError(f"cannot import {module_name!r} for {target}: {type(exc).__name__}: {exc}") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise UsageError(f"module {module_name!r} has no {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Server)):
+        raise UsageError(f"{target} is not a forkthread Server subclass")
+    if not _speaks(cls):
+        raise UsageError(f"{target} sets neither `protocol` nor `handler` (nor `datagram_protocol`)")
+    return cls
+
+
+def _speaks(cls: type[Server]) -> bool:
+    """True when *cls* says what is spoken on a connection or a datagram socket."""
+    return (cls.protocol is not None or cls.handler is not None or cls.datagram_protocol is not None
+            or cls.protocol_factory is not Server.protocol_factory
+            or cls.datagram_protocol_factory is not Server.datagram_protocol_factory)
+
+
 def _add_serve_parser(commands: argparse._SubParsersAction, only: str | None = None) -> None:  # type: ignore[type-arg]
-    serve = commands.add_parser("serve", help="run a server", description="Run a server under a strategy.")
+    serve = commands.add_parser("serve", help="run a server",
+                                description="Run a server under a strategy: a bundled NAME, or MODULE:CLASS.")
     servers = serve.add_subparsers(dest="server", metavar="SERVER", required=True)
+    if only is not None and ":" in only:
+        # `serve MODULE:CLASS`: the user's own Server subclass, with every option a bundled one has.
+        cls = load_server_target(only)
+        add_server_options(servers.add_parser(only, help=cls.description, description=cls.description), cls)
+        return
     from servers import SERVERS
 
     # `serve NAME` with a bundled NAME imports that server alone: a serving process
@@ -241,6 +282,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     ``serve`` and ``list`` do not import the lab or the clients, and
     ``serve NAME`` imports only that server: see :func:`_add_serve_parser`.
+    ``serve MODULE:CLASS`` imports that class (:func:`load_server_target`),
+    and raises :class:`UsageError` when it cannot.
     """
     words = [word for word in (argv or ()) if not word.startswith("-")]
     command = words[0] if words else None
@@ -276,7 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     if argv is None:
         argv = sys.argv[1:]
-    return _run(build_parser(argv), argv)
+    try:
+        parser = build_parser(argv)
+    except UsageError as exc:  # `serve MODULE:CLASS` that cannot be loaded
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    return _run(parser, argv)
 
 
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

@@ -73,6 +73,10 @@ class PollStrategy(Strategy):
         """``max_connections``: the loop's own bound (None: it takes every connection)."""
         return self.max_connections
 
+    def carries_blocking_handlers(self) -> bool:
+        """No: one thread serves every connection, so a handler that blocks would stall them all."""
+        return False
+
     def make_selector(self) -> selectors.BaseSelector:
         """A new selector of the configured kind."""
         selector: selectors.BaseSelector = getattr(selectors, SELECTORS[self.selector])()
