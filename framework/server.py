@@ -28,7 +28,7 @@ import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from framework.accepting import Acceptor
 from framework.activation import sd_notify
@@ -49,6 +49,9 @@ from framework.lifecycle import ActiveConnections, Lifecycle
 from framework.protocol import Protocol
 from framework.signals import ignore_sigpipe
 from framework.strategies.base import ChildRole, Run, Strategy
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger("forkthread")
 
@@ -72,7 +75,10 @@ class Server:
     an already listening socket (systemd socket activation, tests) instead of
     binding.  The socket is bound when the server is created, so
     :attr:`address` is known at once; pass ``bind=False`` to delay that to
-    :meth:`server_activate`.
+    :meth:`server_activate`.  *tls*, a server-side :class:`ssl.SSLContext`
+    (:func:`framework.tls.server_context` makes one), has every stream
+    connection speak TLS, under every strategy; the class's
+    :attr:`alpn_protocols` are set on it.
     """
 
     #: The name on the command line (``forkthread serve NAME``).
@@ -96,6 +102,8 @@ class Server:
     protocol: ClassVar[type[Protocol] | None] = None
     #: The datagram protocol for ``udp:`` addresses (None: the server speaks streams only).
     datagram_protocol: ClassVar[type[DatagramProtocol] | None] = None
+    #: The ALPN protocol names offered over TLS (http: ``("http/1.1",)``); empty: no ALPN.
+    alpn_protocols: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -111,6 +119,7 @@ class Server:
         listener: socket.socket | None = None,
         handle_signals: bool = True,
         bind: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.requested_address = parse_address(address) if isinstance(address, str) else address
         self.strategy = self._resolve_strategy(strategy)
@@ -121,6 +130,9 @@ class Server:
         self.keepalive = keepalive
         self.nodelay = self.default_nodelay if nodelay is None else nodelay
         self.handle_signals = handle_signals
+        self.tls = tls
+        if tls is not None and self.alpn_protocols:
+            tls.set_alpn_protocols(list(self.alpn_protocols))
         self._listener: socket.socket | None = listener
         self.lifecycle = Lifecycle(graceful_timeout)
         self.connections = ActiveConnections()
@@ -160,6 +172,8 @@ class Server:
         """Refuse a datagram address that this server or the strategy cannot serve."""
         if not self.requested_address.is_datagram:
             return
+        if self.tls is not None:
+            raise ValueError("TLS needs a stream address (TCP or Unix), not udp:")
         if self.datagram_protocol is None and type(self).datagram_protocol_factory is Server.datagram_protocol_factory:
             raise ValueError(f"server {self.name or type(self).__name__!r} does not speak datagrams (UDP)")
         if not self.strategy.can_serve_datagrams():

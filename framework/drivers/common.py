@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 import time
 from typing import Any
 
@@ -44,11 +45,18 @@ class HandlerError(Exception):
 def ends_quietly(exc: BaseException) -> bool:
     """True when *exc* is a normal end of one connection: logged at debug, never as a fault.
 
-    The peer went away (reset, broken pipe...), a time limit passed, or a
-    file shrank under a response whose length was already promised.  The one
-    rule every driver and the server apply to what ended a connection.
+    The peer went away (reset, broken pipe...), a time limit passed, a
+    file shrank under a response whose length was already promised, or the
+    peer did not speak acceptable TLS (plain text on a TLS port, a garbage or
+    truncated ClientHello, a protocol version refused, a bad record): an
+    :class:`ssl.SSLError`.  The one rule every driver and the server apply to
+    what ended a connection.
     """
-    return is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError))
+    if is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError)):
+        return True
+    # Only a process that uses TLS has loaded ssl; the others need not pay for it.
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(exc, ssl.SSLError)
 
 
 def sendfile_some(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
