@@ -302,6 +302,14 @@ class Server:
         protocol = self.admit(sock, peer)
         if protocol is None:
             return
+        if self.tls is not None:
+            # The handshake itself runs in the driver, under its time limits and signal handling.
+            try:
+                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except OSError as exc:
+                log.debug("connection from %s ended: %s", peer, exc)
+                sock.close()
+                return
         self.connections.add(sock)
         try:
             ended_by = serve_connection(

@@ -59,6 +59,12 @@ def ends_quietly(exc: BaseException) -> bool:
     return ssl is not None and isinstance(exc, ssl.SSLError)
 
 
+def is_tls_socket(sock: socket.socket) -> bool:
+    """True when *sock* is an :class:`ssl.SSLSocket` (asked without loading :mod:`ssl`)."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(sock, ssl.SSLSocket)
+
+
 def sendfile_some(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
     """Send up to *count* bytes of *file_fd* from *offset*; return how many went out.
 

@@ -217,4 +217,16 @@ class TlsStream:
             pass  # the peer is gone: nobody to tell
 
 
-__all__ = ["TLS_CHUNK", "HandshakeAborted", "TlsStream"]
+def ktls_sending(sock: ssl.SSLSocket) -> bool:
+    """True when OpenSSL handed *sock*'s sending side to kernel TLS, so ``sendfile(2)`` may run on it.
+
+    Python 3.12+ asks OpenSSL (``SSL_OP_ENABLE_KTLS``, ``BIO_get_ktls_send``);
+    before that the answer is always False and file bodies are read in
+    chunks and encrypted in user space.
+    """
+    # The SSLObject behind an SSLSocket is private; only its optional question is asked.
+    uses_ktls = getattr(getattr(sock, "_sslobj", None), "uses_ktls_for_send", None)
+    return bool(uses_ktls is not None and uses_ktls())
+
+
+__all__ = ["TLS_CHUNK", "HandshakeAborted", "TlsStream", "ktls_sending"]
