@@ -90,12 +90,27 @@ def _pump(sock: socket.socket, stdin: BinaryIO, on_line: Callable[[bytes], None]
                     if not tls:
                         sock.shutdown(socket.SHUT_WR)
             else:
-                data = sock.recv(65536)
+                data = _recv_tls(sock, timeout) if tls else sock.recv(65536)
+                if data is None:
+                    continue  # a TLS record with no data in it (a session ticket)
                 if not data:
                     return
                 write_stdout(data)
                 while tls and sock.pending():  # type: ignore[attr-defined]  # records poll() cannot see
                     write_stdout(sock.recv(65536))
+
+
+def _recv_tls(sock: socket.socket, timeout: float | None) -> bytes | None:
+    """Read a readable TLS socket without blocking: None when what arrived held no data."""
+    import ssl  # loaded already: the socket is an SSLSocket
+
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536)
+    except ssl.SSLWantReadError:
+        return None
+    finally:
+        sock.settimeout(timeout)
 
 
 def run_chat(sock: socket.socket, address: Address, args: argparse.Namespace) -> int:
