@@ -318,7 +318,10 @@ class BlockingConnection(Transport):
             pass  # the reason is recorded
         except OSError as exc:  # ssl.SSLError included: a quiet end
             self._error = exc
-        self.sock.close()
+        try:
+            self._drain_input()  # what OpenSSL left unread (plain text...): close with FIN, not a reset
+        finally:
+            self.sock.close()
         return self._error or ConnectionAbortedError("TLS handshake not completed")
 
     def _call(self, callback: Any, *args: Any) -> Any:

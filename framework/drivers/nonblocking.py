@@ -501,7 +501,8 @@ class NonBlockingConnection(Transport):
             self._update_mask()  # read, and write while our flight is pending
             return
         except OSError as exc:  # ssl.SSLError included: ends quietly
-            self._teardown(exc)
+            self._error = exc
+            self._finish()  # discard what OpenSSL left unread: close with FIN, not a reset
             return
         self._handshaking = False
         self._handler = self._on_events
