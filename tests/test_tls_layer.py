@@ -1,0 +1,141 @@
+"""The TLS layer inside the non-blocking driver, stepped from the test: flow control on ciphertext, files, close."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+
+import pytest
+
+from framework.drivers.nonblocking import HIGH_WATER, EventLoop
+from framework.drivers.tls import TLS_CHUNK
+from framework.protocol import Protocol, Transport
+from framework.tls import server_context
+from tests.support import open_fds_unchanged
+from tests.tls_support import TlsFiles, client_context, make_tls_files
+
+STEP_LIMIT = 100_000
+#: Record headers, tags and padding on one chunk of plaintext: far below this.
+RECORD_OVERHEAD = 4096
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls-layer"))
+
+
+class Sender(Protocol):
+    """Writes *payload* (and sends *file*) on connection_made, then closes."""
+
+    def __init__(self, payload: bytes, file_path: str | None = None) -> None:
+        self.payload, self.file_path = payload, file_path
+        self.lost: list[BaseException | None] = []
+
+    def connection_made(self, transport: Transport) -> None:
+        super().connection_made(transport)
+        transport.write(self.payload)
+        if self.file_path is not None:
+            with open(self.file_path, "rb") as file:
+                transport.sendfile(file)
+        transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.append(exc)
+
+
+def run_until(loop: EventLoop, done, limit: int = STEP_LIMIT) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(limit):
+        if done():
+            return
+        loop.run_once(0.05)
+    raise AssertionError("the loop did not get there")
+
+
+def test_ciphertext_is_bounded_for_a_slow_reader_then_all_arrives(tls_files, tmp_path):
+    body = os.urandom(3 << 20)
+    path = tmp_path / "body.bin"
+    path.write_bytes(body)
+    payload = os.urandom(2 << 20)
+    with open_fds_unchanged():
+        loop = EventLoop(idle_timeout=60, tls=server_context(str(tls_files.cert), str(tls_files.key)))
+        server_end, client_end = socket.socketpair()
+        client_end.settimeout(30)
+        protocol = Sender(payload, str(path))
+        handshaken = threading.Event()
+        received = bytearray()
+        reading = threading.Event()
+        errors: list[BaseException] = []
+
+        def client() -> None:
+            try:
+                context = client_context(tls_files)
+                with context.wrap_socket(client_end, server_hostname="localhost") as tls:
+                    handshaken.set()
+                    reading.wait(30)
+                    while data := tls.recv(65536):
+                        received.extend(data)
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        try:
+            connection = loop.add_connection(server_end, "pair", protocol)
+            run_until(loop, lambda: handshaken.is_set() and not connection._handshaking)
+            # The client reads nothing yet: the kernel buffers fill, the queue holds the rest.
+            for _ in range(50):
+                loop.run_once(0.01)
+            tls = connection._tls
+            assert tls is not None
+            assert tls.pending <= TLS_CHUNK + RECORD_OVERHEAD
+            assert connection.buffered > HIGH_WATER  # plaintext waits in the queue, not as ciphertext
+            reading.set()
+            run_until(loop, lambda: not loop.connections)
+            loop.report_ended()
+        finally:
+            reading.set()
+            thread.join(60)
+            loop.close()
+        assert not errors, errors
+        assert bytes(received) == payload + body  # close_notify ended the stream cleanly
+        assert protocol.lost == [None]
+
+
+def test_handshake_failure_never_reaches_the_protocol(tls_files):
+    with open_fds_unchanged():
+        loop = EventLoop(idle_timeout=60, tls=server_context(str(tls_files.cert), str(tls_files.key)))
+        server_end, client_end = socket.socketpair()
+        protocol = Sender(b"never")
+        made: list[bool] = []
+        protocol.connection_made = lambda transport: made.append(True)  # type: ignore[method-assign]
+        try:
+            loop.add_connection(server_end, "pair", protocol)
+            client_end.sendall(b"\x16\x03\x01\x00\x05hello")  # a handshake record of garbage
+            run_until(loop, lambda: not loop.connections)
+            loop.report_ended()
+            assert made == [] and protocol.lost == []
+            client_end.settimeout(10)
+            assert len(client_end.recv(100)) < 100  # an alert at most, then the end
+        finally:
+            client_end.close()
+            loop.close()
+
+
+def test_plain_loop_never_loads_ssl_for_nothing():
+    import subprocess
+    import sys
+
+    code = ("import sys; from framework.drivers.nonblocking import EventLoop; import framework.server;"
+            " EventLoop().close(); print('ssl' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_ssl_errors_end_quietly():
+    from framework.drivers.common import ends_quietly
+
+    assert ends_quietly(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"))
+    assert ends_quietly(ssl.SSLEOFError(8, "EOF"))
+    assert not ends_quietly(ValueError("a bug"))
