@@ -107,7 +107,7 @@ class BlockingConnection(Transport):
         #: Read the socket itself, past TLS (only to discard input when closing).
         self._raw_recv = sock.recv
         #: File bodies go through TLS in user space: sendfile(2) cannot encrypt (unless kernel TLS).
-        self._copy_files = False
+        self._copy_files = self._tls
         if self._tls:
             import ssl  # loaded already: the socket is an SSLSocket
 
