@@ -278,3 +278,33 @@ def test_graceful_stop_during_a_handshake(serve, strategy, tls_files):
         except ConnectionResetError:
             pass  # still in the backlog when the listener closed: ended all the same
     assert_clean(server)
+
+
+@pytest.mark.needs_tool("openssl")
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_renegotiation_refused(serve, strategy, tls_files):
+    server = serve("echo", *tls_files.server_args(), "--log-level", "debug", strategy=strategy)
+    client = subprocess.Popen(["openssl", "s_client", "-connect", server.address, "-tls1_2", "-CAfile",
+                               str(tls_files.ca)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    try:
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write(b"hello\n")
+        client.stdin.flush()
+        while (line := client.stdout.readline()) and line != b"hello\n":
+            pass  # the session details, then our echo
+        assert line == b"hello\n"
+        client.stdin.write(b"R\n")  # s_client: renegotiate
+        client.stdin.flush()
+        output = client.stdout.read()  # s_client ends when the server refuses
+        client.wait(30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+        for stream in (client.stdin, client.stdout):
+            if stream is not None:
+                stream.close()
+    assert b"no renegotiation" in output, output
+    assert_served(server, tls_files)
+    assert_clean(server)

@@ -144,6 +144,8 @@ class TlsStream:
             except ssl.SSLWantReadError:
                 if chunks:
                     break
+                if self._outgoing.pending:
+                    self.flush()  # what reading made OpenSSL say (a no_renegotiation alert...) goes first
                 if self._raw_eof:
                     return b""  # a ragged end: the peer closed TCP without close_notify
                 self._fill()
