@@ -98,7 +98,7 @@ def _add_tls_options(parser: argparse.ArgumentParser) -> None:
                        help="require a client certificate signed by a CA in this PEM file")
 
 
-def tls_context(args: argparse.Namespace, address: Address, cls: type[Server]) -> ssl.SSLContext | None:
+def tls_context(args: argparse.Namespace, address: Address) -> ssl.SSLContext | None:
     """The TLS context the ``--tls-*`` options ask for (None without ``--tls-cert``).
 
     Raises :class:`UsageError` for options that make no sense together and
@@ -113,8 +113,9 @@ def tls_context(args: argparse.Namespace, address: Address, cls: type[Server]) -
         raise UsageError(f"--{given[0].replace('_', '-')} needs --tls-cert")
     from framework.tls import server_context  # loads OpenSSL: only when TLS is asked for
 
+    # The server sets its own ALPN names on the context (Server.alpn_protocols).
     return server_context(args.tls_cert, args.tls_key, password_file=args.tls_password_file,
-                          client_ca=args.tls_client_ca, alpn_protocols=cls.alpn_protocols)
+                          client_ca=args.tls_client_ca)
 
 
 def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
@@ -220,7 +221,7 @@ def run_serve(args: argparse.Namespace) -> int:
         extra.close()
     cls = args.server_cls
     try:
-        tls = tls_context(args, address, cls)
+        tls = tls_context(args, address)
     except ValueError as exc:  # framework.tls.TlsConfigError: a file that does not load
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
