@@ -10,7 +10,7 @@ import pytest
 from servers.http.access_log import clf_time, escape, peer_host
 from servers.http.dates import DateCache, http_date, parse_http_date
 from servers.http.files import FileCache, NotServable, content_type
-from servers.http.ranges import Unsatisfiable, parse_range
+from servers.http.ranges import Unsatisfiable, parse_ranges
 
 EPOCH_1994 = 784111777  # Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's example
 
@@ -104,13 +104,13 @@ def test_evicted_entry_stays_usable_while_referenced(tmp_path):
     (b"bytes=a-b", 10, None), (b"bytes=1-2-3", 10, None), (b"0-1", 10, None), (b"bytes=+1-2", 10, None),
 ])
 def test_parse_range(header, size, expected):
-    assert parse_range(header, size) == expected
+    assert parse_ranges(header, size) == (None if expected is None else [expected])
 
 
 @pytest.mark.parametrize(("header", "size"), [(b"bytes=10-", 10), (b"bytes=-0", 10), (b"bytes=-5", 0)])
 def test_unsatisfiable_ranges(header, size):
     with pytest.raises(Unsatisfiable):
-        parse_range(header, size)
+        parse_ranges(header, size)
 
 
 def test_log_escaping_and_peer_host():

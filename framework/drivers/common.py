@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -26,8 +27,15 @@ DEFAULT_LINGER = 2.0
 LINGER_MAX_BYTES = 1 << 20
 
 
+log = logging.getLogger("forkthread")
+
+
 class ShortFileError(OSError):
     """The file ended before the promised byte count was sent (it shrank meanwhile)."""
+
+
+class OutOfDescriptors(OSError):
+    """A connection ended because the process had no descriptor left for its queued response (warned once)."""
 
 
 class ConnectionTimeout(TimeoutError):
@@ -47,12 +55,14 @@ def ends_quietly(exc: BaseException) -> bool:
 
     The peer went away (reset, broken pipe...), a time limit passed, a
     file shrank under a response whose length was already promised, or the
-    peer did not speak acceptable TLS (plain text on a TLS port, a garbage or
-    truncated ClientHello, a protocol version refused, a bad record): an
-    :class:`ssl.SSLError`.  The one rule every driver and the server apply to
-    what ended a connection.
+    process ran out of descriptors for one connection's queued response
+    (a :class:`LogThrottle` warning says so), or the peer did not speak
+    acceptable TLS (plain text on a TLS port, a garbage or truncated
+    ClientHello, a protocol version refused, a bad record): an
+    :class:`ssl.SSLError`.  The one rule every driver and the server apply
+    to what ended a connection.
     """
-    if is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError)):
+    if is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError, OutOfDescriptors)):
         return True
     # Only a process that uses TLS has loaded ssl; the others need not pay for it.
     ssl = sys.modules.get("ssl")
@@ -63,6 +73,31 @@ def is_tls_socket(sock: socket.socket) -> bool:
     """True when *sock* is an :class:`ssl.SSLSocket` (asked without loading :mod:`ssl`)."""
     ssl = sys.modules.get("ssl")
     return ssl is not None and isinstance(sock, ssl.SSLSocket)
+
+
+class LogThrottle:
+    """Warns about a recurring condition when it starts, then at most every *interval* seconds.
+
+    Conditions anyone can cause again and again (running out of
+    descriptors) must not flood the log: the warnings left out are counted
+    and the count goes with the next one.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def warning(self, message: str) -> None:
+        """Log *message* now, or count it when the last warning is less than *interval* old."""
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        extra = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
+        log.warning("%s%s", message, extra)
+        self._last = now
+        self._suppressed = 0
 
 
 def sendfile_some(sock_fd: int, file_fd: int, offset: int, count: int) -> int:

@@ -9,13 +9,17 @@ protocol writes to.  The contract is the blocking driver's
   take is queued as a :class:`memoryview` (no copy of ``bytes``), in order
   with file segments queued by ``sendfile``, which go out with
   ``sendfile(2)`` from an advancing offset on a duplicate of the caller's
-  descriptor.  Several queued buffers go out in one ``sendmsg`` (gather
-  write), so many small writes to a slow reader do not cost a system call
-  each.
+  descriptor (one per file, however many of its responses are queued).
+  Several queued buffers go out in one ``sendmsg`` (gather write), so many
+  small writes to a slow reader do not cost a system call each.
 * Flow control: a connection whose queue grows above :data:`HIGH_WATER` is
   no longer read (so its protocol stops producing) until the queue drains
-  below :data:`LOW_WATER`.  Memory per connection stays bounded by the high
-  mark plus what one callback writes.
+  below :data:`LOW_WATER`; so is one with more than :data:`FILES_HIGH_WATER`
+  file segments queued (a client that pipelines requests for a small file
+  and never reads), until they are down to :data:`FILES_LOW_WATER`.  Memory
+  per connection stays bounded by the high marks plus what one callback
+  writes.  A connection whose response finds no descriptor left (``EMFILE``)
+  ends alone, with a warning that does not flood the log.
 * ``close`` flushes the queue, then drains unread input so the close sends
   FIN rather than RST; with ``linger`` the sending side is shut down and
   input is discarded until the peer's end-of-file or the linger time.
@@ -59,6 +63,8 @@ from framework.drivers.common import (
     LINGER_MAX_BYTES,
     RECV_SIZE,
     ConnectionTimeout,
+    LogThrottle,
+    OutOfDescriptors,
     ShortFileError,
     ends_quietly,
     sendfile_some,
@@ -81,6 +87,9 @@ WRITE = selectors.EVENT_WRITE
 HIGH_WATER = 256 * 1024
 #: ...and read it again once the queue is down to this many.
 LOW_WATER = 64 * 1024
+#: The same for queued file segments (responses), whatever their size.
+FILES_HIGH_WATER = 64
+FILES_LOW_WATER = 16
 
 #: Queued buffers handed to one sendmsg() at most (IOV_MAX is 1024 on Linux).
 IOV_BATCH = 64
@@ -115,13 +124,25 @@ class Timer:
         return self.when < other.when
 
 
-class _FileSegment:
-    """Part of a file still to be sent: our own descriptor, where to go on, how much is left."""
+class _HeldFile:
+    """Our own descriptor of a file (an inode) with queued segments, shared by all of them."""
 
-    __slots__ = ("fd", "offset", "remaining")
+    __slots__ = ("fd", "key", "segments")
 
-    def __init__(self, fd: int, offset: int, remaining: int) -> None:
+    def __init__(self, fd: int, key: tuple[int, int]) -> None:
         self.fd = fd
+        self.key = key
+        self.segments = 0
+
+
+class _FileSegment:
+    """Part of a file still to be sent: our held descriptor of it, where to go on, how much is left."""
+
+    __slots__ = ("fd", "held", "offset", "remaining")
+
+    def __init__(self, held: _HeldFile, offset: int, remaining: int) -> None:
+        self.held = held
+        self.fd = held.fd
         self.offset = offset
         self.remaining = remaining
 
@@ -160,6 +181,8 @@ class EventLoop:
         self._timers: list[Timer] = []
         self._cancelled = 0
         self._ended: collections.deque[NonBlockingConnection] = collections.deque()
+        #: Warns when connections end for want of a descriptor, without flooding the log.
+        self.descriptor_warnings = LogThrottle()
         self._tls_layer: Callable[[socket.socket], TlsStream] | None = None
         if tls is not None:
             # Imported only here: a loop without TLS never loads OpenSSL.
@@ -319,6 +342,9 @@ class NonBlockingConnection(Transport):
         self._queue: collections.deque[memoryview | _FileSegment] = collections.deque()
         #: Bytes queued for sending.
         self.buffered = 0
+        #: Our descriptors of the files with queued segments, by (device, inode).
+        self._held: dict[tuple[int, int], _HeldFile] = {}
+        self._segments = 0
         self.bytes_received = 0
         self.bytes_sent = 0
         self._state = _OPEN
@@ -388,8 +414,10 @@ class NonBlockingConnection(Transport):
         if self._state != _OPEN:
             return
         file_fd = file.fileno()
+        info = None
         if count is None:
-            count = os.fstat(file_fd).st_size - offset
+            info = os.fstat(file_fd)
+            count = info.st_size - offset
         if count <= 0:
             return
         if not self._queue:
@@ -407,10 +435,42 @@ class NonBlockingConnection(Transport):
                 return
             if count == 0:
                 return
-        # The caller may close its file as soon as we return: keep our own descriptor.
-        self._queue.append(_FileSegment(os.dup(file_fd), offset, count))
+        held = self._hold(file_fd, info or os.fstat(file_fd))
+        if held is None:
+            return
+        held.segments += 1
+        self._segments += 1
+        self._queue.append(_FileSegment(held, offset, count))
         self.buffered += count
         self._queued()
+
+    def _hold(self, file_fd: int, info: os.stat_result) -> _HeldFile | None:
+        """Our own descriptor of *file_fd*'s file, since the caller may close its own as soon as we return.
+
+        One per file (inode), shared by its queued segments: a client that
+        pipelines a thousand requests for one file costs one descriptor.  When
+        the process has none left, this connection ends (None), alone.
+        """
+        key = (info.st_dev, info.st_ino)
+        held = self._held.get(key)
+        if held is None:
+            try:
+                held = self._held[key] = _HeldFile(os.dup(file_fd), key)
+            except OSError as exc:
+                self._loop.descriptor_warnings.warning(
+                    f"connection from {self._peer} ended: no descriptor for its queued response:"
+                    f" {exc.strerror or exc}")
+                self._teardown(OutOfDescriptors(exc.errno, "no descriptor for a queued response"))
+                return None
+        return held
+
+    def _release(self, held: _HeldFile) -> None:
+        """One segment of *held* is sent (or dropped): close our descriptor after its last."""
+        held.segments -= 1
+        self._segments -= 1
+        if not held.segments:
+            del self._held[held.key]
+            os.close(held.fd)
 
     def close(self, *, linger: float = 0.0) -> None:
         """Send what is queued, then end the connection gracefully (see :meth:`Transport.close`)."""
@@ -451,7 +511,7 @@ class NonBlockingConnection(Transport):
         self._queued()
 
     def _queued(self) -> None:
-        if self.buffered > HIGH_WATER:
+        if self.buffered > HIGH_WATER or self._segments > FILES_HIGH_WATER:
             self._paused = True
         self._update_mask()
 
@@ -595,7 +655,7 @@ class NonBlockingConnection(Transport):
                     item.remaining -= sent
                     if item.remaining:
                         break
-                    os.close(item.fd)
+                    self._release(item.held)
                     queue.popleft()
         except BlockingIOError:
             pass
@@ -605,7 +665,7 @@ class NonBlockingConnection(Transport):
         if self.buffered != before:
             self.bytes_sent += before - self.buffered
             self._last_active = self._loop.now
-        if self._paused and self.buffered <= LOW_WATER:
+        if self._paused and self.buffered <= LOW_WATER and self._segments <= FILES_LOW_WATER:
             self._paused = False
         if not queue and self._state == _CLOSING and not self._tls_pending():
             self._finish()
@@ -659,7 +719,7 @@ class NonBlockingConnection(Transport):
         self._deadline_timer = None
         if self._state != _OPEN:
             return
-        if self._queue:
+        if self._queue or self._tls_pending():
             # As in the blocking driver, a deadline does not count while the
             # peer is slow to read our output: it fires once the queue is sent.
             self._deadline_due = True
@@ -748,9 +808,10 @@ class NonBlockingConnection(Transport):
             if timer is not None:
                 loop.cancel(timer)
         self._idle_timer = self._deadline_timer = self._linger_timer = None
-        for item in self._queue:
-            if type(item) is _FileSegment:
-                os.close(item.fd)
+        for held in self._held.values():
+            os.close(held.fd)
+        self._held.clear()
+        self._segments = 0
         self._queue.clear()
         self.buffered = 0
         loop._forget(self)
@@ -775,4 +836,5 @@ class NonBlockingConnection(Transport):
             loop.handle_error(exc, self._peer)
 
 
-__all__ = ["HIGH_WATER", "LOW_WATER", "EventLoop", "NonBlockingConnection", "Timer", "log_handler_error"]
+__all__ = ["FILES_HIGH_WATER", "FILES_LOW_WATER", "HIGH_WATER", "LOW_WATER", "EventLoop", "NonBlockingConnection",
+           "Timer", "log_handler_error"]

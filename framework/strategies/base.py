@@ -203,6 +203,15 @@ class Strategy(abc.ABC):
         """
         return False
 
+    def capacity(self) -> int | None:
+        """Most connections one run of this strategy serves at once (None: no bound of its own).
+
+        A pre-forked master in ``passfd`` mode passes a worker no more than
+        this, so further clients wait in the kernel's backlog, not in a busy
+        worker's channel.
+        """
+        return None
+
     def describe(self) -> str:
         """The strategy with its main options, for the status line (``preforked(4,lock)``)."""
         return self.name

@@ -69,6 +69,10 @@ class PollStrategy(Strategy):
             details.append(f"max={self.max_connections}")
         return f"{self.name}({','.join(details)})" if details else self.name
 
+    def capacity(self) -> int | None:
+        """``max_connections``: the loop's own bound (None: it takes every connection)."""
+        return self.max_connections
+
     def make_selector(self) -> selectors.BaseSelector:
         """A new selector of the configured kind."""
         selector: selectors.BaseSelector = getattr(selectors, SELECTORS[self.selector])()
