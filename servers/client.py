@@ -90,12 +90,12 @@ def _pump(sock: socket.socket, stdin: BinaryIO, on_line: Callable[[bytes], None]
                     if not tls:
                         sock.shutdown(socket.SHUT_WR)
             else:
-                data = _recv_tls(sock, timeout) if tls else sock.recv(65536)
-                if data is None:
+                received = _recv_tls(sock, timeout) if tls else sock.recv(65536)
+                if received is None:
                     continue  # a TLS record with no data in it (a session ticket)
-                if not data:
+                if not received:
                     return
-                write_stdout(data)
+                write_stdout(received)
                 while tls and sock.pending():  # type: ignore[attr-defined]  # records poll() cannot see
                     write_stdout(sock.recv(65536))
 
