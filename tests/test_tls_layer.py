@@ -139,3 +139,51 @@ def test_ssl_errors_end_quietly():
     assert ends_quietly(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"))
     assert ends_quietly(ssl.SSLEOFError(8, "EOF"))
     assert not ends_quietly(ValueError("a bug"))
+
+
+def test_blocking_handshake_hook_gives_a_blocking_ssl_socket(tls_files):
+    """drivers.blocking.tls_handshake: what a blocking request handler would be given over TLS."""
+    from framework.drivers.blocking import tls_handshake
+    from framework.lifecycle import Lifecycle
+
+    lifecycle = Lifecycle(5.0)
+    context = server_context(str(tls_files.cert), str(tls_files.key))
+    server_end, client_end = socket.socketpair()
+    tls = context.wrap_socket(server_end, server_side=True, do_handshake_on_connect=False)
+    answers: list[bytes] = []
+
+    def client() -> None:
+        client_end.settimeout(10)
+        with client_context(tls_files).wrap_socket(client_end, server_hostname="localhost") as sock:
+            sock.sendall(b"ping")
+            answers.append(sock.recv(4))
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        assert tls_handshake(tls, "pair", lifecycle=lifecycle, idle_timeout=10, watch_wakeup=False) is None
+        tls.settimeout(10)  # from here on, a blocking SSLSocket
+        assert tls.recv(4) == b"ping"
+        tls.sendall(b"pong")
+    finally:
+        thread.join(30)
+        tls.close()
+        lifecycle.close()
+    assert answers == [b"pong"]
+
+
+def test_blocking_handshake_hook_drops_a_silent_client(tls_files):
+    from framework.drivers.blocking import tls_handshake
+    from framework.lifecycle import Lifecycle
+
+    lifecycle = Lifecycle(5.0)
+    context = server_context(str(tls_files.cert), str(tls_files.key))
+    server_end, client_end = socket.socketpair()
+    tls = context.wrap_socket(server_end, server_side=True, do_handshake_on_connect=False)
+    try:
+        ended = tls_handshake(tls, "pair", lifecycle=lifecycle, idle_timeout=0.2, watch_wakeup=False)
+        assert isinstance(ended, TimeoutError)
+        assert tls.fileno() == -1  # closed
+    finally:
+        client_end.close()
+        lifecycle.close()

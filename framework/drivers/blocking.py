@@ -450,4 +450,29 @@ def serve_connection(
     return connection.run(protocol)
 
 
-__all__ = ["DEFAULT_LINGER", "BlockingConnection", "ConnectionTimeout", "HandlerError", "serve_connection"]
+def tls_handshake(
+    sock: socket.socket,
+    peer: str,
+    *,
+    lifecycle: Lifecycle,
+    idle_timeout: float | None,
+    watch_wakeup: bool,
+) -> BaseException | None:
+    """Complete the TLS handshake of *sock* in the driver's wait loop, for code that then uses it itself.
+
+    *sock* is an :class:`ssl.SSLSocket` made with
+    ``do_handshake_on_connect=False`` (as :meth:`framework.server.Server.serve_connection`
+    makes it).  Returns None once the handshake is complete (the socket is
+    left non-blocking: call ``settimeout`` for a blocking request handler),
+    or what ended it, with the socket closed.
+    """
+    sock.setblocking(False)
+    connection = BlockingConnection(
+        sock, peer, lifecycle=lifecycle, idle_timeout=idle_timeout, watch_wakeup=watch_wakeup
+    )
+    return connection._start_tls()
+
+
+__all__ = [
+    "DEFAULT_LINGER", "BlockingConnection", "ConnectionTimeout", "HandlerError", "serve_connection", "tls_handshake",
+]
