@@ -187,3 +187,39 @@ def test_blocking_handshake_hook_drops_a_silent_client(tls_files):
     finally:
         client_end.close()
         lifecycle.close()
+
+
+def test_blocking_handshake_trickled_is_still_bounded(tls_files):
+    """A peer sending its ClientHello a few bytes at a time does not renew the handshake's time limit."""
+    from framework.drivers.blocking import tls_handshake
+    from framework.lifecycle import Lifecycle
+    from tests.tls_support import client_hello
+
+    lifecycle = Lifecycle(5.0)
+    context = server_context(str(tls_files.cert), str(tls_files.key))
+    server_end, client_end = socket.socketpair()
+    tls = context.wrap_socket(server_end, server_side=True, do_handshake_on_connect=False)
+    hello = client_hello(tls_files)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        for start in range(0, len(hello) - 1, 2):  # never the last byte
+            if stop.wait(0.1):
+                return
+            try:
+                client_end.sendall(hello[start:start + 2])
+            except OSError:
+                return
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    try:
+        ended = tls_handshake(tls, "pair", lifecycle=lifecycle, idle_timeout=0.5, watch_wakeup=False)
+        assert thread.is_alive()  # ended by the limit while the peer was still trickling
+        assert isinstance(ended, TimeoutError), ended
+        assert "handshake" in str(ended)
+    finally:
+        stop.set()
+        thread.join(30)
+        client_end.close()
+        lifecycle.close()

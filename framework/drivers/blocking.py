@@ -285,24 +285,32 @@ class BlockingConnection(Transport):
     def handshake(self) -> None:
         """Complete the TLS handshake of the connection's :class:`ssl.SSLSocket` in the driver's wait loop.
 
-        Waits as long as any wait here may (the idle timeout), handling
-        signals meanwhile.  Raises :class:`ssl.SSLError` when the peer does
-        not speak acceptable TLS, and the driver's internal end signals on a
-        time limit or a stop.  The hook for anything that needs a connected,
-        handshaken SSLSocket (then ``sock.setblocking(True)`` /
-        ``settimeout``), such as a blocking request handler.
+        Each wait lasts at most the idle timeout, and none begins once the
+        handshake has taken that long (so it ends within twice the idle
+        timeout however the peer trickles it); signals are handled meanwhile.
+        Raises :class:`ssl.SSLError` when the peer does not speak acceptable
+        TLS, and the driver's internal end signals on a time limit or a stop.
+        :func:`tls_handshake` is the hook built on it for anything that needs a
+        handshaken SSLSocket of its own, such as a blocking request handler.
         """
         import ssl  # loaded already: the socket is an SSLSocket
 
         assert isinstance(self.sock, ssl.SSLSocket)
+        # A peer that trickles its handshake byte by byte must not renew the limit
+        # forever: past the idle timeout since the start, no new wait begins.
+        limit = None if self._idle_timeout is None else time.monotonic() + self._idle_timeout
         while True:
             try:
                 self.sock.do_handshake()
                 break
             except ssl.SSLWantReadError:
-                self._wait(_READ)
+                events = _READ
             except ssl.SSLWantWriteError:
-                self._wait(_WRITE)
+                events = _WRITE
+            if limit is not None and time.monotonic() >= limit:
+                self._error = ConnectionTimeout(f"TLS handshake not complete after {self._idle_timeout:g} s")
+                raise _Ended
+            self._wait(events)
         from framework.drivers.tls import ktls_sending
 
         self._copy_files = not ktls_sending(self.sock)
