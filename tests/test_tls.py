@@ -308,3 +308,25 @@ def test_renegotiation_refused(serve, strategy, tls_files):
     assert b"no renegotiation" in output, output
     assert_served(server, tls_files)
     assert_clean(server)
+
+
+def test_trickled_handshake_dropped(serve, strategy, tls_files):
+    """Progress does not renew the handshake's limit: a ClientHello trickled in never completes it."""
+    import select
+
+    server = serve("echo", *tls_files.server_args(), "--timeout", "1", "--log-level", "debug", strategy=strategy)
+    hello = client_hello(tls_files)
+    closed = False
+    with server.connect() as sock:
+        for start in range(0, len(hello) - 1, 2):  # never the last byte
+            try:
+                sock.sendall(hello[start:start + 2])
+                if select.select([sock], [], [], 0.2)[0] and sock.recv(100) == b"":
+                    closed = True
+            except ConnectionError:
+                closed = True
+            if closed:
+                break
+    assert closed, "the server waited for the whole trickled ClientHello"
+    assert_served(server, tls_files)
+    assert_clean(server)
