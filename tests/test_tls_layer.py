@@ -223,3 +223,80 @@ def test_blocking_handshake_trickled_is_still_bounded(tls_files):
         thread.join(30)
         client_end.close()
         lifecycle.close()
+
+
+class Chatty(Protocol):
+    """Many small writes (gathered into records by the TLS stream), or a file promised longer than it is."""
+
+    def __init__(self, pieces: list[bytes], file_path: str | None = None, promise: int = 0) -> None:
+        self.pieces, self.file_path, self.promise = pieces, file_path, promise
+        self.lost: list[BaseException | None] = []
+
+    def connection_made(self, transport: Transport) -> None:
+        super().connection_made(transport)
+        for piece in self.pieces:
+            transport.write(piece)
+        if self.file_path is not None:
+            with open(self.file_path, "rb") as file:
+                transport.sendfile(file, 0, self.promise)
+        transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.append(exc)
+
+
+def serve_one(tls_files: TlsFiles, protocol: Protocol) -> bytes:
+    """Run *protocol* over TLS on a socket pair, the client starting to read only after the loop idles."""
+    loop = EventLoop(idle_timeout=60, tls=server_context(str(tls_files.cert), str(tls_files.key)))
+    server_end, client_end = socket.socketpair()
+    client_end.settimeout(30)
+    received = bytearray()
+    start_reading = threading.Event()
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            with client_context(tls_files).wrap_socket(client_end, server_hostname="localhost",
+                                                       suppress_ragged_eofs=True) as tls:
+                start_reading.wait(30)
+                while data := tls.recv(65536):
+                    received.extend(data)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        loop.add_connection(server_end, "pair", protocol)
+        for _ in range(50):
+            loop.run_once(0.01)
+        start_reading.set()
+        run_until(loop, lambda: not loop.connections)
+        loop.report_ended()
+    finally:
+        start_reading.set()
+        thread.join(60)
+        loop.close()
+    assert not errors, errors
+    return bytes(received)
+
+
+def test_many_small_writes_to_a_slow_reader_arrive_in_order(tls_files):
+    pieces = [os.urandom(97) for _ in range(30000)]  # ~2.9 MB: most of it queued as small buffers
+    protocol = Chatty(pieces)
+    with open_fds_unchanged():
+        assert serve_one(tls_files, protocol) == b"".join(pieces)
+    assert protocol.lost == [None]
+
+
+def test_a_file_shorter_than_promised_aborts_the_connection(tls_files, tmp_path):
+    from framework.drivers.common import ShortFileError
+
+    body = os.urandom(300_000)
+    path = tmp_path / "short.bin"
+    path.write_bytes(body)
+    protocol = Chatty([b"head"], str(path), promise=len(body) + 1000)
+    with open_fds_unchanged():
+        received = serve_one(tls_files, protocol)
+    assert received == b"head" + body  # every byte the file had, then the end
+    assert len(protocol.lost) == 1 and isinstance(protocol.lost[0], ShortFileError)
