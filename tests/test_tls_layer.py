@@ -6,10 +6,11 @@ import os
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 
 import pytest
 
-from framework.drivers.nonblocking import HIGH_WATER, EventLoop
+from framework.drivers.nonblocking import HIGH_WATER, EventLoop, NonBlockingConnection
 from framework.drivers.tls import TLS_CHUNK
 from framework.protocol import Protocol, Transport
 from framework.tls import server_context
@@ -53,54 +54,59 @@ def run_until(loop: EventLoop, done, limit: int = STEP_LIMIT) -> None:  # type: 
     raise AssertionError("the loop did not get there")
 
 
+class HeldReader:
+    """A TLS client in a thread: handshakes at once, reads only after :meth:`read` is called, until the end."""
+
+    def __init__(self, files: TlsFiles, sock: socket.socket) -> None:
+        self.received = bytearray()
+        self.errors: list[BaseException] = []
+        self.handshaken = threading.Event()
+        self._go = threading.Event()
+        self._files, self._sock = files, sock
+        sock.settimeout(30)
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with client_context(self._files).wrap_socket(self._sock, server_hostname="localhost") as tls:
+                self.handshaken.set()
+                self._go.wait(30)
+                while data := tls.recv(65536):
+                    self.received.extend(data)
+        except BaseException as exc:  # surfaced by join()
+            self.errors.append(exc)
+
+    def read(self) -> None:
+        """Start reading."""
+        self._go.set()
+
+    def join(self) -> bytes:
+        """Wait for the end; what arrived (the client's errors fail the test)."""
+        self._go.set()
+        self._thread.join(60)
+        assert not self.errors, self.errors
+        return bytes(self.received)
+
+
 def test_ciphertext_is_bounded_for_a_slow_reader_then_all_arrives(tls_files, tmp_path):
     body = os.urandom(3 << 20)
     path = tmp_path / "body.bin"
     path.write_bytes(body)
     payload = os.urandom(2 << 20)
+    protocol = Sender(payload, str(path))
+
+    def while_held(connection: NonBlockingConnection) -> None:
+        # The client reads nothing yet: the kernel buffers are full, the queue holds the rest.
+        assert not connection._handshaking
+        assert connection._tls is not None
+        assert connection._tls.pending <= TLS_CHUNK + RECORD_OVERHEAD
+        assert connection.buffered > HIGH_WATER  # plaintext waits in the queue, not as ciphertext
+
     with open_fds_unchanged():
-        loop = EventLoop(idle_timeout=60, tls=server_context(str(tls_files.cert), str(tls_files.key)))
-        server_end, client_end = socket.socketpair()
-        client_end.settimeout(30)
-        protocol = Sender(payload, str(path))
-        handshaken = threading.Event()
-        received = bytearray()
-        reading = threading.Event()
-        errors: list[BaseException] = []
-
-        def client() -> None:
-            try:
-                context = client_context(tls_files)
-                with context.wrap_socket(client_end, server_hostname="localhost") as tls:
-                    handshaken.set()
-                    reading.wait(30)
-                    while data := tls.recv(65536):
-                        received.extend(data)
-            except BaseException as exc:  # surfaced below
-                errors.append(exc)
-
-        thread = threading.Thread(target=client)
-        thread.start()
-        try:
-            connection = loop.add_connection(server_end, "pair", protocol)
-            run_until(loop, lambda: handshaken.is_set() and not connection._handshaking)
-            # The client reads nothing yet: the kernel buffers fill, the queue holds the rest.
-            for _ in range(50):
-                loop.run_once(0.01)
-            tls = connection._tls
-            assert tls is not None
-            assert tls.pending <= TLS_CHUNK + RECORD_OVERHEAD
-            assert connection.buffered > HIGH_WATER  # plaintext waits in the queue, not as ciphertext
-            reading.set()
-            run_until(loop, lambda: not loop.connections)
-            loop.report_ended()
-        finally:
-            reading.set()
-            thread.join(60)
-            loop.close()
-        assert not errors, errors
-        assert bytes(received) == payload + body  # close_notify ended the stream cleanly
-        assert protocol.lost == [None]
+        received = serve_one(tls_files, protocol, while_held)
+    assert received == payload + body  # close_notify ended the stream cleanly
+    assert protocol.lost == [None]
 
 
 def test_handshake_failure_never_reaches_the_protocol(tls_files):
@@ -245,40 +251,26 @@ class Chatty(Protocol):
         self.lost.append(exc)
 
 
-def serve_one(tls_files: TlsFiles, protocol: Protocol) -> bytes:
-    """Run *protocol* over TLS on a socket pair, the client starting to read only after the loop idles."""
+def serve_one(tls_files: TlsFiles, protocol: Protocol,
+              while_held: Callable[[NonBlockingConnection], None] | None = None) -> bytes:
+    """Run *protocol* over TLS on a socket pair; the client reads only once the loop idled (and *while_held* ran)."""
     loop = EventLoop(idle_timeout=60, tls=server_context(str(tls_files.cert), str(tls_files.key)))
     server_end, client_end = socket.socketpair()
-    client_end.settimeout(30)
-    received = bytearray()
-    start_reading = threading.Event()
-    errors: list[BaseException] = []
-
-    def client() -> None:
-        try:
-            with client_context(tls_files).wrap_socket(client_end, server_hostname="localhost",
-                                                       suppress_ragged_eofs=True) as tls:
-                start_reading.wait(30)
-                while data := tls.recv(65536):
-                    received.extend(data)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    thread = threading.Thread(target=client)
-    thread.start()
+    reader = HeldReader(tls_files, client_end)
     try:
-        loop.add_connection(server_end, "pair", protocol)
+        connection = loop.add_connection(server_end, "pair", protocol)
+        run_until(loop, reader.handshaken.is_set)
         for _ in range(50):
             loop.run_once(0.01)
-        start_reading.set()
+        if while_held is not None:
+            while_held(connection)
+        reader.read()
         run_until(loop, lambda: not loop.connections)
         loop.report_ended()
     finally:
-        start_reading.set()
-        thread.join(60)
+        received = reader.join()
         loop.close()
-    assert not errors, errors
-    return bytes(received)
+    return received
 
 
 def test_many_small_writes_to_a_slow_reader_arrive_in_order(tls_files):
