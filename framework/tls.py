@@ -7,7 +7,9 @@ The one place that decides how a server's :class:`ssl.SSLContext` is set up:
 * TLS 1.2 at least: a TLS 1.0 or 1.1 client is refused in the handshake;
 * renegotiation refused (``OP_NO_RENEGOTIATION``; TLS 1.3 has none at all);
 * ALPN protocols when the server names some (``http/1.1`` for http);
-* a client certificate required and checked against ``--tls-client-ca`` when given.
+* a client certificate required and checked against ``--tls-client-ca`` when given
+  (that file only: the system's CAs are never trusted for client certificates);
+* ``SSLKEYLOGFILE`` ignored: session secrets are never written out.
 
 A certificate, key or password that does not load is a :class:`TlsConfigError`
 with a one-line message (the command line prints it and exits 1).
@@ -63,6 +65,8 @@ def server_context(
     :class:`TlsConfigError` for anything that does not load.
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # A server must not write its session secrets wherever an inherited SSLKEYLOGFILE points.
+    context.keylog_filename = None  # type: ignore[assignment]
     context.minimum_version = MINIMUM_VERSION
     context.options |= ssl.OP_NO_RENEGOTIATION | ktls_option()
     password = _read_password(password_file) if password_file is not None else None

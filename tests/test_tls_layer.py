@@ -292,3 +292,16 @@ def test_a_file_shorter_than_promised_aborts_the_connection(tls_files, tmp_path)
         received = serve_one(tls_files, protocol)
     assert received == b"head" + body  # every byte the file had, then the end
     assert len(protocol.lost) == 1 and isinstance(protocol.lost[0], ShortFileError)
+
+
+def test_server_context_defaults(tls_files, monkeypatch, tmp_path):
+    monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "keys.log"))
+    context = server_context(str(tls_files.cert), str(tls_files.key))
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+    assert context.options & ssl.OP_NO_COMPRESSION
+    assert context.verify_mode == ssl.CERT_NONE
+    assert context.keylog_filename is None
+    mutual = server_context(str(tls_files.cert), str(tls_files.key), client_ca=str(tls_files.ca))
+    assert mutual.verify_mode == ssl.CERT_REQUIRED
+    assert [ca["subject"] for ca in mutual.get_ca_certs()] == [((("commonName", "forkthread test CA"),),)]
