@@ -104,6 +104,8 @@ class BlockingConnection(Transport):
         self._tls = is_tls_socket(sock)
         #: What means "try again when the socket is ready" (OpenSSL's want read/write too).
         self._would_block: tuple[type[Exception], ...] = (BlockingIOError,)
+        #: Of those, what means "wait until readable" even while sending (OpenSSL's want read).
+        self._wants_read: tuple[type[Exception], ...] = ()
         #: Read the socket itself, past TLS (only to discard input when closing).
         self._raw_recv = sock.recv
         #: File bodies go through TLS in user space: sendfile(2) cannot encrypt (unless kernel TLS).
@@ -112,6 +114,7 @@ class BlockingConnection(Transport):
             import ssl  # loaded already: the socket is an SSLSocket
 
             self._would_block = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+            self._wants_read = (ssl.SSLWantReadError,)
             self._raw_recv = functools.partial(socket.socket.recv, sock)
 
     # -- Transport -------------------------------------------------------
@@ -150,8 +153,8 @@ class BlockingConnection(Transport):
         while view:
             try:
                 sent = self.sock.send(view)
-            except self._would_block:
-                self._wait(_WRITE)
+            except self._would_block as exc:
+                self._wait(_READ if isinstance(exc, self._wants_read) else _WRITE)
                 continue
             self.bytes_sent += sent
             view = view[sent:]
