@@ -565,6 +565,7 @@ class NonBlockingConnection(Transport):
             self._finish()  # discard what OpenSSL left unread: close with FIN, not a reset
             return
         self._handshaking = False
+        self._last_active = self._loop.now  # the protocol's idle time starts now, not at accept
         self._handler = self._on_events
         if self._mask:
             self._loop.selector.modify(self._fd, self._mask, self._handler)
