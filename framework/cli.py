@@ -13,14 +13,18 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from framework import __version__
 from framework.activation import ActivationError, inetd_socket, listen_fds
-from framework.address import AddressError, parse_address
+from framework.address import Address, AddressError, parse_address
 from framework.registry import server_class, server_targets
 from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Server
 from framework.strategies import STRATEGIES, UnknownStrategyError, create_strategy, strategy_class
 from framework.strategies.base import ServeError, StrategyOptions
+
+if TYPE_CHECKING:
+    import ssl
 
 PROG = "forkthread"
 
@@ -84,6 +88,37 @@ def _add_socket_options(parser: argparse.ArgumentParser) -> None:
                        help="serve the one connection on standard input (inetd nowait, systemd Accept=yes)")
 
 
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS options (TCP and Unix streams, every strategy; see docs/tls.md)")
+    group.add_argument("--tls-cert", metavar="FILE",
+                       help="serve TLS with this PEM certificate chain (the server's certificate first)")
+    group.add_argument("--tls-key", metavar="FILE", help="the PEM private key (default: read from --tls-cert)")
+    group.add_argument("--tls-password-file", metavar="FILE",
+                       help="the private key's pass phrase, on the first line of FILE")
+    group.add_argument("--tls-client-ca", metavar="FILE",
+                       help="require a client certificate signed by a CA in this PEM file")
+
+
+def tls_context(args: argparse.Namespace, address: Address) -> ssl.SSLContext | None:
+    """The TLS context the ``--tls-*`` options ask for (None without ``--tls-cert``).
+
+    Raises :class:`UsageError` for options that make no sense together and
+    :class:`framework.tls.TlsConfigError` (one line) for files that do not load.
+    """
+    given = [name for name in ("tls_cert", "tls_key", "tls_password_file", "tls_client_ca") if getattr(args, name)]
+    if not given:
+        return None
+    if address.is_datagram:
+        raise UsageError("TLS options need a stream address (TCP or unix:), not udp:")
+    if args.tls_cert is None:
+        raise UsageError(f"--{given[0].replace('_', '-')} needs --tls-cert")
+    from framework.tls import server_context  # loads OpenSSL: only when TLS is asked for
+
+    # The server sets its own ALPN names on the context (Server.alpn_protocols).
+    return server_context(args.tls_cert, args.tls_key, password_file=args.tls_password_file,
+                          client_ca=args.tls_client_ca)
+
+
 def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     defaults = StrategyOptions()
     group = parser.add_argument_group("strategy options (each strategy uses the ones that apply)")
@@ -132,6 +167,7 @@ def add_server_options(parser: argparse.ArgumentParser, cls: type[Server]) -> No
     parser.add_argument("--graceful-timeout", type=positive_float, default=DEFAULT_GRACEFUL_TIMEOUT,
                         metavar="SECONDS", help="at stop, let connections finish this long (default: %(default)s)")
     _add_socket_options(parser)
+    _add_tls_options(parser)
     _add_strategy_options(parser)
     cls.add_arguments(parser)
     parser.set_defaults(func=run_serve, server_cls=cls)
@@ -226,10 +262,15 @@ def run_serve(args: argparse.Namespace) -> int:
         extra.close()
     cls = args.server_cls
     try:
+        tls = tls_context(args, address)
+    except ValueError as exc:  # framework.tls.TlsConfigError: a file that does not load
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    try:
         server = cls(address, strategy, timeout=args.timeout, graceful_timeout=args.graceful_timeout,
                      backlog=args.backlog, reuse_port=args.reuse_port, keepalive=args.keepalive,
                      nodelay=args.nodelay, listener=activated[0] if activated else None,
-                     bind=not args.inetd, **cls.options_from_arguments(args))
+                     bind=not args.inetd, tls=tls, **cls.options_from_arguments(args))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:

@@ -28,7 +28,7 @@ import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from framework.accepting import Acceptor
 from framework.activation import sd_notify
@@ -42,7 +42,7 @@ from framework.address import (
     socket_file_inode,
 )
 from framework.datagram import DatagramProtocol
-from framework.drivers.blocking import serve_connection
+from framework.drivers.blocking import serve_connection, tls_handshake
 from framework.drivers.common import HandlerError, ends_quietly
 from framework.drivers.datagram import DatagramService
 from framework.drivers.handler import HandlerWatch, close_request, run_handler
@@ -50,6 +50,9 @@ from framework.lifecycle import ActiveConnections, Lifecycle
 from framework.protocol import Protocol
 from framework.signals import ignore_sigpipe
 from framework.strategies.base import ChildRole, Run, Strategy
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger("forkthread")
 
@@ -77,7 +80,10 @@ class Server:
     an already listening socket (systemd socket activation, tests) instead of
     binding.  The socket is bound when the server is created, so
     :attr:`address` is known at once; pass ``bind=False`` to delay that to
-    :meth:`server_activate`.
+    :meth:`server_activate`.  *tls*, a server-side :class:`ssl.SSLContext`
+    (:func:`framework.tls.server_context` makes one), has every stream
+    connection speak TLS, under every strategy; the class's
+    :attr:`alpn_protocols` are set on it.
     """
 
     #: The name on the command line (``forkthread serve NAME``).
@@ -106,6 +112,8 @@ class Server:
     handler: ClassVar[Callable[..., object] | None] = None
     #: The datagram protocol for ``udp:`` addresses (None: the server speaks streams only).
     datagram_protocol: ClassVar[type[DatagramProtocol] | None] = None
+    #: The ALPN protocol names offered over TLS (http: ``("http/1.1",)``); empty: no ALPN.
+    alpn_protocols: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -121,6 +129,7 @@ class Server:
         listener: socket.socket | None = None,
         handle_signals: bool = True,
         bind: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.requested_address = parse_address(address) if isinstance(address, str) else address
         self.strategy = self._resolve_strategy(strategy)
@@ -131,6 +140,9 @@ class Server:
         self.keepalive = keepalive
         self.nodelay = self.default_nodelay if nodelay is None else nodelay
         self.handle_signals = handle_signals
+        self.tls = tls
+        if tls is not None and self.alpn_protocols:
+            tls.set_alpn_protocols(list(self.alpn_protocols))
         self._listener: socket.socket | None = listener
         self.lifecycle = Lifecycle(graceful_timeout)
         self.connections = ActiveConnections()
@@ -173,6 +185,8 @@ class Server:
         """Refuse a datagram address that this server or the strategy cannot serve."""
         if not self.requested_address.is_datagram:
             return
+        if self.tls is not None:
+            raise ValueError("TLS needs a stream address (TCP or Unix), not udp:")
         if self.datagram_protocol is None and type(self).datagram_protocol_factory is Server.datagram_protocol_factory:
             raise ValueError(f"server {self.name or type(self).__name__!r} does not speak datagrams (UDP)")
         if not self.strategy.can_serve_datagrams():
@@ -340,6 +354,12 @@ class Server:
         protocol = self.admit(sock, peer)
         if protocol is None:
             return
+        if self.tls is not None:
+            # The handshake itself runs in the driver, under its time limits and signal handling.
+            wrapped = self._wrap_tls(sock, peer)
+            if wrapped is None:
+                return
+            sock = wrapped
         self.connections.add(sock)
         try:
             ended_by = serve_connection(
@@ -360,6 +380,18 @@ class Server:
         handler = self._admit(sock, peer, self._handler_class)
         if handler is None:
             return
+        if self.tls is not None:
+            # The handler gets an ssl.SSLSocket whose handshake the driver completed (time limits, signals).
+            wrapped = self._wrap_tls(sock, peer)
+            if wrapped is None:
+                return
+            ended_by = tls_handshake(wrapped, peer, lifecycle=self.lifecycle, idle_timeout=self.timeout,
+                                     watch_wakeup=main_thread)
+            if ended_by is not None:
+                log.debug("connection from %s ended: %s", peer, ended_by)
+                wrapped.close()
+                return
+            sock = wrapped
         watch = self._handler_watch
         if watch is None:  # `handler` given to the instance after __init__, not to the class
             watch = self._handler_watch = HandlerWatch(self.lifecycle)
@@ -371,6 +403,16 @@ class Server:
         finally:
             self.connections.discard(sock)
             close_request(sock)
+
+    def _wrap_tls(self, sock: socket.socket, peer: str) -> socket.socket | None:
+        """*sock* as a server-side TLS socket whose handshake is still to come; None (closed) on failure."""
+        assert self.tls is not None
+        try:
+            return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as exc:
+            log.debug("connection from %s ended: %s", peer, exc)
+            sock.close()
+            return None
 
     def _connection_ended_by(self, exc: Exception, peer: str) -> None:
         """A connection ended by *exc*: a normal end (:func:`ends_quietly`) at debug, a fault to handle_error."""

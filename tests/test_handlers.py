@@ -49,6 +49,18 @@ HANDLERS = textwrap.dedent('''
                 self.wfile.write(data)
 
 
+    class RequestKind(socketserver.StreamRequestHandler):
+        """Answers each line with the type of its request socket, then the line."""
+
+        def handle(self):
+            while line := self.rfile.readline():
+                self.wfile.write(type(self.request).__name__.encode() + b" " + line)
+
+
+    class RequestKindServer(Server):
+        handler = RequestKind
+
+
     class LineEcho(socketserver.StreamRequestHandler):
         """Echoes lines; the line ``boom`` makes it raise."""
 
@@ -547,3 +559,15 @@ def test_inetd_serves_one_connection_with_a_handler(handlers_dir):
             errors = proc.stderr.read()
             proc.stderr.close()
     assert "Traceback" not in errors
+
+
+def test_handler_over_tls_sees_an_ssl_socket(serve, strategy, handlers_dir, tmp_path_factory):
+    """With --tls-cert/--tls-key a handler's request is an ssl.SSLSocket whose handshake is done."""
+    from tests.tls_support import make_tls_files, tls_connect
+
+    files = make_tls_files(tmp_path_factory.mktemp("handler-tls"))
+    server = start(serve, strategy, "RequestKindServer", *files.server_args())
+    with tls_connect(server.address, files) as sock:
+        assert line_exchange(sock, b"one\n") == b"SSLSocket one\n"
+        assert line_exchange(sock, b"two\n") == b"SSLSocket two\n"
+    assert "Traceback" not in server.log()

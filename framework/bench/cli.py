@@ -83,6 +83,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                        help=f"idle: most connections held ({FULL.max_idle} / {QUICK.max_idle})")
     bench.add_argument("--client", choices=("auto", "wrk", "builtin"), default="auto",
                        help="http: load client; auto uses wrk when installed (default: %(default)s)")
+    bench.add_argument("--tls", action="store_true",
+                       help="http: measure over TLS, every strategy beside nginx with the same certificate"
+                            " (needs wrk and openssl)")
     bench.set_defaults(func=run_bench)
 
 
@@ -97,7 +100,7 @@ def config_from_arguments(args: argparse.Namespace) -> BenchConfig:
     scale: Scale = dataclasses.replace(base, **overrides)
     workloads = ["stevens", "echo-rr", "http", "idle"] if args.workload == "all" else [args.workload]
     return BenchConfig(workloads=workloads, out=args.out, scale=scale, quick=args.quick, pin=args.pin,
-                       strategies=args.strategies, servers=args.servers, client=args.client)
+                       strategies=args.strategies, servers=args.servers, client=args.client, tls=args.tls)
 
 
 def run_bench(args: argparse.Namespace) -> int:

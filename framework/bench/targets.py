@@ -49,6 +49,9 @@ class Context:
     server_options: list[str] = dataclasses.field(default_factory=list)
     #: http: the directory of files served.
     root: str = ""
+    #: With ``--tls``: the certificate and key every server (forkthread and peers) serves TLS with.
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclasses.dataclass

@@ -11,10 +11,19 @@ then), and buys three things a plain blocking ``recv`` cannot give:
 * the graceful deadline enforced in the main thread; in other threads
   :meth:`framework.lifecycle.ActiveConnections.abort_all` shuts the socket
   down, which ends the wait.
+
+Given an :class:`ssl.SSLSocket` (made with ``do_handshake_on_connect=False``),
+the connection first completes the TLS handshake in the same wait loop, so a
+client that never finishes it is dropped after the idle timeout and signals
+are handled meanwhile (:meth:`BlockingConnection.handshake`).  OpenSSL's
+"want read / want write" count as would-block; file bodies are read in
+chunks and written through TLS unless kernel TLS lets ``sendfile(2)`` run
+on the socket; a graceful close sends close_notify.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import select
@@ -31,6 +40,7 @@ from framework.drivers.common import (
     ShortFileError,
     earliest,
     ends_quietly,
+    is_tls_socket,
     poll_timeout_ms,
     sendfile_some,
     socket_extra_info,
@@ -39,6 +49,9 @@ from framework.lifecycle import Lifecycle
 from framework.protocol import FileLike, Protocol, Transport
 
 log = logging.getLogger("forkthread")
+
+#: File bytes read and encrypted per step when sendfile(2) cannot be used (TLS in user space).
+TLS_FILE_CHUNK = 65536
 
 _READ = select.POLLIN | select.POLLPRI
 _WRITE = select.POLLOUT
@@ -88,6 +101,21 @@ class BlockingConnection(Transport):
         self._protocol_deadline: float | None = None
         self.bytes_received = 0
         self.bytes_sent = 0
+        self._tls = is_tls_socket(sock)
+        #: What means "try again when the socket is ready" (OpenSSL's want read/write too).
+        self._would_block: tuple[type[Exception], ...] = (BlockingIOError,)
+        #: Of those, what means "wait until readable" even while sending (OpenSSL's want read).
+        self._wants_read: tuple[type[Exception], ...] = ()
+        #: Read the socket itself, past TLS (only to discard input when closing).
+        self._raw_recv = sock.recv
+        #: File bodies go through TLS in user space: sendfile(2) cannot encrypt (unless kernel TLS).
+        self._copy_files = self._tls
+        if self._tls:
+            import ssl  # loaded already: the socket is an SSLSocket
+
+            self._would_block = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+            self._wants_read = (ssl.SSLWantReadError,)
+            self._raw_recv = functools.partial(socket.socket.recv, sock)
 
     # -- Transport -------------------------------------------------------
 
@@ -97,7 +125,9 @@ class BlockingConnection(Transport):
         return self._peer
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """``peername``, ``sockname`` or ``socket``, asyncio style."""
+        """``peername``, ``sockname``, ``socket`` or ``ssl_object`` (the SSLSocket), asyncio style."""
+        if name == "ssl_object":
+            return self.sock if self._tls else default
         return socket_extra_info(self.sock, name, default)
 
     def is_closing(self) -> bool:
@@ -112,20 +142,22 @@ class BlockingConnection(Transport):
         """Send all of *data* before returning (waiting as the peer reads)."""
         if self.is_closing():
             return
-        view = memoryview(data).cast("B")
         try:
-            while view:
-                try:
-                    sent = self.sock.send(view)
-                except BlockingIOError:
-                    self._wait(_WRITE)
-                    continue
-                self.bytes_sent += sent
-                view = view[sent:]
+            self._send_all(memoryview(data).cast("B"))
         except OSError as exc:
             self._fail(exc)
         except _Ended:
             pass
+
+    def _send_all(self, view: memoryview) -> None:
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except self._would_block as exc:
+                self._wait(_READ if isinstance(exc, self._wants_read) else _WRITE)
+                continue
+            self.bytes_sent += sent
+            view = view[sent:]
 
     def sendfile(self, file: FileLike | IO[bytes], offset: int = 0, count: int | None = None) -> None:
         """Send *count* bytes of *file* from *offset* with ``sendfile(2)``."""
@@ -136,6 +168,11 @@ class BlockingConnection(Transport):
             count = os.fstat(file_fd).st_size - offset
         try:
             while count > 0:
+                if self._copy_files:
+                    sent = self._send_file_chunk(file_fd, offset, count)
+                    offset += sent
+                    count -= sent
+                    continue
                 try:
                     sent = sendfile_some(self._fd, file_fd, offset, count)
                 except BlockingIOError:
@@ -152,6 +189,14 @@ class BlockingConnection(Transport):
             self._fail(exc)
         except _Ended:
             pass
+
+    def _send_file_chunk(self, file_fd: int, offset: int, count: int) -> int:
+        """Read one bounded chunk of the file and send it through TLS; return its length."""
+        data = os.pread(file_fd, min(count, TLS_FILE_CHUNK), offset)
+        if not data:
+            raise ShortFileError(f"file ended {count} bytes early")
+        self._send_all(memoryview(data))
+        return len(data)
 
     def close(self, *, linger: float = 0.0) -> None:
         """End the connection once the queue is sent (writes are synchronous here).
@@ -220,8 +265,14 @@ class BlockingConnection(Transport):
 
         Returns None for an orderly end, the exception for a vanished peer or a
         timeout.  A protocol that raises gets :meth:`Protocol.connection_lost`
-        with the exception and the caller gets :class:`HandlerError`.
+        with the exception and the caller gets :class:`HandlerError`.  Over
+        TLS the handshake comes first; a connection that fails it returns what
+        ended it and its protocol never hears of it.
         """
+        if self._tls:
+            ended = self._start_tls()
+            if ended is not None:
+                return ended
         try:
             self._call(protocol.connection_made, self)
             self._serve(protocol)
@@ -233,6 +284,56 @@ class BlockingConnection(Transport):
         self._finish(abort=self._error is not None)
         self._lost(protocol)
         return self._error
+
+    def handshake(self) -> None:
+        """Complete the TLS handshake of the connection's :class:`ssl.SSLSocket` in the driver's wait loop.
+
+        Each wait lasts at most the idle timeout, and none begins once the
+        handshake has taken that long (so it ends within twice the idle
+        timeout however the peer trickles it); signals are handled meanwhile.
+        Raises :class:`ssl.SSLError` when the peer does not speak acceptable
+        TLS, and the driver's internal end signals on a time limit or a stop.
+        :func:`tls_handshake` is the hook built on it for anything that needs a
+        handshaken SSLSocket of its own, such as a blocking request handler.
+        """
+        import ssl  # loaded already: the socket is an SSLSocket
+
+        assert isinstance(self.sock, ssl.SSLSocket)
+        # A peer that trickles its handshake byte by byte must not renew the limit
+        # forever: past the idle timeout since the start, no new wait begins.
+        limit = None if self._idle_timeout is None else time.monotonic() + self._idle_timeout
+        while True:
+            try:
+                self.sock.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                events = _READ
+            except ssl.SSLWantWriteError:
+                events = _WRITE
+            if limit is not None and time.monotonic() >= limit:
+                self._error = ConnectionTimeout(f"TLS handshake not complete after {self._idle_timeout:g} s")
+                raise _Ended
+            self._wait(events)
+        from framework.drivers.tls import ktls_sending
+
+        self._copy_files = not ktls_sending(self.sock)
+
+    def _start_tls(self) -> BaseException | None:
+        """Run :meth:`handshake`; on failure close the socket and return what ended it."""
+        try:
+            self.handshake()
+            return None
+        except _StopRequested:
+            self._error = ConnectionAbortedError("server stopping during the TLS handshake")
+        except (_Ended, _DeadlineReached):
+            pass  # the reason is recorded
+        except OSError as exc:  # ssl.SSLError included: a quiet end
+            self._error = exc
+        try:
+            self._drain_input()  # what OpenSSL left unread (plain text...): close with FIN, not a reset
+        finally:
+            self.sock.close()
+        return self._error or ConnectionAbortedError("TLS handshake not completed")
 
     def _call(self, callback: Any, *args: Any) -> Any:
         try:
@@ -259,7 +360,7 @@ class BlockingConnection(Transport):
                     continue
                 try:
                     data = self.sock.recv(RECV_SIZE)
-                except BlockingIOError:
+                except self._would_block:
                     continue
             except _DeadlineReached:
                 self._call(protocol.deadline_expired)
@@ -274,6 +375,8 @@ class BlockingConnection(Transport):
                 break
             if data:
                 self.bytes_received += len(data)
+                # OpenSSL may hold more of what the socket already gave: read again before polling.
+                optimistic = self._tls
                 self._call(protocol.data_received, data)
             else:
                 self._eof = True
@@ -290,10 +393,20 @@ class BlockingConnection(Transport):
     def _finish(self, abort: bool) -> None:
         """Close the socket: at once after an error, gracefully otherwise."""
         try:
+            if not abort and self._tls:
+                self._close_notify()
             if not abort and not self._eof:
                 self._drain_input()
         finally:
             self.sock.close()
+
+    def _close_notify(self) -> None:
+        """Send our close_notify alert; the peer's is not awaited."""
+        unwrap = getattr(self.sock, "unwrap")  # noqa: B009 (an SSLSocket's)
+        try:
+            unwrap()
+        except (OSError, ValueError):
+            pass  # sent, and the peer's not there yet (want read) or the peer is gone
 
     def _drain_input(self) -> None:
         """Read what the peer still sends so closing sends FIN, not RST."""
@@ -305,7 +418,7 @@ class BlockingConnection(Transport):
             self._poller.modify(self._fd, _READ)
             while budget > 0:
                 try:
-                    data = self.sock.recv(RECV_SIZE)
+                    data = self._raw_recv(RECV_SIZE)
                 except BlockingIOError:
                     if time.monotonic() >= deadline or not self._poller.poll(poll_timeout_ms(deadline)):
                         return
@@ -348,4 +461,29 @@ def serve_connection(
     return connection.run(protocol)
 
 
-__all__ = ["DEFAULT_LINGER", "BlockingConnection", "ConnectionTimeout", "HandlerError", "serve_connection"]
+def tls_handshake(
+    sock: socket.socket,
+    peer: str,
+    *,
+    lifecycle: Lifecycle,
+    idle_timeout: float | None,
+    watch_wakeup: bool,
+) -> BaseException | None:
+    """Complete the TLS handshake of *sock* in the driver's wait loop, for code that then uses it itself.
+
+    *sock* is an :class:`ssl.SSLSocket` made with
+    ``do_handshake_on_connect=False`` (as :meth:`framework.server.Server.serve_connection`
+    makes it).  Returns None once the handshake is complete (the socket is
+    left non-blocking: call ``settimeout`` for a blocking request handler),
+    or what ended it, with the socket closed.
+    """
+    sock.setblocking(False)
+    connection = BlockingConnection(
+        sock, peer, lifecycle=lifecycle, idle_timeout=idle_timeout, watch_wakeup=watch_wakeup
+    )
+    return connection._start_tls()
+
+
+__all__ = [
+    "DEFAULT_LINGER", "BlockingConnection", "ConnectionTimeout", "HandlerError", "serve_connection", "tls_handshake",
+]

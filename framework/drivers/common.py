@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 import time
 from typing import Any
 
@@ -53,10 +54,23 @@ def ends_quietly(exc: BaseException) -> bool:
     The peer went away (reset, broken pipe...), a time limit passed, a
     file shrank under a response whose length was already promised, or the
     process ran out of descriptors for one connection's queued response
-    (a :class:`LogThrottle` warning says so).  The one rule every driver and
-    the server apply to what ended a connection.
+    (a :class:`LogThrottle` warning says so), or the peer did not speak
+    acceptable TLS (plain text on a TLS port, a garbage or truncated
+    ClientHello, a protocol version refused, a bad record): an
+    :class:`ssl.SSLError`.  The one rule every driver and the server apply
+    to what ended a connection.
     """
-    return is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError, OutOfDescriptors))
+    if is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError, OutOfDescriptors)):
+        return True
+    # Only a process that uses TLS has loaded ssl; the others need not pay for it.
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(exc, ssl.SSLError)
+
+
+def is_tls_socket(sock: socket.socket) -> bool:
+    """True when *sock* is an :class:`ssl.SSLSocket` (asked without loading :mod:`ssl`)."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(sock, ssl.SSLSocket)
 
 
 def sendfile_some(sock_fd: int, file_fd: int, offset: int, count: int) -> int:

@@ -36,11 +36,20 @@ protocol writes to.  The contract is the blocking driver's
 ``connection_lost`` is never called from inside another callback of the
 same protocol: connections that end are reported at the end of the loop
 iteration, after their socket is closed.
+
+With a TLS context (``EventLoop(tls=...)``) every connection carries a
+:class:`framework.drivers.tls.TlsStream` between its socket and its protocol:
+the handshake runs first, driven by the same events and bounded by the idle
+timeout from the moment of accept (progress does not extend it), and
+``connection_made`` comes only once it is complete; a peer that fails it
+ends quietly and its protocol never hears of it.  Reads, writes and file
+bodies then go through the stream, and a graceful close sends close_notify.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import heapq
 import logging
 import os
@@ -48,7 +57,7 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from framework.drivers.common import (
     LINGER_MAX_BYTES,
@@ -63,6 +72,11 @@ from framework.drivers.common import (
 from framework.lifecycle import ActiveConnections
 from framework.logthrottle import LogThrottle
 from framework.protocol import FileLike, Protocol, Transport
+
+if TYPE_CHECKING:
+    import ssl
+
+    from framework.drivers.tls import TlsStream
 
 log = logging.getLogger("forkthread")
 
@@ -140,8 +154,9 @@ class EventLoop:
     seconds (None: never).  *handle_error* is told about protocol faults and
     unexpected socket errors (``handle_error(exc, peer)``).  *connections*,
     when given, has every connection's socket added while it is served, so
-    that a server's status counts them.  Call :meth:`run_once` in a loop;
-    :meth:`close` at the end.
+    that a server's status counts them.  With *tls*, every connection
+    speaks TLS with that server-side context.  Call :meth:`run_once` in a
+    loop; :meth:`close` at the end.
     """
 
     def __init__(
@@ -151,6 +166,7 @@ class EventLoop:
         idle_timeout: float | None = None,
         handle_error: ErrorHandler = log_handler_error,
         connections: ActiveConnections | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.selector = selector if selector is not None else selectors.DefaultSelector()
         self.idle_timeout = idle_timeout
@@ -167,6 +183,12 @@ class EventLoop:
         self._ended: collections.deque[NonBlockingConnection] = collections.deque()
         #: Warns when connections end for want of a descriptor, without flooding the log.
         self.descriptor_warnings = LogThrottle()
+        self._tls_layer: Callable[[socket.socket], TlsStream] | None = None
+        if tls is not None:
+            # Imported only here: a loop without TLS never loads OpenSSL.
+            from framework.drivers.tls import TlsStream
+
+            self._tls_layer = functools.partial(TlsStream, context=tls)
 
     # -- timers ----------------------------------------------------------------
 
@@ -226,7 +248,8 @@ class EventLoop:
         """
         sock.setblocking(False)
         self.now = time.monotonic()
-        connection = NonBlockingConnection(self, sock, peer, protocol)
+        tls = self._tls_layer(sock) if self._tls_layer is not None else None
+        connection = NonBlockingConnection(self, sock, peer, protocol, tls)
         self.connections.add(connection)
         self.served += 1
         if self.registry is not None:
@@ -293,13 +316,27 @@ class NonBlockingConnection(Transport):
     Made by :meth:`EventLoop.add_connection`.  :attr:`buffered` is the number
     of bytes queued for sending (file segments included); :attr:`reading`
     says whether the loop reads the socket now (False while flow control
-    holds it, after end-of-file, and once closing).
+    holds it, after end-of-file, and once closing).  With *tls*, bytes go
+    through that :class:`~framework.drivers.tls.TlsStream` and the protocol
+    starts once its handshake is complete.
     """
 
-    def __init__(self, loop: EventLoop, sock: socket.socket, peer: str, protocol: Protocol) -> None:
+    def __init__(
+        self, loop: EventLoop, sock: socket.socket, peer: str, protocol: Protocol, tls: TlsStream | None = None,
+    ) -> None:
         self._loop = loop
         self.sock = sock
         self._fd = sock.fileno()
+        self._tls = tls
+        # What moves bytes: the socket's own calls, or the TLS stream's with the same meaning.
+        io: Any = sock if tls is None else tls
+        self._recv = io.recv
+        self._send = io.send
+        self._sendmsg = io.sendmsg
+        self._sendfile: Callable[[int, int, int], int] = (
+            functools.partial(sendfile_some, self._fd) if tls is None else tls.sendfile)
+        #: True until the TLS handshake is complete (the protocol has not started yet).
+        self._handshaking = tls is not None
         self._peer = peer
         self.protocol = protocol
         self._queue: collections.deque[memoryview | _FileSegment] = collections.deque()
@@ -324,7 +361,7 @@ class NonBlockingConnection(Transport):
         self._deadline_due = False  # the deadline passed while output was queued
         self._linger_timer: Timer | None = None
         # One bound method for the selector's data, not one per modify().
-        self._handler = self._on_events
+        self._handler = self._on_events if tls is None else self._on_handshake_events
 
     # -- Transport -----------------------------------------------------------------
 
@@ -342,6 +379,8 @@ class NonBlockingConnection(Transport):
         """``peername``, ``sockname``, ``socket`` or ``write_buffer_size``, asyncio style."""
         if name == "write_buffer_size":
             return self.buffered
+        if name == "ssl_object":
+            return self._tls.ssl_object if self._tls is not None else default
         return socket_extra_info(self.sock, name, default)
 
     def is_closing(self) -> bool:
@@ -358,7 +397,7 @@ class NonBlockingConnection(Transport):
             self._enqueue(data, 0)
             return
         try:
-            sent = self.sock.send(data)
+            sent = self._send(data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -384,7 +423,7 @@ class NonBlockingConnection(Transport):
         if not self._queue:
             try:
                 while count > 0:
-                    sent = sendfile_some(self._fd, file_fd, offset, count)
+                    sent = self._sendfile(file_fd, offset, count)
                     offset += sent
                     count -= sent
                     self.bytes_sent += sent
@@ -439,7 +478,7 @@ class NonBlockingConnection(Transport):
         if self._state != _OPEN:
             return
         self._state = _CLOSING
-        if self._queue:
+        if self._queue or self._tls_pending():
             self._update_mask()
         else:
             self._finish()
@@ -485,7 +524,7 @@ class NonBlockingConnection(Transport):
             want = READ
         else:
             want = 0
-        if self._queue:
+        if self._queue or self._tls_pending():
             want |= WRITE
         mask = self._mask
         if want != mask:
@@ -500,10 +539,40 @@ class NonBlockingConnection(Transport):
 
     # -- events ----------------------------------------------------------------------------
 
+    def _tls_pending(self) -> bool:
+        """True while the TLS stream holds ciphertext the kernel has not taken yet."""
+        return self._tls is not None and self._tls.pending > 0
+
     def _start(self) -> None:
         loop = self._loop
         if loop.idle_timeout is not None:
             self._idle_timer = loop.call_at(loop.now + loop.idle_timeout, self._idle_check)
+        if self._handshaking:
+            self._on_handshake_events(READ)
+            return
+        self._begin()
+
+    def _on_handshake_events(self, events: int) -> None:
+        """Advance the TLS handshake; start the protocol once it is complete."""
+        assert self._tls is not None
+        try:
+            self._tls.do_handshake()
+        except BlockingIOError:
+            self._update_mask()  # read, and write while our flight is pending
+            return
+        except OSError as exc:  # ssl.SSLError included: ends quietly
+            self._error = exc
+            self._finish()  # discard what OpenSSL left unread: close with FIN, not a reset
+            return
+        self._handshaking = False
+        self._last_active = self._loop.now  # the protocol's idle time starts now, not at accept
+        self._handler = self._on_events
+        if self._mask:
+            self._loop.selector.modify(self._fd, self._mask, self._handler)
+        self._begin()
+
+    def _begin(self) -> None:
+        """Start the protocol: ``connection_made``, then the first read."""
         try:
             self.protocol.connection_made(self)
         except Exception as exc:
@@ -527,7 +596,7 @@ class NonBlockingConnection(Transport):
 
     def _on_readable(self) -> None:
         try:
-            data = self.sock.recv(RECV_SIZE)
+            data = self._recv(RECV_SIZE)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -562,9 +631,10 @@ class NonBlockingConnection(Transport):
     def _flush(self) -> None:
         """Send from the queue until it is empty or the kernel's buffer is full."""
         queue = self._queue
-        sock = self.sock
         before = self.buffered
         try:
+            if self._tls is not None and not self._tls.flush():
+                raise BlockingIOError  # earlier ciphertext first
             while queue:
                 item = queue[0]
                 if type(item) is memoryview:
@@ -572,7 +642,7 @@ class NonBlockingConnection(Transport):
                         if not self._send_batch():
                             break
                         continue
-                    sent = sock.send(item)
+                    sent = self._send(item)
                     self.buffered -= sent
                     if sent < len(item):
                         queue[0] = item[sent:]
@@ -580,7 +650,7 @@ class NonBlockingConnection(Transport):
                     queue.popleft()
                 else:
                     assert isinstance(item, _FileSegment)
-                    sent = sendfile_some(self._fd, item.fd, item.offset, item.remaining)
+                    sent = self._sendfile(item.fd, item.offset, item.remaining)
                     self.buffered -= sent
                     item.offset += sent
                     item.remaining -= sent
@@ -598,7 +668,7 @@ class NonBlockingConnection(Transport):
             self._last_active = self._loop.now
         if self._paused and self.buffered <= LOW_WATER and self._segments <= FILES_LOW_WATER:
             self._paused = False
-        if not queue and self._state == _CLOSING:
+        if not queue and self._state == _CLOSING and not self._tls_pending():
             self._finish()
             return
         self._update_mask()
@@ -613,7 +683,7 @@ class NonBlockingConnection(Transport):
             if type(item) is not memoryview or len(buffers) == IOV_BATCH:
                 break
             buffers.append(item)
-        sent = self.sock.sendmsg(buffers)
+        sent = self._sendmsg(buffers)
         self.buffered -= sent
         for view in buffers:
             if sent < len(view):
@@ -650,7 +720,7 @@ class NonBlockingConnection(Transport):
         self._deadline_timer = None
         if self._state != _OPEN:
             return
-        if self._queue:
+        if self._queue or self._tls_pending():
             # As in the blocking driver, a deadline does not count while the
             # peer is slow to read our output: it fires once the queue is sent.
             self._deadline_due = True
@@ -658,7 +728,14 @@ class NonBlockingConnection(Transport):
         self._fire_deadline()
 
     def notify_stopping(self) -> None:
-        """Tell the protocol that a graceful stop began (once), unless it is already closing."""
+        """Tell the protocol that a graceful stop began (once), unless it is already closing.
+
+        A connection still in its TLS handshake has said nothing yet, like an
+        idle keep-alive one: it ends now.
+        """
+        if self._handshaking:
+            self._teardown(ConnectionAbortedError("server stopping during the TLS handshake"))
+            return
         if self.is_closing():
             return
         try:
@@ -677,6 +754,10 @@ class NonBlockingConnection(Transport):
 
     def _finish(self) -> None:
         """The queue is sent: close gracefully, draining input so the peer gets FIN, not RST."""
+        if self._tls is not None:
+            self._tls.close_notify()
+            # From here on input is only discarded: read the socket itself.
+            self._recv = self.sock.recv
         if self._eof:
             self._teardown(None)
             return
@@ -741,10 +822,11 @@ class NonBlockingConnection(Transport):
         """Tell the protocol the connection is over, and the server what went wrong, if anything."""
         loop = self._loop
         exc = self._error
-        try:
-            self.protocol.connection_lost(exc)
-        except Exception as lost_exc:
-            loop.handle_error(lost_exc, self._peer)
+        if not self._handshaking:  # a protocol never started is never told it ended
+            try:
+                self.protocol.connection_lost(exc)
+            except Exception as lost_exc:
+                loop.handle_error(lost_exc, self._peer)
         if exc is None:
             return
         if self._faulted:

@@ -24,7 +24,7 @@ import abc
 import dataclasses
 import os
 import socket
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from framework.accepting import Acceptor
 from framework.address import Address
@@ -32,6 +32,9 @@ from framework.drivers.datagram import DatagramService
 from framework.lifecycle import ActiveConnections, Lifecycle
 from framework.protocol import Protocol as ConnectionProtocol
 from framework.signals import SignalAction
+
+if TYPE_CHECKING:
+    import ssl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +102,14 @@ class Host(Protocol):
     @property
     def graceful_timeout(self) -> float:
         """How long in-flight connections may run on after a stop request."""
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        """The server-side TLS context every connection speaks (None: plain TCP or Unix streams).
+
+        :meth:`serve_connection` applies it itself; a strategy that drives an
+        event loop hands it to :class:`~framework.drivers.nonblocking.EventLoop`.
+        """
 
     def admit(self, sock: socket.socket, peer: str) -> ConnectionProtocol | None:
         """Admit one accepted connection: verify, apply socket options, count, make its protocol.

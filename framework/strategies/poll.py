@@ -95,7 +95,7 @@ class PollRun(Run):
     def __init__(self, strategy: PollStrategy, host: Host) -> None:
         super().__init__(strategy, host)
         self.loop = EventLoop(strategy.make_selector(), idle_timeout=host.timeout, handle_error=host.handle_error,
-                              connections=host.connections)
+                              connections=host.connections, tls=host.tls)
 
     def serve(self) -> None:
         """Accept and serve connections until a stop is requested and the last one is over.

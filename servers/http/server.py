@@ -45,6 +45,8 @@ class HttpServer(Server):
     default_strategy = "poll"
     #: A response is a head then a file: it must not wait for a delayed ACK (Nagle).
     default_nodelay = True
+    #: Over TLS, say by ALPN that HTTP/1.1 is spoken (a client offering h2 falls back to it).
+    alpn_protocols = ("http/1.1",)
 
     def __init__(self, *args: Any, root: str = ".", listing: bool = False, follow_symlinks: bool = False,
                  header_timeout: float = DEFAULT_HEADER_TIMEOUT, access_log: str | None = None,
