@@ -64,7 +64,8 @@ class RequestHead:
     """One parsed request head.
 
     Field names are lower-cased; a repeated field's values are joined with
-    ``", "`` (RFC 9110 section 5.3), so ``fields`` is a plain dict.
+    ``", "`` (RFC 9110 section 5.3), so ``fields`` is a plain dict.  Read
+    only: a :class:`HeadParser` hands the same object again for a repeated head.
     """
 
     method: bytes
@@ -212,13 +213,17 @@ class HeadParser:
     :meth:`skip_body` before the next head is looked for.
     """
 
-    __slots__ = ("_buffer", "_scanned")
+    __slots__ = ("_buffer", "_last_block", "_last_head", "_scanned")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         # How far the buffer has been searched for the end of the head, so a
         # head trickled in byte by byte is not rescanned from its start.
         self._scanned = 0
+        # The last head parsed and what it was parsed from: a keep-alive client
+        # mostly repeats its head byte for byte, and parse_head is a pure function.
+        self._last_block: bytes | None = None
+        self._last_head: RequestHead | None = None
 
     def feed(self, data: bytes) -> None:
         """Append *data* to what is buffered."""
@@ -273,11 +278,15 @@ class HeadParser:
         block = bytes(buffer[:end - 1] if buffer[end - 1] == 13 else buffer[:end + 1])
         del buffer[:end + 3]
         self._scanned = 0
+        if block == self._last_block:
+            return self._last_head  # the same bytes parse the same (heads are not changed once parsed)
         try:
-            return parse_head(block)
+            head = parse_head(block)
         except RequestError as refused:
             refused.request_line = block.partition(b"\n")[0].removesuffix(b"\r")[:_LOGGED_LINE]
             raise
+        self._last_block, self._last_head = block, head
+        return head
 
     def _check_partial(self) -> None:
         """Refuse an incomplete head that is already over a limit."""
