@@ -585,3 +585,19 @@ def test_access_log_common_log_format_with_escapes(site, tmp_path):
     assert first.endswith('] "GET /hello.txt HTTP/1.1" 200 13')
     assert second.endswith('"GET /\\x1b[31mred HTTP/1.1" 400 43') or '\\x1b[31mred' in second
     assert "\x1b" not in log_path.read_text("ascii")
+
+
+def test_reused_responses_keep_method_keep_alive_and_selecting_fields_apart(site):
+    """A plain request's response is reused within the second: never across HEAD/GET, keep-alive or a Range."""
+    (first,), _ = run(site, get("/kib.bin"))
+    (again,), _ = run(site, get("/kib.bin"))
+    (head,), _ = run(site, get("/kib.bin", method="HEAD"), ["HEAD"])
+    (ranged,), _ = run(site, get("/kib.bin", "Range: bytes=0-9"))
+    (matched,), _ = run(site, get("/kib.bin", f"If-None-Match: {first.header('etag')}"))
+    (closing,), transport = run(site, get("/kib.bin", "Connection: close"))
+    assert (first.status, first.body, first.header("connection")) == (200, KIB, "keep-alive")
+    assert (again.status, again.body) == (200, KIB)
+    assert (head.status, head.body, head.header("content-length")) == (200, b"", str(len(KIB)))
+    assert (ranged.status, ranged.body) == (206, KIB[:10])
+    assert matched.status == 304
+    assert (closing.status, closing.body, closing.header("connection")) == (200, KIB, "close") and transport.closed

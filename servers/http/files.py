@@ -39,7 +39,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Hashable
+from typing import Any
 
 from servers.http.dates import http_date
 
@@ -49,7 +49,9 @@ ENTRY_TTL = 2.0
 VALID_FOR = 1.0
 #: Most entries (open files) kept.
 MAX_ENTRIES = 256
-#: Files up to this many bytes are held in memory too (at most MAX_ENTRIES x this, 4 MiB, per process).
+#: Files up to this many bytes are held in memory too.  With the responses reused for them
+#: (servers.http.plain: with and without keep-alive) that is up to 3 x 16 KiB per entry,
+#: 12 MiB for a full cache of such files, per process.
 SMALL_FILE = 16 * 1024
 
 #: Types whose text is sent with ``charset=utf-8`` even though they are not ``text/*``.
@@ -113,7 +115,7 @@ class FileEntry:
         #: The whole file when it is small (None otherwise, or if it changed while being read).
         self.body = _read_small(fd, info)
         #: Responses built for this entry and kept for reuse (see :mod:`servers.http.plain`).
-        self.responses: dict[Hashable, tuple[int, object]] = {}
+        self.responses: dict[int, tuple[int, Any]] = {}
         #: When the path was resolved (the entry expires ENTRY_TTL later).
         self.checked_at = time.monotonic()
         #: Until when the entry is used without a ``stat`` (set by the cache).

@@ -15,8 +15,8 @@ here: it goes through the full conditional, range and content-coding logic.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Mapping
-from typing import Protocol, TypeVar, cast
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 #: Request fields that can change what a file's response is (status, headers or body).
 SELECTING_FIELDS = frozenset({
@@ -24,13 +24,11 @@ SELECTING_FIELDS = frozenset({
     b"accept-encoding",
 })
 
-T = TypeVar("T")
-
 
 class HasResponses(Protocol):
     """What keeps reusable responses: a file entry's ``responses`` dict."""
 
-    responses: dict[Hashable, tuple[int, object]]
+    responses: dict[int, tuple[int, Any]]
 
 
 def is_plain(fields: Mapping[bytes, bytes]) -> bool:
@@ -38,18 +36,23 @@ def is_plain(fields: Mapping[bytes, bytes]) -> bool:
     return fields.keys().isdisjoint(SELECTING_FIELDS)
 
 
-def reuse(owner: HasResponses, variant: Hashable, build: Callable[[], T]) -> T:
-    """The response kept on *owner* for *variant* during this second, or a new one from *build* (then kept).
+def variant(keep_alive: bool, with_body: bool) -> int:
+    """The small number that tells the responses of one entry apart (no tuple made per request)."""
+    return (2 if keep_alive else 0) + (1 if with_body else 0)
+
+
+def kept(owner: HasResponses, which: int) -> Any:
+    """The response kept on *owner* for variant *which* during this second, or None."""
+    pair = owner.responses.get(which)
+    if pair is not None and pair[0] == int(time.time()):
+        return pair[1]
+    return None
+
+
+def keep(owner: HasResponses, which: int, response: object) -> None:
+    """Keep *response* on *owner* for variant *which* until the second turns.
 
     Threads may build the same response at once: both are right, one is kept.
+    One assignment of a fresh tuple: a reader sees the old pair or the new one, never a mix.
     """
-    second = int(time.time())
-    kept = owner.responses.get(variant)
-    if kept is not None:
-        made, response = kept
-        if made == second:
-            return cast(T, response)
-    built = build()
-    # One assignment of a fresh tuple: a thread reading it sees the old pair or the new one, never a mix.
-    owner.responses[variant] = (second, built)
-    return built
+    owner.responses[which] = (int(time.time()), response)

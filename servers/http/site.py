@@ -21,7 +21,7 @@ import mimetypes
 import os
 from urllib.parse import unquote
 
-from servers.http import responses
+from servers.http import plain, responses
 from servers.http.coding import Siblings, choose_coding
 from servers.http.conditional import if_range_holds, precondition_status
 from servers.http.files import FileCache, FileEntry, NotServable
@@ -29,7 +29,6 @@ from servers.http.listing import listing_page
 from servers.http.multipart import byteranges
 from servers.http.parser import RequestHead
 from servers.http.paths import PathRefused, PathResolver, Resolved, url_path
-from servers.http.plain import is_plain, reuse
 from servers.http.ranges import Unsatisfiable, parse_ranges
 
 _VARY = "Vary: Accept-Encoding\r\n"
@@ -80,7 +79,8 @@ class StaticSite:
     def respond(self, request: RequestHead, keep_alive: bool) -> Response:
         """The response to a GET or HEAD *request*."""
         with_body = request.method == b"GET"
-        key = request.target.partition(b"?")[0]
+        raw = request.target
+        key = raw.partition(b"?")[0] if b"?" in raw else raw  # no tuple made when there is no query
         entry = self.cache.get(key)
         if entry is None:
             try:
@@ -94,11 +94,15 @@ class StaticSite:
                 return error(refused.status, keep_alive, with_body)
             except NotServable:
                 return error(404, keep_alive, with_body)
-        if is_plain(request.fields):
-            # Built once a second per variant, not per request (see servers.http.plain).
-            return reuse(entry, (keep_alive, with_body),
-                         lambda: self._file(request, entry, keep_alive, with_body))
-        return self._file(request, entry, keep_alive, with_body)
+        if not plain.is_plain(request.fields):
+            return self._file(request, entry, keep_alive, with_body)
+        # Built once a second per variant, not per request (see servers.http.plain).
+        which = plain.variant(keep_alive, with_body)
+        response: Response | None = plain.kept(entry, which)
+        if response is None:
+            response = self._file(request, entry, keep_alive, with_body)
+            plain.keep(entry, which, response)
+        return response
 
     def _not_a_file(self, resolved: Resolved, raw_path: str, keep_alive: bool, with_body: bool) -> Response:
         if resolved.kind == "redirect":
