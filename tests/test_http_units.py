@@ -12,6 +12,7 @@ import pytest
 from servers.http.access_log import clf_time, escape, peer_host
 from servers.http.dates import DateCache, http_date, parse_http_date
 from servers.http.files import FileCache, NotServable, content_type
+from servers.http.parser import HeadParser, RequestError
 from servers.http.ranges import Unsatisfiable, parse_ranges
 
 EPOCH_1994 = 784111777  # Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's example
@@ -204,3 +205,25 @@ def test_cache_is_safe_when_threads_share_it(tmp_path):
     assert not any(thread.is_alive() for thread in threads)
     assert failures == []
     assert len(cache) <= 2
+
+
+def test_a_repeated_head_is_parsed_once_and_cut_exactly():
+    parser = HeadParser()
+    head = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    parser.feed(head)
+    first = parser.next_head()
+    parser.feed(head)
+    assert parser.next_head() is first and parser.buffered == 0  # the same bytes: the same (read-only) head
+    parser.feed(head + head + b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n" + head[:5])
+    assert parser.next_head() is first and parser.next_head() is first
+    other = parser.next_head()
+    assert other is not None and other.target == b"/b"
+    assert parser.next_head() is None and parser.buffered == 5  # the start of the next head stays
+    parser.feed(head[5:])
+    again = parser.next_head()
+    assert again is not None and again.target == b"/a" and again is not first  # /b came between
+    parser.feed(b"\r\n" + head)  # an empty line before a request line is skipped, then the same head
+    assert parser.next_head() is again
+    parser.feed(head.replace(b"Host", b"Ho st"))
+    with pytest.raises(RequestError):
+        parser.next_head()
