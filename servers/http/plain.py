@@ -3,7 +3,9 @@
 A *plain* request asks for a file as it is: no ``Range``, no precondition,
 no ``Accept-Encoding`` (which may select another representation).  Its
 response depends only on the file (its :class:`~servers.http.files.FileEntry`),
-the method, keep-alive, and the ``Date`` (one value per second).  So the
+the method, keep-alive, the ``Date`` (one value per second) and whether a
+precompressed sibling exists (the ``Vary`` line; like the file itself, seen
+at most a second late).  So the
 response the site builds for the first such request is kept on the entry
 and handed out again, unchanged, until the second turns (or the entry is
 replaced, when the file changes): no header is formatted per request.
