@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from framework.bench.peers import PEERS, nginx_binary
+from framework.bench.peers import PEERS
 from framework.strategies import STRATEGIES
 from tests.support import child_env, reap_adopted
 
@@ -177,19 +176,4 @@ def test_http_with_the_built_in_client(tmp_path):
         assert row["metrics"]["p99_ms"] is not None
 
 
-@pytest.mark.needs_tool("wrk")
-@pytest.mark.skipif(shutil.which("wrk") is None or shutil.which("openssl") is None,
-                    reason="bench http --tls needs wrk and openssl")
-def test_http_over_tls_beside_nginx(tmp_path):
-    out = tmp_path / "out"
-    done = bench("http", "--tls", "--quick", "--sizes", "1k", "--concurrency", "2", "--duration", "0.3",
-                 "--strategies", "poll,threading", "--servers", "nginx,http.server", "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    report = workload(load(out), "http-tls")
-    assert any("http.server: skipped" in note for note in report["notes"])  # the lab runs it without TLS
-    targets = {row["target"] for row in report["rows"]}
-    assert {"poll", "threading"} <= targets
-    if nginx_binary() is not None:
-        assert "nginx" in targets
-    for row in report["rows"]:
-        assert row["metrics"]["req_per_s"] > 0 and row["metrics"]["errors"] == 0
+from framework.bench.peers import PEERS

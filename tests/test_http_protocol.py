@@ -10,6 +10,7 @@ import pytest
 from framework.testing import RecordingTransport
 from servers.http.access_log import AccessLog
 from servers.http.dates import http_date
+from servers.http.files import FileCache
 from servers.http.protocol import HttpProtocol
 from servers.http.site import StaticSite
 from tests.http_support import BIG, KIB, SMALL, byteranges_parts, make_root, parse_responses, pieces_of
@@ -242,7 +243,13 @@ def test_conditional_get(site):
     assert reply.status == 200
 
 
-def test_changed_file_gets_new_etag(site, root):
+def checking_site(root, valid_for: float = 0.0) -> StaticSite:
+    """A site whose file cache checks files with stat after *valid_for* seconds (0: on every request)."""
+    return StaticSite(str(root), cache=FileCache(valid_for=valid_for))
+
+
+def test_changed_file_gets_new_etag(root):
+    site = checking_site(root)
     (first,), _ = run(site, get("/hello.txt"))
     path = root / "hello.txt"
     path.write_bytes(b"changed!\n")
@@ -485,13 +492,34 @@ def test_symlink_inside_root_needs_follow(root):
 
 
 def test_symlink_swapped_in_after_caching_is_noticed(root, tmp_path):
-    site = StaticSite(str(root))
+    site = checking_site(root)
     (first,), _ = run(site, get("/hello.txt"))
     assert first.body == SMALL
     (root / "hello.txt").unlink()
     (root / "hello.txt").symlink_to(tmp_path / "secret.txt")
     (second,), transport = run(site, get("/hello.txt"))
     assert second.status == 404 and b"SECRET" not in transport.output()
+
+
+@pytest.mark.parametrize("name", ["hello.txt", "big.bin"])
+def test_swap_within_the_validity_window_serves_the_old_file_never_the_new_target(root, tmp_path, name):
+    site = checking_site(root, valid_for=3600.0)  # never checked again during the test
+    old = (root / name).read_bytes()
+    (first,), _ = run(site, get(f"/{name}"))
+    (root / name).unlink()
+    (root / name).symlink_to(tmp_path / "secret.txt")
+    (second,), transport = run(site, get(f"/{name}"))
+    assert first.body == second.body == old and b"SECRET" not in transport.output()
+
+
+def test_change_is_noticed_once_the_validity_window_passed(root):
+    site = checking_site(root, valid_for=0.05)
+    (first,), _ = run(site, get("/hello.txt"))
+    (root / "hello.txt").write_bytes(b"changed, longer\n")
+    time.sleep(0.2)  # past the window: the next request checks the file again
+    (second,), _ = run(site, get("/hello.txt"))
+    assert (first.body, second.body) == (SMALL, b"changed, longer\n")
+    assert first.header("etag") != second.header("etag")
 
 
 @pytest.mark.parametrize(("path", "location"), [
@@ -557,3 +585,19 @@ def test_access_log_common_log_format_with_escapes(site, tmp_path):
     assert first.endswith('] "GET /hello.txt HTTP/1.1" 200 13')
     assert second.endswith('"GET /\\x1b[31mred HTTP/1.1" 400 43') or '\\x1b[31mred' in second
     assert "\x1b" not in log_path.read_text("ascii")
+
+
+def test_reused_responses_keep_method_keep_alive_and_selecting_fields_apart(site):
+    """A plain request's response is reused within the second: never across HEAD/GET, keep-alive or a Range."""
+    (first,), _ = run(site, get("/kib.bin"))
+    (again,), _ = run(site, get("/kib.bin"))
+    (head,), _ = run(site, get("/kib.bin", method="HEAD"), ["HEAD"])
+    (ranged,), _ = run(site, get("/kib.bin", "Range: bytes=0-9"))
+    (matched,), _ = run(site, get("/kib.bin", f"If-None-Match: {first.header('etag')}"))
+    (closing,), transport = run(site, get("/kib.bin", "Connection: close"))
+    assert (first.status, first.body, first.header("connection")) == (200, KIB, "keep-alive")
+    assert (again.status, again.body) == (200, KIB)
+    assert (head.status, head.body, head.header("content-length")) == (200, b"", str(len(KIB)))
+    assert (ranged.status, ranged.body) == (206, KIB[:10])
+    assert matched.status == 304
+    assert (closing.status, closing.body, closing.header("connection")) == (200, KIB, "close") and transport.closed

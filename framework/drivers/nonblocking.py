@@ -358,6 +358,7 @@ class NonBlockingConnection(Transport):
         self._last_active = loop.now
         self._idle_timer: Timer | None = None
         self._deadline_timer: Timer | None = None
+        self._deadline_at: float | None = None  # when the protocol's deadline is due (None: no deadline)
         self._deadline_due = False  # the deadline passed while output was queued
         self._linger_timer: Timer | None = None
         # One bound method for the selector's data, not one per modify().
@@ -490,11 +491,22 @@ class NonBlockingConnection(Transport):
     def set_deadline(self, seconds: float | None) -> None:
         """Arrange for ``protocol.deadline_expired()`` in *seconds* (None cancels)."""
         self._deadline_due = False
-        if self._deadline_timer is not None:
-            self._loop.cancel(self._deadline_timer)
-            self._deadline_timer = None
-        if seconds is not None and self._state != _CLOSED:
-            self._deadline_timer = self._loop.call_at(time.monotonic() + seconds, self._deadline_expired)
+        # A protocol that sets and clears a deadline around every request (HTTP's
+        # header timeout) would push and cancel a timer each time.  Instead the due
+        # time is recorded, and a timer already in the heap that comes up no later
+        # is kept: when it comes up it sees the current due time and re-arms for it
+        # or does nothing (as the idle timer does).
+        if seconds is None or self._state == _CLOSED:
+            self._deadline_at = None
+            return
+        due = time.monotonic() + seconds
+        self._deadline_at = due
+        timer = self._deadline_timer
+        if timer is not None:
+            if timer.when <= due:
+                return
+            self._loop.cancel(timer)
+        self._deadline_timer = self._loop.call_at(due, self._deadline_expired)
 
     # -- queueing ------------------------------------------------------------------------
 
@@ -718,6 +730,14 @@ class NonBlockingConnection(Transport):
 
     def _deadline_expired(self) -> None:
         self._deadline_timer = None
+        due = self._deadline_at
+        if due is None:
+            return  # cleared since this timer was set
+        if due > self._loop.now:
+            # Moved later since this timer was set (see set_deadline).
+            self._deadline_timer = self._loop.call_at(due, self._deadline_expired)
+            return
+        self._deadline_at = None
         if self._state != _OPEN:
             return
         if self._queue or self._tls_pending():

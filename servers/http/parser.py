@@ -64,7 +64,8 @@ class RequestHead:
     """One parsed request head.
 
     Field names are lower-cased; a repeated field's values are joined with
-    ``", "`` (RFC 9110 section 5.3), so ``fields`` is a plain dict.
+    ``", "`` (RFC 9110 section 5.3), so ``fields`` is a plain dict.  Read
+    only: a :class:`HeadParser` hands the same object again for a repeated head.
     """
 
     method: bytes
@@ -212,13 +213,18 @@ class HeadParser:
     :meth:`skip_body` before the next head is looked for.
     """
 
-    __slots__ = ("_buffer", "_scanned")
+    __slots__ = ("_buffer", "_last_head", "_last_raw", "_scanned")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         # How far the buffer has been searched for the end of the head, so a
         # head trickled in byte by byte is not rescanned from its start.
         self._scanned = 0
+        # The last head parsed and the bytes it was cut from (its blank line
+        # included): a keep-alive client mostly repeats its head byte for byte,
+        # and parsing is a pure function of those bytes.
+        self._last_raw = b""
+        self._last_head: RequestHead | None = None
 
     def feed(self, data: bytes) -> None:
         """Append *data* to what is buffered."""
@@ -245,6 +251,11 @@ class HeadParser:
         exceeds a limit before it is complete).
         """
         buffer = self._buffer
+        if self._last_head is not None and buffer == self._last_raw:
+            # Exactly the last head again and nothing more (a keep-alive client's next request).
+            buffer.clear()
+            self._scanned = 0
+            return self._last_head
         # RFC 9112 section 2.2: ignore empty lines before a request line.
         if buffer and buffer[0] in (13, 10):  # CR, LF
             stripped = buffer.lstrip(b"\r\n")
@@ -268,16 +279,21 @@ class HeadParser:
             return None
         if end > MAX_HEAD:
             raise RequestError(431, "request head too large", self._first_line())
-        # The head's last line ends just before *end*: with its CR, or with a bare LF
-        # that parse_head refuses.
-        block = bytes(buffer[:end - 1] if buffer[end - 1] == 13 else buffer[:end + 1])
+        raw = bytes(buffer[:end + 3])
         del buffer[:end + 3]
         self._scanned = 0
+        if raw == self._last_raw:
+            return self._last_head  # the same bytes parse the same (heads are not changed once parsed)
+        # The head's last line ends just before *end*: with its CR, or with a bare LF
+        # that parse_head refuses.
+        block = raw[:end - 1] if raw[end - 1] == 13 else raw[:end + 1]
         try:
-            return parse_head(block)
+            head = parse_head(block)
         except RequestError as refused:
             refused.request_line = block.partition(b"\n")[0].removesuffix(b"\r")[:_LOGGED_LINE]
             raise
+        self._last_raw, self._last_head = raw, head
+        return head
 
     def _check_partial(self) -> None:
         """Refuse an incomplete head that is already over a limit."""

@@ -3,8 +3,9 @@
 :class:`StaticSite` holds the configuration (root, listing, symbolic links,
 ``Cache-Control``) and the shared :class:`~servers.http.files.FileCache`;
 :meth:`StaticSite.respond` turns a parsed GET or HEAD into a :class:`Response`:
-a head to write and, for a file, the segment (or, for several ranges, the
-segments) to ``sendfile``.
+a head to write (with the body after it, for a small file: one ``send``)
+and, for a larger file, the segment (or, for several ranges, the segments)
+to ``sendfile``.
 
 For a file, in this order: the representation is chosen (the file, or a
 precompressed sibling the client accepts: :mod:`~servers.http.coding`); its
@@ -20,7 +21,7 @@ import mimetypes
 import os
 from urllib.parse import unquote
 
-from servers.http import responses
+from servers.http import plain, responses
 from servers.http.coding import Siblings, choose_coding
 from servers.http.conditional import if_range_holds, precondition_status
 from servers.http.files import FileCache, FileEntry, NotServable
@@ -78,7 +79,8 @@ class StaticSite:
     def respond(self, request: RequestHead, keep_alive: bool) -> Response:
         """The response to a GET or HEAD *request*."""
         with_body = request.method == b"GET"
-        key = request.target.partition(b"?")[0]
+        raw = request.target
+        key = raw.partition(b"?")[0] if b"?" in raw else raw  # no tuple made when there is no query
         entry = self.cache.get(key)
         if entry is None:
             try:
@@ -92,7 +94,15 @@ class StaticSite:
                 return error(refused.status, keep_alive, with_body)
             except NotServable:
                 return error(404, keep_alive, with_body)
-        return self._file(request, entry, keep_alive, with_body)
+        if not plain.is_plain(request.fields):
+            return self._file(request, entry, keep_alive, with_body)
+        # Built once a second per variant, not per request (see servers.http.plain).
+        which = plain.variant(keep_alive, with_body)
+        response: Response | None = plain.kept(entry, which)
+        if response is None:
+            response = self._file(request, entry, keep_alive, with_body)
+            plain.keep(entry, which, response)
+        return response
 
     def _not_a_file(self, resolved: Resolved, raw_path: str, keep_alive: bool, with_body: bool) -> Response:
         if resolved.kind == "redirect":
@@ -155,12 +165,19 @@ class StaticSite:
         if spans is None:
             head = responses.head(200, f"Content-Type: {entry.content_type}\r\nContent-Length: {size}\r\n{common}",
                                   keep_alive=keep_alive)
-            return Response(200, head, size, file, 0, size) if with_body else Response(200, head)
+            if not with_body:
+                return Response(200, head)
+            if file.body is not None:
+                # A small file is in memory: head and body go out in one send, not a send and a sendfile.
+                return Response(200, head + file.body, size)
+            return Response(200, head, size, file, 0, size)
         if len(spans) == 1:
             ((first, last),) = spans
             count = last - first + 1
             head = responses.head(206, f"Content-Type: {entry.content_type}\r\nContent-Length: {count}\r\n"
                                   f"{common}Content-Range: bytes {first}-{last}/{size}\r\n", keep_alive=keep_alive)
+            if file.body is not None:
+                return Response(206, head + file.body[first:first + count], count)
             return Response(206, head, count, file, first, count)
         frame = byteranges(spans, entry.content_type, size)
         head = responses.head(206, f"Content-Type: {frame.content_type}\r\nContent-Length: {frame.length}\r\n"

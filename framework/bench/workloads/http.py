@@ -14,6 +14,7 @@ beside nginx, both serving one certificate the lab makes with ``openssl``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -128,7 +129,8 @@ def run(config: BenchConfig) -> WorkloadReport:
         description=(f"GET of a {', '.join(size_label(size) for size in scale.sizes)} file at concurrency"
                      f" {', '.join(map(str, scale.concurrency))}, {seconds:g}"
                      f" s per point, load from {client}.  CPU per request is the server tree's CPU (from /proc)"
-                     f" over the point divided by requests.  Median of {scale.http_repeat} runs, (min-max)."),
+                     f" over the point divided by requests.  Median of {scale.http_repeat} runs, (min-max);"
+                     f" the servers take turns within each repeat."),
         columns=COLUMNS, ratio_metric="req_per_s", params=["size", "connections"])
     if config.tls:
         report.name, report.title = "http-tls", "http over TLS: static files"
@@ -148,14 +150,13 @@ def run(config: BenchConfig) -> WorkloadReport:
             context.tls_cert, context.tls_key = make_certificate(keys)
             context.server_options += ["--tls-cert", context.tls_cert, "--tls-key", context.tls_key]
         has_http = "http" in server_targets()
+        targets = []
         for target in session.runnable(config, report, context):
             if target.kind == "forkthread" and not has_http:
                 session.skip(config, report, target, "no forkthread 'http' server is registered")
-                continue
-            try:
-                _measure_target(config, report, target, context, use_wrk)
-            except session.MEASUREMENT_ERRORS as exc:
-                session.skip(config, report, target, f"failed: {exc}")
+            else:
+                targets.append(target)
+        _measure_interleaved(config, report, targets, context, use_wrk)
     finally:
         shutil.rmtree(root, ignore_errors=True)
         if context.tls_cert:
@@ -166,23 +167,46 @@ def run(config: BenchConfig) -> WorkloadReport:
     return report
 
 
-def _measure_target(config: BenchConfig, report: WorkloadReport, target: session.Target, context: Context,
-                    use_wrk: bool) -> None:
+def _measure_interleaved(config: BenchConfig, report: WorkloadReport, targets: list[session.Target],
+                         context: Context, use_wrk: bool) -> None:
+    """Every server runs at once; each repeat of each point measures them in turn.
+
+    So a burst of other work on the machine lands on one repeat of every
+    server rather than on every repeat of one, and the medians stay comparable.
+    """
     scale = config.scale
-    with session.start(config, target, context) as server:
-        if config.tls:  # warm-up (the built-in client speaks no TLS)
-            measure_point(config, server, "/" + file_name(scale.sizes[0]), 2, 0.2, use_wrk=True)
-        else:
-            _builtin_point(server, "/" + file_name(scale.sizes[0]), 2, 0.2)  # warm-up
-        for size in scale.sizes:
+    points = [(size, connections) for size in scale.sizes for connections in scale.concurrency]
+    samples: dict[str, dict[tuple[int, int], list[dict[str, float | None]]]] = {}
+    with contextlib.ExitStack() as stack:
+        running: dict[str, tuple[session.Target, RunningServer]] = {}
+        for target in targets:
+            try:
+                server = stack.enter_context(session.start(config, target, context))
+                if config.tls:  # warm-up (the built-in client speaks no TLS)
+                    measure_point(config, server, "/" + file_name(scale.sizes[0]), 2, 0.2, use_wrk=True)
+                else:
+                    _builtin_point(server, "/" + file_name(scale.sizes[0]), 2, 0.2)  # warm-up
+            except session.MEASUREMENT_ERRORS as exc:
+                session.skip(config, report, target, f"failed: {exc}")
+                continue
+            running[target.name] = (target, server)
+            samples[target.name] = {point: [] for point in points}
+        for size, connections in points:
             path = "/" + file_name(size)
-            for connections in scale.concurrency:
-                samples = []
-                for repeat in range(scale.http_repeat):
-                    sample = measure_point(config, server, path, connections, scale.duration, use_wrk)
-                    samples.append(sample)
+            for repeat in range(scale.http_repeat):
+                for name, (target, server) in list(running.items()):
+                    try:
+                        sample = measure_point(config, server, path, connections, scale.duration, use_wrk)
+                    except session.MEASUREMENT_ERRORS as exc:
+                        session.skip(config, report, target, f"failed: {exc}")
+                        del running[name]
+                        continue
+                    samples[name][(size, connections)].append(sample)
                     config.progress(
-                        f"http: {target.name:<18} {size_label(size):>7} C={connections:<4} run {repeat + 1}/"
+                        f"http: {name:<18} {size_label(size):>7} C={connections:<4} run {repeat + 1}/"
                         f"{scale.http_repeat}: {sample['req_per_s'] or 0:.0f} req/s,"
                         f" {sample['cpu_us_per_req'] or 0:.1f} CPU µs/req")
-                session.add_row(report, target, {"size": size_label(size), "connections": connections}, samples)
+    for target in targets:  # rows grouped by server, in the usual order
+        for (size, connections), taken in samples.get(target.name, {}).items():
+            if taken:
+                session.add_row(report, target, {"size": size_label(size), "connections": connections}, taken)
