@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from framework.address import format_peer
+from framework.logthrottle import LogThrottle
 from framework.signals import AcceptErrorKind, classify_accept_error
 
 log = logging.getLogger("forkthread")
@@ -44,8 +45,7 @@ class Acceptor:
         self._family = listener.family
         self._backoff = 0.0
         self._resume_at = 0.0
-        self._suppressed = 0
-        self._last_logged = -CAPACITY_LOG_INTERVAL
+        self._capacity_warnings = LogThrottle(CAPACITY_LOG_INTERVAL)
         #: True once the listener stopped listening (:meth:`stop`, here or in another process).
         self.stopped = False
 
@@ -145,22 +145,14 @@ class Acceptor:
 
     def _back_off(self, exc: OSError) -> None:
         self._backoff = min(BACKOFF_MAX, self._backoff * 2 if self._backoff else BACKOFF_START)
-        now = time.monotonic()
-        self._resume_at = now + self._backoff
-        if now - self._last_logged >= CAPACITY_LOG_INTERVAL:
-            extra = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
-            log.warning("accept: %s; backing off, still serving%s", exc.strerror or exc, extra)
-            self._last_logged = now
-            self._suppressed = 0
-        else:
-            self._suppressed += 1
+        self._resume_at = time.monotonic() + self._backoff
+        self._capacity_warnings.warning(f"accept: {exc.strerror or exc}; backing off, still serving")
 
     def _recovered(self) -> None:
-        if self._suppressed or self._backoff >= BACKOFF_MAX:
+        if self._capacity_warnings.suppressed or self._backoff >= BACKOFF_MAX:
             log.warning("accept: recovered, accepting again")
         self._backoff = 0.0
-        self._suppressed = 0
-        self._last_logged = -CAPACITY_LOG_INTERVAL
+        self._capacity_warnings.reset()
 
 
 class ListenerWatch:

@@ -8,18 +8,23 @@ exit status 0.  No traceback reaches the user for any of these.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from framework import __version__
 from framework.activation import ActivationError, inetd_socket, listen_fds
-from framework.address import AddressError, parse_address
+from framework.address import Address, AddressError, parse_address
 from framework.registry import server_class, server_targets
 from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Server
 from framework.strategies import STRATEGIES, UnknownStrategyError, create_strategy, strategy_class
 from framework.strategies.base import ServeError, StrategyOptions
+
+if TYPE_CHECKING:
+    import ssl
 
 PROG = "forkthread"
 
@@ -83,6 +88,37 @@ def _add_socket_options(parser: argparse.ArgumentParser) -> None:
                        help="serve the one connection on standard input (inetd nowait, systemd Accept=yes)")
 
 
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TLS options (TCP and Unix streams, every strategy; see docs/tls.md)")
+    group.add_argument("--tls-cert", metavar="FILE",
+                       help="serve TLS with this PEM certificate chain (the server's certificate first)")
+    group.add_argument("--tls-key", metavar="FILE", help="the PEM private key (default: read from --tls-cert)")
+    group.add_argument("--tls-password-file", metavar="FILE",
+                       help="the private key's pass phrase, on the first line of FILE")
+    group.add_argument("--tls-client-ca", metavar="FILE",
+                       help="require a client certificate signed by a CA in this PEM file")
+
+
+def tls_context(args: argparse.Namespace, address: Address) -> ssl.SSLContext | None:
+    """The TLS context the ``--tls-*`` options ask for (None without ``--tls-cert``).
+
+    Raises :class:`UsageError` for options that make no sense together and
+    :class:`framework.tls.TlsConfigError` (one line) for files that do not load.
+    """
+    given = [name for name in ("tls_cert", "tls_key", "tls_password_file", "tls_client_ca") if getattr(args, name)]
+    if not given:
+        return None
+    if address.is_datagram:
+        raise UsageError("TLS options need a stream address (TCP or unix:), not udp:")
+    if args.tls_cert is None:
+        raise UsageError(f"--{given[0].replace('_', '-')} needs --tls-cert")
+    from framework.tls import server_context  # loads OpenSSL: only when TLS is asked for
+
+    # The server sets its own ALPN names on the context (Server.alpn_protocols).
+    return server_context(args.tls_cert, args.tls_key, password_file=args.tls_password_file,
+                          client_ca=args.tls_client_ca)
+
+
 def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     defaults = StrategyOptions()
     group = parser.add_argument_group("strategy options (each strategy uses the ones that apply)")
@@ -131,14 +167,55 @@ def add_server_options(parser: argparse.ArgumentParser, cls: type[Server]) -> No
     parser.add_argument("--graceful-timeout", type=positive_float, default=DEFAULT_GRACEFUL_TIMEOUT,
                         metavar="SECONDS", help="at stop, let connections finish this long (default: %(default)s)")
     _add_socket_options(parser)
+    _add_tls_options(parser)
     _add_strategy_options(parser)
     cls.add_arguments(parser)
     parser.set_defaults(func=run_serve, server_cls=cls)
 
 
+def load_server_target(target: str) -> type[Server]:
+    """Import ``MODULE:CLASS`` (the current directory first on the import path) and return the class.
+
+    Raises :class:`UsageError` with a one-line reason when the module cannot
+    be imported (missing, or its import raises), has no such attribute, or
+    the attribute is not a :class:`~framework.server.Server` subclass.
+    """
+    module_name, _, class_name = target.partition(":")
+    if not module_name or not class_name:
+        raise UsageError(f"{target!r}: expected MODULE:CLASS (e.g. myservers:UpperServer)")
+    cwd = os.getcwd()
+    if sys.path[:1] != [cwd]:
+        sys.path.insert(0, cwd)  # a console script starts with its own directory first, not ours
+    try:
+        module = importlib.import_module(module_name)
+    except (Exception, SystemExit) as exc:
+        raise UsageError(f"cannot import {module_name!r} for {target}: {type(exc).__name__}: {exc}") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise UsageError(f"module {module_name!r} has no {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Server)):
+        raise UsageError(f"{target} is not a forkthread Server subclass")
+    if not _speaks(cls):
+        raise UsageError(f"{target} sets neither `protocol` nor `handler` (nor `datagram_protocol`)")
+    return cls
+
+
+def _speaks(cls: type[Server]) -> bool:
+    """True when *cls* says what is spoken on a connection or a datagram socket."""
+    return (cls.protocol is not None or cls.handler is not None or cls.datagram_protocol is not None
+            or cls.protocol_factory is not Server.protocol_factory
+            or cls.datagram_protocol_factory is not Server.datagram_protocol_factory)
+
+
 def _add_serve_parser(commands: argparse._SubParsersAction, only: str | None = None) -> None:  # type: ignore[type-arg]
-    serve = commands.add_parser("serve", help="run a server", description="Run a server under a strategy.")
+    serve = commands.add_parser("serve", help="run a server",
+                                description="Run a server under a strategy: a bundled NAME, or MODULE:CLASS.")
     servers = serve.add_subparsers(dest="server", metavar="SERVER", required=True)
+    if only is not None and ":" in only:
+        # `serve MODULE:CLASS`: the user's own Server subclass, with every option a bundled one has.
+        cls = load_server_target(only)
+        add_server_options(servers.add_parser(only, help=cls.description, description=cls.description), cls)
+        return
     from servers import SERVERS
 
     # `serve NAME` with a bundled NAME imports that server alone: a serving process
@@ -185,10 +262,15 @@ def run_serve(args: argparse.Namespace) -> int:
         extra.close()
     cls = args.server_cls
     try:
+        tls = tls_context(args, address)
+    except ValueError as exc:  # framework.tls.TlsConfigError: a file that does not load
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    try:
         server = cls(address, strategy, timeout=args.timeout, graceful_timeout=args.graceful_timeout,
                      backlog=args.backlog, reuse_port=args.reuse_port, keepalive=args.keepalive,
                      nodelay=args.nodelay, listener=activated[0] if activated else None,
-                     bind=not args.inetd, **cls.options_from_arguments(args))
+                     bind=not args.inetd, tls=tls, **cls.options_from_arguments(args))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -241,6 +323,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     ``serve`` and ``list`` do not import the lab or the clients, and
     ``serve NAME`` imports only that server: see :func:`_add_serve_parser`.
+    ``serve MODULE:CLASS`` imports that class (:func:`load_server_target`),
+    and raises :class:`UsageError` when it cannot.
     """
     words = [word for word in (argv or ()) if not word.startswith("-")]
     command = words[0] if words else None
@@ -276,7 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     if argv is None:
         argv = sys.argv[1:]
-    return _run(build_parser(argv), argv)
+    try:
+        parser = build_parser(argv)
+    except UsageError as exc:  # `serve MODULE:CLASS` that cannot be loaded
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    return _run(parser, argv)
 
 
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

@@ -28,7 +28,7 @@ import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from framework.accepting import Acceptor
 from framework.activation import sd_notify
@@ -42,15 +42,21 @@ from framework.address import (
     socket_file_inode,
 )
 from framework.datagram import DatagramProtocol
-from framework.drivers.blocking import serve_connection
+from framework.drivers.blocking import serve_connection, tls_handshake
 from framework.drivers.common import HandlerError, ends_quietly
 from framework.drivers.datagram import DatagramService
+from framework.drivers.handler import HandlerWatch, close_request, run_handler
 from framework.lifecycle import ActiveConnections, Lifecycle
 from framework.protocol import Protocol
 from framework.signals import ignore_sigpipe
 from framework.strategies.base import ChildRole, Run, Strategy
 
+if TYPE_CHECKING:
+    import ssl
+
 log = logging.getLogger("forkthread")
+
+_Made = TypeVar("_Made")
 
 #: Default idle timeout (seconds): a connection silent for this long is closed.
 DEFAULT_TIMEOUT = 60.0
@@ -60,7 +66,9 @@ DEFAULT_GRACEFUL_TIMEOUT = 30.0
 
 class Server:
     """Base class of every server: subclass it, set :attr:`protocol` (or override
-    :meth:`protocol_factory`), and run it under any strategy.
+    :meth:`protocol_factory`), and run it under any strategy.  Or set
+    :attr:`handler` to a ``socketserver`` request handler, run unchanged
+    under every strategy that gives a connection a thread of its own.
 
     *address* is text (``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH``) or an
     :class:`~framework.address.Address`; *strategy* a strategy name or
@@ -72,7 +80,10 @@ class Server:
     an already listening socket (systemd socket activation, tests) instead of
     binding.  The socket is bound when the server is created, so
     :attr:`address` is known at once; pass ``bind=False`` to delay that to
-    :meth:`server_activate`.
+    :meth:`server_activate`.  *tls*, a server-side :class:`ssl.SSLContext`
+    (:func:`framework.tls.server_context` makes one), has every stream
+    connection speak TLS, under every strategy; the class's
+    :attr:`alpn_protocols` are set on it.
     """
 
     #: The name on the command line (``forkthread serve NAME``).
@@ -94,8 +105,15 @@ class Server:
     #: The protocol class instantiated for each connection by the default
     #: :meth:`protocol_factory`.
     protocol: ClassVar[type[Protocol] | None] = None
+    #: Instead of :attr:`protocol`: a blocking request handler, a subclass of the standard
+    #: library's ``socketserver.BaseRequestHandler`` (``StreamRequestHandler`` included), run
+    #: unchanged for each connection under the strategies that give a connection a thread of
+    #: its own; see :mod:`framework.drivers.handler`.  Its ``self.server`` is this server.
+    handler: ClassVar[Callable[..., object] | None] = None
     #: The datagram protocol for ``udp:`` addresses (None: the server speaks streams only).
     datagram_protocol: ClassVar[type[DatagramProtocol] | None] = None
+    #: The ALPN protocol names offered over TLS (http: ``("http/1.1",)``); empty: no ALPN.
+    alpn_protocols: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -111,6 +129,7 @@ class Server:
         listener: socket.socket | None = None,
         handle_signals: bool = True,
         bind: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.requested_address = parse_address(address) if isinstance(address, str) else address
         self.strategy = self._resolve_strategy(strategy)
@@ -121,6 +140,9 @@ class Server:
         self.keepalive = keepalive
         self.nodelay = self.default_nodelay if nodelay is None else nodelay
         self.handle_signals = handle_signals
+        self.tls = tls
+        if tls is not None and self.alpn_protocols:
+            tls.set_alpn_protocols(list(self.alpn_protocols))
         self._listener: socket.socket | None = listener
         #: The listener's local address, asked of the kernel once (a child per connection reads it too).
         self._bound_address: Address | None = None
@@ -133,6 +155,8 @@ class Server:
         self._serving_thread: threading.Thread | None = None
         self._stopped = threading.Event()
         self._stopped.set()
+        #: Runs signals and the graceful stop for blocking handlers (no thread until needed).
+        self._handler_watch = HandlerWatch(self.lifecycle) if self.handler is not None else None
         # New connections are refused as soon as a stop starts, not when the last one ends.
         self.lifecycle.call_when_stopping(self._stop_listening)
         if listener is not None:
@@ -140,6 +164,7 @@ class Server:
             self.requested_address = local_address(listener)
             self._acceptor = Acceptor(listener)
         self._check_datagram_support()
+        self._check_handler_support()
         if listener is None and bind:
             self.server_activate()
 
@@ -162,10 +187,26 @@ class Server:
         """Refuse a datagram address that this server or the strategy cannot serve."""
         if not self.requested_address.is_datagram:
             return
+        if self.tls is not None:
+            raise ValueError("TLS needs a stream address (TCP or Unix), not udp:")
         if self.datagram_protocol is None and type(self).datagram_protocol_factory is Server.datagram_protocol_factory:
             raise ValueError(f"server {self.name or type(self).__name__!r} does not speak datagrams (UDP)")
         if not self.strategy.can_serve_datagrams():
             raise ValueError(f"strategy {self.strategy.name!r} cannot serve datagrams (UDP)")
+
+    def _check_handler_support(self) -> None:
+        """Refuse a blocking handler that the strategy cannot carry, or one set beside a protocol."""
+        if self.handler is None:
+            return
+        if self.protocol is not None:
+            raise ValueError(f"server {self.name or type(self).__name__!r} sets both `protocol` and `handler`")
+        if not self.strategy.carries_blocking_handlers():
+            raise ValueError(
+                f"server {self.name or type(self).__name__!r} runs a blocking handler, which strategy"
+                f" {self.strategy.describe()} cannot carry: one thread serves every connection there, so one"
+                " blocked handler would stall them all (use iterative, forking, threading, prethreaded, or"
+                " preforked with --worker iterative or threads)"
+            )
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -207,6 +248,18 @@ class Server:
     def fileno(self) -> int:
         """The listening socket's descriptor."""
         return self.listener.fileno()
+
+    # socketserver's names, so handlers written against socketserver.BaseServer keep working.
+
+    @property
+    def server_address(self) -> str | tuple[str, int]:
+        """:attr:`address` as ``socketserver`` names it: ``(host, port)``, or a Unix socket's path."""
+        return self.address.sockaddr()
+
+    @property
+    def RequestHandlerClass(self) -> Callable[..., object] | None:
+        """:attr:`handler`, under ``socketserver``'s name."""
+        return self.handler
 
     @property
     def acceptor(self) -> Acceptor:
@@ -271,17 +324,26 @@ class Server:
         or its set-up fails (reported to :meth:`handle_error`).  A refused
         connection is not counted as served.
         """
+        return self._admit(sock, peer, self.protocol_factory)
+
+    def _admit(self, sock: socket.socket, peer: str, make: Callable[[], _Made]) -> _Made | None:
+        """:meth:`admit`, ending in ``make()``: the protocol, or the blocking handler to run."""
         try:
             if not self.verify_request(sock, peer):
                 sock.close()
                 return None
             self._apply_socket_options(sock)
             self.configure_connection(sock)
-            return self.protocol_factory()
+            return make()
         except Exception as exc:
             self.handle_error(exc, peer)
             sock.close()
             return None
+
+    def _handler_class(self) -> Callable[..., object]:
+        if self.handler is None:
+            raise NotImplementedError(f"{type(self).__name__} has no `handler`")
+        return self.handler
 
     def serve_connection(self, sock: socket.socket, peer: str, *, main_thread: bool = True) -> None:
         """Admit and serve one accepted connection to its end in the calling thread (blocking driver).
@@ -289,10 +351,20 @@ class Server:
         Every exception is handled here, so a strategy can call this in a
         loop: a vanished peer or a timeout is logged at debug, a protocol's
         fault goes to :meth:`handle_error`.  *sock* is closed on return.
+        A server with a :attr:`handler` runs it instead of a protocol.
         """
+        if self.handler is not None:
+            self._serve_with_handler(sock, peer, main_thread)
+            return
         protocol = self.admit(sock, peer)
         if protocol is None:
             return
+        if self.tls is not None:
+            # The handshake itself runs in the driver, under its time limits and signal handling.
+            wrapped = self._wrap_tls(sock, peer)
+            if wrapped is None:
+                return
+            sock = wrapped
         self.connections.add(sock)
         try:
             ended_by = serve_connection(
@@ -303,13 +375,60 @@ class Server:
         except HandlerError as fault:
             self.handle_error(fault.original, peer)
         except Exception as exc:
-            if ends_quietly(exc):
-                log.debug("connection from %s ended: %s", peer, exc)
-            else:
-                self.handle_error(exc, peer)
+            self._connection_ended_by(exc, peer)
         finally:
             self.connections.discard(sock)
             sock.close()
+
+    def _serve_with_handler(self, sock: socket.socket, peer: str, main_thread: bool) -> None:
+        """:meth:`serve_connection` for a blocking handler (:mod:`framework.drivers.handler`)."""
+        handler = self._admit(sock, peer, self._handler_class)
+        if handler is None:
+            return
+        if self.tls is not None:
+            # The handler gets an ssl.SSLSocket whose handshake the driver completed (time limits, signals).
+            wrapped = self._wrap_tls(sock, peer)
+            if wrapped is None:
+                return
+            ended_by = tls_handshake(wrapped, peer, lifecycle=self.lifecycle, idle_timeout=self.timeout,
+                                     watch_wakeup=main_thread)
+            if ended_by is not None:
+                log.debug("connection from %s ended: %s", peer, ended_by)
+                wrapped.close()
+                return
+            sock = wrapped
+        watch = self._handler_watch
+        if watch is None:  # `handler` given to the instance after __init__, not to the class
+            watch = self._handler_watch = HandlerWatch(self.lifecycle)
+        self.connections.add(sock)
+        try:
+            run_handler(handler, sock, self, timeout=self.timeout, watch=watch, main_thread=main_thread)
+        except Exception as exc:  # the handler's own I/O meets the vanished peers and time limits
+            self._connection_ended_by(exc, peer)
+        finally:
+            self.connections.discard(sock)
+            close_request(sock)
+
+    def _wrap_tls(self, sock: socket.socket, peer: str) -> socket.socket | None:
+        """*sock* as a server-side TLS socket whose handshake is still to come; None (closed) on failure."""
+        assert self.tls is not None
+        try:
+            return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as exc:
+            log.debug("connection from %s ended: %s", peer, exc)
+            sock.close()
+            return None
+
+    def _connection_ended_by(self, exc: Exception, peer: str) -> None:
+        """A connection ended by *exc*: a normal end (:func:`ends_quietly`) at debug, a fault to handle_error."""
+        if ends_quietly(exc):
+            log.debug("connection from %s ended: %s", peer, exc)
+        else:
+            self.handle_error(exc, peer)
+
+    def _release_handler_watch(self) -> None:
+        if self._handler_watch is not None:
+            self._handler_watch.close()
 
     def datagram_service(self) -> DatagramService:
         """What a datagram loop needs of this server (see :mod:`framework.drivers.datagram`)."""
@@ -366,6 +485,7 @@ class Server:
             else:
                 run.serve()
         finally:
+            self._release_handler_watch()
             if threading.current_thread() is threading.main_thread():
                 self.lifecycle.signals.restore()
             self._run = None
@@ -386,6 +506,7 @@ class Server:
         try:
             self.serve_connection(sock, peer, main_thread=True)
         finally:
+            self._release_handler_watch()
             if threading.current_thread() is threading.main_thread():
                 self.lifecycle.signals.restore()
             self._serving_thread = None

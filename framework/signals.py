@@ -241,6 +241,12 @@ class SignalDispatcher:
         self._actions: dict[int, SignalAction] = {}
         self._previous: dict[int, signal.Handlers | int | Callable[..., object] | None] = {}
         self._previous_wakeup_fd: int | None = None
+        #: Called in the main thread right after a signal is recorded, or None.  A helper
+        #: thread that runs :meth:`dispatch` while the main thread is busy in code that
+        #: never polls the wakeup pipe (a blocking handler) listens here: unlike the
+        #: wakeup byte, which the C-level handler writes first, this comes after the
+        #: signal is in the queue.  It must only record or wake (it runs in a signal handler).
+        self.on_record: Callable[[], None] | None = None
 
     @property
     def installed(self) -> bool:
@@ -265,6 +271,9 @@ class SignalDispatcher:
         # Runs between two bytecodes of the main thread: append (atomic) and go.
         # The C-level handler has already written to the wakeup pipe.
         self._pending.append(signum)
+        on_record = self.on_record
+        if on_record is not None:
+            on_record()
 
     def pending(self) -> bool:
         """True when a recorded signal waits for :meth:`dispatch`."""

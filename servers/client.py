@@ -7,12 +7,19 @@
     forkthread client http 127.0.0.1:8080 /index.html  # body on stdout, status and headers on stderr
     forkthread client chat 127.0.0.1:8016             # lines from stdin out, the room's lines in
     forkthread client message unix:/tmp/msg.sock hello quit
+    forkthread client http 127.0.0.1:8443 / --tls --cacert cert.pem   # any stream client speaks TLS
 
 Each client sits beside the server whose protocol it speaks and reuses its
 framing (the message client the message server's length prefix, the HTTP
 client :mod:`servers.http.client`).  Every client connects with
 :func:`framework.address.connect`, so it takes the same address forms as ``--bind``.  A server that cannot be reached is
 one line on standard error and exit status 1.
+
+With ``--tls`` the connection speaks TLS, checking the server's certificate
+against the system's trust store or ``--cacert FILE`` (and its name against
+the address, or ``--server-name``).  Python's :mod:`ssl` cannot half-close a
+TLS connection, so over TLS the echo and chat clients, once their input
+ended, read until the server closes or has been silent for ``--timeout``.
 """
 
 from __future__ import annotations
@@ -63,11 +70,14 @@ def _pump(sock: socket.socket, stdin: BinaryIO, on_line: Callable[[bytes], None]
     in_fd = stdin.fileno()
     poller.register(in_fd, select.POLLIN)
     timeout = sock.gettimeout()
+    tls = hasattr(sock, "pending")  # an ssl.SSLSocket: no half-close, and records buffered inside
     input_open = True
     while True:
         # While input is open the user may take their time; after it, the server's timeout applies.
         ready = poller.poll(None if input_open or timeout is None else timeout * 1000)
         if not ready:
+            if tls:
+                return  # the server said all it had to say (see the module's note on TLS)
             raise ClientError("the server did not finish within the timeout")
         for fd, _ in ready:
             if fd == in_fd:
@@ -77,12 +87,30 @@ def _pump(sock: socket.socket, stdin: BinaryIO, on_line: Callable[[bytes], None]
                 else:
                     input_open = False
                     poller.unregister(in_fd)
-                    sock.shutdown(socket.SHUT_WR)
+                    if not tls:
+                        sock.shutdown(socket.SHUT_WR)
             else:
-                data = sock.recv(65536)
-                if not data:
+                received = _recv_tls(sock, timeout) if tls else sock.recv(65536)
+                if received is None:
+                    continue  # a TLS record with no data in it (a session ticket)
+                if not received:
                     return
-                write_stdout(data)
+                write_stdout(received)
+                while tls and sock.pending():  # type: ignore[attr-defined]  # records poll() cannot see
+                    write_stdout(sock.recv(65536))
+
+
+def _recv_tls(sock: socket.socket, timeout: float | None) -> bytes | None:
+    """Read a readable TLS socket without blocking: None when what arrived held no data."""
+    import ssl  # loaded already: the socket is an SSLSocket
+
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536)
+    except ssl.SSLWantReadError:
+        return None
+    finally:
+        sock.settimeout(timeout)
 
 
 def run_chat(sock: socket.socket, address: Address, args: argparse.Namespace) -> int:
@@ -128,6 +156,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         parser.add_argument("address", metavar="ADDRESS", help="HOST:PORT, [V6]:PORT, unix:PATH or udp:HOST:PORT")
         parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                             help="give up on a silent server after this long (default: %(default)s)")
+        parser.add_argument("--tls", action="store_true", help="speak TLS (check the server's certificate)")
+        parser.add_argument("--cacert", metavar="FILE",
+                            help="with --tls: trust the CA (or self-signed certificate) in FILE")
+        parser.add_argument("--server-name", metavar="NAME",
+                            help="with --tls: the name the certificate must carry (default: the address's host)")
         if kind == "http":
             parser.add_argument("path", nargs="?", default="/", help="the path to fetch (default: /)")
             parser.add_argument("--host", help="the Host header (default: the address)")
@@ -135,6 +168,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         if kind == "message":
             parser.add_argument("texts", nargs="+", metavar="TEXT", help="messages to send, in order")
         parser.set_defaults(func=run_client, client=run)
+
+
+def _wrap_tls(sock: socket.socket, address: Address, args: argparse.Namespace) -> socket.socket:
+    """*sock* itself, or with ``--tls`` an :class:`ssl.SSLSocket` over it after the handshake."""
+    if not args.tls:
+        return sock
+    from framework.tls import client_context  # loads OpenSSL only for --tls
+
+    name = args.server_name or ("localhost" if address.is_unix else address.host)
+    try:
+        return client_context(args.cacert).wrap_socket(sock, server_hostname=name)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def run_client(args: argparse.Namespace) -> int:
@@ -145,8 +192,12 @@ def run_client(args: argparse.Namespace) -> int:
         from framework.cli import UsageError
 
         raise UsageError(str(exc)) from None
+    if args.tls and address.is_datagram:
+        from framework.cli import UsageError
+
+        raise UsageError("--tls needs a stream address (TCP or unix:), not udp:")
     try:
-        with connect(address, timeout=args.timeout) as sock:
+        with _wrap_tls(connect(address, timeout=args.timeout), address, args) as sock:
             status: int = args.client(sock, address, args)
             return status
     except (ClientError, OSError) as exc:

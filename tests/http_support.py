@@ -163,3 +163,43 @@ def read_replies(sock: socket.socket, methods: list[str], *, timeout: float = 10
     if not closed and client.closing:
         closed = sock.recv(1) == b""
     return replies, closed
+
+
+def byteranges_parts(reply: Reply) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a ``multipart/byteranges`` *reply*: each part's headers (lower-case names) and bytes.
+
+    Strict about the frame (RFC 9110 section 14.6, RFC 2046 section 5.1.1): it
+    must start with the first delimiter and end with the closing one.
+    """
+    content_type = reply.header("content-type") or ""
+    kind, _, parameters = content_type.partition(";")
+    assert kind.strip() == "multipart/byteranges", content_type
+    name, _, boundary = parameters.strip().partition("=")
+    assert name == "boundary" and boundary, content_type
+    delimiter = b"--" + boundary.encode("ascii")
+    body = reply.body
+    assert body.startswith(delimiter + b"\r\n"), body[:80]
+    assert body.endswith(b"\r\n" + delimiter + b"--\r\n"), body[-80:]
+    inner = body[len(delimiter) + 2:-(len(delimiter) + 6)]
+    parts = []
+    for chunk in inner.split(b"\r\n" + delimiter + b"\r\n"):
+        head, blank, data = chunk.partition(b"\r\n\r\n")
+        assert blank, chunk[:80]
+        headers = {}
+        for line in head.split(b"\r\n"):
+            field, _, value = line.decode("latin-1").partition(":")
+            headers[field.strip().lower()] = value.strip()
+        parts.append((headers, data))
+    return parts
+
+
+#: Every request header the static server reads (the header-value fuzz covers each).
+READ_HEADERS = ["Range", "If-Range", "If-Modified-Since", "If-None-Match", "If-Match", "If-Unmodified-Since",
+                "Host", "Connection", "Content-Length", "Transfer-Encoding", "Expect", "Accept-Encoding"]
+
+
+def request_with(name: str, value: bytes) -> bytes:
+    """A GET of a file with *name*: *value* (replacing Host when that is the name), then a plain GET."""
+    host = b"" if name == "Host" else b"Host: x\r\n"
+    return (b"GET /kib.bin HTTP/1.1\r\n" + host + name.encode("ascii") + b": " + value + b"\r\n\r\n"
+            + b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n")

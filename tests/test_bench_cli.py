@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from framework.bench.peers import PEERS
+from framework.bench.peers import PEERS, nginx_binary
+from framework.bench.targets import strategy_targets, variant_keys
 from framework.strategies import STRATEGIES
 from tests.support import child_env, reap_adopted
 
@@ -174,3 +177,42 @@ def test_http_with_the_built_in_client(tmp_path):
     for row in rows.values():
         assert row["metrics"]["req_per_s"] > 0 and row["metrics"]["errors"] == 0  # keep-alive and HTTP/1.0 close
         assert row["metrics"]["p99_ms"] is not None
+
+
+@pytest.mark.needs_tool("wrk")
+@pytest.mark.skipif(shutil.which("wrk") is None or shutil.which("openssl") is None,
+                    reason="bench http --tls needs wrk and openssl")
+def test_http_over_tls_beside_nginx(tmp_path):
+    out = tmp_path / "out"
+    done = bench("http", "--tls", "--quick", "--sizes", "1k", "--concurrency", "2", "--duration", "0.3",
+                 "--strategies", "poll,threading", "--servers", "nginx,http.server", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    report = workload(load(out), "http-tls")
+    assert any("http.server: skipped" in note for note in report["notes"])  # the lab runs it without TLS
+    targets = {row["target"] for row in report["rows"]}
+    assert {"poll", "threading"} <= targets
+    if nginx_binary() is not None:
+        assert "nginx" in targets
+    for row in report["rows"]:
+        assert row["metrics"]["req_per_s"] > 0 and row["metrics"]["errors"] == 0
+
+
+def test_strategies_may_name_single_variants():
+    names = [target.name for target in strategy_targets(False, ["poll", "preforked:worker=poll"])]
+    assert names == ["preforked worker=poll", "poll"]
+    both = strategy_targets(False, ["preforked", "preforked:worker=poll"])
+    assert [(target.name, target.strategy) for target in both] == [
+        ("preforked", "preforked"), ("preforked worker=poll", "preforked")]
+    assert "preforked:worker=poll" in variant_keys()
+
+
+def test_http_interleaves_servers_and_takes_a_variant(tmp_path):
+    out = tmp_path / "out"
+    done = bench("http", "--quick", "--client", "builtin", "--repeat", "2", "--duration", "0.2",
+                 "--strategies", "iterative,preforked:worker=poll", "--servers", "none", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    runs = re.findall(r"http: (.+?) +1 KiB C=\d+ +run", done.stderr)
+    assert runs == ["iterative", "preforked worker=poll"] * 2  # the servers take turns within each repeat
+    report = workload(load(out), "http")
+    assert [row["target"] for row in report["rows"]] == ["iterative", "preforked worker=poll"]
+    assert all(row["repeats"] == 2 for row in report["rows"])

@@ -6,10 +6,12 @@ import http.client
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
+from servers.http.files import MAX_ENTRIES, SMALL_FILE
 from tests.conftest import selected_strategies
 from tests.http_support import BIG, KIB, SMALL, exchange, make_root, read_replies
 from tests.support import child_env
@@ -92,6 +94,44 @@ def test_pipelining_and_errors_on_a_real_server(serve, strategy, root):
     assert [r.status for r in replies] == [200, 200, 405, 200, 505]
     assert replies[0].body == SMALL and replies[1].body == b"" and replies[3].body == BIG
     assert closed
+
+
+def test_more_files_than_the_cache_holds_from_concurrent_clients(serve, strategy, tmp_path):
+    """The file cache evicts and revalidates while several connections use it at once (issue 14 item 8).
+
+    Under threading and the thread pools the cache is shared by the threads;
+    every reply must be the right file, and the server must log no fault.
+    """
+    root = tmp_path / "many"
+    root.mkdir()
+    count = MAX_ENTRIES + 40
+    bodies = {f"/f{n}": bytes([n % 251]) * (n * 97 if n % 7 else SMALL_FILE + n) for n in range(count)}
+    for name, body in bodies.items():
+        (root / name[1:]).write_bytes(body)
+    server = serve("http", "--root", str(root), strategy=strategy)
+    names = list(bodies)
+    failures: list[str] = []
+
+    def client(offset: int) -> None:
+        try:
+            with server.connect(timeout=30) as sock:
+                for batch in range(3):
+                    chosen = [names[(offset * 53 + batch * 101 + i * 7) % count] for i in range(40)]
+                    requests = b"".join(f"GET {name} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for name in chosen)
+                    replies, _ = exchange(sock, requests, ["GET"] * len(chosen), timeout=30)
+                    failures.extend(name for name, reply in zip(chosen, replies, strict=True)
+                                    if reply.status != 200 or reply.body != bodies[name])
+        except Exception as exc:  # any failure in a client thread is the finding
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+    assert "Traceback" not in server.log() and "ERROR" not in server.log()
 
 
 TRAVERSALS = ["/../secret.txt", "/%2e%2e/secret.txt", "/..%2fsecret.txt", "/..\\secret.txt", "/..%5csecret.txt",

@@ -10,9 +10,10 @@ import pytest
 from framework.testing import RecordingTransport
 from servers.http.access_log import AccessLog
 from servers.http.dates import http_date
+from servers.http.files import FileCache
 from servers.http.protocol import HttpProtocol
 from servers.http.site import StaticSite
-from tests.http_support import BIG, KIB, SMALL, make_root, parse_responses, pieces_of
+from tests.http_support import BIG, KIB, SMALL, byteranges_parts, make_root, parse_responses, pieces_of
 
 CHUNKINGS = pytest.mark.parametrize("chunk", [None, -1, 1], ids=["whole", "lines", "bytes"])
 
@@ -125,9 +126,17 @@ def test_empty_lines_before_a_request_are_ignored(site):
     assert reply.status == 200
 
 
-def test_bare_lf_line_endings_accepted(site):
-    (reply,), _ = run(site, b"GET /hello.txt HTTP/1.1\nHost: x\n\n")
-    assert reply.body == SMALL
+@pytest.mark.parametrize("data", [
+    b"GET /hello.txt HTTP/1.1\nHost: x\n\n",
+    b"GET /hello.txt HTTP/1.1\r\nHost: x\n\r\n",
+    b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\n",
+    b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nDummy: x\nContent-Length: 23\r\n\r\n",
+])
+def test_bare_lf_in_a_head_is_400_and_close(site, data):
+    # A front end that ends lines only at CRLF would frame these differently (request smuggling).
+    (reply,), transport = run(site, data + get("/hello.txt"))
+    assert reply.status == 400 and reply.header("connection") == "close"
+    assert transport.closed and SMALL not in transport.output()
 
 
 def test_absolute_form_target(site):
@@ -150,7 +159,8 @@ def test_query_and_fragment_ignored(site):
     ("bytes=1020-5000", 206, (1020, 1023)),
     ("bytes=5-2", 200, None),          # invalid: ignored
     ("items=0-1", 200, None),          # other unit: ignored
-    ("bytes=0-1,5-6", 200, None),      # several ranges: whole file
+    ("bytes=0-1,2-6", 206, (0, 6)),    # adjacent ranges coalesce into one
+    ("bytes=5-9,0-7", 206, (0, 9)),    # overlapping ranges too, whatever their order
 ])
 @CHUNKINGS
 def test_single_range(site, spec, status, span, chunk):
@@ -163,6 +173,21 @@ def test_single_range(site, spec, status, span, chunk):
         assert reply.body == KIB[first:last + 1]
         assert reply.header("content-range") == f"bytes {first}-{last}/1024"
         assert reply.header("content-length") == str(last - first + 1)
+
+
+@CHUNKINGS
+def test_several_ranges_give_multipart_byteranges(site, chunk):
+    (reply,), _ = run(site, get("/kib.bin", "Range: bytes=10-19, 0-3, -2"), chunk=chunk)
+    assert reply.status == 206 and int(reply.header("content-length")) == len(reply.body)
+    parts = byteranges_parts(reply)
+    assert [(headers["content-range"], data) for headers, data in parts] == [
+        ("bytes 0-3/1024", KIB[:4]), ("bytes 10-19/1024", KIB[10:20]), ("bytes 1022-1023/1024", KIB[1022:])]
+
+
+def test_too_many_ranges_give_the_whole_file(site):
+    spec = ",".join(f"{i * 2}-{i * 2}" for i in range(33))
+    (reply,), _ = run(site, get("/kib.bin", f"Range: bytes={spec}"))
+    assert reply.status == 200 and reply.body == KIB
 
 
 @pytest.mark.parametrize("spec", ["bytes=1024-", "bytes=5000-6000", "bytes=-0"])
@@ -218,7 +243,13 @@ def test_conditional_get(site):
     assert reply.status == 200
 
 
-def test_changed_file_gets_new_etag(site, root):
+def checking_site(root, valid_for: float = 0.0) -> StaticSite:
+    """A site whose file cache checks files with stat after *valid_for* seconds (0: on every request)."""
+    return StaticSite(str(root), cache=FileCache(valid_for=valid_for))
+
+
+def test_changed_file_gets_new_etag(root):
+    site = checking_site(root)
     (first,), _ = run(site, get("/hello.txt"))
     path = root / "hello.txt"
     path.write_bytes(b"changed!\n")
@@ -319,16 +350,102 @@ def test_405_body_is_consumed_and_connection_kept(site, chunk):
     assert replies[1].body == SMALL and not transport.closed
 
 
-def test_405_with_chunked_body_closes(site):
+@CHUNKINGS
+def test_405_with_chunked_body_skips_it_and_keeps_the_connection(site, chunk):
     data = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-    (reply,), transport = run(site, data, ["POST"])
-    assert reply.status == 405 and transport.closed and transport.linger > 0
+    replies, transport = run(site, data + get("/hello.txt"), ["POST", "GET"], chunk=chunk)
+    assert [r.status for r in replies] == [405, 200] and replies[1].body == SMALL and not transport.closed
 
 
 def test_get_with_body_skips_it(site):
     data = b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nxxxxx" + get("/kib.bin")
     replies, _ = run(site, data, ["GET", "GET"], chunk=1)
     assert [r.body for r in replies] == [SMALL, KIB]
+
+
+@CHUNKINGS
+def test_chunked_bodies_with_extensions_and_trailers_keep_the_connection(site, chunk):
+    body = b"4;a=1;b=\"x y\"\r\nGET \r\n000\r\nX-Checksum: 1\r\nX-Other: 2\r\n\r\n"
+    data = get("/hello.txt", "Transfer-Encoding: chunked") + body + get("/kib.bin")
+    replies, transport = run(site, data, ["GET", "GET"], chunk=chunk)
+    assert [r.body for r in replies] == [SMALL, KIB] and not transport.closed
+
+
+def test_broken_chunked_body_ends_the_connection_after_the_response(site):
+    data = get("/hello.txt", "Transfer-Encoding: chunked") + b"5\r\nhelloXX" + get("/kib.bin")
+    (reply,), transport = run(site, data)
+    assert reply.body == SMALL and transport.closed and transport.linger > 0
+
+
+def test_body_over_the_bound_is_never_read(site):
+    (reply,), transport = run(site, get("/hello.txt", "Content-Length: 1048577") + b"x" * 10)
+    assert reply.body == SMALL and reply.header("connection") == "close" and transport.closed
+
+
+def test_body_deadline_is_a_total_time(site):
+    transport = RecordingTransport()
+    protocol = HttpProtocol(site, header_timeout=2.5)
+    protocol.connection_made(transport)
+    protocol.data_received(get("/hello.txt", "Content-Length: 100"))
+    assert transport.deadline == 2.5, "the body's clock starts at the end of its head"
+    transport.deadline = None
+    for _ in range(5):  # trickled bytes do not restart the clock
+        protocol.data_received(b"x")
+        assert transport.deadline is None and not transport.closed
+    written = transport.output()
+    protocol.deadline_expired()
+    assert transport.closed and transport.output() == written, "closed, with nothing more to say"
+
+
+def test_body_done_stops_the_clock_until_the_next_head(site):
+    transport = RecordingTransport()
+    protocol = HttpProtocol(site, header_timeout=2.5)
+    protocol.connection_made(transport)
+    protocol.data_received(get("/hello.txt", "Content-Length: 2") + b"xy")
+    assert transport.deadline is None
+    protocol.deadline_expired()  # fired too late to be cancelled: nothing happens
+    assert not transport.closed
+
+
+@pytest.mark.parametrize(("headers", "version", "continues"), [
+    (("Content-Length: 5", "Expect: 100-continue"), "1.1", True),
+    (("Transfer-Encoding: chunked", "Expect: 100-CONTINUE"), "1.1", True),
+    (("Content-Length: 5", "Expect: 100-continue"), "1.0", False),     # HTTP/1.0 knows no 100
+    (("Content-Length: 0", "Expect: 100-continue"), "1.1", False),     # no body to ask for
+    (("Content-Length: 5000000", "Expect: 100-continue"), "1.1", False),  # over the bound: never read
+])
+def test_expect_100_continue(site, headers, version, continues):
+    transport = RecordingTransport()
+    protocol = HttpProtocol(site)
+    protocol.connection_made(transport)
+    protocol.data_received(get("/hello.txt", *headers, version=version))
+    output = transport.output()
+    assert output.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 ") is continues
+    assert output.split(b"\r\n\r\n", 2)[-1 if continues else 1] == SMALL
+
+
+def test_no_100_when_the_body_is_already_arriving(site):
+    (reply,), transport = run(site, get("/hello.txt", "Content-Length: 5", "Expect: 100-continue") + b"hello")
+    assert not transport.output().startswith(b"HTTP/1.1 100") and reply.body == SMALL and not transport.closed
+
+
+def test_refused_request_expecting_100_gets_its_final_status_and_close(site):
+    (reply,), transport = run(site, get("/x", "Content-Length: 5", "Expect: 100-continue", method="POST"), ["POST"])
+    assert reply.status == 405 and reply.header("connection") == "close" and transport.closed
+    assert b" 100 " not in transport.output()
+
+
+def test_stopping_while_a_body_is_skipped_closes_once_it_ends(site):
+    stopping = []
+    transport = RecordingTransport()
+    protocol = HttpProtocol(site, stopping=lambda: bool(stopping))
+    protocol.connection_made(transport)
+    protocol.data_received(get("/hello.txt", "Content-Length: 4") + b"xy")
+    stopping.append(True)
+    protocol.server_stopping()
+    assert not transport.closed, "the body is still coming"
+    protocol.data_received(b"zw")
+    assert transport.closed, "the exchange is over: nothing holds the stop up"
 
 
 # -- header timeout (slowloris) ------------------------------------------------------------
@@ -375,13 +492,34 @@ def test_symlink_inside_root_needs_follow(root):
 
 
 def test_symlink_swapped_in_after_caching_is_noticed(root, tmp_path):
-    site = StaticSite(str(root))
+    site = checking_site(root)
     (first,), _ = run(site, get("/hello.txt"))
     assert first.body == SMALL
     (root / "hello.txt").unlink()
     (root / "hello.txt").symlink_to(tmp_path / "secret.txt")
     (second,), transport = run(site, get("/hello.txt"))
     assert second.status == 404 and b"SECRET" not in transport.output()
+
+
+@pytest.mark.parametrize("name", ["hello.txt", "big.bin"])
+def test_swap_within_the_validity_window_serves_the_old_file_never_the_new_target(root, tmp_path, name):
+    site = checking_site(root, valid_for=3600.0)  # never checked again during the test
+    old = (root / name).read_bytes()
+    (first,), _ = run(site, get(f"/{name}"))
+    (root / name).unlink()
+    (root / name).symlink_to(tmp_path / "secret.txt")
+    (second,), transport = run(site, get(f"/{name}"))
+    assert first.body == second.body == old and b"SECRET" not in transport.output()
+
+
+def test_change_is_noticed_once_the_validity_window_passed(root):
+    site = checking_site(root, valid_for=0.05)
+    (first,), _ = run(site, get("/hello.txt"))
+    (root / "hello.txt").write_bytes(b"changed, longer\n")
+    time.sleep(0.2)  # past the window: the next request checks the file again
+    (second,), _ = run(site, get("/hello.txt"))
+    assert (first.body, second.body) == (SMALL, b"changed, longer\n")
+    assert first.header("etag") != second.header("etag")
 
 
 @pytest.mark.parametrize(("path", "location"), [
@@ -447,3 +585,19 @@ def test_access_log_common_log_format_with_escapes(site, tmp_path):
     assert first.endswith('] "GET /hello.txt HTTP/1.1" 200 13')
     assert second.endswith('"GET /\\x1b[31mred HTTP/1.1" 400 43') or '\\x1b[31mred' in second
     assert "\x1b" not in log_path.read_text("ascii")
+
+
+def test_reused_responses_keep_method_keep_alive_and_selecting_fields_apart(site):
+    """A plain request's response is reused within the second: never across HEAD/GET, keep-alive or a Range."""
+    (first,), _ = run(site, get("/kib.bin"))
+    (again,), _ = run(site, get("/kib.bin"))
+    (head,), _ = run(site, get("/kib.bin", method="HEAD"), ["HEAD"])
+    (ranged,), _ = run(site, get("/kib.bin", "Range: bytes=0-9"))
+    (matched,), _ = run(site, get("/kib.bin", f"If-None-Match: {first.header('etag')}"))
+    (closing,), transport = run(site, get("/kib.bin", "Connection: close"))
+    assert (first.status, first.body, first.header("connection")) == (200, KIB, "keep-alive")
+    assert (again.status, again.body) == (200, KIB)
+    assert (head.status, head.body, head.header("content-length")) == (200, b"", str(len(KIB)))
+    assert (ranged.status, ranged.body) == (206, KIB[:10])
+    assert matched.status == 304
+    assert (closing.status, closing.body, closing.header("connection")) == (200, KIB, "close") and transport.closed

@@ -57,7 +57,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "results.csv, results.md and PNG plots into --out.")
     bench.add_argument("workload", choices=WORKLOAD_NAMES, help="what load to make")
     bench.add_argument("--strategies", type=_names, metavar="LIST",
-                       help="comma-separated strategies to measure (default: every registered one)")
+                       help="comma-separated strategies to measure, or single variants such as"
+                            " preforked:worker=poll (default: every registered strategy)")
     bench.add_argument("--servers", type=_names, metavar="LIST",
                        help="comma-separated peers to measure, e.g. nginx,gunicorn,asyncio,socketserver,"
                             "http.server; 'none' for no peers (default: every peer installed)")
@@ -83,6 +84,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                        help=f"idle: most connections held ({FULL.max_idle} / {QUICK.max_idle})")
     bench.add_argument("--client", choices=("auto", "wrk", "builtin"), default="auto",
                        help="http: load client; auto uses wrk when installed (default: %(default)s)")
+    bench.add_argument("--tls", action="store_true",
+                       help="http: measure over TLS, every strategy beside nginx with the same certificate"
+                            " (needs wrk and openssl)")
     bench.set_defaults(func=run_bench)
 
 
@@ -97,19 +101,21 @@ def config_from_arguments(args: argparse.Namespace) -> BenchConfig:
     scale: Scale = dataclasses.replace(base, **overrides)
     workloads = ["stevens", "echo-rr", "http", "idle"] if args.workload == "all" else [args.workload]
     return BenchConfig(workloads=workloads, out=args.out, scale=scale, quick=args.quick, pin=args.pin,
-                       strategies=args.strategies, servers=args.servers, client=args.client)
+                       strategies=args.strategies, servers=args.servers, client=args.client, tls=args.tls)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the chosen workloads, print the tables, write the files; exit status 0 when all ran."""
+    from framework.bench.targets import variant_keys
     from framework.bench.workloads import WORKLOADS
     from framework.cli import UsageError
     from framework.strategies import STRATEGIES
 
     config = config_from_arguments(args)
-    unknown = [name for name in config.strategies or [] if name not in STRATEGIES]
+    unknown = [name for name in config.strategies or [] if name not in STRATEGIES and name not in variant_keys()]
     if unknown:
-        raise UsageError(f"unknown strategies {', '.join(unknown)} (choose from {', '.join(STRATEGIES)})")
+        raise UsageError(f"unknown strategies {', '.join(unknown)} (choose from {', '.join(STRATEGIES)},"
+                         f" or a variant: {', '.join(variant_keys())})")
     if config.out.exists() and not config.out.is_dir():
         raise UsageError(f"--out {config.out}: not a directory")
     if config.client == "wrk":

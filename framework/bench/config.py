@@ -58,6 +58,8 @@ class BenchConfig:
     strategies: list[str] | None = None
     servers: list[str] | None = None
     client: str = "auto"
+    #: http: measure over TLS (every strategy beside nginx on the same certificate).
+    tls: bool = False
     server_cpus: set[int] | None = None
     client_cpus: set[int] | None = None
     notes: list[str] = dataclasses.field(default_factory=list)

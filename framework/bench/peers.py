@@ -33,6 +33,8 @@ class Peer:
     command: Callable[[Context], ServerCommand]
     #: Returns why the peer cannot run here, or None.
     missing: Callable[[], str | None] = lambda: None
+    #: Whether the lab can run it with TLS (``bench http --tls``).
+    tls: bool = False
 
 
 def _stdlib(kind: str) -> Callable[[Context], ServerCommand]:
@@ -96,10 +98,17 @@ http {{
     types {{ text/html html; application/octet-stream bin; }}
     default_type application/octet-stream;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
         root {root};
-    }}
+{tls}    }}
 }}
+"""
+
+#: With ``--tls``: the forkthread defaults (TLS 1.2 and 1.3, the library's ciphers, no session cache).
+NGINX_TLS = """\
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
 """
 
 
@@ -110,7 +119,8 @@ def _nginx(context: Context) -> ServerCommand:
     port = free_port()
     conf = os.path.join(tmp, "nginx.conf")
     with open(conf, "w") as file:
-        file.write(NGINX_CONF.format(tmp=tmp, port=port, root=context.root))
+        tls = NGINX_TLS.format(cert=context.tls_cert, key=context.tls_key) if context.tls_cert else ""
+        file.write(NGINX_CONF.format(tmp=tmp, port=port, root=context.root, ssl=" ssl" if tls else "", tls=tls))
     # -e (nginx >= 1.19.5) keeps even the error log written before the config is read in tmp.
     argv = [binary, "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "error.log")]
     return ServerCommand(argv, ready_pattern=None, port=port, stop_signal=signal.SIGQUIT,  # SIGQUIT: graceful
@@ -128,7 +138,7 @@ PEERS: list[Peer] = [
     Peer("http.server", frozenset({"http"}), _http_server),
     Peer("gunicorn sync", frozenset({"http"}), _gunicorn("sync"), _gunicorn_missing),
     Peer("gunicorn gthread", frozenset({"http"}), _gunicorn("gthread"), _gunicorn_missing),
-    Peer("nginx", frozenset({"http"}), _nginx, _nginx_missing),
+    Peer("nginx", frozenset({"http"}), _nginx, _nginx_missing, tls=True),
 ]
 
 
@@ -137,14 +147,14 @@ def peer_key(name: str) -> str:
     return name.replace(" ", "-").replace(".", "-").lower()
 
 
-def peer_targets(protocol: str, chosen: list[str] | None) -> list[Target]:
-    """A target (or a skip note) per peer that speaks *protocol*, filtered by ``--servers``."""
+def peer_targets(protocol: str, chosen: list[str] | None, tls: bool = False) -> list[Target]:
+    """A target (or a skip note) per peer that speaks *protocol* (over TLS with *tls*), filtered by ``--servers``."""
     targets = []
     for peer in PEERS:
         if protocol not in peer.protocols:
             continue
         if chosen is not None and not any(peer_key(peer.name).startswith(peer_key(want)) for want in chosen):
             continue
-        reason = peer.missing()
+        reason = "the lab runs it without TLS only" if tls and not peer.tls else peer.missing()
         targets.append(Target(name=peer.name, kind="peer", command=None if reason else peer.command, skip=reason))
     return targets

@@ -24,7 +24,7 @@ def targets(config: BenchConfig, context: Context, variants: bool = False) -> li
     if chosen_peers is not None and [name.lower() for name in chosen_peers] == ["none"]:
         peers: list[Target] = []
     else:
-        peers = peer_targets(context.protocol, chosen_peers)
+        peers = peer_targets(context.protocol, chosen_peers, tls=bool(context.tls_cert))
     return strategy_targets(variants, config.strategies) + peers
 
 

@@ -49,6 +49,9 @@ class Context:
     server_options: list[str] = dataclasses.field(default_factory=list)
     #: http: the directory of files served.
     root: str = ""
+    #: With ``--tls``: the certificate and key every server (forkthread and peers) serves TLS with.
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclasses.dataclass
@@ -78,15 +81,33 @@ def serve_command(server: str, strategy: str, options: list[str], server_options
     return ServerCommand(argv, env=child_env())
 
 
+def variant_key(label: str) -> str:
+    """``preforked worker=poll`` -> ``preforked:worker=poll``: how ``--strategies`` names a variant."""
+    return label.replace(" ", ":")
+
+
+def variant_keys() -> list[str]:
+    """Every variant's ``--strategies`` name (``preforked:worker=poll``, ``prethreaded:handoff``...)."""
+    return [variant_key(label) for forms in VARIANTS.values() for label, _ in forms]
+
+
 def strategy_targets(variants: bool, chosen: list[str] | None) -> list[Target]:
-    """A target per registered strategy (and per variant with *variants*), filtered by *chosen*."""
+    """A target per registered strategy (and per variant with *variants*), filtered by *chosen*.
+
+    *chosen* may also name single variants (:func:`variant_key`): they get a
+    row of their own, labelled as the variant, in any workload.
+    """
     targets = []
     for strategy in STRATEGIES:
-        if chosen is not None and strategy not in chosen:
-            continue
         forms = VARIANTS.get(strategy, [(strategy, [])])
-        for label, options in forms if variants else forms[:1]:
-            name = label if variants else strategy
+        picked: list[tuple[str, list[str]]] = []
+        if chosen is None or strategy in chosen:
+            picked = [(label if variants else strategy, options) for label, options in
+                      (forms if variants else forms[:1])]
+        picked += [(label, options) for label, options in forms
+                   if chosen is not None and variant_key(label) in chosen and label != strategy
+                   and label not in {name for name, _ in picked}]
+        for name, options in picked:
 
             def command(context: Context, strategy: str = strategy, options: list[str] = options) -> ServerCommand:
                 return serve_command(context.server, strategy, options, context.server_options)

@@ -19,10 +19,19 @@ looks at the clock only when a protocol deadline or a graceful stop runs.
 The poll object is made at the first wait, so a connection that never
 waits (a request that came with the connection, an answer that fits in
 the socket buffer) makes none.
+
+Given an :class:`ssl.SSLSocket` (made with ``do_handshake_on_connect=False``),
+the connection first completes the TLS handshake in the same wait loop, so a
+client that never finishes it is dropped after the idle timeout and signals
+are handled meanwhile (:meth:`BlockingConnection.handshake`).  OpenSSL's
+"want read / want write" count as would-block; file bodies are read in
+chunks and written through TLS unless kernel TLS lets ``sendfile(2)`` run
+on the socket; a graceful close sends close_notify.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -39,6 +48,7 @@ from framework.drivers.common import (
     HandlerError,
     ShortFileError,
     ends_quietly,
+    is_tls_socket,
     poll_timeout_ms,
     sendfile_some,
     socket_extra_info,
@@ -47,6 +57,9 @@ from framework.lifecycle import Lifecycle
 from framework.protocol import FileLike, Protocol, Transport
 
 log = logging.getLogger("forkthread")
+
+#: File bytes read and encrypted per step when sendfile(2) cannot be used (TLS in user space).
+TLS_FILE_CHUNK = 65536
 
 _READ = select.POLLIN | select.POLLPRI
 _WRITE = select.POLLOUT
@@ -97,6 +110,21 @@ class BlockingConnection(Transport):
         self._protocol_deadline: float | None = None
         self.bytes_received = 0
         self.bytes_sent = 0
+        self._tls = is_tls_socket(sock)
+        #: What means "try again when the socket is ready" (OpenSSL's want read/write too).
+        self._would_block: tuple[type[Exception], ...] = (BlockingIOError,)
+        #: Of those, what means "wait until readable" even while sending (OpenSSL's want read).
+        self._wants_read: tuple[type[Exception], ...] = ()
+        #: Read the socket itself, past TLS (only to discard input when closing).
+        self._raw_recv = sock.recv
+        #: File bodies go through TLS in user space: sendfile(2) cannot encrypt (unless kernel TLS).
+        self._copy_files = self._tls
+        if self._tls:
+            import ssl  # loaded already: the socket is an SSLSocket
+
+            self._would_block = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+            self._wants_read = (ssl.SSLWantReadError,)
+            self._raw_recv = functools.partial(socket.socket.recv, sock)
 
     # -- Transport -------------------------------------------------------
 
@@ -106,7 +134,9 @@ class BlockingConnection(Transport):
         return self._peer
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """``peername``, ``sockname`` or ``socket``, asyncio style."""
+        """``peername``, ``sockname``, ``socket`` or ``ssl_object`` (the SSLSocket), asyncio style."""
+        if name == "ssl_object":
+            return self.sock if self._tls else default
         return socket_extra_info(self.sock, name, default)
 
     def is_closing(self) -> bool:
@@ -126,28 +156,29 @@ class BlockingConnection(Transport):
         # Most writes fit in the socket buffer: one send, no copy, no wait.
         try:
             sent = self.sock.send(data)
-        except BlockingIOError:
+        except self._would_block:
             sent = 0
         except OSError as exc:
             self._fail(exc)
             return
         self.bytes_sent += sent
         if sent < len(data):
-            self._send_rest(memoryview(data)[sent:])
+            try:
+                self._send_all(memoryview(data)[sent:])
+            except OSError as exc:
+                self._fail(exc)
 
-    def _send_rest(self, view: memoryview) -> None:
-        try:
-            while view:
-                try:
-                    sent = self.sock.send(view)
-                except BlockingIOError:
-                    if not self._wait(_WRITE):
-                        return
-                    continue
-                self.bytes_sent += sent
-                view = view[sent:]
-        except OSError as exc:
-            self._fail(exc)
+    def _send_all(self, view: memoryview) -> None:
+        """Send *view* to its end, waiting as the peer reads; stop early only if the connection ended."""
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except self._would_block as exc:
+                if not self._wait(_READ if isinstance(exc, self._wants_read) else _WRITE):
+                    return
+                continue
+            self.bytes_sent += sent
+            view = view[sent:]
 
     def sendfile(self, file: FileLike | IO[bytes], offset: int = 0, count: int | None = None) -> None:
         """Send *count* bytes of *file* from *offset* with ``sendfile(2)``."""
@@ -158,6 +189,13 @@ class BlockingConnection(Transport):
             count = os.fstat(file_fd).st_size - offset
         try:
             while count > 0:
+                if self._copy_files:
+                    sent = self._send_file_chunk(file_fd, offset, count)
+                    if self._error is not None:
+                        return
+                    offset += sent
+                    count -= sent
+                    continue
                 try:
                     sent = sendfile_some(self._fd, file_fd, offset, count)
                 except BlockingIOError:
@@ -173,6 +211,14 @@ class BlockingConnection(Transport):
             self._fail(exc)
         except OSError as exc:
             self._fail(exc)
+
+    def _send_file_chunk(self, file_fd: int, offset: int, count: int) -> int:
+        """Read one bounded chunk of the file and send it through TLS; return its length."""
+        data = os.pread(file_fd, min(count, TLS_FILE_CHUNK), offset)
+        if not data:
+            raise ShortFileError(f"file ended {count} bytes early")
+        self._send_all(memoryview(data))
+        return len(data)
 
     def close(self, *, linger: float = 0.0) -> None:
         """End the connection once the queue is sent (writes are synchronous here).
@@ -197,8 +243,8 @@ class BlockingConnection(Transport):
         if not ends_quietly(exc):
             raise exc
 
-    def _poll_for(self, events: int) -> Any:
-        """The poll object, watching the socket for *events*; the latch only while reading."""
+    def _poll_for(self, events: int, watch_latch: bool) -> Any:
+        """The poll object, watching the socket for *events*, and the latch with *watch_latch*."""
         poller = self._poller
         if poller is None:
             poller = self._poller = select.poll()
@@ -208,10 +254,6 @@ class BlockingConnection(Transport):
         if events != self._polled:
             poller.register(self._fd, events)  # register() of a registered fd modifies it
             self._polled = events
-        # The latch is never drained: watch it only while waiting to read and
-        # until the protocol has been told, or every poll would return at once.
-        # During a write the stop is noticed when the write is done (in _serve).
-        watch_latch = self._poll_latch and not events & _WRITE and not self._stop_told
         if watch_latch != self._latch_polled:
             if watch_latch:
                 poller.register(self._latch.fileno(), select.POLLIN)
@@ -220,20 +262,25 @@ class BlockingConnection(Transport):
             self._latch_polled = watch_latch
         return poller
 
-    def _wait(self, events: int) -> bool:
+    def _wait(self, events: int, *, between: bool = False, stoppable: bool = False) -> bool:
         """Wait until the socket is ready for *events*; run signal actions meanwhile.
 
         True when the socket is ready (or failed: the next call will say how).
         False when the caller must look again before calling: a time limit
-        passed (then the connection has ended, ``_error`` says why), or,
-        while waiting to read, a graceful stop began or the protocol's
-        deadline came.
+        passed (then the connection has ended, ``_error`` says why), or, in
+        a wait *between* exchanges (for a request, or after the peer's EOF)
+        or a *stoppable* one (the TLS handshake), a graceful stop began, or,
+        between exchanges, the protocol's deadline came.  A wait inside an
+        exchange (a write) goes on through a stop: the stop is told when the
+        exchange is done (in _serve).
         """
-        reading = not events & _WRITE
+        # The latch is never drained: watch it only until the protocol has been
+        # told, or every poll would return at once.
+        watch_stop = (between or stoppable) and not self._stop_told
         poller = self._poller
-        if (poller is None or events != self._polled
-                or self._latch_polled != (self._poll_latch and reading and not self._stop_told)):
-            poller = self._poll_for(events)
+        watch_latch = self._poll_latch and watch_stop
+        if poller is None or events != self._polled or self._latch_polled != watch_latch:
+            poller = self._poll_for(events, watch_latch)
         lifecycle = self._lifecycle
         wakeup_fd = self._wakeup_fd
         idle_timeout = self._idle_timeout
@@ -243,8 +290,8 @@ class BlockingConnection(Transport):
             # The protocol's deadline counts while waiting for the peer or idling
             # after its EOF, not while the peer is slow to read our output.
             deadline = min(idle_deadline, lifecycle.deadline)  # the graceful deadline is inf until a stop
-            protocol_deadline = self._protocol_deadline
-            if reading and protocol_deadline is not None and protocol_deadline < deadline:
+            protocol_deadline = self._protocol_deadline if between else None
+            if protocol_deadline is not None and protocol_deadline < deadline:
                 deadline = protocol_deadline
             timeout = None if deadline == _INF else max(0, math.ceil((deadline - now) * 1000))
             for fd, revents in poller.poll(timeout):
@@ -253,13 +300,13 @@ class BlockingConnection(Transport):
                         return True
                 elif fd == wakeup_fd:
                     lifecycle.dispatch()
-            if reading and not self._stop_told and self._latch.is_set():
+            if watch_stop and self._latch.is_set():
                 return False  # a stop began: _serve tells the protocol
             now = time.monotonic()
             if now >= lifecycle.deadline:
                 self._error = ConnectionTimeout("server stopping: graceful timeout passed")
                 return False
-            if reading and protocol_deadline is not None and now >= protocol_deadline:
+            if protocol_deadline is not None and now >= protocol_deadline:
                 return False  # _serve calls the protocol's deadline_expired
             if now >= idle_deadline:
                 self._error = ConnectionTimeout(f"idle for {idle_timeout:g} s")
@@ -270,8 +317,14 @@ class BlockingConnection(Transport):
 
         Returns None for an orderly end, the exception for a vanished peer or a
         timeout.  A protocol that raises gets :meth:`Protocol.connection_lost`
-        with the exception and the caller gets :class:`HandlerError`.
+        with the exception and the caller gets :class:`HandlerError`.  Over
+        TLS the handshake comes first; a connection that fails it returns what
+        ended it and its protocol never hears of it.
         """
+        if self._tls:
+            ended = self._start_tls()
+            if ended is not None:
+                return ended
         try:
             self._call(protocol.connection_made, self)
             self._serve(protocol)
@@ -283,6 +336,58 @@ class BlockingConnection(Transport):
         self._finish(abort=self._error is not None)
         self._lost(protocol)
         return self._error
+
+    def handshake(self) -> None:
+        """Complete the TLS handshake of the connection's :class:`ssl.SSLSocket` in the driver's wait loop.
+
+        Each wait lasts at most the idle timeout, and none begins once the
+        handshake has taken that long (so it ends within twice the idle
+        timeout however the peer trickles it); signals are handled meanwhile.
+        Raises :class:`ssl.SSLError` when the peer does not speak acceptable
+        TLS, and the driver's internal :class:`_Ended` on a time limit or a stop
+        (the reason in ``_error``).  :func:`tls_handshake` is the hook built on
+        it for anything that needs a handshaken SSLSocket of its own, such as a
+        blocking request handler.
+        """
+        import ssl  # loaded already: the socket is an SSLSocket
+
+        assert isinstance(self.sock, ssl.SSLSocket)
+        # A peer that trickles its handshake byte by byte must not renew the limit
+        # forever: past the idle timeout since the start, no new wait begins.
+        limit = None if self._idle_timeout is None else time.monotonic() + self._idle_timeout
+        while True:
+            try:
+                self.sock.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                events = _READ
+            except ssl.SSLWantWriteError:
+                events = _WRITE
+            if limit is not None and time.monotonic() >= limit:
+                self._error = ConnectionTimeout(f"TLS handshake not complete after {self._idle_timeout:g} s")
+                raise _Ended
+            if not self._wait(events, stoppable=True):
+                if self._error is None:
+                    self._error = ConnectionAbortedError("server stopping during the TLS handshake")
+                raise _Ended
+        from framework.drivers.tls import ktls_sending
+
+        self._copy_files = not ktls_sending(self.sock)
+
+    def _start_tls(self) -> BaseException | None:
+        """Run :meth:`handshake`; on failure close the socket and return what ended it."""
+        try:
+            self.handshake()
+            return None
+        except _Ended:
+            pass  # the reason is recorded
+        except OSError as exc:  # ssl.SSLError included: a quiet end
+            self._error = exc
+        try:
+            self._drain_input()  # what OpenSSL left unread (plain text...): close with FIN, not a reset
+        finally:
+            self.sock.close()
+        return self._error or ConnectionAbortedError("TLS handshake not completed")
 
     @staticmethod
     def _call(callback: Any, *args: Any) -> Any:
@@ -333,21 +438,22 @@ class BlockingConnection(Transport):
                 if self._protocol_deadline is None or self._sleep_after_eof():
                     break
                 continue
-            if not optimistic and not self._wait(_READ):
+            if not optimistic and not self._wait(_READ, between=True):
                 continue
             try:
                 data = recv(RECV_SIZE)
-            except BlockingIOError:
+            except self._would_block:
                 if optimistic:
                     optimistic = False
-                    self._wait(_READ)
+                    self._wait(_READ, between=True)
                 continue
             except OSError as exc:
                 self._fail(exc)
                 break
             if data:
                 # A full buffer says more is waiting: read before polling again.
-                optimistic = len(data) == RECV_SIZE
+                # OpenSSL may hold more of what the socket already gave, out of poll's sight.
+                optimistic = self._tls or len(data) == RECV_SIZE
                 self.bytes_received += len(data)
                 try:
                     data_received(data)
@@ -363,7 +469,7 @@ class BlockingConnection(Transport):
     def _sleep_after_eof(self) -> bool:
         """Wait after the peer's EOF; True when the connection is over (the peer vanished)."""
         # Poll for nothing but errors: after EOF the socket stays readable forever.
-        if not self._wait(0):
+        if not self._wait(0, between=True):
             return False
         # The socket reported an error or hang-up: the peer is gone.
         self._error = ConnectionResetError("peer gone while the protocol held the connection")
@@ -372,10 +478,20 @@ class BlockingConnection(Transport):
     def _finish(self, abort: bool) -> None:
         """Close the socket: at once after an error, gracefully otherwise."""
         try:
+            if not abort and self._tls:
+                self._close_notify()
             if not abort and not self._eof:
                 self._drain_input()
         finally:
             self.sock.close()
+
+    def _close_notify(self) -> None:
+        """Send our close_notify alert; the peer's is not awaited."""
+        unwrap = getattr(self.sock, "unwrap")  # noqa: B009 (an SSLSocket's)
+        try:
+            unwrap()
+        except (OSError, ValueError):
+            pass  # sent, and the peer's not there yet (want read) or the peer is gone
 
     def _drain_input(self) -> None:
         """Read what the peer still sends so closing sends FIN, not RST."""
@@ -388,7 +504,7 @@ class BlockingConnection(Transport):
                 deadline = time.monotonic() + self._linger
             while budget > 0:
                 try:
-                    data = self.sock.recv(RECV_SIZE)
+                    data = self._raw_recv(RECV_SIZE)
                 except BlockingIOError:
                     if deadline == -_INF or time.monotonic() >= deadline:
                         return
@@ -412,6 +528,10 @@ class BlockingConnection(Transport):
             raise HandlerError(exc) from exc
 
 
+class _Ended(Exception):
+    """Internal: the TLS handshake cannot complete (a time limit or a stop); the reason is in ``_error``."""
+
+
 def serve_connection(
     sock: socket.socket,
     peer: str,
@@ -429,4 +549,29 @@ def serve_connection(
     return connection.run(protocol)
 
 
-__all__ = ["DEFAULT_LINGER", "BlockingConnection", "ConnectionTimeout", "HandlerError", "serve_connection"]
+def tls_handshake(
+    sock: socket.socket,
+    peer: str,
+    *,
+    lifecycle: Lifecycle,
+    idle_timeout: float | None,
+    watch_wakeup: bool,
+) -> BaseException | None:
+    """Complete the TLS handshake of *sock* in the driver's wait loop, for code that then uses it itself.
+
+    *sock* is an :class:`ssl.SSLSocket` made with
+    ``do_handshake_on_connect=False`` (as :meth:`framework.server.Server.serve_connection`
+    makes it).  Returns None once the handshake is complete (the socket is
+    left non-blocking: call ``settimeout`` for a blocking request handler),
+    or what ended it, with the socket closed.
+    """
+    sock.setblocking(False)
+    connection = BlockingConnection(
+        sock, peer, lifecycle=lifecycle, idle_timeout=idle_timeout, watch_wakeup=watch_wakeup
+    )
+    return connection._start_tls()
+
+
+__all__ = [
+    "DEFAULT_LINGER", "BlockingConnection", "ConnectionTimeout", "HandlerError", "serve_connection", "tls_handshake",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 import time
 from typing import Any
 
@@ -25,8 +26,14 @@ DEFAULT_LINGER = 2.0
 LINGER_MAX_BYTES = 1 << 20
 
 
+
+
 class ShortFileError(OSError):
     """The file ended before the promised byte count was sent (it shrank meanwhile)."""
+
+
+class OutOfDescriptors(OSError):
+    """A connection ended because the process had no descriptor left for its queued response (warned once)."""
 
 
 class ConnectionTimeout(TimeoutError):
@@ -44,11 +51,26 @@ class HandlerError(Exception):
 def ends_quietly(exc: BaseException) -> bool:
     """True when *exc* is a normal end of one connection: logged at debug, never as a fault.
 
-    The peer went away (reset, broken pipe...), a time limit passed, or a
-    file shrank under a response whose length was already promised.  The one
-    rule every driver and the server apply to what ended a connection.
+    The peer went away (reset, broken pipe...), a time limit passed, a
+    file shrank under a response whose length was already promised, or the
+    process ran out of descriptors for one connection's queued response
+    (a :class:`LogThrottle` warning says so), or the peer did not speak
+    acceptable TLS (plain text on a TLS port, a garbage or truncated
+    ClientHello, a protocol version refused, a bad record): an
+    :class:`ssl.SSLError`.  The one rule every driver and the server apply
+    to what ended a connection.
     """
-    return is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError))
+    if is_peer_gone(exc) or isinstance(exc, (TimeoutError, ShortFileError, OutOfDescriptors)):
+        return True
+    # Only a process that uses TLS has loaded ssl; the others need not pay for it.
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(exc, ssl.SSLError)
+
+
+def is_tls_socket(sock: socket.socket) -> bool:
+    """True when *sock* is an :class:`ssl.SSLSocket` (asked without loading :mod:`ssl`)."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(sock, ssl.SSLSocket)
 
 
 def sendfile_some(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
@@ -61,6 +83,11 @@ def sendfile_some(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
     if sent == 0:
         raise ShortFileError(f"file ended {count} bytes early")
     return sent
+
+
+def earliest(*deadlines: float | None) -> float:
+    """The earliest of several monotonic deadlines (``None`` = no deadline), or inf."""
+    return min((d for d in deadlines if d is not None), default=math.inf)
 
 
 def poll_timeout_ms(deadline: float) -> int | None:

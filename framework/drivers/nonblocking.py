@@ -9,13 +9,17 @@ protocol writes to.  The contract is the blocking driver's
   take is queued as a :class:`memoryview` (no copy of ``bytes``), in order
   with file segments queued by ``sendfile``, which go out with
   ``sendfile(2)`` from an advancing offset on a duplicate of the caller's
-  descriptor.  Several queued buffers go out in one ``sendmsg`` (gather
-  write), so many small writes to a slow reader do not cost a system call
-  each.
+  descriptor (one per file, however many of its responses are queued).
+  Several queued buffers go out in one ``sendmsg`` (gather write), so many
+  small writes to a slow reader do not cost a system call each.
 * Flow control: a connection whose queue grows above :data:`HIGH_WATER` is
   no longer read (so its protocol stops producing) until the queue drains
-  below :data:`LOW_WATER`.  Memory per connection stays bounded by the high
-  mark plus what one callback writes.
+  below :data:`LOW_WATER`; so is one with more than :data:`FILES_HIGH_WATER`
+  file segments queued (a client that pipelines requests for a small file
+  and never reads), until they are down to :data:`FILES_LOW_WATER`.  Memory
+  per connection stays bounded by the high marks plus what one callback
+  writes.  A connection whose response finds no descriptor left (``EMFILE``)
+  ends alone, with a warning that does not flood the log.
 * ``close`` flushes the queue, then drains unread input so the close sends
   FIN rather than RST; with ``linger`` the sending side is shut down and
   input is discarded until the peer's end-of-file or the linger time.
@@ -32,11 +36,20 @@ protocol writes to.  The contract is the blocking driver's
 ``connection_lost`` is never called from inside another callback of the
 same protocol: connections that end are reported at the end of the loop
 iteration, after their socket is closed.
+
+With a TLS context (``EventLoop(tls=...)``) every connection carries a
+:class:`framework.drivers.tls.TlsStream` between its socket and its protocol:
+the handshake runs first, driven by the same events and bounded by the idle
+timeout from the moment of accept (progress does not extend it), and
+``connection_made`` comes only once it is complete; a peer that fails it
+ends quietly and its protocol never hears of it.  Reads, writes and file
+bodies then go through the stream, and a graceful close sends close_notify.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import heapq
 import logging
 import os
@@ -44,19 +57,26 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from framework.drivers.common import (
     LINGER_MAX_BYTES,
     RECV_SIZE,
     ConnectionTimeout,
+    OutOfDescriptors,
     ShortFileError,
     ends_quietly,
     sendfile_some,
     socket_extra_info,
 )
 from framework.lifecycle import ActiveConnections
+from framework.logthrottle import LogThrottle
 from framework.protocol import FileLike, Protocol, Transport
+
+if TYPE_CHECKING:
+    import ssl
+
+    from framework.drivers.tls import TlsStream
 
 log = logging.getLogger("forkthread")
 
@@ -67,6 +87,9 @@ WRITE = selectors.EVENT_WRITE
 HIGH_WATER = 256 * 1024
 #: ...and read it again once the queue is down to this many.
 LOW_WATER = 64 * 1024
+#: The same for queued file segments (responses), whatever their size.
+FILES_HIGH_WATER = 64
+FILES_LOW_WATER = 16
 
 #: Queued buffers handed to one sendmsg() at most (IOV_MAX is 1024 on Linux).
 IOV_BATCH = 64
@@ -101,13 +124,25 @@ class Timer:
         return self.when < other.when
 
 
-class _FileSegment:
-    """Part of a file still to be sent: our own descriptor, where to go on, how much is left."""
+class _HeldFile:
+    """Our own descriptor of a file (an inode) with queued segments, shared by all of them."""
 
-    __slots__ = ("fd", "offset", "remaining")
+    __slots__ = ("fd", "key", "segments")
 
-    def __init__(self, fd: int, offset: int, remaining: int) -> None:
+    def __init__(self, fd: int, key: tuple[int, int]) -> None:
         self.fd = fd
+        self.key = key
+        self.segments = 0
+
+
+class _FileSegment:
+    """Part of a file still to be sent: our held descriptor of it, where to go on, how much is left."""
+
+    __slots__ = ("fd", "held", "offset", "remaining")
+
+    def __init__(self, held: _HeldFile, offset: int, remaining: int) -> None:
+        self.held = held
+        self.fd = held.fd
         self.offset = offset
         self.remaining = remaining
 
@@ -119,8 +154,9 @@ class EventLoop:
     seconds (None: never).  *handle_error* is told about protocol faults and
     unexpected socket errors (``handle_error(exc, peer)``).  *connections*,
     when given, has every connection's socket added while it is served, so
-    that a server's status counts them.  Call :meth:`run_once` in a loop;
-    :meth:`close` at the end.
+    that a server's status counts them.  With *tls*, every connection
+    speaks TLS with that server-side context.  Call :meth:`run_once` in a
+    loop; :meth:`close` at the end.
     """
 
     def __init__(
@@ -130,6 +166,7 @@ class EventLoop:
         idle_timeout: float | None = None,
         handle_error: ErrorHandler = log_handler_error,
         connections: ActiveConnections | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.selector = selector if selector is not None else selectors.DefaultSelector()
         self.idle_timeout = idle_timeout
@@ -144,6 +181,14 @@ class EventLoop:
         self._timers: list[Timer] = []
         self._cancelled = 0
         self._ended: collections.deque[NonBlockingConnection] = collections.deque()
+        #: Warns when connections end for want of a descriptor, without flooding the log.
+        self.descriptor_warnings = LogThrottle()
+        self._tls_layer: Callable[[socket.socket], TlsStream] | None = None
+        if tls is not None:
+            # Imported only here: a loop without TLS never loads OpenSSL.
+            from framework.drivers.tls import TlsStream
+
+            self._tls_layer = functools.partial(TlsStream, context=tls)
 
     # -- timers ----------------------------------------------------------------
 
@@ -203,7 +248,8 @@ class EventLoop:
         """
         sock.setblocking(False)
         self.now = time.monotonic()
-        connection = NonBlockingConnection(self, sock, peer, protocol)
+        tls = self._tls_layer(sock) if self._tls_layer is not None else None
+        connection = NonBlockingConnection(self, sock, peer, protocol, tls)
         self.connections.add(connection)
         self.served += 1
         if self.registry is not None:
@@ -270,18 +316,35 @@ class NonBlockingConnection(Transport):
     Made by :meth:`EventLoop.add_connection`.  :attr:`buffered` is the number
     of bytes queued for sending (file segments included); :attr:`reading`
     says whether the loop reads the socket now (False while flow control
-    holds it, after end-of-file, and once closing).
+    holds it, after end-of-file, and once closing).  With *tls*, bytes go
+    through that :class:`~framework.drivers.tls.TlsStream` and the protocol
+    starts once its handshake is complete.
     """
 
-    def __init__(self, loop: EventLoop, sock: socket.socket, peer: str, protocol: Protocol) -> None:
+    def __init__(
+        self, loop: EventLoop, sock: socket.socket, peer: str, protocol: Protocol, tls: TlsStream | None = None,
+    ) -> None:
         self._loop = loop
         self.sock = sock
         self._fd = sock.fileno()
+        self._tls = tls
+        # What moves bytes: the socket's own calls, or the TLS stream's with the same meaning.
+        io: Any = sock if tls is None else tls
+        self._recv = io.recv
+        self._send = io.send
+        self._sendmsg = io.sendmsg
+        self._sendfile: Callable[[int, int, int], int] = (
+            functools.partial(sendfile_some, self._fd) if tls is None else tls.sendfile)
+        #: True until the TLS handshake is complete (the protocol has not started yet).
+        self._handshaking = tls is not None
         self._peer = peer
         self.protocol = protocol
         self._queue: collections.deque[memoryview | _FileSegment] = collections.deque()
         #: Bytes queued for sending.
         self.buffered = 0
+        #: Our descriptors of the files with queued segments, by (device, inode).
+        self._held: dict[tuple[int, int], _HeldFile] = {}
+        self._segments = 0
         self.bytes_received = 0
         self.bytes_sent = 0
         self._state = _OPEN
@@ -295,10 +358,11 @@ class NonBlockingConnection(Transport):
         self._last_active = loop.now
         self._idle_timer: Timer | None = None
         self._deadline_timer: Timer | None = None
+        self._deadline_at: float | None = None  # when the protocol's deadline is due (None: no deadline)
         self._deadline_due = False  # the deadline passed while output was queued
         self._linger_timer: Timer | None = None
         # One bound method for the selector's data, not one per modify().
-        self._handler = self._on_events
+        self._handler = self._on_events if tls is None else self._on_handshake_events
 
     # -- Transport -----------------------------------------------------------------
 
@@ -316,6 +380,8 @@ class NonBlockingConnection(Transport):
         """``peername``, ``sockname``, ``socket`` or ``write_buffer_size``, asyncio style."""
         if name == "write_buffer_size":
             return self.buffered
+        if name == "ssl_object":
+            return self._tls.ssl_object if self._tls is not None else default
         return socket_extra_info(self.sock, name, default)
 
     def is_closing(self) -> bool:
@@ -332,7 +398,7 @@ class NonBlockingConnection(Transport):
             self._enqueue(data, 0)
             return
         try:
-            sent = self.sock.send(data)
+            sent = self._send(data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -349,14 +415,16 @@ class NonBlockingConnection(Transport):
         if self._state != _OPEN:
             return
         file_fd = file.fileno()
+        info = None
         if count is None:
-            count = os.fstat(file_fd).st_size - offset
+            info = os.fstat(file_fd)
+            count = info.st_size - offset
         if count <= 0:
             return
         if not self._queue:
             try:
                 while count > 0:
-                    sent = sendfile_some(self._fd, file_fd, offset, count)
+                    sent = self._sendfile(file_fd, offset, count)
                     offset += sent
                     count -= sent
                     self.bytes_sent += sent
@@ -368,10 +436,42 @@ class NonBlockingConnection(Transport):
                 return
             if count == 0:
                 return
-        # The caller may close its file as soon as we return: keep our own descriptor.
-        self._queue.append(_FileSegment(os.dup(file_fd), offset, count))
+        held = self._hold(file_fd, info or os.fstat(file_fd))
+        if held is None:
+            return
+        held.segments += 1
+        self._segments += 1
+        self._queue.append(_FileSegment(held, offset, count))
         self.buffered += count
         self._queued()
+
+    def _hold(self, file_fd: int, info: os.stat_result) -> _HeldFile | None:
+        """Our own descriptor of *file_fd*'s file, since the caller may close its own as soon as we return.
+
+        One per file (inode), shared by its queued segments: a client that
+        pipelines a thousand requests for one file costs one descriptor.  When
+        the process has none left, this connection ends (None), alone.
+        """
+        key = (info.st_dev, info.st_ino)
+        held = self._held.get(key)
+        if held is None:
+            try:
+                held = self._held[key] = _HeldFile(os.dup(file_fd), key)
+            except OSError as exc:
+                self._loop.descriptor_warnings.warning(
+                    f"connection from {self._peer} ended: no descriptor for its queued response:"
+                    f" {exc.strerror or exc}")
+                self._teardown(OutOfDescriptors(exc.errno, "no descriptor for a queued response"))
+                return None
+        return held
+
+    def _release(self, held: _HeldFile) -> None:
+        """One segment of *held* is sent (or dropped): close our descriptor after its last."""
+        held.segments -= 1
+        self._segments -= 1
+        if not held.segments:
+            del self._held[held.key]
+            os.close(held.fd)
 
     def close(self, *, linger: float = 0.0) -> None:
         """Send what is queued, then end the connection gracefully (see :meth:`Transport.close`)."""
@@ -379,7 +479,7 @@ class NonBlockingConnection(Transport):
         if self._state != _OPEN:
             return
         self._state = _CLOSING
-        if self._queue:
+        if self._queue or self._tls_pending():
             self._update_mask()
         else:
             self._finish()
@@ -391,11 +491,22 @@ class NonBlockingConnection(Transport):
     def set_deadline(self, seconds: float | None) -> None:
         """Arrange for ``protocol.deadline_expired()`` in *seconds* (None cancels)."""
         self._deadline_due = False
-        if self._deadline_timer is not None:
-            self._loop.cancel(self._deadline_timer)
-            self._deadline_timer = None
-        if seconds is not None and self._state != _CLOSED:
-            self._deadline_timer = self._loop.call_at(time.monotonic() + seconds, self._deadline_expired)
+        # A protocol that sets and clears a deadline around every request (HTTP's
+        # header timeout) would push and cancel a timer each time.  Instead the due
+        # time is recorded, and a timer already in the heap that comes up no later
+        # is kept: when it comes up it sees the current due time and re-arms for it
+        # or does nothing (as the idle timer does).
+        if seconds is None or self._state == _CLOSED:
+            self._deadline_at = None
+            return
+        due = time.monotonic() + seconds
+        self._deadline_at = due
+        timer = self._deadline_timer
+        if timer is not None:
+            if timer.when <= due:
+                return
+            self._loop.cancel(timer)
+        self._deadline_timer = self._loop.call_at(due, self._deadline_expired)
 
     # -- queueing ------------------------------------------------------------------------
 
@@ -412,7 +523,7 @@ class NonBlockingConnection(Transport):
         self._queued()
 
     def _queued(self) -> None:
-        if self.buffered > HIGH_WATER:
+        if self.buffered > HIGH_WATER or self._segments > FILES_HIGH_WATER:
             self._paused = True
         self._update_mask()
 
@@ -425,7 +536,7 @@ class NonBlockingConnection(Transport):
             want = READ
         else:
             want = 0
-        if self._queue:
+        if self._queue or self._tls_pending():
             want |= WRITE
         mask = self._mask
         if want != mask:
@@ -440,10 +551,40 @@ class NonBlockingConnection(Transport):
 
     # -- events ----------------------------------------------------------------------------
 
+    def _tls_pending(self) -> bool:
+        """True while the TLS stream holds ciphertext the kernel has not taken yet."""
+        return self._tls is not None and self._tls.pending > 0
+
     def _start(self) -> None:
         loop = self._loop
         if loop.idle_timeout is not None:
             self._idle_timer = loop.call_at(loop.now + loop.idle_timeout, self._idle_check)
+        if self._handshaking:
+            self._on_handshake_events(READ)
+            return
+        self._begin()
+
+    def _on_handshake_events(self, events: int) -> None:
+        """Advance the TLS handshake; start the protocol once it is complete."""
+        assert self._tls is not None
+        try:
+            self._tls.do_handshake()
+        except BlockingIOError:
+            self._update_mask()  # read, and write while our flight is pending
+            return
+        except OSError as exc:  # ssl.SSLError included: ends quietly
+            self._error = exc
+            self._finish()  # discard what OpenSSL left unread: close with FIN, not a reset
+            return
+        self._handshaking = False
+        self._last_active = self._loop.now  # the protocol's idle time starts now, not at accept
+        self._handler = self._on_events
+        if self._mask:
+            self._loop.selector.modify(self._fd, self._mask, self._handler)
+        self._begin()
+
+    def _begin(self) -> None:
+        """Start the protocol: ``connection_made``, then the first read."""
         try:
             self.protocol.connection_made(self)
         except Exception as exc:
@@ -467,7 +608,7 @@ class NonBlockingConnection(Transport):
 
     def _on_readable(self) -> None:
         try:
-            data = self.sock.recv(RECV_SIZE)
+            data = self._recv(RECV_SIZE)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -502,9 +643,10 @@ class NonBlockingConnection(Transport):
     def _flush(self) -> None:
         """Send from the queue until it is empty or the kernel's buffer is full."""
         queue = self._queue
-        sock = self.sock
         before = self.buffered
         try:
+            if self._tls is not None and not self._tls.flush():
+                raise BlockingIOError  # earlier ciphertext first
             while queue:
                 item = queue[0]
                 if type(item) is memoryview:
@@ -512,7 +654,7 @@ class NonBlockingConnection(Transport):
                         if not self._send_batch():
                             break
                         continue
-                    sent = sock.send(item)
+                    sent = self._send(item)
                     self.buffered -= sent
                     if sent < len(item):
                         queue[0] = item[sent:]
@@ -520,13 +662,13 @@ class NonBlockingConnection(Transport):
                     queue.popleft()
                 else:
                     assert isinstance(item, _FileSegment)
-                    sent = sendfile_some(self._fd, item.fd, item.offset, item.remaining)
+                    sent = self._sendfile(item.fd, item.offset, item.remaining)
                     self.buffered -= sent
                     item.offset += sent
                     item.remaining -= sent
                     if item.remaining:
                         break
-                    os.close(item.fd)
+                    self._release(item.held)
                     queue.popleft()
         except BlockingIOError:
             pass
@@ -536,9 +678,9 @@ class NonBlockingConnection(Transport):
         if self.buffered != before:
             self.bytes_sent += before - self.buffered
             self._last_active = self._loop.now
-        if self._paused and self.buffered <= LOW_WATER:
+        if self._paused and self.buffered <= LOW_WATER and self._segments <= FILES_LOW_WATER:
             self._paused = False
-        if not queue and self._state == _CLOSING:
+        if not queue and self._state == _CLOSING and not self._tls_pending():
             self._finish()
             return
         self._update_mask()
@@ -553,7 +695,7 @@ class NonBlockingConnection(Transport):
             if type(item) is not memoryview or len(buffers) == IOV_BATCH:
                 break
             buffers.append(item)
-        sent = self.sock.sendmsg(buffers)
+        sent = self._sendmsg(buffers)
         self.buffered -= sent
         for view in buffers:
             if sent < len(view):
@@ -588,9 +730,17 @@ class NonBlockingConnection(Transport):
 
     def _deadline_expired(self) -> None:
         self._deadline_timer = None
+        due = self._deadline_at
+        if due is None:
+            return  # cleared since this timer was set
+        if due > self._loop.now:
+            # Moved later since this timer was set (see set_deadline).
+            self._deadline_timer = self._loop.call_at(due, self._deadline_expired)
+            return
+        self._deadline_at = None
         if self._state != _OPEN:
             return
-        if self._queue:
+        if self._queue or self._tls_pending():
             # As in the blocking driver, a deadline does not count while the
             # peer is slow to read our output: it fires once the queue is sent.
             self._deadline_due = True
@@ -598,7 +748,14 @@ class NonBlockingConnection(Transport):
         self._fire_deadline()
 
     def notify_stopping(self) -> None:
-        """Tell the protocol that a graceful stop began (once), unless it is already closing."""
+        """Tell the protocol that a graceful stop began (once), unless it is already closing.
+
+        A connection still in its TLS handshake has said nothing yet, like an
+        idle keep-alive one: it ends now.
+        """
+        if self._handshaking:
+            self._teardown(ConnectionAbortedError("server stopping during the TLS handshake"))
+            return
         if self.is_closing():
             return
         try:
@@ -617,6 +774,10 @@ class NonBlockingConnection(Transport):
 
     def _finish(self) -> None:
         """The queue is sent: close gracefully, draining input so the peer gets FIN, not RST."""
+        if self._tls is not None:
+            self._tls.close_notify()
+            # From here on input is only discarded: read the socket itself.
+            self._recv = self.sock.recv
         if self._eof:
             self._teardown(None)
             return
@@ -668,9 +829,10 @@ class NonBlockingConnection(Transport):
             if timer is not None:
                 loop.cancel(timer)
         self._idle_timer = self._deadline_timer = self._linger_timer = None
-        for item in self._queue:
-            if type(item) is _FileSegment:
-                os.close(item.fd)
+        for held in self._held.values():
+            os.close(held.fd)
+        self._held.clear()
+        self._segments = 0
         self._queue.clear()
         self.buffered = 0
         loop._forget(self)
@@ -680,10 +842,11 @@ class NonBlockingConnection(Transport):
         """Tell the protocol the connection is over, and the server what went wrong, if anything."""
         loop = self._loop
         exc = self._error
-        try:
-            self.protocol.connection_lost(exc)
-        except Exception as lost_exc:
-            loop.handle_error(lost_exc, self._peer)
+        if not self._handshaking:  # a protocol never started is never told it ended
+            try:
+                self.protocol.connection_lost(exc)
+            except Exception as lost_exc:
+                loop.handle_error(lost_exc, self._peer)
         if exc is None:
             return
         if self._faulted:
@@ -694,4 +857,5 @@ class NonBlockingConnection(Transport):
             loop.handle_error(exc, self._peer)
 
 
-__all__ = ["HIGH_WATER", "LOW_WATER", "EventLoop", "NonBlockingConnection", "Timer", "log_handler_error"]
+__all__ = ["FILES_HIGH_WATER", "FILES_LOW_WATER", "HIGH_WATER", "LOW_WATER", "EventLoop", "NonBlockingConnection",
+           "Timer", "log_handler_error"]

@@ -31,12 +31,20 @@ strategy runs unchanged whatever the mode:
     is the listener the server bound first.
 ``passfd``
     The master accepts and passes each descriptor to the least-loaded worker
-    over that worker's ``AF_UNIX`` channel with ``SCM_RIGHTS`` (§30.9).
+    over that worker's ``AF_UNIX`` channel with ``SCM_RIGHTS`` (§30.9), and
+    only to a worker with room for it (fewer connections in flight than its
+    inner strategy's :meth:`~framework.strategies.base.Strategy.capacity`).
+    As in Stevens' version, the master counts what it passed and the worker
+    answers :data:`PASSED_DONE` on the channel when a passed connection is
+    closed; while no worker has room the master does not watch the listener,
+    so further clients wait in the kernel's backlog, not in a busy worker's
+    channel.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import logging
 import socket
@@ -53,6 +61,8 @@ log = logging.getLogger("forkthread")
 
 #: Longest peer text the master sends beside a passed descriptor.
 PEER_TEXT_MAX = 512
+#: passfd: what a worker sends its master when it has closed a connection the master passed.
+PASSED_DONE = b"D"
 
 
 class AcceptModeError(ValueError):
@@ -218,19 +228,49 @@ class ReusePortAccept(AcceptMode):
             self.lane_closed(lane)
 
 
+class PassedConnection(socket.socket):
+    """A connection the master passed: closing it tells the master, once, that it is done.
+
+    Every way a connection ends in a worker (served to its end, refused at
+    admission, dropped by an event loop) closes its socket, so the close is
+    the one place that sees them all.
+    """
+
+    __slots__ = ("_done",)
+
+    def __init__(self, fileno: int, done: Callable[[], None]) -> None:
+        super().__init__(fileno=fileno)
+        self._done: Callable[[], None] | None = done
+
+    def close(self) -> None:
+        """Close the socket, then tell the master (the descriptor is already free by then)."""
+        super().close()
+        done, self._done = self._done, None
+        if done is not None:
+            done()
+
+
 class PassedFdAcceptor(Acceptor):
     """An :class:`Acceptor` whose connections arrive as descriptors on the master's channel.
 
     The channel is an ``AF_UNIX`` ``SOCK_SEQPACKET`` socket, so a message (the
     peer's address as text, plus one descriptor) is received whole even when
     several threads of the worker read it.  End-of-file means the master is
-    gone: *master_gone* is called, once.
+    gone: *master_gone* is called, once.  Each connection is a
+    :class:`PassedConnection`, which sends :data:`PASSED_DONE` back when it is
+    closed; so does a connection lost on the way.
     """
 
     def __init__(self, channel: socket.socket, master_gone: Callable[[], None]) -> None:
         super().__init__(channel)
         self._channel = channel
         self._master_gone: Callable[[], None] | None = master_gone
+
+    def _done(self) -> None:
+        # A blocking send: the master reads its channels whenever they are readable.
+        # It fails only when the master is gone, and then nobody is counting.
+        with contextlib.suppress(OSError):
+            self._channel.send(PASSED_DONE)
 
     def accept(self) -> tuple[socket.socket, str] | None:
         """Receive one passed connection, or None when none is waiting."""
@@ -246,8 +286,9 @@ class PassedFdAcceptor(Acceptor):
                 # The kernel could not install the descriptor (we are at our
                 # descriptor limit) and closed it: that client is lost.
                 log.warning("passfd: a passed connection was dropped: out of descriptors")
+                self._done()
             return None
-        return socket.socket(fileno=fds[0]), data.decode(errors="replace")
+        return PassedConnection(fds[0], self._done), data.decode(errors="replace")
 
 
 class PassFdAccept(AcceptMode):

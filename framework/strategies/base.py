@@ -24,7 +24,7 @@ import abc
 import dataclasses
 import os
 import socket
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from framework.accepting import Acceptor
 from framework.address import Address
@@ -32,6 +32,9 @@ from framework.drivers.datagram import DatagramService
 from framework.lifecycle import ActiveConnections, Lifecycle
 from framework.protocol import Protocol as ConnectionProtocol
 from framework.signals import SignalAction
+
+if TYPE_CHECKING:
+    import ssl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +64,11 @@ class Host(Protocol):
     """The whole of what a strategy may ask of the server it carries.
 
     The path of one connection is: take it from :attr:`acceptor`, then either
-    :meth:`serve_connection` (blocking: admission, driver, every error handled,
-    socket closed) or :meth:`admit` and hand the protocol to an event loop.
+    :meth:`serve_connection` (blocking: admission, then the blocking driver or the
+    server's blocking handler, every error handled, socket closed) or :meth:`admit`
+    and hand the protocol to an event loop.  Only strategies whose
+    :meth:`Strategy.carries_blocking_handlers` is true may carry a server with a
+    handler, and they only ever call :meth:`serve_connection` for it.
     """
 
     @property
@@ -97,6 +103,14 @@ class Host(Protocol):
     def graceful_timeout(self) -> float:
         """How long in-flight connections may run on after a stop request."""
 
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        """The server-side TLS context every connection speaks (None: plain TCP or Unix streams).
+
+        :meth:`serve_connection` applies it itself; a strategy that drives an
+        event loop hands it to :class:`~framework.drivers.nonblocking.EventLoop`.
+        """
+
     def admit(self, sock: socket.socket, peer: str) -> ConnectionProtocol | None:
         """Admit one accepted connection: verify, apply socket options, count, make its protocol.
 
@@ -105,7 +119,14 @@ class Host(Protocol):
         """
 
     def serve_connection(self, sock: socket.socket, peer: str, *, main_thread: bool) -> None:
-        """Admit and serve one connection to its end in the calling thread; closes *sock*; never raises."""
+        """Admit and serve one connection to its end in the calling thread; closes *sock*; never raises.
+
+        The server runs its protocol with the blocking driver, or its blocking
+        handler (which may block the calling thread for as long as it likes:
+        the server itself keeps the time limits and the graceful stop).
+        *main_thread* says whether the caller is the process's main thread,
+        which otherwise polls the wakeup pipe and runs signal actions.
+        """
 
     def handle_error(self, exc: BaseException, peer: str) -> None:
         """Report a fault of one connection's protocol (the connection is already over)."""
@@ -191,6 +212,24 @@ class Strategy(abc.ABC):
         :meth:`Run.serve_datagrams`).  A server asks before binding, so a refusal is a clear error.
         """
         return False
+
+    def capacity(self) -> int | None:
+        """Most connections one run of this strategy serves at once (None: no bound of its own).
+
+        A pre-forked master in ``passfd`` mode passes a worker no more than
+        this, so further clients wait in the kernel's backlog, not in a busy
+        worker's channel.
+        """
+        return None
+
+    def carries_blocking_handlers(self) -> bool:
+        """True when this strategy, as configured, serves every connection through
+        :meth:`Host.serve_connection`: a thread of its own waits on the connection, so a
+        blocking handler (a ``socketserver`` request handler) may block it.  False for an
+        event loop (which admits with :meth:`Host.admit` and drives protocols).  A server
+        with a handler asks before binding, so a refusal is a clear error.  Default: True.
+        """
+        return True
 
     def describe(self) -> str:
         """The strategy with its main options, for the status line (``preforked(4,lock)``)."""

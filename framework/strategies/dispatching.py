@@ -133,6 +133,10 @@ class DispatchingStrategy(Strategy):
         """The name, with the bound when there is one: ``threading(max=4)``."""
         return self.name if self.max_connections is None else f"{self.name}(max={self.max_connections})"
 
+    def capacity(self) -> int | None:
+        """``max_connections``."""
+        return self.max_connections
+
 
 class DispatchingRun(Run):
     """The accept loop of a :class:`DispatchingStrategy`: accept, hand over, wind down at a stop."""

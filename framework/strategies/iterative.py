@@ -29,6 +29,10 @@ class IterativeStrategy(Strategy):
         """Yes: one loop answers datagrams in the serving thread."""
         return True
 
+    def capacity(self) -> int:
+        """One connection at a time."""
+        return 1
+
 
 class IterativeRun(Run):
     """The serving thread accepts a connection and serves it to its end."""

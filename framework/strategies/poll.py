@@ -69,6 +69,14 @@ class PollStrategy(Strategy):
             details.append(f"max={self.max_connections}")
         return f"{self.name}({','.join(details)})" if details else self.name
 
+    def capacity(self) -> int | None:
+        """``max_connections``: the loop's own bound (None: it takes every connection)."""
+        return self.max_connections
+
+    def carries_blocking_handlers(self) -> bool:
+        """No: one thread serves every connection, so a handler that blocks would stall them all."""
+        return False
+
     def make_selector(self) -> selectors.BaseSelector:
         """A new selector of the configured kind."""
         selector: selectors.BaseSelector = getattr(selectors, SELECTORS[self.selector])()
@@ -87,7 +95,7 @@ class PollRun(Run):
     def __init__(self, strategy: PollStrategy, host: Host) -> None:
         super().__init__(strategy, host)
         self.loop = EventLoop(strategy.make_selector(), idle_timeout=host.timeout, handle_error=host.handle_error,
-                              connections=host.connections)
+                              connections=host.connections, tls=host.tls)
 
     def serve(self) -> None:
         """Accept and serve connections until a stop is requested and the last one is over.

@@ -79,6 +79,10 @@ class WorkerStrategy(Strategy):
         """As the inner strategy."""
         return self.inner.can_serve_datagrams()
 
+    def carries_blocking_handlers(self) -> bool:
+        """As the inner strategy."""
+        return self.inner.carries_blocking_handlers()
+
     def describe(self) -> str:
         """``preforked-worker(3,accept=shared,worker=iterative)``."""
         return f"{self.name}({self.number},accept={self.accept},worker={self.inner.describe()})"

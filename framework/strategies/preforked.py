@@ -70,6 +70,10 @@ class PreforkedStrategy(Strategy):
         """With the shared socket (``--accept shared`` or ``lock``) and a worker kind that serves datagrams."""
         return self.accept in ("shared", "lock") and self.inner.can_serve_datagrams()
 
+    def carries_blocking_handlers(self) -> bool:
+        """As the workers' inner strategy: ``iterative`` and ``threads`` do, ``poll`` does not."""
+        return self.inner.carries_blocking_handlers()
+
     def describe(self) -> str:
         """``preforked(workers=4,accept=shared,worker=iterative)``."""
         return f"preforked(workers={self.workers},accept={self.accept},worker={self.inner.describe()})"

@@ -70,6 +70,10 @@ class PrethreadedStrategy(Strategy):
         """``prethreaded(8,lock)``."""
         return f"{self.name}({self.threads},{self.accept})"
 
+    def capacity(self) -> int:
+        """One connection per pool thread."""
+        return self.threads
+
     def start(self, host: Host) -> Run:
         """A run of the pool in the configured accept mode."""
         if self.accept == "lock":

@@ -2,8 +2,8 @@
 
 Each worker owns a slot of two 64-bit counters (connections served, connections
 active) in a ``MAP_SHARED`` page created by the master before it forks, so
-the master's status line can add up the whole pool and the ``passfd`` accept
-mode can see how busy each worker is, without a message per connection.
+the master's status line can add up the whole pool without a message per
+connection.
 A slot is written only by its worker and read by the master; a torn read of a
 counter is impossible on the 64-bit platforms Linux runs this on, and a stale
 one is harmless.

@@ -37,7 +37,7 @@ import time
 from framework.accepting import ListenerWatch
 from framework.processes import exit_child, fork
 from framework.signals import SignalAction
-from framework.strategies.accept_modes import ACCEPT_MODES, AcceptModeError, pass_connection
+from framework.strategies.accept_modes import ACCEPT_MODES, PASSED_DONE, AcceptModeError, pass_connection
 from framework.strategies.base import Host, Run, ServeError, Strategy
 from framework.strategies.prefork_worker import READY, RETIRE_ME, WORKER_BOOT_ERROR, WorkerPlan, run_worker
 from framework.strategies.scoreboard import Scoreboard
@@ -54,7 +54,7 @@ QUICK_STOP_GRACE = 2.0
 KILL_MARGIN = 0.5
 #: The master's loop wakes at least this often (a safety net; signals and channels wake it anyway).
 TICK = 1.0
-#: passfd: how soon to retry handing out a connection when every channel was full.
+#: passfd: how soon to retry handing out a connection when every channel with room behind it was full.
 PASS_RETRY = 0.01
 
 
@@ -77,6 +77,8 @@ class Worker:
     killed: bool = False
     #: passfd: connections handed to this worker.
     passed: int = 0
+    #: passfd: connections handed to this worker that it has not closed yet (it says PASSED_DONE).
+    in_flight: int = 0
     channel_open: bool = True
 
 
@@ -121,6 +123,8 @@ class Supervisor(Run):
         self._pending: collections.deque[tuple[socket.socket, str]] = collections.deque()
         self._poller = select.poll()
         self._by_fd: dict[int, Worker] = {}
+        #: passfd: most connections a worker is passed at once (its inner strategy's bound; None: no bound).
+        self._capacity = pool.inner.capacity()
         self._listener = ListenerWatch(host.listener.fileno(), lambda fd: self._poller.register(fd, select.POLLIN),
                                        self._poller.unregister) if self.mode.master_accepts else None
 
@@ -222,7 +226,7 @@ class Supervisor(Run):
                 wake_at = min(wake_at, worker.kill_at)
         if not self.lifecycle.stopping and self._next_spawn_at > now:
             wake_at = min(wake_at, self._next_spawn_at)
-        if self._pending:
+        if self._pending and self._receivers():
             wake_at = min(wake_at, now + PASS_RETRY)
         return max(0, math.ceil((wake_at - now) * 1000))
 
@@ -432,6 +436,8 @@ class Supervisor(Run):
             if message == READY and not worker.ready:
                 worker.ready = True
                 log.info("worker %d (pid %d) ready", worker.number, worker.pid)
+            elif message == PASSED_DONE:
+                worker.in_flight = max(0, worker.in_flight - 1)
             elif message == RETIRE_ME and not worker.superseded:
                 worker.superseded = True
                 log.info("worker %d (pid %d) reached max-requests: replacing it", worker.number, worker.pid)
@@ -449,21 +455,27 @@ class Supervisor(Run):
     def _watch_listener(self) -> None:
         if self._listener is None:
             return
-        room = not self.lifecycle.stopping and not self._pending and bool(self._receivers())
+        room = not self.lifecycle.stopping and self._may_accept()
         self._listener.update(self.host.acceptor.wants_polling(room))
 
+    def _may_accept(self) -> bool:
+        """Nothing accepted is waiting to be passed, and some worker has room for one more."""
+        return not self._pending and bool(self._receivers())
+
     def _receivers(self) -> list[Worker]:
-        """Workers that may get a connection now, least loaded first (fresh before superseded)."""
-        candidates = [w for w in self.workers.values() if w.ready and not w.retiring and w.channel_open]
+        """Workers with room for a connection now, least loaded first (fresh before superseded).
 
-        def load(worker: Worker) -> tuple[bool, int, int]:
-            served, active = self.board.read(worker.slot)
-            return worker.superseded, worker.passed - served + active, worker.passed
-
-        return sorted(candidates, key=load)
+        Room: fewer connections passed and not yet closed than the worker's
+        capacity (UNP §30.9 passes only to an idle child); the clients beyond
+        wait in the kernel's backlog, never in a busy worker's channel.
+        """
+        capacity = self._capacity
+        candidates = [w for w in self.workers.values() if w.ready and not w.retiring and w.channel_open
+                      and (capacity is None or w.in_flight < capacity)]
+        return sorted(candidates, key=lambda worker: (worker.superseded, worker.in_flight, worker.passed))
 
     def _accept_and_pass(self) -> None:
-        for accepted in self.host.acceptor.accept_batch(lambda: not self._pending):
+        for accepted in self.host.acceptor.accept_batch(self._may_accept):
             self._pending.append(accepted)
             self._pass_pending()
 
@@ -477,9 +489,12 @@ class Supervisor(Run):
                     continue
                 if passed:
                     worker.passed += 1
+                    worker.in_flight += 1
                     break
             else:
-                return  # every channel is full or nobody is ready: retry soon
+                # Every channel is full (retry soon), or no worker has room (a PASSED_DONE or
+                # a READY on a channel wakes the loop).
+                return
             self._pending.popleft()
             sock.close()
 

@@ -14,6 +14,7 @@ plain byte-string operation: no regular expression, no ``email`` parser.
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 #: Longest request line accepted (method, target and version), in bytes: longer gets 414.
 MAX_REQUEST_LINE = 8192
@@ -27,13 +28,20 @@ KNOWN_METHODS = frozenset({b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"T
 #: The methods it serves.
 SERVED_METHODS = frozenset({b"GET", b"HEAD"})
 
-# tchar (RFC 9110 section 5.6.2): what a method or a field name may contain.
-_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+#: tchar (RFC 9110 section 5.6.2): what a method, a field name or any other token may contain.
+TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 # Control characters no part of a head may hold (HTAB, CR and LF are checked where they matter).
 _HEAD_CONTROLS = bytes(c for c in range(32) if c not in (9, 10, 13)) + b"\x7f"
 _DIGITS = frozenset(b"0123456789")
 # How much of a refused request line the access log shows.
 _LOGGED_LINE = 1024
+
+
+class BodyReader(Protocol):
+    """What :meth:`HeadParser.skip_body` drives (see :mod:`servers.http.body`)."""
+
+    def consume(self, buffer: bytearray) -> bool:
+        """Take body bytes from the front of *buffer*; True once the body ended."""
 
 
 class RequestError(Exception):
@@ -56,7 +64,8 @@ class RequestHead:
     """One parsed request head.
 
     Field names are lower-cased; a repeated field's values are joined with
-    ``", "`` (RFC 9110 section 5.3), so ``fields`` is a plain dict.
+    ``", "`` (RFC 9110 section 5.3), so ``fields`` is a plain dict.  Read
+    only: a :class:`HeadParser` hands the same object again for a repeated head.
     """
 
     method: bytes
@@ -67,7 +76,7 @@ class RequestHead:
     request_line: bytes
     #: Body bytes that follow the head (from Content-Length; 0 when none).
     content_length: int = 0
-    #: True when a chunked body follows: its end is unknown to this parser.
+    #: True when a chunked body follows (its end is found by :class:`servers.http.body.ChunkedBody`).
     chunked: bool = False
     #: Whether the connection may carry another request after this one.
     keep_alive: bool = True
@@ -101,13 +110,48 @@ def _content_length(value: bytes) -> int:
     return int(length)
 
 
+def parse_fields(lines: list[bytes]) -> dict[bytes, bytes]:
+    """Field lines (no line ends) -> values by lower-cased name; 400 when one is malformed.
+
+    A repeated field's values are joined with ``, `` (RFC 9110 section 5.3),
+    except ``Host``, which may appear once.  Used for the head's fields and a
+    chunked body's trailer fields alike.
+    """
+    fields: dict[bytes, bytes] = {}
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or not TOKEN_BYTES.issuperset(name):
+            if line[:1] in (b" ", b"\t"):
+                raise RequestError(400, "obsolete line folding")
+            raise RequestError(400, "malformed header field")
+        if b"\r" in value:
+            raise RequestError(400, "CR in header value")
+        name = name.lower()
+        value = value.strip(b" \t")
+        previous = fields.get(name)
+        if previous is None:
+            fields[name] = value
+        elif name == b"host":
+            raise RequestError(400, "more than one Host field")
+        else:
+            fields[name] = previous + b", " + value
+    return fields
+
+
 def parse_head(block: bytes) -> RequestHead:
     """Parse one complete head (*block* ends just before its blank line).
 
     Raises :class:`RequestError` for anything malformed or unsupported.
     """
-    lines = block.split(b"\n")
-    request_line = lines[0].removesuffix(b"\r")
+    # RFC 9112 section 2.2 lets a recipient take a bare LF as a line end; a
+    # server behind a proxy must not: where a front end that ends lines only
+    # at CRLF sees one field (``Dummy: x\nContent-Length: 23``), this server
+    # would see two, and the two would disagree about where the next request
+    # starts (request smuggling).  So every LF must end a CRLF.
+    if block.count(b"\n") != block.count(b"\r\n"):
+        raise RequestError(400, "bare LF in request head")
+    lines = block.split(b"\r\n")
+    request_line = lines[0]
     if len(request_line) > MAX_REQUEST_LINE:
         raise RequestError(414, "request line too long")
     if len(lines) - 1 > MAX_FIELDS:
@@ -121,30 +165,12 @@ def parse_head(block: bytes) -> RequestHead:
     if len(parts) != 3:
         raise RequestError(400, "malformed request line")
     method, target, version_text = parts
-    if not method or not _TOKEN_BYTES.issuperset(method):
+    if not method or not TOKEN_BYTES.issuperset(method):
         raise RequestError(400, "malformed method")
     if not target or not target.isascii() or b"\t" in target or b"\r" in target:
         raise RequestError(400, "malformed request target")
     version = _parse_version(version_text)
-    fields: dict[bytes, bytes] = {}
-    for raw in lines[1:]:
-        line = raw.removesuffix(b"\r")
-        name, colon, value = line.partition(b":")
-        if not colon or not name or not _TOKEN_BYTES.issuperset(name):
-            if line[:1] in (b" ", b"\t"):
-                raise RequestError(400, "obsolete line folding")
-            raise RequestError(400, "malformed header field")
-        if b"\r" in value:
-            raise RequestError(400, "CR in header value")
-        value = value.strip(b" \t")
-        name = name.lower()
-        previous = fields.get(name)
-        if previous is None:
-            fields[name] = value
-        elif name == b"host":
-            raise RequestError(400, "more than one Host field")
-        else:
-            fields[name] = previous + b", " + value
+    fields = parse_fields(lines[1:])
     head = RequestHead(method, target, version, fields, request_line)
     _check_framing(head)
     return head
@@ -184,16 +210,21 @@ class HeadParser:
 
     Call :meth:`feed` with each chunk, then :meth:`next_head` until it
     returns None (more bytes needed).  Body bytes are taken with
-    :meth:`discard` before the next head is looked for.
+    :meth:`skip_body` before the next head is looked for.
     """
 
-    __slots__ = ("_buffer", "_scanned")
+    __slots__ = ("_buffer", "_last_head", "_last_raw", "_scanned")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         # How far the buffer has been searched for the end of the head, so a
         # head trickled in byte by byte is not rescanned from its start.
         self._scanned = 0
+        # The last head parsed and the bytes it was cut from (its blank line
+        # included): a keep-alive client mostly repeats its head byte for byte,
+        # and parsing is a pure function of those bytes.
+        self._last_raw = b""
+        self._last_head: RequestHead | None = None
 
     def feed(self, data: bytes) -> None:
         """Append *data* to what is buffered."""
@@ -204,12 +235,14 @@ class HeadParser:
         """How many bytes are waiting (a partial head, or pipelined requests)."""
         return len(self._buffer)
 
-    def discard(self, count: int) -> int:
-        """Drop up to *count* buffered bytes (a body nobody reads); return how many were dropped."""
-        dropped = min(count, len(self._buffer))
-        del self._buffer[:dropped]
+    def skip_body(self, body: BodyReader) -> bool:
+        """Let *body* take its bytes from the front of the buffer; True once it ended.
+
+        What follows the body (the next request) stays buffered.
+        """
+        done = body.consume(self._buffer)
         self._scanned = 0
-        return dropped
+        return done
 
     def next_head(self) -> RequestHead | None:
         """The next complete request head, or None when more bytes are needed.
@@ -218,6 +251,11 @@ class HeadParser:
         exceeds a limit before it is complete).
         """
         buffer = self._buffer
+        if self._last_head is not None and buffer == self._last_raw:
+            # Exactly the last head again and nothing more (a keep-alive client's next request).
+            buffer.clear()
+            self._scanned = 0
+            return self._last_head
         # RFC 9112 section 2.2: ignore empty lines before a request line.
         if buffer and buffer[0] in (13, 10):  # CR, LF
             stripped = buffer.lstrip(b"\r\n")
@@ -228,23 +266,34 @@ class HeadParser:
         end = buffer.find(b"\n\r\n", start)
         bare = buffer.find(b"\n\n", start, end + 2 if end >= 0 else len(buffer))
         if bare >= 0:
-            end, after = bare, bare + 2
-        elif end >= 0:
-            after = end + 3
-        else:
+            # The blank line that ends this head is a bare LF: refused (see parse_head),
+            # but only now, so that what came before is logged as usual.
+            block = bytes(buffer[:bare])
+            del buffer[:bare + 2]
+            self._scanned = 0
+            raise RequestError(400, "bare LF in request head",
+                               block.partition(b"\n")[0].removesuffix(b"\r")[:_LOGGED_LINE])
+        if end < 0:
             self._scanned = len(buffer)
             self._check_partial()
             return None
         if end > MAX_HEAD:
             raise RequestError(431, "request head too large", self._first_line())
-        block = bytes(buffer[:end])
-        del buffer[:after]
+        raw = bytes(buffer[:end + 3])
+        del buffer[:end + 3]
         self._scanned = 0
+        if raw == self._last_raw:
+            return self._last_head  # the same bytes parse the same (heads are not changed once parsed)
+        # The head's last line ends just before *end*: with its CR, or with a bare LF
+        # that parse_head refuses.
+        block = raw[:end - 1] if raw[end - 1] == 13 else raw[:end + 1]
         try:
-            return parse_head(block)
+            head = parse_head(block)
         except RequestError as refused:
             refused.request_line = block.partition(b"\n")[0].removesuffix(b"\r")[:_LOGGED_LINE]
             raise
+        self._last_raw, self._last_head = raw, head
+        return head
 
     def _check_partial(self) -> None:
         """Refuse an incomplete head that is already over a limit."""

@@ -144,6 +144,16 @@ class PathResolver:
             return Resolved("file", self._checked(path))
         raise PathRefused(404, "not a regular file")
 
+    def existing_file(self, path: str) -> str | None:
+        """The path to open for a regular file at *path* (a precompressed sibling); None when none may be served."""
+        info = self._stat(path)
+        if info is None or not stat.S_ISREG(info.st_mode):
+            return None
+        try:
+            return self._checked(path)
+        except PathRefused:
+            return None
+
     @staticmethod
     def _stat(path: str) -> os.stat_result | None:
         try:

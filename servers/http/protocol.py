@@ -1,11 +1,12 @@
-"""The HTTP/1.x connection: framing, keep-alive, pipelining, time limits, errors.
+"""The HTTP/1.x connection: framing, keep-alive, pipelining, time limits, bodies, errors.
 
 :class:`HttpProtocol` is sans-I/O: it is handed bytes in chunks split
 anywhere and answers through its transport, one request at a time, in the
 order they came (so pipelined requests are answered in order under either
 driver).  What a GET or HEAD gets is decided by
 :class:`~servers.http.site.StaticSite`; everything about the connection is
-decided here.
+decided here, including the request bodies nobody reads (skipped within a
+size and a time bound, see :mod:`~servers.http.body`) and ``Expect: 100-continue``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ from framework.drivers.common import DEFAULT_LINGER
 from framework.protocol import Protocol, Transport
 from servers.http import responses
 from servers.http.access_log import AccessLog
+from servers.http.body import MAX_BODY, BodyError, ChunkedBody, LengthBody
 from servers.http.parser import KNOWN_METHODS, SERVED_METHODS, HeadParser, RequestError, RequestHead
 from servers.http.site import StaticSite
 
 log = logging.getLogger("forkthread.http")
 
-#: Default ``--header-timeout``: seconds a whole request head may take to arrive.
+#: Default ``--header-timeout``: seconds a whole request head, and then its body, may each take to arrive.
 DEFAULT_HEADER_TIMEOUT = 10.0
-#: Largest request body read and thrown away to keep a connection after 405/501 (larger: close).
-MAX_DISCARDED_BODY = 1 << 20
+
+# What the header-timeout clock is timing, if anything.
+_IDLE, _HEAD, _BODY = "idle", "head", "body"
 
 _ALLOW = f"Allow: {responses.ALLOW}\r\n"
 
@@ -49,16 +52,17 @@ class HttpProtocol(Protocol):
         self.access_log = access_log
         self.stopping = stopping
         self.parser = HeadParser()
-        #: Body bytes of the current request still to be read and dropped.
-        self.to_discard = 0
-        #: Whether the header deadline is running (it runs from a request's first byte to its blank line).
-        self.timing = False
+        #: The body of the current request, being read and dropped (None: none is pending).
+        self.body: LengthBody | ChunkedBody | None = None
+        #: What the deadline is running for: a request head (from its first byte to its
+        #: blank line), a body (from the end of its head to its end), or nothing.
+        self.timing = _IDLE
 
     def connection_made(self, transport: Transport) -> None:
         """Start the clock for the first request head."""
         self.transport = transport
         transport.set_deadline(self.header_timeout)
-        self.timing = True
+        self.timing = _HEAD
 
     def data_received(self, data: bytes) -> None:
         """Buffer *data* and answer every request it completes, in order."""
@@ -66,15 +70,13 @@ class HttpProtocol(Protocol):
         parser.feed(data)
         transport = self.transport
         while not transport.is_closing():
-            if self.to_discard:
-                self.to_discard -= parser.discard(self.to_discard)
-                if self.to_discard:
-                    return
+            if self.body is not None and not self._skip_body():
+                return
             if not parser.buffered:
                 return
-            if not self.timing:
+            if self.timing is _IDLE:
                 transport.set_deadline(self.header_timeout)
-                self.timing = True
+                self.timing = _HEAD
             try:
                 request = parser.next_head()
             except RequestError as refused:
@@ -83,8 +85,28 @@ class HttpProtocol(Protocol):
             if request is None:
                 return
             transport.set_deadline(None)
-            self.timing = False
+            self.timing = _IDLE
             self._answer(request)
+
+    def _skip_body(self) -> bool:
+        """Drop what has come of the pending body; True once it is all gone."""
+        assert self.body is not None
+        try:
+            done = self.parser.skip_body(self.body)
+        except BodyError as refused:
+            # The response went out already; where the next request would start is unknown.
+            log.debug("%s: request body refused: %s", self.transport.peer, refused)
+            self.transport.close(linger=DEFAULT_LINGER)
+            return False
+        if done:
+            self.body = None
+            self.transport.set_deadline(None)
+            self.timing = _IDLE
+            if self.stopping() and not self.parser.buffered:
+                # A stop began while the body came (server_stopping waited for it): the exchange is over.
+                self.transport.close()
+                return False
+        return done
 
     def eof_received(self) -> bool | None:
         """The client is done sending: finish what is queued and close."""
@@ -96,53 +118,80 @@ class HttpProtocol(Protocol):
         A request in progress is answered first; its response says
         ``Connection: close`` (see *stopping*) and ends the connection.
         """
-        if not self.parser.buffered and not self.to_discard:
+        if not self.parser.buffered and self.body is None:
             self.transport.close()
 
     def deadline_expired(self) -> None:
-        """A request head took longer than the header timeout: 408, then close."""
-        if not self.timing or self.transport.is_closing():
+        """A request head took longer than the header timeout (408, then close), or a body did (close).
+
+        A body's deadline is a total time, not an idle time: trickling a byte
+        now and then does not extend it.
+        """
+        timing, self.timing = self.timing, _IDLE
+        if timing is _IDLE or self.transport.is_closing():
             return  # a deadline cancelled too late to stop it: nothing was pending
-        self.timing = False
+        if timing is _BODY:
+            # Its response is sent: all that is left is to stop waiting for the rest.
+            log.debug("%s: request body not complete within %g s", self.transport.peer, self.header_timeout)
+            self.transport.close()
+            return
         log.debug("%s: request head not complete within %g s", self.transport.peer, self.header_timeout)
         self._refuse(408, "", b"")
 
     # -- answering -------------------------------------------------------------
 
     def _answer(self, request: RequestHead) -> None:
-        method = request.method
-        if method not in SERVED_METHODS:
-            self._not_served(request)
-            return
-        keep_alive = request.keep_alive and not request.chunked and not self.stopping()
-        # A body on a GET means nothing here, but it must not be read as the next request.
-        self.to_discard = request.content_length
+        """Answer *request*, then arrange to skip its body or close, whichever keeps the framing."""
+        served = request.method in SERVED_METHODS
+        has_body = request.chunked or request.content_length > 0
+        keep_alive = request.keep_alive and not self.stopping()
+        if has_body:
+            # Read (and drop) a body only when that keeps the connection: it fits the bound, and
+            # when we refuse the request, the client is not waiting for a 100 we will not send
+            # (it would send the body or not: the next request's start would be a guess).
+            keep_alive = keep_alive and request.content_length <= MAX_BODY \
+                and (served or not request.expects_continue)
+            if keep_alive and request.expects_continue and request.version >= (1, 1) \
+                    and not self.parser.buffered:
+                # RFC 9110 section 10.1.1: the body will be read, so ask for it.
+                self.transport.write(responses.CONTINUE)
+        if served:
+            self._respond(request, keep_alive)
+        else:
+            self._not_served(request, keep_alive)
+        if not keep_alive:
+            # With a body still coming, linger so that the client reads the response, not a reset.
+            self.transport.close(linger=DEFAULT_LINGER if has_body else 0.0)
+        elif has_body:
+            self.body = ChunkedBody() if request.chunked else LengthBody(request.content_length)
+            self.transport.set_deadline(self.header_timeout)
+            self.timing = _BODY
+
+    def _respond(self, request: RequestHead, keep_alive: bool) -> None:
+        """The site's response to a GET or HEAD."""
         response = self.site.respond(request, keep_alive)
         transport = self.transport
         transport.write(response.head)
         if response.file is not None:
-            transport.sendfile(response.file, response.offset, response.count)
+            if response.parts is None:
+                transport.sendfile(response.file, response.offset, response.count)
+            else:
+                for part_head, offset, count in response.parts:
+                    transport.write(part_head)
+                    transport.sendfile(response.file, offset, count)
+                transport.write(response.tail)
         if self.access_log is not None:
             self.access_log.log(transport.peer, request.request_line, response.status, response.body_size)
-        if not keep_alive:
-            transport.close(linger=DEFAULT_LINGER if request.chunked else 0.0)
 
-    def _not_served(self, request: RequestHead) -> None:
+    def _not_served(self, request: RequestHead, keep_alive: bool) -> None:
         """405 for a method HTTP defines (with ``Allow``), 501 for one it does not."""
         status = 405 if request.method in KNOWN_METHODS else 501
-        # Keep the connection only when the body can be skipped cheaply and is on its way.
-        keep_alive = (request.keep_alive and not request.chunked and request.content_length <= MAX_DISCARDED_BODY
-                      and not (request.expects_continue and request.content_length) and not self.stopping())
         payload = responses.error_response(status, keep_alive=keep_alive,
                                            extra=_ALLOW if status == 405 else "")
         self.transport.write(payload)
         if self.access_log is not None:
             self.access_log.log(self.transport.peer, request.request_line, status,
                                 len(responses.error_body(status)))
-        if keep_alive:
-            self.to_discard = request.content_length
-        else:
-            self.transport.close(linger=DEFAULT_LINGER)
 
     def _refuse(self, status: int, detail: str, request_line: bytes) -> None:
         """Answer a request that cannot be framed or parsed, then close gracefully."""

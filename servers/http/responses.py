@@ -21,6 +21,9 @@ STATUS_LINES: dict[int, bytes] = {
 
 ALLOW = "GET, HEAD"
 
+#: The interim response that asks a client waiting on ``Expect: 100-continue`` for its body.
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
 _dates = DateCache()
 
 

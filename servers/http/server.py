@@ -19,14 +19,23 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _field_value(text: str) -> str:
+    """A header value given on the command line: visible ASCII, spaces and tabs, nothing else."""
+    if not text.strip() or any(not (char == "\t" or " " <= char <= "~") for char in text):
+        raise argparse.ArgumentTypeError(f"must be visible ASCII without control characters, not {text!r}")
+    return text.strip()
+
+
 class HttpServer(Server):
     """A static-file HTTP/1.1 server for the files under *root*.
 
     *listing* lists directories without ``index.html``; *follow_symlinks*
     follows symbolic links that stay inside the root (others are refused);
     *header_timeout* bounds how long a request head may take to arrive
-    (slowloris); *access_log* is a file name, ``-`` for standard output, or
-    None for no access log.
+    (slowloris), and then how long its body may take (bodies are skipped,
+    never read); *access_log* is a file name, ``-`` for standard output, or
+    None for no access log; *cache_control* is the ``Cache-Control`` value
+    of successful responses (None: no such field).
     """
 
     name = "http"
@@ -36,11 +45,13 @@ class HttpServer(Server):
     default_strategy = "poll"
     #: A response is a head then a file: it must not wait for a delayed ACK (Nagle).
     default_nodelay = True
+    #: Over TLS, say by ALPN that HTTP/1.1 is spoken (a client offering h2 falls back to it).
+    alpn_protocols = ("http/1.1",)
 
     def __init__(self, *args: Any, root: str = ".", listing: bool = False, follow_symlinks: bool = False,
                  header_timeout: float = DEFAULT_HEADER_TIMEOUT, access_log: str | None = None,
-                 **kwargs: Any) -> None:
-        self.site = StaticSite(root, listing=listing, follow_symlinks=follow_symlinks)
+                 cache_control: str | None = None, **kwargs: Any) -> None:
+        self.site = StaticSite(root, listing=listing, follow_symlinks=follow_symlinks, cache_control=cache_control)
         self.header_timeout = header_timeout
         try:
             self.access_log = AccessLog.open(access_log) if access_log else None
@@ -65,7 +76,7 @@ class HttpServer(Server):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """``--root``, ``--listing``, ``--follow-symlinks``, ``--header-timeout``, ``--access-log``."""
+        """The options: root, listing, symbolic links, header timeout, access log, ``Cache-Control``."""
         parser.add_argument("--root", default=os.curdir, metavar="DIR",
                             help="serve the files under DIR (default: the current directory)")
         parser.add_argument("--listing", action="store_true",
@@ -74,12 +85,16 @@ class HttpServer(Server):
                             help="follow symbolic links that stay inside the root (default: refuse every link)")
         parser.add_argument("--header-timeout", type=_positive_seconds, default=DEFAULT_HEADER_TIMEOUT,
                             metavar="SECONDS",
-                            help="a request head must arrive within this time, or 408 (default: %(default)s)")
+                            help="a request head must arrive within this time, or 408; a request body (skipped)"
+                                 " too, or the connection closes (default: %(default)s)")
         parser.add_argument("--access-log", metavar="FILE",
                             help="write a Common Log Format line per request to FILE ('-': standard output)")
+        parser.add_argument("--cache-control", type=_field_value, metavar="VALUE",
+                            help="send 'Cache-Control: VALUE' with successful responses (e.g. max-age=3600)")
 
     @classmethod
     def options_from_arguments(cls, args: argparse.Namespace) -> dict[str, object]:
         """Pass the options above to the constructor."""
         return {"root": args.root, "listing": args.listing, "follow_symlinks": args.follow_symlinks,
-                "header_timeout": args.header_timeout, "access_log": args.access_log}
+                "header_timeout": args.header_timeout, "access_log": args.access_log,
+                "cache_control": args.cache_control}

@@ -6,13 +6,19 @@ requests/s, latency p50/p99, and server CPU per request (``/proc`` samples
 of the server tree around the point).  Peers: ``python -m http.server``,
 gunicorn (sync and gthread, with a tiny WSGI static-file app), nginx with
 one worker.
+
+``--tls`` measures the same over TLS (wrk speaks https): every strategy
+beside nginx, both serving one certificate the lab makes with ``openssl``
+(ECDSA P-256), so the difference between the two runs is the cost of TLS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -63,6 +69,16 @@ def make_root(sizes: tuple[int, ...]) -> str:
     return root
 
 
+def make_certificate(directory: str) -> tuple[str, str]:
+    """A self-signed ECDSA certificate for 127.0.0.1 and its key, made with ``openssl``, in *directory*."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    os.chmod(key, 0o644)  # nginx workers drop privileges: a lab key for loopback only
+    return cert, key
+
+
 def _builtin_point(server: RunningServer, path: str, connections: int, duration: float) -> dict[str, float | None]:
     request = f"GET {path} HTTP/1.1\r\nHost: {server.host}:{server.port}\r\nUser-Agent: forkthread-bench\r\n\r\n"
     specs = [{"kind": "rr", "host": server.host, "port": server.port, "connections": share, "protocol": "http",
@@ -77,7 +93,8 @@ def _builtin_point(server: RunningServer, path: str, connections: int, duration:
 def _wrk_point(config: BenchConfig, server: RunningServer, path: str, connections: int,
                duration: float) -> dict[str, float | None]:
     seconds = max(1, math.ceil(duration))
-    argv = wrk.wrk_argv(f"http://{server.host}:{server.port}{path}", connections, seconds)
+    scheme = "https" if config.tls else "http"
+    argv = wrk.wrk_argv(f"{scheme}://{server.host}:{server.port}{path}", connections, seconds)
     result = wrk.run_wrk(argv, config.client_cpus, time_limit=seconds + 30.0)
     p50, p99 = result.latency.get("p50"), result.latency.get("p99")
     return {"requests": float(result.requests), "req_per_s": result.requests_per_second,
@@ -112,45 +129,84 @@ def run(config: BenchConfig) -> WorkloadReport:
         description=(f"GET of a {', '.join(size_label(size) for size in scale.sizes)} file at concurrency"
                      f" {', '.join(map(str, scale.concurrency))}, {seconds:g}"
                      f" s per point, load from {client}.  CPU per request is the server tree's CPU (from /proc)"
-                     f" over the point divided by requests.  Median of {scale.http_repeat} runs, (min-max)."),
+                     f" over the point divided by requests.  Median of {scale.http_repeat} runs, (min-max);"
+                     f" the servers take turns within each repeat."),
         columns=COLUMNS, ratio_metric="req_per_s", params=["size", "connections"])
+    if config.tls:
+        report.name, report.title = "http-tls", "http over TLS: static files"
+        report.description += "  Over TLS: every server serves the same self-signed ECDSA P-256 certificate."
+        if not use_wrk or shutil.which("openssl") is None:
+            report.notes.append("--tls needs wrk and openssl: nothing measured")
+            return report
     if not use_wrk:
         why = "--client builtin" if config.client == "builtin" else "wrk is not installed"
         report.notes.append(f"{why}: load from the built-in client (slower than wrk; it may be the bottleneck)")
     root = make_root(scale.sizes)
+    context = Context(server="http", protocol="http", server_options=["--root", root], root=root)
     try:
-        context = Context(server="http", protocol="http", server_options=["--root", root], root=root)
+        if config.tls:
+            keys = tempfile.mkdtemp(prefix="forkthread-bench-tls-")  # not under the served root
+            os.chmod(keys, 0o755)
+            context.tls_cert, context.tls_key = make_certificate(keys)
+            context.server_options += ["--tls-cert", context.tls_cert, "--tls-key", context.tls_key]
         has_http = "http" in server_targets()
+        targets = []
         for target in session.runnable(config, report, context):
             if target.kind == "forkthread" and not has_http:
                 session.skip(config, report, target, "no forkthread 'http' server is registered")
-                continue
-            try:
-                _measure_target(config, report, target, context, use_wrk)
-            except session.MEASUREMENT_ERRORS as exc:
-                session.skip(config, report, target, f"failed: {exc}")
+            else:
+                targets.append(target)
+        _measure_interleaved(config, report, targets, context, use_wrk)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        if context.tls_cert:
+            shutil.rmtree(os.path.dirname(context.tls_cert), ignore_errors=True)
     from framework.bench.plots import plot_http
 
     plot_http(config, report)
     return report
 
 
-def _measure_target(config: BenchConfig, report: WorkloadReport, target: session.Target, context: Context,
-                    use_wrk: bool) -> None:
+def _measure_interleaved(config: BenchConfig, report: WorkloadReport, targets: list[session.Target],
+                         context: Context, use_wrk: bool) -> None:
+    """Every server runs at once; each repeat of each point measures them in turn.
+
+    So a burst of other work on the machine lands on one repeat of every
+    server rather than on every repeat of one, and the medians stay comparable.
+    """
     scale = config.scale
-    with session.start(config, target, context) as server:
-        _builtin_point(server, "/" + file_name(scale.sizes[0]), 2, 0.2)  # warm-up
-        for size in scale.sizes:
+    points = [(size, connections) for size in scale.sizes for connections in scale.concurrency]
+    samples: dict[str, dict[tuple[int, int], list[dict[str, float | None]]]] = {}
+    with contextlib.ExitStack() as stack:
+        running: dict[str, tuple[session.Target, RunningServer]] = {}
+        for target in targets:
+            try:
+                server = stack.enter_context(session.start(config, target, context))
+                if config.tls:  # warm-up (the built-in client speaks no TLS)
+                    measure_point(config, server, "/" + file_name(scale.sizes[0]), 2, 0.2, use_wrk=True)
+                else:
+                    _builtin_point(server, "/" + file_name(scale.sizes[0]), 2, 0.2)  # warm-up
+            except session.MEASUREMENT_ERRORS as exc:
+                session.skip(config, report, target, f"failed: {exc}")
+                continue
+            running[target.name] = (target, server)
+            samples[target.name] = {point: [] for point in points}
+        for size, connections in points:
             path = "/" + file_name(size)
-            for connections in scale.concurrency:
-                samples = []
-                for repeat in range(scale.http_repeat):
-                    sample = measure_point(config, server, path, connections, scale.duration, use_wrk)
-                    samples.append(sample)
+            for repeat in range(scale.http_repeat):
+                for name, (target, server) in list(running.items()):
+                    try:
+                        sample = measure_point(config, server, path, connections, scale.duration, use_wrk)
+                    except session.MEASUREMENT_ERRORS as exc:
+                        session.skip(config, report, target, f"failed: {exc}")
+                        del running[name]
+                        continue
+                    samples[name][(size, connections)].append(sample)
                     config.progress(
-                        f"http: {target.name:<18} {size_label(size):>7} C={connections:<4} run {repeat + 1}/"
+                        f"http: {name:<18} {size_label(size):>7} C={connections:<4} run {repeat + 1}/"
                         f"{scale.http_repeat}: {sample['req_per_s'] or 0:.0f} req/s,"
                         f" {sample['cpu_us_per_req'] or 0:.1f} CPU µs/req")
-                session.add_row(report, target, {"size": size_label(size), "connections": connections}, samples)
+    for target in targets:  # rows grouped by server, in the usual order
+        for (size, connections), taken in samples.get(target.name, {}).items():
+            if taken:
+                session.add_row(report, target, {"size": size_label(size), "connections": connections}, taken)

@@ -1,0 +1,44 @@
+"""Warnings about conditions anyone can cause again and again, logged without flooding the log."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+log = logging.getLogger("forkthread")
+
+
+class LogThrottle:
+    """Warns about a recurring condition when it starts, then at most every *interval* seconds.
+
+    Conditions anyone can cause again and again (running out of
+    descriptors) must not flood the log: the warnings left out are counted
+    and the count goes with the next one.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last = -math.inf
+        self._suppressed = 0
+
+    @property
+    def suppressed(self) -> int:
+        """Warnings left out since the last one logged."""
+        return self._suppressed
+
+    def reset(self) -> None:
+        """The condition is over: the next warning is logged at once."""
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def warning(self, message: str) -> None:
+        """Log *message* now, or count it when the last warning is less than *interval* old."""
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        extra = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
+        log.warning("%s%s", message, extra)
+        self._last = now
+        self._suppressed = 0
