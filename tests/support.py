@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from framework.address import connect as connect_to
 
@@ -32,6 +33,21 @@ def become_subreaper() -> None:
     """Make this process adopt orphaned descendants, so a leaked grandchild is seen (and reaped)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def in_ci() -> bool:
+    """True under CI (``CI=true``, as GitHub Actions, GitLab and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def missing_requirement(message: str) -> NoReturn:
+    """Skip the test for a missing program or package, except under CI, which must have it: fail there."""
+    import pytest  # only tests call this; support's other helpers serve scripts too
+
+    if in_ci():
+        pytest.fail(f"{message}; under CI a missing requirement is a failure, not a skip (.ci/run installs it)",
+                    pytrace=False)
+    pytest.skip(message)
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import select
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 from tests.http_support import BIG, KIB, SMALL, exchange, make_root, read_replies
 from tests.support import child_env
 
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+needs_curl = pytest.mark.needs_tool("curl")
 
 
 @pytest.fixture
