@@ -58,6 +58,23 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+#: How coverage.py tells a subprocess to measure itself (``patch = subprocess`` in setup.cfg).
+COVERAGE_VARIABLES = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
+
+
+def uninstrumented_env(**extra: str) -> dict[str, str]:
+    """:func:`child_env` without coverage's variables: a server that runs untraced even under ``coverage run``.
+
+    For the tests that measure a server's memory: coverage.py keeps a tracer
+    (and its data) for every thread it ever saw and grows with every line it
+    records, so a traced server's memory measures coverage, not the server.
+    """
+    env = child_env(**extra)
+    for name in COVERAGE_VARIABLES:
+        env.pop(name, None)
+    return env
+
+
 def proc_children(pid: int) -> set[int]:
     """Direct children of *pid*, from /proc (zombies included)."""
     children = set()

@@ -12,15 +12,15 @@ import struct
 import time
 
 from tests.reliability_support import Bounded, count_lines, echo_roundtrip, report, settle, usage, workers_ready
-from tests.support import recv_all, wait_for
+from tests.support import recv_all, uninstrumented_env, wait_for
 
 TIMEOUT = 1.0
 #: Far more than every socket buffer on the path together (loopback buffers auto-tune to a few MiB).
 FLOOD_CAP = 256 << 20
 
 
-def start(serve, strategy: str, *args: str):  # type: ignore[no-untyped-def]
-    server = serve("echo", "--timeout", str(TIMEOUT), "--workers", "2", *args, strategy=strategy)
+def start(serve, strategy: str, *args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    server = serve("echo", "--timeout", str(TIMEOUT), "--workers", "2", *args, strategy=strategy, env=env)
     workers_ready(server)
     assert echo_roundtrip(server, b"warm") == b"warm"
     time.sleep(0.2)
@@ -28,7 +28,7 @@ def start(serve, strategy: str, *args: str):  # type: ignore[no-untyped-def]
 
 
 def test_client_that_never_reads_cannot_grow_server_memory(serve, strategy):
-    server = start(serve, strategy)
+    server = start(serve, strategy, env=uninstrumented_env())  # its memory, not coverage's
     baseline = usage(server.pid)
     sock = server.connect()
     try:
