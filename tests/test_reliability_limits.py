@@ -25,7 +25,7 @@ from tests.reliability_support import (
     usage,
     workers_ready,
 )
-from tests.support import recv_all, uninstrumented_env, wait_for
+from tests.support import assert_no_accept_spin, recv_all, uninstrumented_env, wait_for
 
 #: Options that give every strategy a small, known concurrency.
 SMALL_POOL = ("--max-connections", "2", "--threads", "2", "--workers", "2")
@@ -51,29 +51,32 @@ def test_emfile_backs_off_quietly_and_recovers(serve, strategy):
     try:
         # The kernel completes these handshakes; the server's accept() now fails with EMFILE.
         open_clients(server, 3, b"waiting %d", into=waiting)
-        assert wait_for(lambda: "Too many open files" in server.log(), timeout=5), server.log()
-        # A level-triggered poll on a listener it cannot accept from would spin here.
+        assert wait_for(lambda: "Too many open files" in server.log(), timeout=30), server.log()
+        # A level-triggered poll on a listener it cannot accept from would spin here: count its retries.
         before = tree_cpu_seconds(server.pid)
-        time.sleep(1.0)
-        spent = tree_cpu_seconds(server.pid) - before
-        assert spent < 0.3, f"server used {spent:.2f} s of CPU in 1 s of EMFILE"
+        retries = assert_no_accept_spin(server)
+        spent = tree_cpu_seconds(server.pid) - before  # a figure for the docs, not a bound
         assert server.proc.poll() is None
         reports = count_lines(server.log(), r"accept: .*Too many open files")
         accepting_processes = 1 + len(server.tree())
         assert 1 <= reports <= accepting_processes, server.log()
         restore_nofile(limits)
         # Descriptors are back: the connections that waited in the backlog are served, byte-exact.
+        compared = 0
         for index, sock in enumerate(waiting):
-            sock.settimeout(10)
+            sock.settimeout(30)
             sock.shutdown(socket.SHUT_WR)
-            assert recv_all(sock) == b"waiting %d" % index
+            answer = recv_all(sock)
+            assert answer == b"waiting %d" % index
+            compared += len(answer)
     finally:
         restore_nofile(limits)
         for sock in waiting:
             sock.close()
     assert echo_roundtrip(server, b"after") == b"after"
     assert "Traceback" not in server.log()
-    report("emfile", strategy=strategy, cpu_in_1s=f"{spent:.2f}", log_lines=reports, lost_bytes=0)
+    report("emfile", strategy=strategy, failed_accepts_in_1s=retries, cpu_in_1s=f"{spent:.2f}", log_lines=reports,
+           waiting_clients=len(waiting), bytes_compared=compared)
 
 
 # -- many short connections: resources stay flat ----------------------------------------
