@@ -121,6 +121,58 @@ def test_pipelined_requests_every_response_parses_with_h11(root, batch, cuts, eo
     assert b"TOP SECRET" not in output
 
 
+# Well-framed requests (each body sent with its exact Content-Length): every one must get its own
+# response, in order, the same response it gets alone on a fresh connection.
+FRAMED_METHODS = ["GET", "HEAD", "POST", "DELETE", "OPTIONS"]
+FRAMED_TARGETS = ["/", "/hello.txt", "/kib.bin", "/empty.txt", "/sub", "/sub/", "/noindex/", "/missing.txt",
+                  "/page.html", "/link-in", "/link-out", "/../secret.txt", "/hello.txt?x=1", "/%68ello.txt"]
+FRAMED_HEADERS = ["Range: bytes=0-3", "Range: bytes=-5", "Range: bytes=2000-", "Range: bytes=1-2,5-6",
+                  "If-None-Match: *", 'If-None-Match: "nope"', "If-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT",
+                  "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT", "Accept-Encoding: gzip", "User-Agent: fuzz"]
+
+
+@st.composite
+def framed_requests(draw) -> tuple[bytes, str]:
+    """One request the server can frame exactly: its bytes and its method."""
+    method = draw(st.sampled_from(FRAMED_METHODS))
+    lines = [f"{method} {draw(st.sampled_from(FRAMED_TARGETS))} HTTP/1.1", "Host: x",
+             *draw(st.lists(st.sampled_from(FRAMED_HEADERS), max_size=3, unique=True))]
+    connection = draw(st.sampled_from([None, None, "keep-alive", "close"]))
+    if connection:
+        lines.append(f"Connection: {connection}")
+    body = draw(st.one_of(st.just(b""), st.binary(min_size=1, max_size=64)))
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return "\r\n".join([*lines, "", ""]).encode("ascii") + body, method
+
+
+def essentials(reply) -> tuple[object, ...]:  # type: ignore[no-untyped-def]
+    """What must match between a response in a pipeline and the same request's response alone."""
+    return (reply.status, reply.body, reply.header("content-length"), reply.header("content-range"),
+            reply.header("connection"))
+
+
+@FUZZ
+@given(batch=st.lists(framed_requests(), min_size=2, max_size=6),
+       cuts=st.lists(st.integers(min_value=0, max_value=2048), max_size=8), eof=st.booleans())
+def test_pipelined_requests_each_get_their_own_response_in_order(root, batch, cuts, eof):
+    site = http_site.StaticSite(str(root))
+    # What each request gets alone, on a connection of its own.
+    alone = []
+    for raw, method in batch:
+        (reply,) = parse_responses(feed_protocol(site, raw, [], eof=True).output(), [method], eof=False)
+        alone.append(reply)
+    # The pipeline is answered up to and including the first response that closes the connection.
+    expected = next((index + 1 for index, reply in enumerate(alone) if reply.header("connection") == "close"),
+                    len(batch))
+    output = feed_protocol(site, b"".join(raw for raw, _ in batch), cuts, eof).output()
+    replies = parse_responses(output, [method for _, method in batch], eof=False)
+    assert len(replies) == expected, (f"{len(batch)} requests, {len(replies)} responses, {expected} expected",
+                                      output[:300])
+    for index, (got, want) in enumerate(zip(replies, alone[:expected], strict=True)):
+        assert essentials(got) == essentials(want), (index, batch[index][0][:120], got.status, want.status)
+
+
 # -- path resolution: nothing outside the root, symlinks included --------------------------------
 
 SEGMENTS = ["..", ".", "", "%2e%2e", "%2E%2e", ".%2e", "%2f", "%5c", "\\", "%00", "link-out", "link-in",
