@@ -161,6 +161,13 @@ def settle(pid: int, target: Usage, *, pss_slack_kib: int, timeout: float = 10.0
     return last[-1]
 
 
+def bytes_wrong(got: bytes, expected: bytes) -> int:
+    """How many bytes of *got* differ from *expected*, missing or extra ones included (0 when equal)."""
+    if got == expected:
+        return 0
+    return abs(len(got) - len(expected)) + sum(a != b for a, b in zip(got, expected, strict=False))
+
+
 def report(name: str, **figures: object) -> None:
     """Print one line of figures for docs/reliability.md (shown with ``pytest -s`` or ``-rP``)."""
     text = " ".join(f"{key}={value}" for key, value in figures.items())

@@ -211,6 +211,7 @@ def test_live_server_survives_garbage(serve, strategy, root):
                    strategy=strategy)
     rng = random.Random(1234)
     bound = Bounded(count=60, seconds=20)
+    answered = 0
     while bound.more():
         garbage = bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 600)))
         if bound.done % 3 == 0:
@@ -224,9 +225,12 @@ def test_live_server_survives_garbage(serve, strategy, root):
                 continue
         if answer:
             first_response_parses(answer, "GET")
+            answered += 1
     with server.connect(timeout=10) as sock:
         sock.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         replies = parse_responses(recv_all(sock), ["GET"])
     assert replies[0].status == 200 and replies[0].body == b"hello, world\n"
     assert "Traceback" not in server.log()
-    report("fuzz-live", strategy=strategy, garbage_connections=bound.done, server_crashes=0)
+    report("fuzz-live", strategy=strategy, garbage_connections=bound.done, answers_parsed=answered,
+           tracebacks_logged=server.log().count("Traceback"), server_pid_alive=int(server.proc.poll() is None),
+           status_after=replies[0].status)

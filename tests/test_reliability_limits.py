@@ -14,6 +14,7 @@ import pytest
 
 from tests.reliability_support import (
     Bounded,
+    bytes_wrong,
     count_lines,
     echo_roundtrip,
     lower_nofile,
@@ -82,15 +83,15 @@ def test_emfile_backs_off_quietly_and_recovers(serve, strategy):
 # -- many short connections: resources stay flat ----------------------------------------
 
 
-def churn(server, bound: Bounded) -> tuple[int, int]:
-    """Short echo connections until *bound* is used up; return (connections, bytes lost or corrupted)."""
-    lost = 0
+def churn(server, bound: Bounded) -> tuple[int, int, int]:
+    """Short echo connections until *bound* is used up; return (connections, bytes compared, bytes wrong)."""
+    compared = wrong = 0
     while bound.more():
         payload = b"%d" % bound.done
         answer = echo_roundtrip(server, payload)
-        if answer != payload:
-            lost += len(payload)
-    return bound.done, lost
+        compared += len(payload)
+        wrong += bytes_wrong(answer, payload)
+    return bound.done, compared, wrong
 
 
 #: Connections every flat-resources test makes at least, however slow the machine.
@@ -105,15 +106,16 @@ def flat_resources(serve, strategy: str, count: int, seconds: float, pss_slack_k
     time.sleep(0.3)
     baseline = usage(server.pid)
     started = time.monotonic()
-    done, lost = churn(server, Bounded(count, seconds))
+    done, compared, lost = churn(server, Bounded(count, seconds))
     if done < MIN_CHURN:
         # A loaded machine (or coverage saving a data file per forked child) can be slow:
         # the test still makes its minimum of connections, bounded by count, not by speed.
-        more, more_lost = churn(server, Bounded(MIN_CHURN - done, 60))
-        done, lost = done + more, lost + more_lost
+        more, more_compared, more_lost = churn(server, Bounded(MIN_CHURN - done, 60))
+        done, compared, lost = done + more, compared + more_compared, lost + more_lost
     elapsed = time.monotonic() - started
     after = settle(server.pid, baseline, pss_slack_kib=pss_slack_kib)
-    report("flat", strategy=strategy, connections=done, seconds=f"{elapsed:.1f}", lost_bytes=lost,
+    report("flat", strategy=strategy, connections=done, seconds=f"{elapsed:.1f}", bytes_compared=compared,
+           bytes_wrong=lost,
            baseline=f"[{baseline}]", after=f"[{after}]")
     assert lost == 0
     assert done >= min(count, MIN_CHURN), f"only {done} connections"
