@@ -182,7 +182,8 @@ def graceful_under_load(serve, strategy: str, clients: int, *options: str) -> No
     assert status == 0, server.log()
     assert "Traceback" not in server.log()
     report("graceful", strategy=f"[{' '.join([strategy, *options])}]", clients=clients, accepted=len(accepted),
-           completed=completed, served_from_backlog=served_later, ended_unserved=refused_or_reset, bytes_compared=compared, exit_status=status,
+           completed=completed, served_from_backlog=served_later, ended_unserved=refused_or_reset,
+           bytes_compared=compared, exit_status=status,
            exit_seconds=f"{elapsed:.2f}")
 
 
