@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -350,13 +350,18 @@ def process_tree(pid: int) -> set[int]:
     return tree
 
 
-def tree_fd_count(pid: int) -> int:
-    """Descriptors open in *pid* and all its descendants together (workers, per-connection children)."""
-    total = 0
+def tree_total(pid: int, measure: Callable[[int], float]) -> float:
+    """``measure(member)`` summed over *pid* and all its descendants (members that end meanwhile count 0)."""
+    total = 0.0
     for member in process_tree(pid):
         with contextlib.suppress(OSError):  # it ended meanwhile
-            total += fd_count(member)
+            total += measure(member)
     return total
+
+
+def tree_fd_count(pid: int) -> int:
+    """Descriptors open in *pid* and all its descendants together (workers, per-connection children)."""
+    return int(tree_total(pid, fd_count))
 
 
 def tree_zombies(pid: int) -> set[int]:
@@ -417,11 +422,7 @@ def failed_accepts(pids: set[int], seconds: float = RETRY_WINDOW) -> int:
 
 def tree_threads(pid: int) -> int:
     """Threads in *pid* and all its descendants together."""
-    total = 0
-    for member in process_tree(pid):
-        with contextlib.suppress(OSError):  # it ended meanwhile
-            total += thread_count(member)
-    return total
+    return int(tree_total(pid, thread_count))
 
 
 def assert_no_accept_spin(server: ServerProcess) -> int:
