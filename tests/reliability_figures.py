@@ -72,10 +72,10 @@ def pytest_command(slow: bool, extra: list[str]) -> list[str]:
 
 
 def machine() -> str:
-    """Where the figures were measured: CPUs, kernel, Python, the load before the run."""
+    """When and where the figures were measured: start time, CPUs, kernel, Python, the load at the start."""
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    return (f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}, "
-            f"load average {load} at the start")
+    return (f"started {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs, "
+            f"Linux {platform.release()}, Python {platform.python_version()}, load average {load} (1, 5, 15 min)")
 
 
 def run(command: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
@@ -90,14 +90,14 @@ def run(command: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
     return proc.returncode, lines
 
 
-def report(args: argparse.Namespace, command: list[str], status: int, lines: list[str], seconds: float) -> str:
-    """The header and the tables, as they go into docs/reliability.md."""
+def report(args: argparse.Namespace, where: str, status: int, lines: list[str], seconds: float) -> str:
+    """The header and the tables, as they go into docs/reliability.md; *where* is :func:`machine` at the start."""
     summary = next((line.strip("= ") for line in reversed(lines) if SUMMARY.match(line)), "no pytest summary")
     shown = " ".join(["python -m tests.reliability_figures", *(["--slow"] if args.slow else []),
                       *([f"--strategies {args.strategies}"] if args.strategies else [])])
     header = [
         f"Measured with `{shown}`",
-        f"on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC: {machine()}.",
+        f"{where}.",
         f"pytest: {summary} (exit status {status}, {seconds:.0f} s in all).",
         "",
     ]
@@ -124,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.strategies:
         env["FORKTHREAD_STRATEGIES"] = args.strategies
     command = pytest_command(args.slow, args.pytest_args)
-    started = time.monotonic()
+    where, started = machine(), time.monotonic()
     status, lines = run(command, env)
-    text = report(args, command, status, lines, time.monotonic() - started)
+    text = report(args, where, status, lines, time.monotonic() - started)
     print(text)
     if args.write:
         write_into(args.write, text)
