@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from framework.strategies import STRATEGIES
-from tests.support import ServerProcess, become_subreaper, reap_adopted
+from tests.support import ServerProcess, become_subreaper, missing_requirement, reap_adopted
 
 
 def selected_strategies() -> list[str]:
@@ -29,13 +31,56 @@ def selected_strategies() -> list[str]:
     return names
 
 
+TESTS = Path(__file__).resolve().parent
+
+#: Test files of the comparison lab (framework/bench): by name, or anywhere under tests/lab/.
+LAB_PREFIXES = ("test_bench_", "test_lab_")
+
+#: FORKTHREAD_SUITE values: which test files are collected at all (unset: both).
+SUITES = ("core", "lab")
+
+
+def is_lab_file(path: Path) -> bool:
+    """Whether *path* holds the lab's tests (they need the ``bench`` extra: matplotlib, gunicorn)."""
+    return path.name.startswith(LAB_PREFIXES) or (path.parent.is_relative_to(TESTS)
+                                                  and "lab" in path.parent.relative_to(TESTS).parts)
+
+
+def selected_suite() -> str | None:
+    """FORKTHREAD_SUITE: ``core`` (the six strategy environments), ``lab`` (tox -e lab) or unset (both)."""
+    suite = os.environ.get("FORKTHREAD_SUITE", "").strip() or None
+    if suite is not None and suite not in SUITES:
+        raise pytest.UsageError(f"FORKTHREAD_SUITE must be one of {SUITES}, not {suite!r}")
+    return suite
+
+
 def pytest_configure(config: pytest.Config) -> None:
     become_subreaper()
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Leave out the other suite's test files, unimported: the core environments have no matplotlib."""
+    suite = selected_suite()
+    if suite is None or not collection_path.name.startswith("test_") or collection_path.suffix != ".py":
+        return None
+    if is_lab_file(collection_path) != (suite == "lab"):
+        return True
+    return None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "strategy" in metafunc.fixturenames:
-        metafunc.parametrize("strategy", selected_strategies())
+        # Module scope, so a module-scoped fixture (one server per strategy for a whole
+        # corpus) can take ``strategy`` too, and is then a matrix test like any other.
+        metafunc.parametrize("strategy", selected_strategies(), scope="module")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``needs_tool(NAME, ...)``: skip when a program is missing, but fail under CI, which must have it."""
+    missing = [name for marker in item.iter_markers("needs_tool") for name in marker.args
+               if shutil.which(name) is None]
+    if missing:
+        missing_requirement(f"needs {', '.join(missing)} on PATH")
 
 
 @pytest.fixture
@@ -91,11 +136,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     Tests marked ``only_strategies(NAME, ...)`` (a strategy's own tests: supervision of the
     pre-forked pool...) count as matrix tests, and run only when one of their strategies is selected.
+    Tests from the lab's files are marked ``lab`` (``-m lab`` / ``-m "not lab"``).
     """
     selected = set(selected_strategies())
     matrix_only = bool(os.environ.get("FORKTHREAD_MATRIX_ONLY"))
     kept, dropped = [], []
     for item in items:
+        if is_lab_file(Path(str(item.path))):
+            item.add_marker(pytest.mark.lab)
         marker = item.get_closest_marker("only_strategies")
         if marker is not None:
             keep = bool(selected & set(marker.args))

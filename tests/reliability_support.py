@@ -18,7 +18,16 @@ import threading
 import time
 from pathlib import Path
 
-from tests.support import ServerProcess, cpu_seconds, fd_count, process_state, process_tree, thread_count, wait_for
+from tests.support import (
+    ServerProcess,
+    cpu_seconds,
+    fd_count,
+    process_state,
+    process_tree,
+    thread_count,
+    tree_total,
+    wait_for,
+)
 
 #: Written to stdout by the slow tests, collected into docs/reliability.md.
 FIGURE_PREFIX = "RELIABILITY"
@@ -66,11 +75,7 @@ def usage(pid: int) -> Usage:
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time (user + system) used so far by *pid* and its live descendants."""
-    total = 0.0
-    for member in process_tree(pid):
-        with contextlib.suppress(OSError):  # exited while we looked
-            total += cpu_seconds(member)
-    return total
+    return tree_total(pid, cpu_seconds)
 
 
 def lowest_free_fd(pid: int) -> int:
@@ -159,6 +164,13 @@ def settle(pid: int, target: Usage, *, pss_slack_kib: int, timeout: float = 10.0
 
     wait_for(back, timeout=timeout, interval=0.1)
     return last[-1]
+
+
+def bytes_wrong(got: bytes, expected: bytes) -> int:
+    """How many bytes of *got* differ from *expected*, missing or extra ones included (0 when equal)."""
+    if got == expected:
+        return 0
+    return abs(len(got) - len(expected)) + sum(a != b for a, b in zip(got, expected, strict=False))
 
 
 def report(name: str, **figures: object) -> None:

@@ -4,8 +4,6 @@ socket options, and servers that declare a default strategy."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,16 +14,6 @@ from framework.strategies import STRATEGIES, create_strategy
 from framework.strategies.base import StrategyOptions
 from servers.echo import EchoServer
 from tests.support import child_env, echo_exchange, serving_in_thread, wait_for
-
-IN_CI = os.environ.get("CI") == "true"
-
-
-def need_tool(name: str) -> None:
-    """Skip without *name*, except under CI, where a missing tool is a failure."""
-    if shutil.which(name) is None:
-        if IN_CI:
-            pytest.fail(f"{name} is required under CI=true")
-        pytest.skip(f"{name} is not installed")
 
 
 def http_get(sock: socket.socket, path: str = "/", keep_alive: bool = True) -> bytes:
@@ -53,9 +41,9 @@ def site(tmp_path):
     return tmp_path
 
 
+@pytest.mark.needs_tool("ss")  # tests/conftest.py: a skip, but a failure under CI=true
 def test_http_keepalive_option_reaches_accepted_sockets(serve, strategy, site):
     """``serve http --keepalive`` used to be dropped: the server overrode configure_connection."""
-    need_tool("ss")
     server = serve("http", "--root", str(site), "--keepalive", "7,3,2", strategy=strategy)
     port = server.address.rpartition(":")[2]
     with server.connect() as sock:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from framework.bench.peers import PEERS, nginx_binary, peer_targets
+from framework.bench.peers import PEERS, peer_targets
 from framework.bench.processes import RunningServer
 from framework.bench.report import Column, Row, WorkloadReport, table
 from framework.bench.targets import Context
 from framework.bench.workloads.http import file_name, make_root
-from tests.support import reap_adopted, recv_all
+from tests.support import missing_requirement, reap_adopted, recv_all
 
 
 def peer(name: str):
@@ -49,7 +49,7 @@ def test_echo_peers(name):
 @pytest.mark.parametrize("name", ["http.server", "gunicorn sync", "gunicorn gthread", "nginx"])
 def test_http_peers_serve_the_files(name):
     if peer(name).missing():
-        pytest.skip(peer(name).missing() or "")
+        missing_requirement(peer(name).missing() or name)
     root = make_root((1024, 65536))
     try:
         with RunningServer(peer(name).command(Context("http", "http", root=root))) as server:
@@ -68,7 +68,7 @@ def test_http_peers_serve_the_files(name):
     assert not reap_adopted()
 
 
-@pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed")
+@pytest.mark.needs_tool("nginx")
 def test_nginx_lives_in_a_temp_dir_that_is_removed_and_listens_on_loopback_only():
     root = make_root((1024,))
     try:

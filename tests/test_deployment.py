@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -278,9 +277,8 @@ def test_keepalive_and_nodelay_are_set_on_accepted_connections():
     assert seen == {"keepalive": 1, "idle": 61, "interval": 7, "count": 4, "nodelay": 1}
 
 
+@pytest.mark.needs_tool("ss")  # iproute2: reads the socket's keep-alive timer back
 def test_keepalive_applies_under_every_strategy(serve, strategy):
-    if shutil.which("ss") is None:
-        pytest.skip("ss (iproute2) is not installed: socket timers cannot be read back")
     server = serve("echo", "--keepalive", "45,5,3", "--nodelay", strategy=strategy)
     port = server.address.rpartition(":")[2]
     with server.connect() as sock:
@@ -291,13 +289,12 @@ def test_keepalive_applies_under_every_strategy(serve, strategy):
     assert "timer:(keepalive,4" in ss.stdout, ss.stdout  # the server's end probes after 45 s idle
 
 
+@pytest.mark.needs_tool("ss")  # iproute2: reads the listener's backlog back
 def test_socket_options_from_the_command_line(serve):
     server = serve("echo", "--keepalive", "30,5,3", "--nodelay", "--backlog", "7")
     with server.connect() as sock:
         assert echo_exchange(sock, b"ok") == b"ok"
     port = server.address.rpartition(":")[2]
-    if shutil.which("ss") is None:
-        pytest.skip("ss (iproute2) is not installed: the backlog cannot be read back")
     ss = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, timeout=10)
     assert ss.stdout.split()[2] == "7", ss.stdout  # Send-Q of a listening socket is its backlog
 

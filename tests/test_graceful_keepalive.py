@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import signal
-import time
 
 from tests.support import recv_all
 
 
 def test_sigterm_closes_idle_keepalive_connections_promptly(serve, strategy, tmp_path):
     (tmp_path / "f.txt").write_text("hello\n")
-    server = serve("http", "--root", str(tmp_path), "--graceful-timeout", "60", strategy=strategy)
+    server = serve("http", "--root", str(tmp_path), "--graceful-timeout", "3600", strategy=strategy)
     # Iterative serves one connection at a time, and a pre-forked pool of iterative
     # workers may hand two connections to the same worker: one idle client there.
     count = 1 if strategy in ("iterative", "preforked") else 3
@@ -24,10 +23,9 @@ def test_sigterm_closes_idle_keepalive_connections_promptly(serve, strategy, tmp
                 assert chunk, head
                 head += chunk
             assert b"HTTP/1.1 200" in head and b"Connection: close" not in head  # kept alive, now idle
-        started = time.monotonic()
+        # The stop's deadline (60 s) is far inside the graceful timeout (an hour): the server
+        # exits within it only if nobody waited for the idle clients to leave.
         assert server.stop(signal.SIGTERM, timeout=60) == 0
-        # Well inside the 60 s graceful timeout: nobody waited for the idle clients to leave.
-        assert time.monotonic() - started < 20
         for sock in idle:
             assert recv_all(sock) == b""  # an orderly close, not a reset
     finally:

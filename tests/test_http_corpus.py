@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import selected_strategies
 from tests.http_support import SMALL, exchange, make_root
 from tests.support import ServerProcess, reap_adopted
 
@@ -60,10 +59,11 @@ def test_corpus_is_there():
         assert case.then in ("open", "close"), path.name
 
 
-@pytest.fixture(scope="module", params=selected_strategies())
-def corpus_server(request, tmp_path_factory):
+@pytest.fixture(scope="module")
+def corpus_server(strategy, tmp_path_factory):
+    """One server per strategy for the whole corpus (``strategy`` is module-scoped: tests/conftest.py)."""
     root = make_root(tmp_path_factory.mktemp("corpus"))
-    server = ServerProcess("http", "--root", str(root), "--header-timeout", "5", strategy=request.param)
+    server = ServerProcess("http", "--root", str(root), "--header-timeout", "5", strategy=strategy)
     try:
         yield server
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -49,14 +48,6 @@ def root(tmp_path):
     (root / "site.css.br").write_bytes(CSS_BR)
     (root / "noindex" / UTF8_NAME).write_bytes(UTF8_BODY)
     return root
-
-
-def require_curl() -> None:
-    """Skip without curl, except in CI, where a missing tool is a failure."""
-    if shutil.which("curl") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("curl is missing in CI")
-        pytest.skip("needs curl")
 
 
 def request(path: str, *headers: str, method: str = "GET", body: bytes = b"") -> bytes:
@@ -212,8 +203,8 @@ def test_if_range_with_an_etag_and_with_a_date(serve, strategy, root):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.needs_tool("curl")  # tests/conftest.py: a skip, but a failure under CI=true
 def test_curl_several_ranges(serve, strategy, root, tmp_path):
-    require_curl()
     server = serve("http", "--root", str(root), strategy=strategy)
     result = subprocess.run(["curl", "-sS", "--fail", "--max-time", "20", "--range", "0-1,5-6", "-D", "-",
                              f"http://{server.address}/kib.bin"], capture_output=True, timeout=30)
@@ -225,8 +216,8 @@ def test_curl_several_ranges(serve, strategy, root, tmp_path):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.needs_tool("curl")  # tests/conftest.py: a skip, but a failure under CI=true
 def test_curl_expect_100_continue(serve, strategy, root, tmp_path):
-    require_curl()
     server = serve("http", "--root", str(root), strategy=strategy)
     upload = tmp_path / "upload"
     upload.write_bytes(b"x" * 2000)

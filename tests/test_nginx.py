@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,6 @@ TEMPLATE = ROOT / "docs" / "deploy" / "nginx" / "forkthread-upstream.conf"
 
 pytestmark = [
     pytest.mark.needs_tool("nginx"),
-    pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed"),
     pytest.mark.skipif("http" not in server_targets(), reason="the http server is not available"),
 ]
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.reliability_support import count_lines, echo_roundtrip, report, settle, usage, workers_ready
-from tests.support import ROOT, recv_all, wait_for
+from tests.support import ROOT, recv_all, tree_zombies, wait_for
 
 FAULTY = [sys.executable, str(ROOT / "tests" / "faulty_server.py")]
 
@@ -41,10 +41,13 @@ def faults_survived(serve, strategy: str, rounds: int) -> None:
     time.sleep(0.2)
     workers_before = server.tree() if strategy == "preforked" else set()
     baseline = usage(server.pid)
+    provoked = served_between = 0
     for _ in range(rounds):
         for word in FAULTS:
             provoke(server, word)
+            provoked += 1
             assert echo_roundtrip(server, b"still serving") == b"still serving"
+            served_between += 1
     after = settle(server.pid, baseline, pss_slack_kib=8192)
     # The connection closes before the fault is logged: give the last report a moment to arrive.
     wait_for(lambda: count_lines(server.log(), r"^Traceback") >= rounds * len(FAULTS), timeout=5)
@@ -56,8 +59,10 @@ def faults_survived(serve, strategy: str, rounds: int) -> None:
     if strategy == "preforked":
         assert server.tree() == workers_before, "a protocol fault cost a worker process"
     assert after.fds <= baseline.fds and after.threads <= baseline.threads, (baseline, after)
-    report("faults", strategy=strategy, faults=rounds * len(FAULTS), tracebacks=rounds * len(FAULTS),
-           server_restarts=0, leaked_fds=after.fds - baseline.fds)
+    report("faults", strategy=strategy, faults_provoked=provoked, tracebacks_logged=count_lines(log, r"^Traceback"),
+           clean_connections_between=served_between, server_pid_alive=int(server.proc.poll() is None),
+           processes_before=baseline.processes, processes_after=after.processes,
+           fds_before=baseline.fds, fds_after=after.fds)
 
 
 def test_protocol_faults_end_one_connection_logged_once(serve, strategy):
@@ -107,7 +112,8 @@ def test_process_crash_costs_one_connection(serve, strategy):
     started = time.monotonic()
     for _ in range(crashes):
         crash_connection(server)
-    assert echo_roundtrip(server, b"serving again", timeout=30) == b"serving again"
+    answer = echo_roundtrip(server, b"serving again", timeout=30)
+    assert answer == b"serving again"
     assert server.proc.poll() is None
     if strategy == "preforked":
         wait_for(lambda: count_lines(server.log(), r"died unexpectedly") >= crashes, timeout=10)
@@ -117,4 +123,5 @@ def test_process_crash_costs_one_connection(serve, strategy):
         assert count_lines(log, r"worker crashes in .*next respawn in") >= 1, log
         assert wait_for(lambda: len(server.tree()) == 2, timeout=15), "the pool was not refilled"
     report("process-crash", strategy=strategy, crashes=crashes, seconds=f"{time.monotonic() - started:.1f}",
-           server_alive=1)
+           deaths_logged=count_lines(server.log(), r"died unexpectedly"), processes_after=1 + len(server.tree()),
+           zombies_after=len(tree_zombies(server.pid)), echo_bytes_after=len(answer))

@@ -22,7 +22,7 @@ http_paths = pytest.importorskip("servers.http.paths")
 http_protocol = pytest.importorskip("servers.http.protocol")
 http_site = pytest.importorskip("servers.http.site")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from framework.testing import RecordingTransport  # noqa: E402
@@ -121,6 +121,67 @@ def test_pipelined_requests_every_response_parses_with_h11(root, batch, cuts, eo
     assert b"TOP SECRET" not in output
 
 
+# Well-framed requests (each body sent with its exact Content-Length): every one must get its own
+# response, in order, the same response it gets alone on a fresh connection.
+FRAMED_METHODS = ["GET", "HEAD", "POST", "DELETE", "OPTIONS"]
+FRAMED_TARGETS = ["/", "/hello.txt", "/kib.bin", "/empty.txt", "/sub", "/sub/", "/noindex/", "/missing.txt",
+                  "/page.html", "/link-in", "/link-out", "/../secret.txt", "/hello.txt?x=1", "/%68ello.txt"]
+FRAMED_HEADERS = ["Range: bytes=0-3", "Range: bytes=-5", "Range: bytes=2000-", "Range: bytes=1-2,5-6",
+                  "If-None-Match: *", 'If-None-Match: "nope"', "If-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT",
+                  "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT", "Accept-Encoding: gzip", "User-Agent: fuzz"]
+
+
+@st.composite
+def framed_requests(draw) -> tuple[bytes, str]:
+    """One request the server can frame exactly: its bytes and its method."""
+    method = draw(st.sampled_from(FRAMED_METHODS))
+    lines = [f"{method} {draw(st.sampled_from(FRAMED_TARGETS))} HTTP/1.1", "Host: x",
+             *draw(st.lists(st.sampled_from(FRAMED_HEADERS), max_size=3, unique=True))]
+    connection = draw(st.sampled_from([None, None, "keep-alive", "close"]))
+    if connection:
+        lines.append(f"Connection: {connection}")
+    body = draw(st.one_of(st.just(b""), st.binary(min_size=1, max_size=64)))
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return "\r\n".join([*lines, "", ""]).encode("ascii") + body, method
+
+
+def essentials(reply) -> tuple[object, ...]:  # type: ignore[no-untyped-def]
+    """What must match between a response in a pipeline and the same request's response alone.
+
+    A multipart/byteranges body is compared with its boundary (random per response) taken out.
+    """
+    body = reply.body
+    _, found, boundary = (reply.header("content-type") or "").partition("boundary=")
+    if found and boundary:
+        body = body.replace(boundary.strip('"').encode("latin-1"), b"BOUNDARY")
+    return (reply.status, body, reply.header("content-length"), reply.header("content-range"),
+            reply.header("connection"))
+
+
+@FUZZ
+@example(batch=[(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "GET"),  # multipart: a random boundary each time
+                (b"GET / HTTP/1.1\r\nHost: x\r\nRange: bytes=1-2,5-6\r\n\r\n", "GET")], cuts=[], eof=False)
+@given(batch=st.lists(framed_requests(), min_size=2, max_size=6),
+       cuts=st.lists(st.integers(min_value=0, max_value=2048), max_size=8), eof=st.booleans())
+def test_pipelined_requests_each_get_their_own_response_in_order(root, batch, cuts, eof):
+    site = http_site.StaticSite(str(root))
+    # What each request gets alone, on a connection of its own.
+    alone = []
+    for raw, method in batch:
+        (reply,) = parse_responses(feed_protocol(site, raw, [], eof=True).output(), [method], eof=False)
+        alone.append(reply)
+    # The pipeline is answered up to and including the first response that closes the connection.
+    expected = next((index + 1 for index, reply in enumerate(alone) if reply.header("connection") == "close"),
+                    len(batch))
+    output = feed_protocol(site, b"".join(raw for raw, _ in batch), cuts, eof).output()
+    replies = parse_responses(output, [method for _, method in batch], eof=False)
+    assert len(replies) == expected, (f"{len(batch)} requests, {len(replies)} responses, {expected} expected",
+                                      output[:300])
+    for index, (got, want) in enumerate(zip(replies, alone[:expected], strict=True)):
+        assert essentials(got) == essentials(want), (index, batch[index][0][:120], got.status, want.status)
+
+
 # -- path resolution: nothing outside the root, symlinks included --------------------------------
 
 SEGMENTS = ["..", ".", "", "%2e%2e", "%2E%2e", ".%2e", "%2f", "%5c", "\\", "%00", "link-out", "link-in",
@@ -159,6 +220,7 @@ def test_live_server_survives_garbage(serve, strategy, root):
                    strategy=strategy)
     rng = random.Random(1234)
     bound = Bounded(count=60, seconds=20)
+    answered = 0
     while bound.more():
         garbage = bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 600)))
         if bound.done % 3 == 0:
@@ -172,9 +234,12 @@ def test_live_server_survives_garbage(serve, strategy, root):
                 continue
         if answer:
             first_response_parses(answer, "GET")
+            answered += 1
     with server.connect(timeout=10) as sock:
         sock.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         replies = parse_responses(recv_all(sock), ["GET"])
     assert replies[0].status == 200 and replies[0].body == b"hello, world\n"
     assert "Traceback" not in server.log()
-    report("fuzz-live", strategy=strategy, garbage_connections=bound.done, server_crashes=0)
+    report("fuzz-live", strategy=strategy, garbage_connections=bound.done, answers_parsed=answered,
+           tracebacks_logged=server.log().count("Traceback"), server_pid_alive=int(server.proc.poll() is None),
+           status_after=replies[0].status)

@@ -14,6 +14,7 @@ import pytest
 
 from tests.reliability_support import (
     Bounded,
+    bytes_wrong,
     count_lines,
     echo_roundtrip,
     lower_nofile,
@@ -25,7 +26,7 @@ from tests.reliability_support import (
     usage,
     workers_ready,
 )
-from tests.support import recv_all, wait_for
+from tests.support import assert_no_accept_spin, recv_all, uninstrumented_env, wait_for
 
 #: Options that give every strategy a small, known concurrency.
 SMALL_POOL = ("--max-connections", "2", "--threads", "2", "--workers", "2")
@@ -51,43 +52,46 @@ def test_emfile_backs_off_quietly_and_recovers(serve, strategy):
     try:
         # The kernel completes these handshakes; the server's accept() now fails with EMFILE.
         open_clients(server, 3, b"waiting %d", into=waiting)
-        assert wait_for(lambda: "Too many open files" in server.log(), timeout=5), server.log()
-        # A level-triggered poll on a listener it cannot accept from would spin here.
+        assert wait_for(lambda: "Too many open files" in server.log(), timeout=30), server.log()
+        # A level-triggered poll on a listener it cannot accept from would spin here: count its retries.
         before = tree_cpu_seconds(server.pid)
-        time.sleep(1.0)
-        spent = tree_cpu_seconds(server.pid) - before
-        assert spent < 0.3, f"server used {spent:.2f} s of CPU in 1 s of EMFILE"
+        retries = assert_no_accept_spin(server)
+        spent = tree_cpu_seconds(server.pid) - before  # a figure for the docs, not a bound
         assert server.proc.poll() is None
         reports = count_lines(server.log(), r"accept: .*Too many open files")
         accepting_processes = 1 + len(server.tree())
         assert 1 <= reports <= accepting_processes, server.log()
         restore_nofile(limits)
         # Descriptors are back: the connections that waited in the backlog are served, byte-exact.
+        compared = 0
         for index, sock in enumerate(waiting):
-            sock.settimeout(10)
+            sock.settimeout(30)
             sock.shutdown(socket.SHUT_WR)
-            assert recv_all(sock) == b"waiting %d" % index
+            answer = recv_all(sock)
+            assert answer == b"waiting %d" % index
+            compared += len(answer)
     finally:
         restore_nofile(limits)
         for sock in waiting:
             sock.close()
     assert echo_roundtrip(server, b"after") == b"after"
     assert "Traceback" not in server.log()
-    report("emfile", strategy=strategy, cpu_in_1s=f"{spent:.2f}", log_lines=reports, lost_bytes=0)
+    report("emfile", strategy=strategy, failed_accepts_in_1s=retries, cpu_in_1s=f"{spent:.2f}", log_lines=reports,
+           waiting_clients=len(waiting), bytes_compared=compared)
 
 
 # -- many short connections: resources stay flat ----------------------------------------
 
 
-def churn(server, bound: Bounded) -> tuple[int, int]:
-    """Short echo connections until *bound* is used up; return (connections, bytes lost or corrupted)."""
-    lost = 0
+def churn(server, bound: Bounded) -> tuple[int, int, int]:
+    """Short echo connections until *bound* is used up; return (connections, bytes compared, bytes wrong)."""
+    compared = wrong = 0
     while bound.more():
         payload = b"%d" % bound.done
         answer = echo_roundtrip(server, payload)
-        if answer != payload:
-            lost += len(payload)
-    return bound.done, lost
+        compared += len(payload)
+        wrong += bytes_wrong(answer, payload)
+    return bound.done, compared, wrong
 
 
 #: Connections every flat-resources test makes at least, however slow the machine.
@@ -95,32 +99,29 @@ MIN_CHURN = 200
 
 
 def flat_resources(serve, strategy: str, count: int, seconds: float, pss_slack_kib: int) -> None:
-    server = serve("echo", "--workers", "2", strategy=strategy)
+    # Untraced even under coverage: the memory measured is the server's, not coverage's.
+    server = serve("echo", "--workers", "2", strategy=strategy, env=uninstrumented_env())
     workers_ready(server)
     churn(server, Bounded(500, 10))  # warm up: imports, allocator pools, lazily created workers
     time.sleep(0.3)
     baseline = usage(server.pid)
     started = time.monotonic()
-    done, lost = churn(server, Bounded(count, seconds))
+    done, compared, lost = churn(server, Bounded(count, seconds))
     if done < MIN_CHURN:
         # A loaded machine (or coverage saving a data file per forked child) can be slow:
         # the test still makes its minimum of connections, bounded by count, not by speed.
-        more, more_lost = churn(server, Bounded(MIN_CHURN - done, 60))
-        done, lost = done + more, lost + more_lost
+        more, more_compared, more_lost = churn(server, Bounded(MIN_CHURN - done, 60))
+        done, compared, lost = done + more, compared + more_compared, lost + more_lost
     elapsed = time.monotonic() - started
     after = settle(server.pid, baseline, pss_slack_kib=pss_slack_kib)
-    report("flat", strategy=strategy, connections=done, seconds=f"{elapsed:.1f}", lost_bytes=lost,
+    report("flat", strategy=strategy, connections=done, seconds=f"{elapsed:.1f}", bytes_compared=compared,
+           bytes_wrong=lost,
            baseline=f"[{baseline}]", after=f"[{after}]")
     assert lost == 0
     assert done >= min(count, MIN_CHURN), f"only {done} connections"
     assert after.processes <= baseline.processes, (baseline, after)
     assert after.fds <= baseline.fds, (baseline, after)
     assert after.threads <= baseline.threads, (baseline, after)
-    if os.environ.get("COVERAGE_RUN") and strategy == "threading":
-        # coverage.py keeps a tracer object for every thread it ever saw, so a thread per
-        # connection grows the measured server by itself; the figures in docs/reliability
-        # come from runs without coverage, where this bound holds.
-        return
     assert after.pss_kib <= baseline.pss_kib + pss_slack_kib, (baseline, after)
 
 
