@@ -192,6 +192,7 @@ class WorkServer(Server):
     default_port = 8040
 
     def __new__(cls, *args: Any, style: str = "protocol", **kwargs: Any) -> WorkServer:
+        """Construct the subclass for *style* when the registered class itself is asked for."""
         if cls is WorkServer:
             if style not in STYLES:
                 raise ValueError(f"unknown style {style!r} (choose from {', '.join(STYLES)})")

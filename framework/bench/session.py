@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from framework.bench.clients import LoadError
 from framework.bench.config import BenchConfig
@@ -12,7 +13,8 @@ from framework.bench.processes import RunningServer, ServerStartError
 from framework.bench.report import Row, WorkloadReport, combine
 from framework.bench.targets import Context, Target, strategy_targets
 
-__all__ = ["MEASUREMENT_ERRORS", "ServerStartError", "Target", "add_row", "runnable", "skip", "start", "targets"]
+__all__ = ["MEASUREMENT_ERRORS", "ServerStartError", "Target", "add_row", "fresh_repeats", "overloaded", "runnable",
+           "skip", "start", "targets"]
 
 #: Failures of one server that end its row with a note instead of ending the run.
 MEASUREMENT_ERRORS = (ServerStartError, LoadError, OSError, ValueError, TimeoutError, subprocess.SubprocessError)
@@ -57,3 +59,44 @@ def skip(config: BenchConfig, report: WorkloadReport, target: Target, reason: st
     """Record that *target* has no row in *report*, and why."""
     report.notes.append(f"{target.name}: skipped: {reason}")
     config.progress(f"{report.name}: {target.name}: skipped: {reason}")
+
+
+def overloaded(load: float, cpus: int) -> bool:
+    """The rule for re-running a point: the machine's 1-minute load average was above its CPU count."""
+    return load > cpus
+
+
+def fresh_repeats(config: BenchConfig, target: Target, context: Context, label: str, repeats: int,
+                  measure: Callable[[RunningServer], dict[str, float | None]],
+                  warm_up: Callable[[RunningServer], object] | None = None) -> list[dict[str, float | None]]:
+    """*repeats* repeats of one load point, each on a fresh server process (started, warmed up, measured, stopped).
+
+    The 1-minute load average before each repeat is kept in its sample
+    (``load_avg``); when it was above the CPU count (:func:`overloaded`),
+    the repeat is measured once more and the second try kept (``reruns``
+    says so).  ``--quick`` does not re-run (its time is bounded).
+    """
+    cpus = os.cpu_count() or 1
+    samples = []
+    for repeat in range(repeats):
+        for attempt in range(2):
+            load = os.getloadavg()[0]
+            with start(config, target, context) as server:
+                if warm_up is not None:
+                    warm_up(server)
+                sample = measure(server)
+            sample["load_avg"] = load
+            sample["reruns"] = float(attempt)
+            if not overloaded(load, cpus) or attempt or config.quick:
+                break
+            config.progress(f"{label}: load average {load:.2f} above {cpus} CPUs: measuring again")
+        samples.append(sample)
+        config.progress(f"{label} run {repeat + 1}/{repeats}: "
+                        + ", ".join(f"{key} {value:.4g}" for key, value in sample.items()
+                                    if value is not None and key in PROGRESS_KEYS))
+    return samples
+
+
+#: The metrics a progress line shows, when a sample has them.
+PROGRESS_KEYS = ("rt_per_s", "req_per_s", "cpu_us_per_rt", "cpu_us_per_req", "cores_used", "p99_ms", "starved",
+                 "load_avg")

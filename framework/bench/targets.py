@@ -49,6 +49,8 @@ class Context:
     server_options: list[str] = dataclasses.field(default_factory=list)
     #: http: the directory of files served.
     root: str = ""
+    #: Extra options for the lab's own peers (``--work SPEC``).
+    peer_options: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

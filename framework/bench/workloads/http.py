@@ -3,13 +3,14 @@
 The load comes from wrk when installed (one thread; keep-alive), from the
 lab's own client processes otherwise (``--client builtin``).  Per point:
 requests/s, latency p50/p99, and server CPU per request (``/proc`` samples
-of the server tree around the point).  Peers: ``python -m http.server``,
+of the server tree around the point); every repeat on a fresh server process.  Peers: ``python -m http.server``,
 gunicorn (sync and gthread, with a tiny WSGI static-file app), nginx with
 one worker.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -112,7 +113,8 @@ def run(config: BenchConfig) -> WorkloadReport:
         description=(f"GET of a {', '.join(size_label(size) for size in scale.sizes)} file at concurrency"
                      f" {', '.join(map(str, scale.concurrency))}, {seconds:g}"
                      f" s per point, load from {client}.  CPU per request is the server tree's CPU (from /proc)"
-                     f" over the point divided by requests.  Median of {scale.http_repeat} runs, (min-max)."),
+                     f" over the point divided by requests.  Every run on a fresh server; median of"
+                     f" {scale.http_repeat} runs, (min-max)."),
         columns=COLUMNS, ratio_metric="req_per_s", params=["size", "connections"])
     if not use_wrk:
         why = "--client builtin" if config.client == "builtin" else "wrk is not installed"
@@ -140,17 +142,13 @@ def run(config: BenchConfig) -> WorkloadReport:
 def _measure_target(config: BenchConfig, report: WorkloadReport, target: session.Target, context: Context,
                     use_wrk: bool) -> None:
     scale = config.scale
-    with session.start(config, target, context) as server:
-        _builtin_point(server, "/" + file_name(scale.sizes[0]), 2, 0.2)  # warm-up
-        for size in scale.sizes:
-            path = "/" + file_name(size)
-            for connections in scale.concurrency:
-                samples = []
-                for repeat in range(scale.http_repeat):
-                    sample = measure_point(config, server, path, connections, scale.duration, use_wrk)
-                    samples.append(sample)
-                    config.progress(
-                        f"http: {target.name:<18} {size_label(size):>7} C={connections:<4} run {repeat + 1}/"
-                        f"{scale.http_repeat}: {sample['req_per_s'] or 0:.0f} req/s,"
-                        f" {sample['cpu_us_per_req'] or 0:.1f} CPU µs/req")
-                session.add_row(report, target, {"size": size_label(size), "connections": connections}, samples)
+    for size in scale.sizes:
+        path = "/" + file_name(size)
+        for connections in scale.concurrency:
+            samples = session.fresh_repeats(
+                config, target, context, f"http: {target.name:<18} {size_label(size):>7} C={connections:<4}",
+                scale.http_repeat,
+                functools.partial(measure_point, config, path=path, connections=connections,
+                                  duration=scale.duration, use_wrk=use_wrk),
+                warm_up=functools.partial(_builtin_point, path=path, connections=1, duration=0.1))
+            session.add_row(report, target, {"size": size_label(size), "connections": connections}, samples)
