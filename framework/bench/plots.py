@@ -131,3 +131,15 @@ def plot_idle(config: BenchConfig, report: WorkloadReport) -> None:
     bars(config, report, report.rows, [("held", "idle connections held"),
                                        ("pss_kib_per_conn", "anonymous PSS KiB per connection")],
          "idle.png", "idle: connections held and memory per connection")
+
+
+def plot_work(config: BenchConfig, report: WorkloadReport) -> None:
+    """Requests per second against concurrency (a panel per work kind); cores used per model per work kind."""
+    lines(config, report, report.rows, "connections", "req_per_s", "work", "work.png",
+          "work: throughput vs concurrency", "requests per second")
+    top = max((int(row.params["connections"]) for row in report.rows), default=0)
+    for work in dict.fromkeys(str(row.params["work"]) for row in report.rows):
+        rows = [row for row in report.rows if row.params["work"] == work and row.params["connections"] == top]
+        bars(config, report, rows, [("cores_used", "cores used (server CPU / wall time)")],
+             f"work_cores_{work.replace(':', '').replace(',', '_')}.png",
+             f"work {work}, {top} connections: cores used per model")

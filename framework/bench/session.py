@@ -50,7 +50,8 @@ def add_row(report: WorkloadReport, target: Target, params: dict[str, object],
     """Record *target*'s repeat *samples* at one load point as a row (median and spread)."""
     metrics, spread = combine(samples)
     row = Row(workload=report.name, target=target.name, kind=target.kind, strategy=target.strategy,
-              params=dict(params), metrics=metrics, spread=spread, repeats=len(samples), notes=list(notes))
+              params=dict(params), metrics=metrics, spread=spread, repeats=len(samples), notes=list(notes),
+              traits=sorted(target.traits))
     report.rows.append(row)
     return row
 

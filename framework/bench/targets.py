@@ -63,6 +63,8 @@ class Target:
     command: Callable[[Context], ServerCommand] | None
     strategy: str | None = None
     skip: str | None = None
+    #: How the model is built, for the work verdict (see :mod:`framework.bench.verdict`).
+    traits: frozenset[str] = frozenset()
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
