@@ -67,8 +67,8 @@ def test_work_quick_end_to_end(tmp_path):
     assert "work: verdict" in done.stdout
 
     def reason(spec: str, target: str) -> str:
-        line = next(line for line in report["summary"].split("\n### ")
-                    if line.startswith(f"### {spec} ") or line.startswith(f"{spec} "))
+        line = next(line for line in report["summary"].split("\n#### ")
+                    if line.startswith(f"#### {spec} ") or line.startswith(f"{spec} "))
         return next(text for text in line.splitlines() if text.split(": ", 1)[0].split(". ", 1)[-1] == target
                     and "req/s" in text)
 

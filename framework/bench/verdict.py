@@ -196,7 +196,7 @@ def render(found: Sequence[Verdict]) -> str:
     """The verdicts as Markdown (also readable on a terminal)."""
     lines: list[str] = []
     for verdict in found:
-        lines += ["", f"### {verdict.work} at {verdict.connections} connections", "", "By throughput:", ""]
+        lines += ["", f"#### {verdict.work} at {verdict.connections} connections", "", "By throughput:", ""]
         lines += [f"{rank}. {item.target}: {item.req_per_s:,.0f} req/s — {verdict.reasons[item.target]}"
                   for rank, item in enumerate(verdict.by_throughput, 1)]
         lines += ["", "By p99 latency (models that starved connections last):", ""]
