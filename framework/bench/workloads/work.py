@@ -229,8 +229,9 @@ def run(config: BenchConfig) -> WorkloadReport:
                         warm_up=warm_up)
                     session.add_row(report, target, {"work": spec, "connections": connections}, samples)
             except session.MEASUREMENT_ERRORS as exc:
-                session.skip(config, report, target, f"failed: {exc}")
-                failed.add(target.name)
+                session.skip(config, report, target, f"{spec}: failed: {exc}")
+                if isinstance(exc, session.ServerStartError):
+                    failed.add(target.name)  # a server that cannot start (a refused style) is not retried
     report.summary = verdict.render(verdict.verdicts(report.rows, os.cpu_count() or 1))
     plot_work(config, report)
     return report
