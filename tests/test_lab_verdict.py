@@ -60,6 +60,16 @@ def test_one_per_process_counts_serving_processes_not_the_master():
     assert text == "1.9 requests at a time (2 processes) under sleep work — blocked loop"
 
 
+def test_many_processes_one_connection_each_and_processes_short_of_cpu():
+    bounded = row("socketserver forking", {"processes"}, "sleep:20", 100, 1835, 0.03, 20.0, 47.0, processes=41,
+                  starved=60)
+    assert reason_of(bounded) == ("36.7 requests at a time (40 processes) under sleep work — one connection per"
+                                  " process; 60 of 100 connections starved")
+    slow = row("forking", {"processes"}, "cpu:2,sleep:20", 100, 251, 0.5, 300.0, 1500.0, processes=39, starved=53)
+    assert reason_of(slow) == ("5.5 requests in flight in 38 processes under cpu+sleep work — processes waiting"
+                               " for a CPU; 53 of 100 connections starved")
+
+
 def test_overlapping_waits_and_bounded_pools():
     assert reason_of(row("threading", {"threads"}, "sleep:20", 10, 480, 0.02, 20.5, 22.0)) == (
         "10 of 10 requests in flight under sleep work — waits overlap")

@@ -22,15 +22,18 @@ performed.  The figures a rule uses, per row:
 The rules, first match wins (thresholds are the constants below):
 
 1. sleep in the work, C >= 2, in flight >= OVERLAP x C: the waits overlap;
-2. sleep in the work, C >= 2, in flight <= ONE_AT_A_TIME x serving
-   processes: requests served one at a time (an event loop: a blocked loop);
+2. sleep in the work, C >= 2, BUSY_PROCESSES to ONE_AT_A_TIME requests in
+   flight per serving process: one at a time per process (an event loop:
+   a blocked loop; several processes: one connection per process);
 3. cpu in the work, C >= 2, 2+ CPUs, queued or starved, SATURATED <= cores
    <= ONE_CORE: one core did it all (threads in one interpreter: the GIL;
    an event loop; one connection at a time; several processes: the
    busiest one's share, or the cores others used);
 4. cpu in the work, cores > ONE_CORE: computes in parallel;
-5. sleep in the work, C >= 2: a bounded pool (between one and C at once);
-6. otherwise the cores used and requests in flight.
+5. sleep in the work, C >= 2, fewer than BUSY_PROCESSES requests in flight
+   per serving process: processes waiting for a CPU;
+6. sleep in the work, C >= 2: a bounded pool (between one and C at once);
+7. otherwise the cores used and requests in flight.
 
 Starved connections, and other processes' use of the CPUs when at least
 SHARED cores, are added to any reason.
@@ -52,8 +55,10 @@ SATURATED = 0.6
 BUSIEST = 0.6
 #: Cores used by other processes (and the load generators) that count as sharing the CPUs.
 SHARED = 0.5
-#: At most this many requests in flight per serving process counts as one at a time.
+#: At most this many requests in flight per serving process counts as one at a time ...
 ONE_AT_A_TIME = 1.25
+#: ... and at least this many as every serving process busy.
+BUSY_PROCESSES = 0.5
 #: At least this share of the connections in flight counts as the waits overlapping.
 OVERLAP = 0.75
 #: A median latency this many times the work's own time means requests queued.
@@ -132,6 +137,8 @@ def _serial_mechanism(traits: frozenset[str]) -> str:
         return "blocked loop"
     if "one-at-a-time" in traits:
         return "one connection at a time"
+    if "processes" in traits:
+        return "one connection per process"
     return "serialised"
 
 
@@ -142,7 +149,8 @@ def reason(item: Figures, cpus: int) -> str:
     waited = item.queued or item.starved > 0
     if item.spec.sleep_ms and contended and item.in_flight >= OVERLAP * item.connections:
         why = f"{item.in_flight:.0f} of {item.connections} requests in flight under {kind} work — waits overlap"
-    elif item.spec.sleep_ms and contended and item.in_flight <= ONE_AT_A_TIME * item.serving:
+    elif (item.spec.sleep_ms and contended
+          and BUSY_PROCESSES * item.serving <= item.in_flight <= ONE_AT_A_TIME * item.serving):
         per = f" ({item.serving} processes)" if item.serving > 1 else ""
         why = (f"{item.in_flight:.1f} requests at a time{per} under {kind} work"
                f" — {_serial_mechanism(item.traits)}")
@@ -150,6 +158,9 @@ def reason(item: Figures, cpus: int) -> str:
         why = f"{item.cores:.1f} cores used of {cpus} under {kind} work — {_single_core_mechanism(item)}"
     elif item.spec.cpu_ms and item.cores > ONE_CORE:
         why = f"{item.cores:.1f} cores used of {cpus} under {kind} work — computes in parallel"
+    elif item.spec.sleep_ms and contended and item.in_flight < BUSY_PROCESSES * item.serving:
+        why = (f"{item.in_flight:.1f} requests in flight in {item.serving} processes under {kind} work"
+               " — processes waiting for a CPU")
     elif item.spec.sleep_ms and contended:
         why = (f"{item.in_flight:.1f} of {item.connections} requests in flight under {kind} work"
                " — bounded pool")
