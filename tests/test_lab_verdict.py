@@ -28,6 +28,15 @@ def test_threads_stuck_at_one_core_under_cpu_work_is_the_gil():
     assert text == "1.0 cores used of 2 under cpu work — GIL"
 
 
+def test_gil_on_a_busy_machine_is_judged_against_the_cores_left():
+    # other processes took 1.5 of 2 cores: 0.4 cores is most of what was left
+    busy = row("threading", {"threads"}, "cpu:2", 10, 196, 0.4, 40.0, 110.0, other_cores=1.5, client_cores=0.02)
+    assert reason_of(busy) == "0.4 cores used of 2 under cpu work — GIL; other processes used 1.5 cores meanwhile"
+    # on a quiet machine 0.5 cores is a pool or a light load, not one saturated core
+    quiet = row("asyncio executor", {"loop", "threads"}, "cpu:2,sleep:20", 100, 272, 0.55, 300.0, 350.0)
+    assert reason_of(quiet).endswith("— bounded pool")
+
+
 def test_the_same_numbers_on_an_event_loop_name_the_loop_and_on_one_at_a_time_the_connection():
     assert reason_of(row("poll", {"loop"}, "cpu:2", 10, 500, 1.0, 20.0, 40.0)).endswith("— one event loop")
     text = reason_of(row("iterative", {"one-at-a-time"}, "cpu:2", 10, 500, 1.0, 2.0, 3.0, starved=9))

@@ -17,7 +17,8 @@ performed.  The figures a rule uses, per row:
   work's own time (requests waited for something besides their work);
 * *busiest share*: the share of the tree's CPU used by its busiest process;
 * *other cores*, *client cores*: CPU used meanwhile by every other
-  process on the machine, and by the lab's own load generators.
+  process on the machine, and by the lab's own load generators; the CPUs
+  less both are the cores *available* to the server.
 
 The rules, first match wins (thresholds are the constants below):
 
@@ -25,8 +26,9 @@ The rules, first match wins (thresholds are the constants below):
 2. sleep in the work, C >= 2, BUSY_PROCESSES to ONE_AT_A_TIME requests in
    flight per serving process: one at a time per process (an event loop:
    a blocked loop; several processes: one connection per process);
-3. cpu in the work, C >= 2, 2+ CPUs, queued or starved, SATURATED <= cores
-   <= ONE_CORE: one core did it all (threads in one interpreter: the GIL;
+3. cpu in the work, C >= 2, 2+ CPUs, queued or starved, and cores used
+   between SATURATED x (one core, or the cores other processes and the
+   load generators left, when fewer) and ONE_CORE: one core did it all (threads in one interpreter: the GIL;
    an event loop; one connection at a time; several processes: the
    busiest one's share, or the cores others used);
 4. cpu in the work, cores > ONE_CORE: computes in parallel;
@@ -49,7 +51,8 @@ from servers.work import WorkSpec, parse_spec
 
 #: At most this many cores used counts as one core ...
 ONE_CORE = 1.25
-#: ... and at least this many as that core kept busy.
+#: ... and at least this share of one core (or of what other processes left of the CPUs, when less)
+#: as that core kept busy.
 SATURATED = 0.6
 #: A process that used at least this share of the tree's CPU did the work nearly alone.
 BUSIEST = 0.6
@@ -87,6 +90,10 @@ class Figures:
     def in_flight(self) -> float:
         """Requests being worked on at once, on average (Little's law over the work's own time)."""
         return self.req_per_s * (self.spec.cpu_ms + self.spec.sleep_ms) / 1000.0
+
+    def available(self, cpus: int) -> float:
+        """Cores the server could have had: the CPUs less what other processes and the load generators used."""
+        return max(0.0, cpus - self.other_cores - self.client_cores)
 
     @property
     def serving(self) -> int:
@@ -154,7 +161,8 @@ def reason(item: Figures, cpus: int) -> str:
         per = f" ({item.serving} processes)" if item.serving > 1 else ""
         why = (f"{item.in_flight:.1f} requests at a time{per} under {kind} work"
                f" — {_serial_mechanism(item.traits)}")
-    elif item.spec.cpu_ms and contended and cpus >= 2 and waited and SATURATED <= item.cores <= ONE_CORE:
+    elif (item.spec.cpu_ms and contended and cpus >= 2 and waited
+          and SATURATED * min(1.0, item.available(cpus)) <= item.cores <= ONE_CORE):
         why = f"{item.cores:.1f} cores used of {cpus} under {kind} work — {_single_core_mechanism(item)}"
     elif item.spec.cpu_ms and item.cores > ONE_CORE:
         why = f"{item.cores:.1f} cores used of {cpus} under {kind} work — computes in parallel"
