@@ -12,4 +12,5 @@ SERVERS: dict[str, str] = {
     "message": "servers.message:MessageServer",
     "http": "servers.http.server:HttpServer",
     "nbytes": "servers.nbytes:NBytesServer",
+    "work": "servers.work:WorkServer",
 }

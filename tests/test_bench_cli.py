@@ -120,9 +120,12 @@ def test_small_echo_rr_and_idle_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     report = workload(load(out), "echo-rr")
     points = [(row["target"], row["params"]["connections"]) for row in report["rows"]]
-    assert points == [("iterative", 1), ("iterative", 3), ("asyncio", 1), ("asyncio", 3)]
+    assert points == [("iterative", 1), ("iterative", 3), ("asyncio", 1), ("asyncio", 3), ("asyncio protocol", 1),
+                      ("asyncio protocol", 3)]
     assert all(row["metrics"]["rt_per_s"] > 0 for row in report["rows"])
-    assert report["ratios"][0]["ratios"].keys() == {"asyncio"}
+    # every repeat on a fresh server, with the machine's load average before it
+    assert all(row["metrics"]["load_avg"] is not None for row in report["rows"])
+    assert report["ratios"][0]["ratios"].keys() == {"asyncio", "asyncio protocol"}
     assert (out / "echo_rr.png").exists()
 
     done = bench("idle", "--quick", "--max-idle", "20", "--strategies", "iterative", "--servers", "asyncio",
@@ -157,6 +160,8 @@ def test_without_matplotlib_tables_still_come_out_with_a_note(tmp_path):
     ["echo-rr", "--concurrency", "0"],
     ["nonsense"],
     ["stevens", "--out", "/dev/null"],
+    ["work", "--work", "cpu:x"],
+    ["work", "--work", "cpu:2", "--work", "sleep:" + "9" * 400],
 ])
 def test_misuse_is_one_line_and_status_2(args, tmp_path):
     done = bench(*args) if "--out" in args else bench(*args, "--out", str(tmp_path / "out"))

@@ -34,13 +34,33 @@ def test_socketserver_nbytes_peers(name):
     assert not reap_adopted()
 
 
-@pytest.mark.parametrize("name", ["socketserver threading", "socketserver forking", "asyncio"])
+@pytest.mark.parametrize("name", ["socketserver threading", "socketserver forking", "asyncio", "asyncio protocol",
+                                  "uvloop", "uvloop protocol"])
 def test_echo_peers(name):
     with RunningServer(peer(name).command(Context("echo", "echo"))) as server:
         with socket.create_connection((server.host, server.port), 5) as sock:
             for message in (b"x", b"hello\n" * 1000):
                 sock.sendall(message)
                 assert recv_all(sock, len(message)) == message
+        stopped = server.stop()
+    assert stopped.status == 0 and not stopped.killed
+    assert not reap_adopted()
+
+
+@pytest.mark.parametrize("name", ["socketserver threading", "socketserver forking", "asyncio executor",
+                                  "asyncio inline", "uvloop executor", "uvloop inline"])
+def test_work_peers_answer_every_line_and_refuse_a_long_one(name):
+    context = Context("work", "work", peer_options=["--work", "cpu:1,sleep:1", "--calibration", "1000"])
+    with RunningServer(peer(name).command(context)) as server:
+        with socket.create_connection((server.host, server.port), 10) as sock:
+            sock.sendall(b"one\ntwo\n")
+            assert recv_all(sock, 6) == b"ok\nok\n"
+            sock.sendall(b"three\n")
+            assert recv_all(sock, 3) == b"ok\n"
+        with socket.create_connection((server.host, server.port), 10) as sock:
+            sock.sendall(b"x" * 5000 + b"\n")
+            sock.shutdown(socket.SHUT_WR)
+            assert not recv_all(sock).startswith(b"ok")  # an error line, or just the close
         stopped = server.stop()
     assert stopped.status == 0 and not stopped.killed
     assert not reap_adopted()
@@ -87,7 +107,9 @@ def test_nginx_lives_in_a_temp_dir_that_is_removed_and_listens_on_loopback_only(
 
 def test_peer_selection_and_missing_peers_become_notes():
     names = [target.name for target in peer_targets("echo", None)]
-    assert names == ["socketserver threading", "socketserver forking", "asyncio"]
+    assert names == ["socketserver threading", "socketserver forking", "asyncio", "asyncio protocol", "uvloop",
+                     "uvloop protocol"]
+    assert [target.name for target in peer_targets("work", ["asyncio"])] == ["asyncio executor", "asyncio inline"]
     assert [target.name for target in peer_targets("http", ["gunicorn"])] == ["gunicorn sync", "gunicorn gthread"]
     assert [target.name for target in peer_targets("http", ["http.server"])] == ["http.server"]
     assert peer_targets("nbytes", ["nginx"]) == []

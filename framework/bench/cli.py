@@ -13,7 +13,10 @@ from framework.bench.config import FULL, KIB, MIB, QUICK, BenchConfig, Scale
 from framework.bench.machine import describe_machine, machine_summary
 from framework.bench.report import Results
 
-WORKLOAD_NAMES = ["stevens", "echo-rr", "http", "idle", "all"]
+WORKLOAD_NAMES = ["stevens", "echo-rr", "http", "idle", "work", "all"]
+#: What ``all`` runs: the cost-of-the-model workloads.  ``work`` is about using the cores, so it runs on
+#: its own, unpinned (``all`` is usually run with ``--pin``).
+ALL = ["stevens", "echo-rr", "http", "idle"]
 
 
 def _names(text: str) -> list[str]:
@@ -76,9 +79,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     scale.add_argument("--bytes", type=positive_int, metavar="B", dest="nbytes",
                        help=f"stevens: bytes asked per connection ({FULL.nbytes})")
     scale.add_argument("--duration", type=positive_float, metavar="SECONDS",
-                       help=f"echo-rr, http: seconds per load point ({FULL.duration:g}; wrk rounds up to whole s)")
+                       help=f"echo-rr, http, work: seconds per load point ({FULL.duration:g}, work"
+                            f" {FULL.work_duration:g} / {QUICK.duration:g}; wrk rounds up to whole s)")
     scale.add_argument("--concurrency", type=_positive_ints, metavar="LIST",
-                       help="echo-rr, http: concurrent connections (1,10,100 / 10)")
+                       help="echo-rr, http, work: concurrent connections (1,10,100 / 10)")
+    scale.add_argument("--work", action="append", metavar="SPEC",
+                       help=f"work: what a request costs, cpu:MS, sleep:MS or cpu:MS,sleep:MS; repeat the option for"
+                            f" several ({' '.join(FULL.work)} / {' '.join(QUICK.work)})")
     scale.add_argument("--sizes", type=_sizes, metavar="LIST", help="http: file sizes (1k,64k,1m / 1k)")
     scale.add_argument("--max-idle", type=positive_int, metavar="N",
                        help=f"idle: most connections held ({FULL.max_idle} / {QUICK.max_idle})")
@@ -98,8 +105,12 @@ def config_from_arguments(args: argparse.Namespace) -> BenchConfig:
                  if getattr(args, name) is not None}
     if args.repeat is not None:
         overrides["http_repeat"] = args.repeat
+    if args.duration is not None:
+        overrides["work_duration"] = args.duration
+    if args.work:
+        overrides["work"] = tuple(args.work)
     scale: Scale = dataclasses.replace(base, **overrides)
-    workloads = ["stevens", "echo-rr", "http", "idle"] if args.workload == "all" else [args.workload]
+    workloads = ALL if args.workload == "all" else [args.workload]
     return BenchConfig(workloads=workloads, out=args.out, scale=scale, quick=args.quick, pin=args.pin,
                        strategies=args.strategies, servers=args.servers, client=args.client, tls=args.tls)
 
@@ -112,6 +123,13 @@ def run_bench(args: argparse.Namespace) -> int:
     from framework.strategies import STRATEGIES
 
     config = config_from_arguments(args)
+    if "work" in config.workloads:
+        from framework.bench.workloads.work import check_specs
+
+        try:
+            check_specs(config.scale.work)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     unknown = [name for name in config.strategies or [] if name not in STRATEGIES and name not in variant_keys()]
     if unknown:
         raise UsageError(f"unknown strategies {', '.join(unknown)} (choose from {', '.join(STRATEGIES)},"

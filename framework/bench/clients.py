@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 from framework.bench.targets import child_env
@@ -78,14 +78,20 @@ def client_processes(
                         stream.close()
 
 
-def run_clients(specs: Sequence[dict[str, Any]], time_limit: float) -> LoadResult:
-    """Run the clients together; *time_limit* bounds the whole run (the specs bound themselves too)."""
+def run_clients(specs: Sequence[dict[str, Any]], time_limit: float,
+                on_go: Callable[[], object] | None = None) -> LoadResult:
+    """Run the clients together; *time_limit* bounds the whole run (the specs bound themselves too).
+
+    *on_go* is called once every client has been told to start (to sample the server during the load).
+    """
     with client_processes(specs) as procs:
         started = time.monotonic()
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
             proc.stdin.flush()
+        if on_go is not None:
+            on_go()
         results = []
         deadline = started + time_limit
         for proc in procs:

@@ -35,6 +35,9 @@ class Scale:
     #: idle: most connections to open, and the time limit per server.
     max_idle: int = 10000
     idle_seconds: float = 30.0
+    #: work: what each request costs (``forkthread serve work --work SPEC``), and seconds per load point.
+    work: tuple[str, ...] = ("cpu:2", "sleep:20", "cpu:2,sleep:20")
+    work_duration: float = 2.0
     #: repeats of every measurement (median and spread are reported) ...
     repeat: int = 3
     #: ... except http's, whose wrk points last a whole second each (``--repeat`` sets both).
@@ -43,7 +46,7 @@ class Scale:
 
 FULL = Scale()
 QUICK = Scale(clients=2, connections=100, duration=0.5, concurrency=(10,), sizes=(KIB,), max_idle=200,
-              idle_seconds=5.0, repeat=1, http_repeat=1)
+              idle_seconds=5.0, repeat=1, http_repeat=1, work=("cpu:2", "sleep:20"), work_duration=0.5)
 
 
 @dataclasses.dataclass

@@ -13,7 +13,8 @@ Kinds (``spec["kind"]``):
     the B bytes until the server closes.
 ``rr``
     C persistent connections doing request/response (``"protocol"``:
-    ``echo`` or ``http``) until a deadline or a request count.
+    ``echo``, ``http``, or ``line``: one answer line starting ``ok``)
+    until a deadline or a request count.
 ``idle``
     Open connections one by one, each proven served by a one-byte echo;
     after every ``step`` connections (and at the end) print ``held N``
@@ -104,6 +105,15 @@ class _Exchange:
 
     def feed(self, data: bytes) -> bool:
         """Take received bytes; return True when the response is complete."""
+        if self.protocol == "line":
+            self.head += data
+            if not self.head.endswith(b"\n"):
+                if len(self.head) > 65536:
+                    raise ValueError("answer line too long")
+                return False
+            if not self.head.startswith(b"ok"):
+                raise ValueError(f"bad answer {bytes(self.head[:40])!r}")
+            return True
         if self.remaining is None:  # http: still reading the head
             self.head += data
             end = self.head.find(b"\r\n\r\n")

@@ -1,4 +1,4 @@
-"""Peers measured in the same run: stdlib socketserver and asyncio, http.server, gunicorn, nginx.
+"""Peers measured in the same run: stdlib socketserver, asyncio and uvloop, http.server, gunicorn, nginx.
 
 Each peer says which protocols it can serve; a peer whose program is
 missing becomes a note instead of a row.  nginx gets a configuration
@@ -38,13 +38,21 @@ class Peer:
 
 
 def _stdlib(kind: str) -> Callable[[Context], ServerCommand]:
+    """A :mod:`framework.bench.peer_servers` peer: *kind* is its KIND without the protocol."""
+
     def command(context: Context) -> ServerCommand:
-        argv = [sys.executable, "-m", "framework.bench.peer_servers", f"{kind}-{context.protocol}"]
-        if kind == "asyncio":
-            argv[-1] = "asyncio-echo"
+        argv = [sys.executable, "-m", "framework.bench.peer_servers", f"{kind}-{context.protocol}",
+                *context.peer_options]
         return ServerCommand(argv, env=child_env())
 
     return command
+
+
+def _uvloop_missing() -> str | None:
+    # Under CI the peer must run (and fail loudly when uvloop is absent), never be skipped quietly.
+    if importlib.util.find_spec("uvloop") is None and os.environ.get("CI") != "true":
+        return f"uvloop is not installed ({BENCH_EXTRA})"
+    return None
 
 
 def _http_server(context: Context) -> ServerCommand:
@@ -132,9 +140,16 @@ def _nginx_missing() -> str | None:
 
 
 PEERS: list[Peer] = [
-    Peer("socketserver threading", frozenset({"nbytes", "echo"}), _stdlib("socketserver-threading")),
-    Peer("socketserver forking", frozenset({"nbytes", "echo"}), _stdlib("socketserver-forking")),
-    Peer("asyncio", frozenset({"echo"}), _stdlib("asyncio")),
+    Peer("socketserver threading", frozenset({"nbytes", "echo", "work"}), _stdlib("socketserver-threading")),
+    Peer("socketserver forking", frozenset({"nbytes", "echo", "work"}), _stdlib("socketserver-forking")),
+    Peer("asyncio", frozenset({"echo"}), _stdlib("asyncio-streams")),
+    Peer("asyncio protocol", frozenset({"echo"}), _stdlib("asyncio-protocol")),
+    Peer("uvloop", frozenset({"echo"}), _stdlib("uvloop-streams"), _uvloop_missing),
+    Peer("uvloop protocol", frozenset({"echo"}), _stdlib("uvloop-protocol"), _uvloop_missing),
+    Peer("asyncio executor", frozenset({"work"}), _stdlib("asyncio-executor")),
+    Peer("asyncio inline", frozenset({"work"}), _stdlib("asyncio-inline")),
+    Peer("uvloop executor", frozenset({"work"}), _stdlib("uvloop-executor"), _uvloop_missing),
+    Peer("uvloop inline", frozenset({"work"}), _stdlib("uvloop-inline"), _uvloop_missing),
     Peer("http.server", frozenset({"http"}), _http_server),
     Peer("gunicorn sync", frozenset({"http"}), _gunicorn("sync"), _gunicorn_missing),
     Peer("gunicorn gthread", frozenset({"http"}), _gunicorn("gthread"), _gunicorn_missing),

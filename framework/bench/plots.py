@@ -83,14 +83,16 @@ def lines(config: BenchConfig, report: WorkloadReport, rows: Sequence[Row], x: s
     figure, axes = pyplot.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1.5, 4.5), squeeze=False)
     for axis, value in zip(axes[0], panels, strict=True):
         chosen = [row for row in rows if panel is None or row.params.get(panel) == value]
-        for target in dict.fromkeys(row.target for row in chosen):
+        palette = pyplot.get_cmap("tab20").colors  # 20 colours: a line per model stays distinct
+        for index, target in enumerate(dict.fromkeys(row.target for row in rows)):
             points = sorted((row.params[x], row.metrics.get(y)) for row in chosen if row.target == target
                             and row.metrics.get(y) is not None)
             if not points:
                 continue
             kind = next(row.kind for row in chosen if row.target == target)
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o",
-                      linestyle="-" if kind == "forkthread" else "--", label=target)
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="os^Dv"[index // 20 % 5],
+                      color=palette[index % len(palette)], linestyle="-" if kind == "forkthread" else "--",
+                      label=target)
         axis.set_xscale("log")
         axis.set_yscale("log")
         ticks = sorted({row.params[x] for row in chosen})
@@ -131,3 +133,15 @@ def plot_idle(config: BenchConfig, report: WorkloadReport) -> None:
     bars(config, report, report.rows, [("held", "idle connections held"),
                                        ("pss_kib_per_conn", "anonymous PSS KiB per connection")],
          "idle.png", "idle: connections held and memory per connection")
+
+
+def plot_work(config: BenchConfig, report: WorkloadReport) -> None:
+    """Requests per second against concurrency (a panel per work kind); cores used per model per work kind."""
+    lines(config, report, report.rows, "connections", "req_per_s", "work", "work.png",
+          "work: throughput vs concurrency", "requests per second")
+    top = max((int(row.params["connections"]) for row in report.rows), default=0)
+    for work in dict.fromkeys(str(row.params["work"]) for row in report.rows):
+        rows = [row for row in report.rows if row.params["work"] == work and row.params["connections"] == top]
+        bars(config, report, rows, [("cores_used", "cores used (server CPU / wall time)")],
+             f"work_cores_{work.replace(':', '').replace(',', '_')}.png",
+             f"work {work}, {top} connections: cores used per model")

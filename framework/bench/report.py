@@ -34,6 +34,8 @@ class Row:
     spread: dict[str, dict[str, float | None]] = dataclasses.field(default_factory=dict)
     repeats: int = 1
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: How the model is built (``threads``, ``processes``, ``loop``, ``one-at-a-time``), for the verdict.
+    traits: list[str] = dataclasses.field(default_factory=list)
 
     def point(self) -> tuple[tuple[str, Any], ...]:
         """The load point (params) as a hashable key."""
@@ -54,6 +56,8 @@ class WorkloadReport:
     notes: list[str] = dataclasses.field(default_factory=list)
     plots: list[str] = dataclasses.field(default_factory=list)
     params: list[str] = dataclasses.field(default_factory=list)
+    #: Markdown computed from the rows (the work verdict), shown after the table.
+    summary: str = ""
 
     def ratios(self) -> list[dict[str, Any]]:
         """Each forkthread row's *ratio_metric* divided by each peer's at the same load point."""
@@ -143,7 +147,8 @@ class Results:
             "notes": self.notes,
             "workloads": [
                 {"name": report.name, "title": report.title, "description": report.description,
-                 "notes": report.notes, "plots": report.plots, "ratio_metric": report.ratio_metric,
+                 "summary": report.summary, "notes": report.notes, "plots": report.plots,
+                 "ratio_metric": report.ratio_metric,
                  "columns": [dataclasses.asdict(column) for column in report.columns],
                  "rows": [dataclasses.asdict(row) for row in report.rows], "ratios": report.ratios()}
                 for report in self.workloads
@@ -191,6 +196,8 @@ class Results:
             if ratios:
                 lines += ["", f"Ratio of each forkthread row's {_header(report, report.ratio_metric)} to each peer's"
                           " at the same load point (> 1: forkthread is faster):", "", ratios]
+            if report.summary:
+                lines += ["", "### Verdict", "", report.summary]
             if report.notes:
                 lines += ["", *[f"- {note}" for note in report.notes]]
             for name in report.plots:
@@ -203,6 +210,8 @@ class Results:
         for report in self.workloads:
             parts += ["", f"== {report.title}", table(report, markdown=False)]
             parts += [f"  note: {note}" for note in report.notes]
+            if report.summary:
+                parts += ["", f"== {report.name}: verdict", report.summary]
         return "\n".join(parts)
 
 

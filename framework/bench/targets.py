@@ -52,6 +52,8 @@ class Context:
     #: With ``--tls``: the certificate and key every server (forkthread and peers) serves TLS with.
     tls_cert: str = ""
     tls_key: str = ""
+    #: Extra options for the lab's own peers (``--work SPEC``).
+    peer_options: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -64,6 +66,8 @@ class Target:
     command: Callable[[Context], ServerCommand] | None
     strategy: str | None = None
     skip: str | None = None
+    #: How the model is built, for the work verdict (see :mod:`framework.bench.verdict`).
+    traits: frozenset[str] = frozenset()
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -6,11 +6,12 @@ from collections.abc import Callable
 
 from framework.bench.config import BenchConfig
 from framework.bench.report import WorkloadReport
-from framework.bench.workloads import echo_rr, http, idle, stevens
+from framework.bench.workloads import echo_rr, http, idle, stevens, work
 
 WORKLOADS: dict[str, Callable[[BenchConfig], WorkloadReport]] = {
     "stevens": stevens.run,
     "echo-rr": echo_rr.run,
     "http": http.run,
     "idle": idle.run,
+    "work": work.run,
 }

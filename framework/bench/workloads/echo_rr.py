@@ -2,13 +2,14 @@
 
 Per concurrency C: round trips per second, latency p50/p99, and server CPU
 per round trip (from ``/proc`` samples of the server's tree before and
-after each point; one server per target serves every point).  A model that
+after each point; every repeat of every point on a fresh server process).  A model that
 cannot serve C connections at once (iterative, a small pool) shows it:
 the connections it never answered are counted as *starved*.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 from framework.bench import session
@@ -61,22 +62,18 @@ def run(config: BenchConfig) -> WorkloadReport:
                      f" {len(MESSAGE)}-byte message and waiting for its echo, for {scale.duration:g} s per point,"
                      f" from up to {MAX_CLIENT_PROCESSES} client processes.  CPU per round trip is the server tree's"
                      " CPU (from /proc) over the point divided by round trips.  Starved connections never got an"
-                     f" answer (the model serves fewer at once).  Median of {scale.repeat} runs, (min-max)."),
+                     f" answer (the model serves fewer at once).  Every run on a fresh server; median of"
+                     f" {scale.repeat} runs, (min-max)."),
         columns=COLUMNS, ratio_metric="rt_per_s", params=["connections"])
     context = Context(server="echo", protocol="echo")
     for target in session.runnable(config, report, context):
         try:
-            with session.start(config, target, context) as server:
-                measure_point(config, server, 2, 0.2)  # warm-up
-                for connections in scale.concurrency:
-                    samples = []
-                    for repeat in range(scale.repeat):
-                        sample = measure_point(config, server, connections, scale.duration)
-                        samples.append(sample)
-                        config.progress(
-                            f"echo-rr: {target.name:<24} C={connections:<4} run {repeat + 1}/{scale.repeat}:"
-                            f" {sample['rt_per_s'] or 0:.0f} rt/s, {sample['cpu_us_per_rt'] or 0:.1f} CPU µs/rt")
-                    session.add_row(report, target, {"connections": connections}, samples)
+            for connections in scale.concurrency:
+                samples = session.fresh_repeats(
+                    config, target, context, f"echo-rr: {target.name:<24} C={connections:<4}", scale.repeat,
+                    functools.partial(measure_point, config, connections=connections, duration=scale.duration),
+                    warm_up=functools.partial(measure_point, config, connections=1, duration=0.1))
+                session.add_row(report, target, {"connections": connections}, samples)
         except session.MEASUREMENT_ERRORS as exc:
             session.skip(config, report, target, f"failed: {exc}")
     from framework.bench.plots import plot_echo_rr

@@ -3,7 +3,7 @@
 The load comes from wrk when installed (one thread; keep-alive), from the
 lab's own client processes otherwise (``--client builtin``).  Per point:
 requests/s, latency p50/p99, and server CPU per request (``/proc`` samples
-of the server tree around the point).  Peers: ``python -m http.server``,
+of the server tree around the point); every repeat on a fresh server process.  Peers: ``python -m http.server``,
 gunicorn (sync and gthread, with a tiny WSGI static-file app), nginx with
 one worker.
 
@@ -14,7 +14,7 @@ beside nginx, both serving one certificate the lab makes with ``openssl``
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 import os
 import shutil
@@ -129,8 +129,8 @@ def run(config: BenchConfig) -> WorkloadReport:
         description=(f"GET of a {', '.join(size_label(size) for size in scale.sizes)} file at concurrency"
                      f" {', '.join(map(str, scale.concurrency))}, {seconds:g}"
                      f" s per point, load from {client}.  CPU per request is the server tree's CPU (from /proc)"
-                     f" over the point divided by requests.  Median of {scale.http_repeat} runs, (min-max);"
-                     f" the servers take turns within each repeat."),
+                     f" over the point divided by requests.  Every run on a fresh server, the servers"
+                     f" taking turns within each repeat; median of {scale.http_repeat} runs, (min-max)."),
         columns=COLUMNS, ratio_metric="req_per_s", params=["size", "connections"])
     if config.tls:
         report.name, report.title = "http-tls", "http over TLS: static files"
@@ -169,44 +169,37 @@ def run(config: BenchConfig) -> WorkloadReport:
 
 def _measure_interleaved(config: BenchConfig, report: WorkloadReport, targets: list[session.Target],
                          context: Context, use_wrk: bool) -> None:
-    """Every server runs at once; each repeat of each point measures them in turn.
+    """Each repeat of each point measures every server in turn, each time on a fresh server process.
 
     So a burst of other work on the machine lands on one repeat of every
     server rather than on every repeat of one, and the medians stay comparable.
     """
     scale = config.scale
     points = [(size, connections) for size in scale.sizes for connections in scale.concurrency]
-    samples: dict[str, dict[tuple[int, int], list[dict[str, float | None]]]] = {}
-    with contextlib.ExitStack() as stack:
-        running: dict[str, tuple[session.Target, RunningServer]] = {}
-        for target in targets:
-            try:
-                server = stack.enter_context(session.start(config, target, context))
-                if config.tls:  # warm-up (the built-in client speaks no TLS)
-                    measure_point(config, server, "/" + file_name(scale.sizes[0]), 2, 0.2, use_wrk=True)
-                else:
-                    _builtin_point(server, "/" + file_name(scale.sizes[0]), 2, 0.2)  # warm-up
-            except session.MEASUREMENT_ERRORS as exc:
-                session.skip(config, report, target, f"failed: {exc}")
-                continue
-            running[target.name] = (target, server)
-            samples[target.name] = {point: [] for point in points}
-        for size, connections in points:
-            path = "/" + file_name(size)
-            for repeat in range(scale.http_repeat):
-                for name, (target, server) in list(running.items()):
-                    try:
-                        sample = measure_point(config, server, path, connections, scale.duration, use_wrk)
-                    except session.MEASUREMENT_ERRORS as exc:
-                        session.skip(config, report, target, f"failed: {exc}")
-                        del running[name]
-                        continue
-                    samples[name][(size, connections)].append(sample)
-                    config.progress(
-                        f"http: {name:<18} {size_label(size):>7} C={connections:<4} run {repeat + 1}/"
-                        f"{scale.http_repeat}: {sample['req_per_s'] or 0:.0f} req/s,"
-                        f" {sample['cpu_us_per_req'] or 0:.1f} CPU µs/req")
+    samples: dict[str, dict[tuple[int, int], list[dict[str, float | None]]]] = {
+        target.name: {point: [] for point in points} for target in targets}
+    failed: set[str] = set()
+    for size, connections in points:
+        path = "/" + file_name(size)
+        measure = functools.partial(measure_point, config, path=path, connections=connections,
+                                    duration=scale.duration, use_wrk=use_wrk)
+        # Warm-up: the built-in client speaks no TLS, wrk does.
+        warm_up = (functools.partial(measure_point, config, path=path, connections=1, duration=0.1, use_wrk=True)
+                   if config.tls else functools.partial(_builtin_point, path=path, connections=1, duration=0.1))
+        for repeat in range(scale.http_repeat):
+            for target in targets:
+                if target.name in failed:
+                    continue
+                label = f"http: {target.name:<18} {size_label(size):>7} C={connections:<4} run {repeat + 1}/" \
+                        f"{scale.http_repeat}"
+                try:
+                    sample = session.fresh_sample(config, target, context, label, measure, warm_up)
+                except session.MEASUREMENT_ERRORS as exc:
+                    session.skip(config, report, target, f"failed: {exc}")
+                    failed.add(target.name)
+                    continue
+                samples[target.name][(size, connections)].append(sample)
     for target in targets:  # rows grouped by server, in the usual order
-        for (size, connections), taken in samples.get(target.name, {}).items():
-            if taken:
+        for (size, connections), taken in samples[target.name].items():
+            if taken and target.name not in failed:
                 session.add_row(report, target, {"size": size_label(size), "connections": connections}, taken)
