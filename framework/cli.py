@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -39,16 +40,22 @@ class UsageError(Exception):
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    """argparse type: a finite number > 0 (``nan`` and ``inf`` are refused: no deadline can be built from them)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
     return value
 
 
 def positive_int(text: str) -> int:
     """argparse type: a whole number > 0."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
     return value
@@ -68,7 +75,7 @@ def keepalive_triple(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"expected IDLE,INTERVAL,COUNT (e.g. 60,10,5), not {text!r}")
     try:
         idle, interval, count = (positive_int(part) for part in parts)
-    except ValueError:
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected three whole numbers > 0, not {text!r}") from None
     return idle, interval, count
 

@@ -40,6 +40,11 @@ def test_version():
     ["serve", "echo", "--strategy", "nosuchstrategy", "--bind", "127.0.0.1:0"],
     ["serve", "echo", "--timeout", "-3"],
     ["serve", "echo", "--workers", "zero"],
+    ["serve", "echo", "--timeout", "abc"],
+    ["serve", "echo", "--graceful-timeout", "nan"],
+    ["serve", "echo", "--timeout", "inf"],
+    ["client", "daytime", "--timeout", "-1", "127.0.0.1:1"],
+    ["client", "echo", "--timeout", "nan", "127.0.0.1:1"],
     ["frobnicate"],
 ])
 def test_usage_errors_exit_2_without_traceback(args):
