@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING
 from framework import __version__
 from framework.activation import ActivationError, inetd_socket, listen_fds
 from framework.address import Address, AddressError, parse_address
+from framework.argtypes import positive_float as positive_float  # re-exported: the lab's command line uses them
+from framework.argtypes import positive_int as positive_int
 from framework.registry import server_class, server_targets
 from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Server
 from framework.strategies import STRATEGIES, UnknownStrategyError, create_strategy, strategy_class
@@ -37,28 +38,6 @@ EXTRA_COMMANDS: dict[str, str] = {"client": "servers.client:add_parser", "bench"
 
 class UsageError(Exception):
     """Bad command-line input detected after parsing (exit status 2)."""
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (``nan`` and ``inf`` are refused: no deadline can be built from them)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
 
 
 def optional_timeout(text: str) -> float | None:

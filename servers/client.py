@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from framework.address import Address, AddressError, connect, parse_address
-from framework.cli import positive_float
+from framework.argtypes import positive_float
 from servers.http.client import run_http
 from servers.message import HEADER as MESSAGE_HEADER
 from servers.message import encode_message

@@ -45,6 +45,10 @@ def test_version():
     ["serve", "echo", "--timeout", "inf"],
     ["client", "daytime", "--timeout", "-1", "127.0.0.1:1"],
     ["client", "echo", "--timeout", "nan", "127.0.0.1:1"],
+    ["serve", "chat", "--max-buffer", "-1"],
+    ["serve", "message", "--max-message", "0"],
+    ["serve", "http", "--header-timeout", "inf"],
+    ["bench", "stevens", "--duration", "nan"],
     ["frobnicate"],
 ])
 def test_usage_errors_exit_2_without_traceback(args):
