@@ -118,7 +118,7 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prethreaded-accept", choices=("lock", "handoff"), default=defaults.prethreaded_accept,
                        help="prethreaded: threads take turns in accept (lock) or the main thread accepts (handoff)")
     group.add_argument("--workers", type=positive_int, default=defaults.workers, metavar="N",
-                       help="preforked: worker processes (default: CPU count, %(default)s)")
+                       help="preforked: worker processes (default: the CPU count, here %(default)s)")
     group.add_argument("--accept", choices=("shared", "lock", "reuseport", "passfd"), default=defaults.accept,
                        help="preforked: how workers get connections (default: %(default)s)")
     group.add_argument("--worker", choices=("iterative", "threads", "poll"), default=defaults.worker,
