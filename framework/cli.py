@@ -364,6 +364,14 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
                 parser.exit(2, f"{PROG}: error: {exc}\n")
             except KeyboardInterrupt:
                 return 130
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                # A file or directory named on the command line that cannot be written
+                # (``bench --out /proc/x``): one line, as for an address that cannot listen.
+                where = f"{exc.filename}: " if exc.filename else ""
+                print(f"{PROG}: {where}{exc.strerror or exc}", file=sys.stderr)
+                return 1
             return status
         finally:
             # Buffered output is written here, where a vanished reader can still be

@@ -107,3 +107,13 @@ def test_a_reader_that_goes_away_gets_no_traceback(args, buffered):
     assert result.stderr == ""  # no traceback, no "Exception ignored" at exit
     # argparse itself ignores a failed write of unbuffered help text (status 0 then).
     assert result.returncode in ((0, 1) if args == ["--help"] else (1,))
+
+
+def test_an_output_directory_that_cannot_be_made_is_one_line_and_exit_1():
+    # bench measured, then failed to create --out with a FileNotFoundError traceback.
+    result = run_cli("bench", "stevens", "--quick", "--strategies", "iterative", "--servers", "none",
+                     "--connections", "20", "--out", "/proc/forkthread-no-such-dir", timeout=120)
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == "forkthread: /proc/forkthread-no-such-dir: No such file or directory"
