@@ -201,7 +201,7 @@ def run_client(args: argparse.Namespace) -> int:
         with _wrap_tls(connect(address, timeout=args.timeout), address, args) as sock:
             status: int = args.client(sock, address, args)
             return status
-    except (ClientError, OSError) as exc:
+    except (ClientError, AddressError, OSError) as exc:  # AddressError: a host name that does not resolve
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
         print(f"{PROG}: {args.address}: {reason}", file=sys.stderr)
         return 1

@@ -117,3 +117,12 @@ def test_an_output_directory_that_cannot_be_made_is_one_line_and_exit_1():
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line == "forkthread: /proc/forkthread-no-such-dir: No such file or directory"
+
+
+def test_a_client_for_a_host_that_does_not_resolve_is_one_line_and_exit_1():
+    # connect() raised AddressError past the client's error handling: a traceback.
+    result = run_cli("client", "echo", "nosuchhost.invalid:7")
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot resolve 'nosuchhost.invalid'" in result.stderr
