@@ -179,7 +179,11 @@ def _wrap_tls(sock: socket.socket, address: Address, args: argparse.Namespace) -
 
     name = args.server_name or ("localhost" if address.is_unix else address.host)
     try:
-        return client_context(args.cacert).wrap_socket(sock, server_hostname=name)
+        try:
+            context = client_context(args.cacert)
+        except OSError as exc:  # ssl.SSLError too; ssl's FileNotFoundError names no file: say which
+            raise ClientError(f"cannot load --cacert {args.cacert!r}: {exc.strerror or exc}") from None
+        return context.wrap_socket(sock, server_hostname=name)
     except BaseException:
         sock.close()
         raise

@@ -126,3 +126,14 @@ def test_a_client_for_a_host_that_does_not_resolve_is_one_line_and_exit_1():
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "cannot resolve 'nosuchhost.invalid'" in result.stderr
+
+
+def test_a_client_cacert_that_does_not_load_names_the_file(tmp_path):
+    # The message named only the server's address: "127.0.0.1:PORT: No such file or directory".
+    missing = str(tmp_path / "missing.pem")
+    with bind_socket(parse_address("127.0.0.1:0")) as listener:  # bound and listening: connect succeeds
+        address = local_address(listener)
+        result = run_cli("client", "echo", "--tls", "--cacert", missing, str(address))
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert f"cannot load --cacert {missing!r}" in result.stderr
