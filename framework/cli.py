@@ -47,6 +47,10 @@ def optional_timeout(text: str) -> float | None:
     return positive_float(text)
 
 
+#: The largest IDLE, INTERVAL and COUNT the kernel accepts for ``--keepalive``.
+KEEPALIVE_LIMITS = (32767, 32767, 127)
+
+
 def keepalive_triple(text: str) -> tuple[int, int, int]:
     """argparse type: ``IDLE,INTERVAL,COUNT`` for TCP keep-alive, three whole numbers > 0."""
     parts = text.split(",")
@@ -56,6 +60,13 @@ def keepalive_triple(text: str) -> tuple[int, int, int]:
         idle, interval, count = (positive_int(part) for part in parts)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected three whole numbers > 0, not {text!r}") from None
+    # Linux's limits (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT): above them every
+    # connection's setsockopt would fail, after the server had started.
+    if idle > KEEPALIVE_LIMITS[0] or interval > KEEPALIVE_LIMITS[1] or count > KEEPALIVE_LIMITS[2]:
+        most_seconds, _, most_count = KEEPALIVE_LIMITS
+        raise argparse.ArgumentTypeError(
+            f"IDLE and INTERVAL must be at most {most_seconds} s, COUNT at most {most_count}, not {text!r}"
+        )
     return idle, interval, count
 
 

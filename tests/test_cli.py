@@ -49,6 +49,8 @@ def test_version():
     ["serve", "message", "--max-message", "0"],
     ["serve", "http", "--header-timeout", "inf"],
     ["bench", "stevens", "--duration", "nan"],
+    ["serve", "echo", "--keepalive", "99999999999,1,1"],  # every connection's setsockopt failed
+    ["serve", "echo", "--keepalive", "60,10,128"],
     ["frobnicate"],
 ])
 def test_usage_errors_exit_2_without_traceback(args):
