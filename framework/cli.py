@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from framework import __version__
 from framework.activation import ActivationError, inetd_socket, listen_fds
 from framework.address import Address, AddressError, parse_address
+from framework.argtypes import non_negative_int
 from framework.argtypes import positive_float as positive_float  # re-exported: the lab's command line uses them
 from framework.argtypes import positive_int as positive_int
 from framework.registry import server_class, server_targets
@@ -136,9 +137,10 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
                        help="preforked: each worker's inner strategy (default: %(default)s)")
     group.add_argument("--selector", choices=("poll", "epoll", "select"), default=defaults.selector,
                        help="poll: the selector (default: %(default)s)")
-    group.add_argument("--max-requests", type=int, default=defaults.max_requests, metavar="N",
+    group.add_argument("--max-requests", type=non_negative_int, default=defaults.max_requests, metavar="N",
                        help="preforked: recycle a worker after N connections (0: never)")
-    group.add_argument("--max-requests-jitter", type=int, default=defaults.max_requests_jitter, metavar="N",
+    group.add_argument("--max-requests-jitter", type=non_negative_int, default=defaults.max_requests_jitter,
+                       metavar="N",
                        help="preforked: add 0..N to each worker's --max-requests")
 
 

@@ -51,6 +51,7 @@ def test_version():
     ["bench", "stevens", "--duration", "nan"],
     ["serve", "echo", "--keepalive", "99999999999,1,1"],  # every connection's setsockopt failed
     ["serve", "echo", "--keepalive", "60,10,128"],
+    ["serve", "echo", "--strategy", "poll", "--max-requests", "-1"],  # was ignored outside preforked
     ["frobnicate"],
 ])
 def test_usage_errors_exit_2_without_traceback(args):
