@@ -81,7 +81,7 @@ def parse_address(text: str) -> Address:
     else:
         host, sep, port_text = rest.rpartition(":")
         if not sep:
-            raise AddressError(f"{text!r}: expected HOST:PORT, [V6]:PORT or unix:PATH")
+            raise AddressError(f"{text!r}: expected HOST:PORT, [V6]:PORT, unix:PATH or udp:HOST:PORT")
         if ":" in host:
             raise AddressError(f"{text!r}: put an IPv6 address in brackets: [V6]:PORT")
         host = host if host not in ("", "*") else "0.0.0.0"
