@@ -81,12 +81,15 @@ def parse_address(text: str) -> Address:
     else:
         host, sep, port_text = rest.rpartition(":")
         if not sep:
-            raise AddressError(f"{text!r}: expected HOST:PORT, [V6]:PORT or unix:PATH")
+            raise AddressError(f"{text!r}: expected HOST:PORT, [V6]:PORT, unix:PATH or udp:HOST:PORT")
         if ":" in host:
             raise AddressError(f"{text!r}: put an IPv6 address in brackets: [V6]:PORT")
         host = host if host not in ("", "*") else "0.0.0.0"
         family = socket.AF_INET
     try:
+        # int() alone would take "+80", " 80" and other scripts' digits ("٣" is 3).
+        if not (port_text.isascii() and port_text.isdigit()):
+            raise ValueError(port_text)
         port = int(port_text)
     except ValueError:
         raise AddressError(f"{text!r}: port {port_text!r} is not a number") from None
@@ -108,6 +111,8 @@ def resolve(address: Address) -> Address:
         infos = socket.getaddrinfo(address.host, address.port, type=address.kind, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise AddressError(f"cannot resolve {address.host!r}: {exc.strerror}") from None
+    except UnicodeError as exc:  # the IDNA codec refuses the name (a label over 63 characters...)
+        raise AddressError(f"cannot resolve {address.host!r}: not a valid host name ({exc})") from None
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
     family, _, _, _, sockaddr = infos[0]
     return Address(socket.AddressFamily(family), host=str(sockaddr[0]), port=int(sockaddr[1]), kind=address.kind)

@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING
 from framework import __version__
 from framework.activation import ActivationError, inetd_socket, listen_fds
 from framework.address import Address, AddressError, parse_address
+from framework.argtypes import non_negative_int
+from framework.argtypes import positive_float as positive_float  # re-exported: the lab's command line uses them
+from framework.argtypes import positive_int as positive_int
 from framework.registry import server_class, server_targets
 from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Server
 from framework.strategies import STRATEGIES, UnknownStrategyError, create_strategy, strategy_class
@@ -38,27 +41,15 @@ class UsageError(Exception):
     """Bad command-line input detected after parsing (exit status 2)."""
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number > 0."""
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
-
-
 def optional_timeout(text: str) -> float | None:
     """argparse type: seconds > 0, or 0 / ``none`` for no limit."""
     if text.lower() in ("0", "none", "off"):
         return None
     return positive_float(text)
+
+
+#: The largest IDLE, INTERVAL and COUNT the kernel accepts for ``--keepalive``.
+KEEPALIVE_LIMITS = (32767, 32767, 127)
 
 
 def keepalive_triple(text: str) -> tuple[int, int, int]:
@@ -68,8 +59,15 @@ def keepalive_triple(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"expected IDLE,INTERVAL,COUNT (e.g. 60,10,5), not {text!r}")
     try:
         idle, interval, count = (positive_int(part) for part in parts)
-    except ValueError:
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected three whole numbers > 0, not {text!r}") from None
+    # Linux's limits (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT): above them every
+    # connection's setsockopt would fail, after the server had started.
+    if idle > KEEPALIVE_LIMITS[0] or interval > KEEPALIVE_LIMITS[1] or count > KEEPALIVE_LIMITS[2]:
+        most_seconds, _, most_count = KEEPALIVE_LIMITS
+        raise argparse.ArgumentTypeError(
+            f"IDLE and INTERVAL must be at most {most_seconds} s, COUNT at most {most_count}, not {text!r}"
+        )
     return idle, interval, count
 
 
@@ -132,16 +130,17 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prethreaded-accept", choices=("lock", "handoff"), default=defaults.prethreaded_accept,
                        help="prethreaded: threads take turns in accept (lock) or the main thread accepts (handoff)")
     group.add_argument("--workers", type=positive_int, default=defaults.workers, metavar="N",
-                       help="preforked: worker processes (default: CPU count, %(default)s)")
+                       help="preforked: worker processes (default: the CPU count, here %(default)s)")
     group.add_argument("--accept", choices=("shared", "lock", "reuseport", "passfd"), default=defaults.accept,
                        help="preforked: how workers get connections (default: %(default)s)")
     group.add_argument("--worker", choices=("iterative", "threads", "poll"), default=defaults.worker,
                        help="preforked: each worker's inner strategy (default: %(default)s)")
     group.add_argument("--selector", choices=("poll", "epoll", "select"), default=defaults.selector,
                        help="poll: the selector (default: %(default)s)")
-    group.add_argument("--max-requests", type=int, default=defaults.max_requests, metavar="N",
+    group.add_argument("--max-requests", type=non_negative_int, default=defaults.max_requests, metavar="N",
                        help="preforked: recycle a worker after N connections (0: never)")
-    group.add_argument("--max-requests-jitter", type=int, default=defaults.max_requests_jitter, metavar="N",
+    group.add_argument("--max-requests-jitter", type=non_negative_int, default=defaults.max_requests_jitter,
+                       metavar="N",
                        help="preforked: add 0..N to each worker's --max-requests")
 
 
@@ -378,6 +377,14 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
                 parser.exit(2, f"{PROG}: error: {exc}\n")
             except KeyboardInterrupt:
                 return 130
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                # A file or directory named on the command line that cannot be written
+                # (``bench --out /proc/x``): one line, as for an address that cannot listen.
+                where = f"{exc.filename}: " if exc.filename else ""
+                print(f"{PROG}: {where}{exc.strerror or exc}", file=sys.stderr)
+                return 1
             return status
         finally:
             # Buffered output is written here, where a vanished reader can still be

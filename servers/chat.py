@@ -27,6 +27,7 @@ import re
 import threading
 
 from framework import Protocol, Server, Transport
+from framework.argtypes import positive_int
 from framework.outbox import DEFAULT_SEND_TIMEOUT, Outbox, open_outbox
 
 log = logging.getLogger("forkthread")
@@ -170,7 +171,7 @@ class ChatServer(Server):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """``--max-buffer``."""
-        parser.add_argument("--max-buffer", type=int, default=DEFAULT_MAX_BUFFER, metavar="BYTES",
+        parser.add_argument("--max-buffer", type=positive_int, default=DEFAULT_MAX_BUFFER, metavar="BYTES",
                             help="drop a client with more than this waiting for it (default: %(default)s)")
 
     @classmethod

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from framework.address import Address, AddressError, connect, parse_address
+from framework.argtypes import positive_float
 from servers.http.client import run_http
 from servers.message import HEADER as MESSAGE_HEADER
 from servers.message import encode_message
@@ -154,7 +155,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     for kind, (run, help_text) in CLIENTS.items():
         parser = kinds.add_parser(kind, help=help_text, description=help_text)
         parser.add_argument("address", metavar="ADDRESS", help="HOST:PORT, [V6]:PORT, unix:PATH or udp:HOST:PORT")
-        parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+        parser.add_argument("--timeout", type=positive_float, default=10.0, metavar="SECONDS",
                             help="give up on a silent server after this long (default: %(default)s)")
         parser.add_argument("--tls", action="store_true", help="speak TLS (check the server's certificate)")
         parser.add_argument("--cacert", metavar="FILE",
@@ -178,7 +179,11 @@ def _wrap_tls(sock: socket.socket, address: Address, args: argparse.Namespace) -
 
     name = args.server_name or ("localhost" if address.is_unix else address.host)
     try:
-        return client_context(args.cacert).wrap_socket(sock, server_hostname=name)
+        try:
+            context = client_context(args.cacert)
+        except OSError as exc:  # ssl.SSLError too; ssl's FileNotFoundError names no file: say which
+            raise ClientError(f"cannot load --cacert {args.cacert!r}: {exc.strerror or exc}") from None
+        return context.wrap_socket(sock, server_hostname=name)
     except BaseException:
         sock.close()
         raise
@@ -200,7 +205,7 @@ def run_client(args: argparse.Namespace) -> int:
         with _wrap_tls(connect(address, timeout=args.timeout), address, args) as sock:
             status: int = args.client(sock, address, args)
             return status
-    except (ClientError, OSError) as exc:
+    except (ClientError, AddressError, OSError) as exc:  # AddressError: a host name that does not resolve
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
         print(f"{PROG}: {args.address}: {reason}", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ import struct
 from collections.abc import Callable
 
 from framework import Protocol, Server
+from framework.argtypes import positive_int
 
 log = logging.getLogger("forkthread")
 
@@ -125,7 +126,7 @@ class MessageServer(Server):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """``--allow-quit`` and ``--max-message``."""
         parser.add_argument("--allow-quit", action="store_true", help="let a 'quit' message stop the server")
-        parser.add_argument("--max-message", type=int, default=DEFAULT_MAX_MESSAGE, metavar="BYTES",
+        parser.add_argument("--max-message", type=positive_int, default=DEFAULT_MAX_MESSAGE, metavar="BYTES",
                             help="longest message accepted (default: %(default)s)")
 
     @classmethod

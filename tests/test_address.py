@@ -33,7 +33,11 @@ def test_parse_and_format_round_trip(text, expected):
     assert str(parse_address(text)) == expected
 
 
-@pytest.mark.parametrize("text", ["nocolon", "1.2.3.4:http", "1.2.3.4:70000", "::1:80", "[::1]80", "unix:", "h:-1"])
+@pytest.mark.parametrize("text", [
+    "nocolon", "1.2.3.4:http", "1.2.3.4:70000", "::1:80", "[::1]80", "unix:", "h:-1",
+    # int() alone accepted these: a sign, spaces, another script's digit (Arabic-Indic 3), thousands of digits.
+    "1.2.3.4:+80", "1.2.3.4: 80", "1.2.3.4:\u0663", "1.2.3.4:" + "9" * 5000,
+])
 def test_bad_addresses_are_refused_with_a_reason(text):
     with pytest.raises(AddressError, match=r"\S"):
         parse_address(text)
@@ -42,6 +46,12 @@ def test_bad_addresses_are_refused_with_a_reason(text):
 def test_unresolvable_host():
     with pytest.raises(AddressError, match="cannot resolve"):
         bind_socket(parse_address("no-such-host.invalid:0"))
+
+
+def test_a_host_name_the_idna_codec_refuses_is_an_address_error():
+    # A 300-character label raised UnicodeError out of getaddrinfo's encoding, not an AddressError.
+    with pytest.raises(AddressError, match="cannot resolve"):
+        bind_socket(parse_address("a" * 300 + ":0"))
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1:0", "[::1]:0", "localhost:0"])

@@ -40,6 +40,18 @@ def test_version():
     ["serve", "echo", "--strategy", "nosuchstrategy", "--bind", "127.0.0.1:0"],
     ["serve", "echo", "--timeout", "-3"],
     ["serve", "echo", "--workers", "zero"],
+    ["serve", "echo", "--timeout", "abc"],
+    ["serve", "echo", "--graceful-timeout", "nan"],
+    ["serve", "echo", "--timeout", "inf"],
+    ["client", "daytime", "--timeout", "-1", "127.0.0.1:1"],
+    ["client", "echo", "--timeout", "nan", "127.0.0.1:1"],
+    ["serve", "chat", "--max-buffer", "-1"],
+    ["serve", "message", "--max-message", "0"],
+    ["serve", "http", "--header-timeout", "inf"],
+    ["bench", "stevens", "--duration", "nan"],
+    ["serve", "echo", "--keepalive", "99999999999,1,1"],  # every connection's setsockopt failed
+    ["serve", "echo", "--keepalive", "60,10,128"],
+    ["serve", "echo", "--strategy", "poll", "--max-requests", "-1"],  # was ignored outside preforked
     ["frobnicate"],
 ])
 def test_usage_errors_exit_2_without_traceback(args):
@@ -98,3 +110,33 @@ def test_a_reader_that_goes_away_gets_no_traceback(args, buffered):
     assert result.stderr == ""  # no traceback, no "Exception ignored" at exit
     # argparse itself ignores a failed write of unbuffered help text (status 0 then).
     assert result.returncode in ((0, 1) if args == ["--help"] else (1,))
+
+
+def test_an_output_directory_that_cannot_be_made_is_one_line_and_exit_1():
+    # bench measured, then failed to create --out with a FileNotFoundError traceback.
+    result = run_cli("bench", "stevens", "--quick", "--strategies", "iterative", "--servers", "none",
+                     "--connections", "20", "--out", "/proc/forkthread-no-such-dir", timeout=120)
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == "forkthread: /proc/forkthread-no-such-dir: No such file or directory"
+
+
+def test_a_client_for_a_host_that_does_not_resolve_is_one_line_and_exit_1():
+    # connect() raised AddressError past the client's error handling: a traceback.
+    result = run_cli("client", "echo", "nosuchhost.invalid:7")
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot resolve 'nosuchhost.invalid'" in result.stderr
+
+
+def test_a_client_cacert_that_does_not_load_names_the_file(tmp_path):
+    # The message named only the server's address: "127.0.0.1:PORT: No such file or directory".
+    missing = str(tmp_path / "missing.pem")
+    with bind_socket(parse_address("127.0.0.1:0")) as listener:  # bound and listening: connect succeeds
+        address = local_address(listener)
+        result = run_cli("client", "echo", "--tls", "--cacert", missing, str(address))
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert f"cannot load --cacert {missing!r}" in result.stderr

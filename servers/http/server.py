@@ -7,16 +7,10 @@ import os
 from typing import Any
 
 from framework import Server
+from framework.argtypes import positive_float
 from servers.http.access_log import AccessLog
 from servers.http.protocol import DEFAULT_HEADER_TIMEOUT, HttpProtocol
 from servers.http.site import StaticSite
-
-
-def _positive_seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-    return value
 
 
 def _field_value(text: str) -> str:
@@ -83,7 +77,7 @@ class HttpServer(Server):
                             help="list directories that have no index.html (default: 404)")
         parser.add_argument("--follow-symlinks", action="store_true",
                             help="follow symbolic links that stay inside the root (default: refuse every link)")
-        parser.add_argument("--header-timeout", type=_positive_seconds, default=DEFAULT_HEADER_TIMEOUT,
+        parser.add_argument("--header-timeout", type=positive_float, default=DEFAULT_HEADER_TIMEOUT,
                             metavar="SECONDS",
                             help="a request head must arrive within this time, or 408; a request body (skipped)"
                                  " too, or the connection closes (default: %(default)s)")
