@@ -113,13 +113,13 @@ def test_a_reader_that_goes_away_gets_no_traceback(args, buffered):
 
 
 def test_an_output_directory_that_cannot_be_made_is_one_line_and_exit_1():
-    # bench measured, then failed to create --out with a FileNotFoundError traceback.
+    # bench measured, then failed to create --out with a FileNotFoundError traceback; now it checks first.
     result = run_cli("bench", "stevens", "--quick", "--strategies", "iterative", "--servers", "none",
                      "--connections", "20", "--out", "/proc/forkthread-no-such-dir", timeout=120)
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line == "forkthread: /proc/forkthread-no-such-dir: No such file or directory"
+    assert last_line == "forkthread: cannot write results into /proc/forkthread-no-such-dir: No such file or directory"
 
 
 def test_a_client_for_a_host_that_does_not_resolve_is_one_line_and_exit_1():

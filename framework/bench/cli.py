@@ -141,6 +141,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
         if not available():
             raise UsageError("--client wrk: wrk is not installed")
+    try:  # before measuring: a run must not end in a directory it cannot write
+        config.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"forkthread: cannot write results into {config.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     config.place_cpus()
     fd_limit = config.raise_fd_limit()
     machine = describe_machine()
