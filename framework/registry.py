@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 
 from framework.server import Server
 
@@ -16,6 +15,11 @@ class UnknownServerError(LookupError):
 
 def server_targets() -> dict[str, str]:
     """name -> ``module:Class`` for every known server, bundled ones first."""
+    # Imported here, not at the top: importlib.metadata brings email, csv,
+    # datetime... (about 1.8 MiB of heap) into a serving process that only
+    # needs a bundled name, and every fork copies that heap's page tables.
+    from importlib import metadata
+
     from servers import SERVERS
 
     targets = dict(SERVERS)
@@ -26,7 +30,10 @@ def server_targets() -> dict[str, str]:
 
 def server_class(name: str) -> type[Server]:
     """Import and return the server class registered as *name*."""
-    targets = server_targets()
+    from servers import SERVERS
+
+    # A bundled name wins over a plug-in's anyway (server_targets()): no need to read entry points.
+    targets = SERVERS if name in SERVERS else server_targets()
     try:
         target = targets[name]
     except KeyError:
