@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import _signal
 import dataclasses
 import logging
 import os
@@ -30,6 +30,15 @@ from framework.signals import SERVER_SIGNALS
 #: Looked up once, in the parent: a child leaving through exit_child() only reads it.
 _LOG = logging.getLogger("forkthread")
 
+# The C functions under signal.pthread_sigmask() and signal.signal(): the
+# wrappers turn every signal number into a ``Signals`` member and back.  On
+# the fork path (once per connection under ``forking``) that is a dozen enum
+# calls in the parent and as many in the child, whose every object touched
+# is a page copied from the parent.
+_sigmask = _signal.pthread_sigmask
+_setsignal = _signal.signal
+_SIG_DFL = int(signal.SIG_DFL)
+
 
 @dataclasses.dataclass(frozen=True)
 class Forked:
@@ -40,7 +49,7 @@ class Forked:
 
     def release_signals(self) -> None:
         """Restore the signal mask from before the fork (the child: once its handlers are in place)."""
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+        _sigmask(signal.SIG_SETMASK, self.mask)
 
 
 def fork(close_in_child: Iterable[int] = ()) -> Forked:
@@ -50,32 +59,41 @@ def fork(close_in_child: Iterable[int] = ()) -> Forked:
     the signals stay held until :meth:`Forked.release_signals`.  Raises
     :class:`OSError` (EAGAIN, ENOMEM) in the parent when no process could be made.
     """
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    _flush_standard_streams()
     close_fds = list(close_in_child)  # evaluated before the fork: nothing lazy runs in the child
-    mask = frozenset(signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS))
+    mask = frozenset(_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS))
     try:
         pid = os.fork()
     except OSError:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _sigmask(signal.SIG_SETMASK, mask)
         raise
     if pid:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _sigmask(signal.SIG_SETMASK, mask)
         return Forked(pid, mask)
     for fd in close_fds:
-        with contextlib.suppress(OSError):
+        try:
             os.close(fd)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        except OSError:
+            pass
+    _setsignal(signal.SIGCHLD, _SIG_DFL)
     return Forked(0, mask)
 
 
 def exit_child(status: int) -> NoReturn:
     """Leave a forked child for good: flush every logging handler and the standard streams, then ``os._exit``."""
     for handler in (*logging.root.handlers, *_LOG.handlers):
-        with contextlib.suppress(Exception):  # a broken stream must not keep us from exiting
+        try:
             handler.flush()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+        except Exception:  # a broken stream must not keep us from exiting
+            pass
+    _flush_standard_streams()
     os._exit(status)
+
+
+def _flush_standard_streams() -> None:
+    # try/except, not contextlib.suppress: no context-manager object per call on the fork path.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken stream: nothing to flush
+            pass
