@@ -299,7 +299,9 @@ class Server:
 
     def _apply_socket_options(self, sock: socket.socket) -> None:
         """``nodelay`` (TCP_NODELAY) and ``keepalive`` (SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT) on TCP."""
-        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        # The options first: ``sock.family`` converts to an enum, work a forked
+        # child (one per connection) need not do when there is nothing to set.
+        if (not self.nodelay and self.keepalive is None) or sock.family not in (socket.AF_INET, socket.AF_INET6):
             return
         if self.nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
