@@ -43,6 +43,10 @@ class Acceptor:
     def __init__(self, listener: socket.socket) -> None:
         self.listener = listener
         self._family = listener.family
+        # Read once: ``listener.type`` converts to an enum on every read, work the
+        # accept path (per connection; under forking on pages shared with children) need not do.
+        self._type = listener.type
+        self._proto = listener.proto
         self._backoff = 0.0
         self._resume_at = 0.0
         self._capacity_warnings = LogThrottle(CAPACITY_LOG_INTERVAL)
@@ -119,7 +123,7 @@ class Acceptor:
             raise
         # _accept() skips socket.accept()'s extra fcntl: Linux accept4() already
         # made it close-on-exec, and non-blocking is set once, by the driver.
-        conn = socket.socket(self._family, self.listener.type, self.listener.proto, fileno=fd)
+        conn = socket.socket(self._family, self._type, self._proto, fileno=fd)
         if self._backoff:
             self._recovered()
         return conn, format_peer(self._family, addr)
