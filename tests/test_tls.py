@@ -126,10 +126,8 @@ def test_confused_peers_end_quietly(serve, strategy, tls_files, how):
 
 def test_silent_client_dropped_after_timeout(serve, strategy, tls_files):
     server = serve("echo", *tls_files.server_args(), "--timeout", "1", "--log-level", "debug", strategy=strategy)
-    with server.connect(timeout=30) as sock:
-        started = time.monotonic()
+    with server.connect(timeout=30) as sock:  # the socket timeout is the hang deadline
         assert sock.recv(1) == b""  # the server closed: the handshake never came
-        assert time.monotonic() - started < 25  # a hang fails, not a slow machine
     assert_served(server, tls_files)
     assert_clean(server)
 
