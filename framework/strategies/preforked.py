@@ -20,7 +20,7 @@ import dataclasses
 
 from framework.strategies.accept_modes import ACCEPT_MODES
 from framework.strategies.base import Host, Strategy, StrategyOptions
-from framework.strategies.supervisor import PoolConfig, Supervisor
+from framework.strategies.supervisor import PoolConfig, Supervisor, describe_pool
 
 #: ``--worker`` kind -> the strategy each worker runs.
 WORKER_KINDS: dict[str, str] = {"iterative": "iterative", "threads": "prethreaded", "poll": "poll"}
@@ -76,4 +76,4 @@ class PreforkedStrategy(Strategy):
 
     def describe(self) -> str:
         """``preforked(workers=4,accept=shared,worker=iterative)``."""
-        return f"preforked(workers={self.workers},accept={self.accept},worker={self.inner.describe()})"
+        return describe_pool(self.workers, self.accept, self.inner)

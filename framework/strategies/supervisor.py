@@ -82,6 +82,11 @@ class Worker:
     channel_open: bool = True
 
 
+def describe_pool(workers: int, accept: str, inner: Strategy) -> str:
+    """``preforked(workers=4,accept=shared,worker=iterative)``: the pool on a status line."""
+    return f"preforked(workers={workers},accept={accept},worker={inner.describe()})"
+
+
 def describe_exit(status: int) -> str:
     """A wait status in words: ``exit status 3`` or ``killed by SIGKILL``."""
     code = os.waitstatus_to_exitcode(status)
@@ -141,7 +146,7 @@ class Supervisor(Run):
 
     def describe(self) -> str:
         """``preforked(workers=4,accept=shared,worker=iterative)``, with the pool's size now."""
-        return f"preforked(workers={self.target},accept={self.pool.accept},worker={self.pool.inner.describe()})"
+        return describe_pool(self.target, self.pool.accept, self.pool.inner)
 
     def pool_status(self) -> str:
         """The pool part of the master's status line."""
