@@ -34,7 +34,7 @@ import threading
 from typing import Any
 
 from framework.protocol import Transport
-from framework.signals import is_peer_gone
+from framework.signals import is_peer_gone, start_thread_without_signals
 
 log = logging.getLogger("forkthread")
 
@@ -130,7 +130,7 @@ class ThreadedOutbox(Outbox):
         self._state = "open"  # "open", "flushing" (closing after the queue), "dropped" or "closed"
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"outbox {peer}")
-        self._thread.start()
+        start_thread_without_signals(self._thread.start)
 
     def put(self, data: bytes) -> bool:
         """Queue *data* for the sender thread; False when the queue stays full for *pace* seconds."""

@@ -310,11 +310,22 @@ class SignalDispatcher:
         self._pending.clear()
 
 
-def block_signals_in_thread() -> None:
-    """Keep :data:`SERVER_SIGNALS` away from the calling (non-main) thread.
+def start_thread_without_signals(start: Callable[[], _T]) -> _T:
+    """Call *start*, which starts a thread, with :data:`SERVER_SIGNALS` blocked in the calling thread.
 
-    CPython runs Python handlers in the main thread anyway; blocking the
-    signals in worker threads also keeps their system calls from being
-    interrupted by a signal storm meant for the main thread.
+    A new thread inherits its creator's signal mask, so it is born with the
+    server's signals blocked and every one of them reaches the main thread
+    (CPython runs Python handlers there anyway).  Blocking them in the new
+    thread's own first instructions instead leaves a window in which the
+    kernel may deliver a signal to it; CPython's C handler then only records
+    it, and a main thread blocked in a system call (a blocking handler in
+    ``recv``) is never interrupted to run the Python handler: a SIGTERM
+    would wait for that call to return.  The mask also keeps the threads'
+    system calls from being interrupted by a signal storm meant for the
+    main thread.  Safe in a signal handler.  Returns what *start* returns.
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
+    try:
+        return start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -420,6 +420,26 @@ def failed_accepts(pids: set[int], seconds: float = RETRY_WINDOW) -> int:
             return sum(1 for line in trace if "accept" in line and "= -1 " in line)
 
 
+def threads_not_blocking(pid: int, signals: frozenset[int]) -> dict[str, set[int]]:
+    """Of *pid* and its descendants, every thread but a process's main one that leaves one of *signals* unblocked.
+
+    Read from ``SigBlk`` in ``/proc/PID/task/TID/status``; returns
+    ``{"pid/tid": {signal numbers it does not block}}`` (empty when all block them).
+    """
+    unblocked: dict[str, set[int]] = {}
+    for process in {pid} | descendants(pid):
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{process}/task"):
+                if int(tid) == process:
+                    continue  # the main thread: where the signals must go
+                with contextlib.suppress(OSError):
+                    status = Path(f"/proc/{process}/task/{tid}/status").read_text()
+                    mask = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
+                    if missing := {signum for signum in signals if not mask >> (signum - 1) & 1}:
+                        unblocked[f"{process}/{tid}"] = missing
+    return unblocked
+
+
 def tree_threads(pid: int) -> int:
     """Threads in *pid* and all its descendants together."""
     return int(tree_total(pid, thread_count))

@@ -27,7 +27,17 @@ import pytest
 
 from framework import Server
 from framework.address import connect, parse_address
-from tests.support import ROOT, ServerProcess, child_env, echo_exchange, recv_all, serving_in_thread, wait_for
+from framework.signals import SERVER_SIGNALS
+from tests.support import (
+    ROOT,
+    ServerProcess,
+    child_env,
+    echo_exchange,
+    recv_all,
+    serving_in_thread,
+    threads_not_blocking,
+    wait_for,
+)
 
 MODULE = "myhandlers"
 
@@ -279,6 +289,9 @@ def test_sigterm_is_prompt_while_handlers_wait_in_readline(serve, strategy, hand
     """Idle handlers blocked in readline end soon after SIGTERM, far inside a 60 s graceful timeout.
 
     SIGTERM may be the first signal the server gets while its handlers block, or follow a SIGUSR1.
+    After the SIGUSR1 every thread but a process's main one (the watch threads it started, pool
+    threads) blocks the server's signals: one that caught the SIGTERM would leave it unheard by a
+    main thread blocked in ``recv`` (CI once saw a worker ignore SIGTERM that way).
     """
     server = start(serve, strategy, "LineEchoServer", "--graceful-timeout", "60")
     clients = [server.connect(timeout=30) for _ in range(1 if strategy == "iterative" else 2)]
@@ -288,6 +301,7 @@ def test_sigterm_is_prompt_while_handlers_wait_in_readline(serve, strategy, hand
         if status_first:
             server.send_signal(signal.SIGUSR1)  # signal actions run while the handler blocks
             assert wait_for(lambda: "status:" in server.log(), timeout=10), server.log()
+            assert threads_not_blocking(server.pid, SERVER_SIGNALS) == {}
         assert_stop_ends_waiting_clients(server, clients)
     finally:
         for sock in clients:

@@ -12,6 +12,7 @@ import pytest
 
 from framework.lifecycle import ActiveConnections, Lifecycle, State
 from framework.signals import (
+    SERVER_SIGNALS,
     AcceptErrorKind,
     Latch,
     SignalDispatcher,
@@ -19,6 +20,7 @@ from framework.signals import (
     classify_accept_error,
     is_peer_gone,
     retry_interrupted,
+    start_thread_without_signals,
 )
 
 
@@ -191,3 +193,14 @@ def test_stop_request_sets_the_latch_before_waking_the_loop():
         assert seen == [True]
     finally:
         lifecycle.close()
+
+
+def test_a_thread_started_without_signals_blocks_them_from_its_first_instruction():
+    """The mask is inherited at creation, not set by the thread: no window for the kernel to pick it."""
+    seen: list[set[int]] = []
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    thread = threading.Thread(target=lambda: seen.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, []))))
+    assert start_thread_without_signals(thread.start) is None
+    thread.join(30)
+    assert seen and seen[0] >= SERVER_SIGNALS
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before  # the caller's own mask is back

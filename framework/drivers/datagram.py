@@ -20,7 +20,7 @@ from typing import Any
 from framework.address import format_peer
 from framework.datagram import DatagramProtocol, DatagramTransport
 from framework.lifecycle import ActiveConnections, Lifecycle
-from framework.signals import Latch, block_signals_in_thread
+from framework.signals import Latch, start_thread_without_signals
 
 log = logging.getLogger("forkthread")
 
@@ -130,13 +130,13 @@ def serve_datagrams_in_threads(sock: socket.socket, service: DatagramService, th
     lifecycle = service.lifecycle
     stop = Latch()
     workers = [
-        threading.Thread(target=_datagram_thread, args=(sock, service, stop.fileno()),
-                         name=f"datagrams-{index}")
+        threading.Thread(target=serve_datagram_socket, args=(sock, service),
+                         kwargs={"wakeup_fd": stop.fileno(), "main_thread": False}, name=f"datagrams-{index}")
         for index in range(threads)
     ]
     try:
         for worker in workers:
-            worker.start()
+            start_thread_without_signals(worker.start)
         poller = select.poll()
         poller.register(lifecycle.wakeup_fd(), select.POLLIN)
         while not lifecycle.stopping:
@@ -149,7 +149,3 @@ def serve_datagrams_in_threads(sock: socket.socket, service: DatagramService, th
                 worker.join()
         stop.close()
 
-
-def _datagram_thread(sock: socket.socket, service: DatagramService, stop_fd: int) -> None:
-    block_signals_in_thread()
-    serve_datagram_socket(sock, service, wakeup_fd=stop_fd, main_thread=False)

@@ -33,9 +33,9 @@ The framework keeps its promises around the handler, not inside it:
   pipe, so while it runs the same helper thread runs the signal actions
   (SIGTERM starts the stop, SIGUSR1 logs the status line); the first signal
   starts it, from :attr:`framework.signals.SignalDispatcher.on_record`.
-  Signals must reach the main thread: threads a handler starts should
-  block them (:func:`framework.signals.block_signals_in_thread`), as the
-  framework's own threads do.
+  Signals must reach the main thread: threads a handler starts should be
+  started with them blocked (:func:`framework.signals.start_thread_without_signals`),
+  as the framework's own threads are.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from collections.abc import Callable
 
 from framework.drivers.common import LINGER_MAX_BYTES, RECV_SIZE, earliest, poll_timeout_ms
 from framework.lifecycle import Lifecycle
-from framework.signals import Wakeup, block_signals_in_thread
+from framework.signals import Wakeup, start_thread_without_signals
 
 log = logging.getLogger("forkthread")
 
@@ -121,7 +121,7 @@ class HandlerWatch:
     thread.  It ends when a stop began and no handler is left, or at
     :meth:`close`.  It is started with :func:`_thread.start_new_thread`,
     which takes no lock that the interrupted main thread could hold, so a
-    signal handler may start it.  It blocks the server's signals and waits
+    signal handler may start it, born with the server's signals blocked.  It waits
     on its own wake-up pipe and the lifecycle's stop latch; once stopping, on
     the connections too, applying the rules of the module docstring.
     """
@@ -217,7 +217,7 @@ class HandlerWatch:
     def _start(self) -> None:
         """Start a watch thread unless one runs (a second one started in a race leaves at once)."""
         if not self._running:
-            _thread.start_new_thread(self._run, ())
+            start_thread_without_signals(lambda: _thread.start_new_thread(self._run, ()))
         elif self._control is not None:
             self._control.wake()
 
@@ -236,7 +236,6 @@ class HandlerWatch:
             generation = self._generation
         left = False
         try:
-            block_signals_in_thread()
             left = self._watch(control, generation)
         except Exception:
             log.exception("the blocking-handler watch failed")

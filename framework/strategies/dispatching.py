@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from framework.accepting import Acceptor, ListenerWatch
 from framework.lifecycle import Lifecycle
-from framework.signals import block_signals_in_thread
+from framework.signals import start_thread_without_signals
 from framework.strategies.base import Host, Run, Strategy
 
 log = logging.getLogger("forkthread")
@@ -228,7 +228,7 @@ class LiveThreads:
         with self._lock:
             self._threads.add(thread)
         try:
-            thread.start()
+            start_thread_without_signals(thread.start)
         except RuntimeError as exc:  # "can't start new thread": out of memory or a ulimit
             with self._lock:
                 self._threads.discard(thread)
@@ -238,7 +238,6 @@ class LiveThreads:
 
     def _run(self, target: Callable[..., object], args: tuple[object, ...]) -> None:
         try:
-            block_signals_in_thread()
             target(*args)
         except Exception:
             log.exception("worker thread %s failed", threading.current_thread().name)
