@@ -102,7 +102,7 @@ class Acceptor:
     def accept(self) -> tuple[socket.socket, str] | None:
         """Accept one connection: ``(socket, peer text)``, or None when there is none now.
 
-        The new socket is close-on-exec and non-blocking.  A fatal error (the
+        The new socket is close-on-exec and blocking (its driver chooses).  A fatal error (the
         listener itself is broken) is raised.
         """
         if self.stopped:

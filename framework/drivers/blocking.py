@@ -1,9 +1,25 @@
 """The blocking driver: one protocol, one socket, the calling thread, until the connection ends.
 
-The socket is non-blocking underneath.  Every call is tried first and the
-thread waits -- a ``poll`` on the socket plus, in the main thread, the
-process's wakeup pipe and, between exchanges, the stop latch -- only when it
-would block.  That buys what a plain blocking ``recv`` cannot give:
+Two ways to wait for the peer:
+
+* **In recv** -- the way of ``socketserver`` and every C tutorial, and the
+  cheapest there is: one ``recv`` and one ``send`` per exchange.  A
+  connection waits in a blocking ``recv`` while nothing but the peer, the
+  idle timeout or the graceful deadline can end the wait: in a worker
+  thread (it hears no signals), on plain TCP or Unix (not TLS), with no
+  protocol deadline running, for a protocol that leaves
+  :meth:`~framework.protocol.Protocol.server_stopping` the no-op it is by
+  default (a stop has nothing to tell it).  The kernel keeps the idle and
+  send timeouts (``SO_RCVTIMEO``, ``SO_SNDTIMEO``), and the graceful
+  deadline reaches the thread as a shutdown of its socket
+  (:meth:`framework.lifecycle.ActiveConnections.abort_all`).  Once the
+  protocol sets a deadline, the connection waits in poll from then on.
+* **In poll**, otherwise.  The socket is non-blocking.  Every call is tried
+  first and the thread waits -- a ``poll`` on the socket plus, in the main
+  thread, the process's wakeup pipe and, between exchanges, the stop latch
+  -- only when it would block.
+
+Waiting in poll buys what a plain blocking ``recv`` cannot give:
 
 * idle and send timeouts (``--timeout``), and the protocol's own deadlines;
 * signals handled while a connection is in flight (SIGUSR1's status line,
@@ -13,7 +29,7 @@ would block.  That buys what a plain blocking ``recv`` cannot give:
   thread; in other threads :meth:`framework.lifecycle.ActiveConnections.abort_all`
   shuts the socket down, which ends the wait;
 
-and pays for none of it on an exchange that does not wait: between two
+and pays for little of it on an exchange that does not wait: between two
 exchanges the driver reads two flags (a signal recorded, a stop begun) and
 looks at the clock only when a protocol deadline or a graceful stop runs.
 The poll object is made at the first wait, so a connection that never
@@ -37,6 +53,7 @@ import math
 import os
 import select
 import socket
+import struct
 import time
 from typing import IO, Any
 
@@ -108,8 +125,8 @@ class BlockingConnection(Transport):
         self._eof = False
         self._error: BaseException | None = None
         self._protocol_deadline: float | None = None
-        self.bytes_received = 0
-        self.bytes_sent = 0
+        #: Waiting in recv (the socket blocking, the kernel keeping the time limits); see the module docstring.
+        self._in_recv = False
         self._tls = is_tls_socket(sock)
         #: What means "try again when the socket is ready" (OpenSSL's want read/write too).
         self._would_block: tuple[type[Exception], ...] = (BlockingIOError,)
@@ -161,7 +178,6 @@ class BlockingConnection(Transport):
         except OSError as exc:
             self._fail(exc)
             return
-        self.bytes_sent += sent
         if sent < len(data):
             try:
                 self._send_all(memoryview(data)[sent:])
@@ -177,7 +193,6 @@ class BlockingConnection(Transport):
                 if not self._wait(_READ if isinstance(exc, self._wants_read) else _WRITE):
                     return
                 continue
-            self.bytes_sent += sent
             view = view[sent:]
 
     def sendfile(self, file: FileLike | IO[bytes], offset: int = 0, count: int | None = None) -> None:
@@ -204,7 +219,6 @@ class BlockingConnection(Transport):
                     continue
                 offset += sent
                 count -= sent
-                self.bytes_sent += sent
         except ShortFileError as exc:
             # The promised length can no longer be kept: the framing is broken.
             log.warning("%s: %s; aborting the connection", self._peer, exc)
@@ -274,6 +288,10 @@ class BlockingConnection(Transport):
         exchange (a write) goes on through a stop: the stop is told when the
         exchange is done (in _serve).
         """
+        if self._in_recv:
+            # A blocking socket only says "would block" when SO_SNDTIMEO ran out.
+            self._error = ConnectionTimeout(f"peer read nothing for {self._idle_timeout:g} s")
+            return False
         # The latch is never drained: watch it only until the protocol has been
         # told, or every poll would return at once.
         watch_stop = (between or stoppable) and not self._stop_told
@@ -321,12 +339,15 @@ class BlockingConnection(Transport):
         TLS the handshake comes first; a connection that fails it returns what
         ended it and its protocol never hears of it.
         """
+        self._choose_wait(protocol)
         if self._tls:
             ended = self._start_tls()
             if ended is not None:
                 return ended
         try:
             self._call(protocol.connection_made, self)
+            if self._in_recv:
+                self._serve_in_recv(protocol)
             self._serve(protocol)
         except HandlerError as fault:
             self._error = fault.original
@@ -398,6 +419,63 @@ class BlockingConnection(Transport):
         except Exception as exc:  # a fault in the protocol: this connection only
             raise HandlerError(exc) from exc
 
+    def _choose_wait(self, protocol: Protocol) -> None:
+        """Wait in recv or in poll (see the module docstring); make the socket blocking or not to match."""
+        sock = self.sock
+        self._in_recv = (not self._watch_wakeup and not self._tls
+                         and type(protocol).server_stopping is Protocol.server_stopping)
+        if self._in_recv and self._idle_timeout is not None:
+            seconds, fraction = divmod(self._idle_timeout, 1)
+            limit = struct.pack("ll", int(seconds), int(fraction * 1_000_000))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+        if (sock.gettimeout() is None) != self._in_recv:  # a socket from our acceptor is blocking already
+            sock.setblocking(self._in_recv)
+
+    def _serve_in_recv(self, protocol: Protocol) -> None:
+        """Read and hand over, waiting in recv, while only the peer and the time limits can end a wait.
+
+        Returns when the connection is over, or, with the socket made
+        non-blocking, when a protocol deadline was set: then :meth:`_serve`
+        carries on.  A stop changes nothing here (the protocol wants no notice
+        of it); its deadline ends the wait by shutting the socket down.
+        """
+        sock = self.sock
+        recv = sock.recv
+        data_received = protocol.data_received
+        try:
+            while not self._closing and self._error is None and self._protocol_deadline is None:
+                try:
+                    data = recv(RECV_SIZE)
+                except BlockingIOError:  # SO_RCVTIMEO ran out
+                    self._error = ConnectionTimeout(f"idle for {self._idle_timeout:g} s")
+                    return
+                except OSError as exc:
+                    self._fail(exc)
+                    return
+                if not data:
+                    if self._lifecycle.past_deadline():  # abort_all shut the socket down
+                        self._error = ConnectionTimeout("server stopping: graceful timeout passed")
+                    else:
+                        self._end_of_input(protocol)
+                    return
+                try:
+                    data_received(data)
+                except HandlerError:
+                    raise
+                except Exception as exc:  # a fault in the protocol: this connection only
+                    raise HandlerError(exc) from exc
+        finally:
+            self._in_recv = False
+            if not self._closing and self._error is None:
+                sock.setblocking(False)  # the connection goes on, waiting in poll
+
+    def _end_of_input(self, protocol: Protocol) -> None:
+        """The peer's EOF: the protocol says whether the connection stays half open."""
+        self._eof = True
+        if not self._call(protocol.eof_received):
+            self._closing = True
+
     def _serve(self, protocol: Protocol) -> None:
         """Read and hand over until the connection ends.
 
@@ -454,7 +532,6 @@ class BlockingConnection(Transport):
                 # A full buffer says more is waiting: read before polling again.
                 # OpenSSL may hold more of what the socket already gave, out of poll's sight.
                 optimistic = self._tls or len(data) == RECV_SIZE
-                self.bytes_received += len(data)
                 try:
                     data_received(data)
                 except HandlerError:
@@ -462,9 +539,7 @@ class BlockingConnection(Transport):
                 except Exception as exc:  # a fault in the protocol: this connection only
                     raise HandlerError(exc) from exc
             else:
-                self._eof = True
-                if not self._call(protocol.eof_received):
-                    self._closing = True
+                self._end_of_input(protocol)
 
     def _sleep_after_eof(self) -> bool:
         """Wait after the peer's EOF; True when the connection is over (the peer vanished)."""
@@ -504,7 +579,7 @@ class BlockingConnection(Transport):
                 deadline = time.monotonic() + self._linger
             while budget > 0:
                 try:
-                    data = self._raw_recv(RECV_SIZE)
+                    data = self._raw_recv(RECV_SIZE, socket.MSG_DONTWAIT)  # the socket may be blocking
                 except BlockingIOError:
                     if deadline == -_INF or time.monotonic() >= deadline:
                         return
@@ -542,7 +617,6 @@ def serve_connection(
     watch_wakeup: bool,
 ) -> BaseException | None:
     """Run *protocol* over *sock* until the connection is over; see :meth:`BlockingConnection.run`."""
-    sock.setblocking(False)
     connection = BlockingConnection(
         sock, peer, lifecycle=lifecycle, idle_timeout=idle_timeout, watch_wakeup=watch_wakeup
     )

@@ -345,8 +345,6 @@ class NonBlockingConnection(Transport):
         #: Our descriptors of the files with queued segments, by (device, inode).
         self._held: dict[tuple[int, int], _HeldFile] = {}
         self._segments = 0
-        self.bytes_received = 0
-        self.bytes_sent = 0
         self._state = _OPEN
         self._mask = 0
         self._eof = False
@@ -405,7 +403,6 @@ class NonBlockingConnection(Transport):
             self._send_failed(exc)
             return
         if sent:
-            self.bytes_sent += sent
             self._last_active = self._loop.now
         if sent < len(data):
             self._enqueue(data, sent)
@@ -427,7 +424,6 @@ class NonBlockingConnection(Transport):
                     sent = self._sendfile(file_fd, offset, count)
                     offset += sent
                     count -= sent
-                    self.bytes_sent += sent
                     self._last_active = self._loop.now
             except BlockingIOError:
                 pass
@@ -622,7 +618,6 @@ class NonBlockingConnection(Transport):
             return
         self._last_active = self._loop.now
         if data:
-            self.bytes_received += len(data)
             try:
                 self.protocol.data_received(data)
             except Exception as exc:
@@ -676,7 +671,6 @@ class NonBlockingConnection(Transport):
             self._send_failed(exc)
             return
         if self.buffered != before:
-            self.bytes_sent += before - self.buffered
             self._last_active = self._loop.now
         if self._paused and self.buffered <= LOW_WATER and self._segments <= FILES_LOW_WATER:
             self._paused = False
