@@ -154,6 +154,8 @@ class BlockingConnection(Transport):
         """``peername``, ``sockname``, ``socket`` or ``ssl_object`` (the SSLSocket), asyncio style."""
         if name == "ssl_object":
             return self.sock if self._tls else default
+        if name == "socket":
+            self._wait_in_poll()  # the protocol may share the socket (and its blocking mode) with another thread
         return socket_extra_info(self.sock, name, default)
 
     def is_closing(self) -> bool:
@@ -163,6 +165,8 @@ class BlockingConnection(Transport):
     def set_deadline(self, seconds: float | None) -> None:
         """Arrange for ``protocol.deadline_expired()`` in *seconds* (None cancels)."""
         self._protocol_deadline = None if seconds is None else time.monotonic() + seconds
+        if seconds is not None:
+            self._wait_in_poll()  # only poll's timeout can wake the thread for it
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of *data* before returning (waiting as the peer reads)."""
@@ -435,16 +439,16 @@ class BlockingConnection(Transport):
     def _serve_in_recv(self, protocol: Protocol) -> None:
         """Read and hand over, waiting in recv, while only the peer and the time limits can end a wait.
 
-        Returns when the connection is over, or, with the socket made
-        non-blocking, when a protocol deadline was set: then :meth:`_serve`
-        carries on.  A stop changes nothing here (the protocol wants no notice
-        of it); its deadline ends the wait by shutting the socket down.
+        Returns when the connection is over, or when it must wait in poll from
+        now on (:meth:`_wait_in_poll`: the protocol set a deadline, or took the
+        socket); :meth:`_serve` carries on.  A stop changes nothing here (the
+        protocol wants no notice of it); its deadline ends the wait by shutting
+        the socket down.
         """
-        sock = self.sock
-        recv = sock.recv
+        recv = self.sock.recv
         data_received = protocol.data_received
         try:
-            while not self._closing and self._error is None and self._protocol_deadline is None:
+            while self._in_recv and not self._closing and self._error is None:
                 try:
                     data = recv(RECV_SIZE)
                 except BlockingIOError:  # SO_RCVTIMEO ran out
@@ -466,9 +470,16 @@ class BlockingConnection(Transport):
                 except Exception as exc:  # a fault in the protocol: this connection only
                     raise HandlerError(exc) from exc
         finally:
+            if self._closing or self._error is not None:
+                self._in_recv = False  # over: the socket may stay blocking (it is only drained, without waiting)
+            else:
+                self._wait_in_poll()  # the connection goes on (after an EOF the protocol keeps it open)
+
+    def _wait_in_poll(self) -> None:
+        """From now on wait in poll: the socket becomes non-blocking."""
+        if self._in_recv:
             self._in_recv = False
-            if not self._closing and self._error is None:
-                sock.setblocking(False)  # the connection goes on, waiting in poll
+            self.sock.setblocking(False)
 
     def _end_of_input(self, protocol: Protocol) -> None:
         """The peer's EOF: the protocol says whether the connection stays half open."""
