@@ -45,7 +45,8 @@ from framework.datagram import DatagramProtocol
 from framework.drivers.blocking import serve_connection, tls_handshake
 from framework.drivers.common import HandlerError, ends_quietly
 from framework.drivers.datagram import DatagramService
-from framework.drivers.handler import HandlerWatch, close_request, run_handler
+from framework.drivers.handler import close_request, run_handler
+from framework.drivers.watch import ConnectionWatch
 from framework.lifecycle import ActiveConnections, Lifecycle
 from framework.protocol import Protocol
 from framework.signals import ignore_sigpipe
@@ -156,7 +157,8 @@ class Server:
         self._stopped = threading.Event()
         self._stopped.set()
         #: Runs signals and the graceful stop for blocking handlers (no thread until needed).
-        self._handler_watch = HandlerWatch(self.lifecycle) if self.handler is not None else None
+        #: Signals and the graceful stop while a connection blocks its thread in the kernel.
+        self._watch = ConnectionWatch(self.lifecycle)
         # New connections are refused as soon as a stop starts, not when the last one ends.
         self.lifecycle.call_when_stopping(self._stop_listening)
         if listener is not None:
@@ -371,6 +373,7 @@ class Server:
         try:
             ended_by = serve_connection(
                 sock, peer, protocol, lifecycle=self.lifecycle, idle_timeout=self.timeout, watch_wakeup=main_thread,
+                watch=self._watch,
             )
             if ended_by is not None:
                 log.debug("connection from %s ended: %s", peer, ended_by)
@@ -399,12 +402,9 @@ class Server:
                 wrapped.close()
                 return
             sock = wrapped
-        watch = self._handler_watch
-        if watch is None:  # `handler` given to the instance after __init__, not to the class
-            watch = self._handler_watch = HandlerWatch(self.lifecycle)
         self.connections.add(sock)
         try:
-            run_handler(handler, sock, self, timeout=self.timeout, watch=watch, main_thread=main_thread)
+            run_handler(handler, sock, self, timeout=self.timeout, watch=self._watch, main_thread=main_thread)
         except Exception as exc:  # the handler's own I/O meets the vanished peers and time limits
             self._connection_ended_by(exc, peer)
         finally:
@@ -428,9 +428,8 @@ class Server:
         else:
             self.handle_error(exc, peer)
 
-    def _release_handler_watch(self) -> None:
-        if self._handler_watch is not None:
-            self._handler_watch.close()
+    def _release_watch(self) -> None:
+        self._watch.close()
 
     def datagram_service(self) -> DatagramService:
         """What a datagram loop needs of this server (see :mod:`framework.drivers.datagram`)."""
@@ -487,7 +486,7 @@ class Server:
             else:
                 run.serve()
         finally:
-            self._release_handler_watch()
+            self._release_watch()
             if threading.current_thread() is threading.main_thread():
                 self.lifecycle.signals.restore()
             self._run = None
@@ -508,7 +507,7 @@ class Server:
         try:
             self.serve_connection(sock, peer, main_thread=True)
         finally:
-            self._release_handler_watch()
+            self._release_watch()
             if threading.current_thread() is threading.main_thread():
                 self.lifecycle.signals.restore()
             self._serving_thread = None

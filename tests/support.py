@@ -440,6 +440,14 @@ def threads_not_blocking(pid: int, signals: frozenset[int]) -> dict[str, set[int
     return unblocked
 
 
+def recv_or_reset(sock: socket.socket) -> bytes:
+    """One byte, or b"" when the server closed or reset the connection."""
+    try:
+        return sock.recv(1)
+    except ConnectionResetError:
+        return b""
+
+
 def tree_threads(pid: int) -> int:
     """Threads in *pid* and all its descendants together."""
     return int(tree_total(pid, thread_count))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -218,3 +221,107 @@ def test_graceful_stop_is_told_to_an_idle_protocol(lifecycle, watch_wakeup):
     thread.join(10)
     assert not thread.is_alive()
     assert protocol.told == 1 and result["ended_by"] is None
+
+
+#: System call numbers (``/proc/.../syscall``) of the two ways to wait, per machine.
+WAIT_CALLS = {"x86_64": {45: "recv", 7: "poll"}, "aarch64": {207: "recv", 73: "poll"}}
+
+
+def waits_in(thread: threading.Thread, timeout: float = 10.0) -> str:
+    """The system call *thread* is blocked in ("recv" or "poll"), once it blocks in one of them."""
+    calls = WAIT_CALLS.get(platform.machine())
+    if calls is None:
+        pytest.skip(f"system call numbers of {platform.machine()} not listed")
+    give_up = time.monotonic() + timeout
+    seen = "nothing"
+    while time.monotonic() < give_up:
+        seen = Path(f"/proc/self/task/{thread.native_id}/syscall").read_text().split()[0]
+        if seen.isdigit() and int(seen) in calls:
+            return calls[int(seen)]
+        time.sleep(0.01)
+    raise AssertionError(f"thread not waiting in recv or poll within {timeout}s (last: {seen})")
+
+
+class Echo(Protocol):
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class EchoThenDeadline(Echo):
+    """Echoes; the first byte starts a protocol deadline, which answers "late" and closes."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.transport.set_deadline(0.3)
+
+    def deadline_expired(self) -> None:
+        self.transport.write(b"late")
+        self.transport.close()
+
+
+def test_a_worker_thread_waits_in_recv_for_a_protocol_only_the_peer_can_wake(lifecycle):
+    client, thread, result = drive(Echo(), lifecycle, idle_timeout=30)
+    with client:
+        for _ in range(3):
+            client.sendall(b"ping")
+            assert client.recv(4) == b"ping"
+            assert waits_in(thread) == "recv"
+        client.shutdown(socket.SHUT_WR)
+        assert recv_all(client) == b""
+    thread.join(10)
+    assert result["ended_by"] is None
+
+
+def test_the_idle_timeout_ends_a_wait_in_recv(lifecycle):
+    client, thread, result = drive(Echo(), lifecycle, idle_timeout=0.3)
+    with client:
+        client.sendall(b"ping")
+        assert client.recv(4) == b"ping"
+        assert recv_all(client) == b""  # the kernel's SO_RCVTIMEO ran out: the server closed
+    thread.join(10)
+    assert isinstance(result["ended_by"], TimeoutError)
+
+
+def test_a_protocol_that_wants_stop_notices_waits_in_poll(lifecycle):
+    protocol = StopAware()
+    client, thread, result = drive(protocol, lifecycle)
+    with client:
+        client.sendall(b"x")
+        assert waits_in(thread) == "poll"
+        lifecycle.request_stop()
+        assert recv_all(client) == b"bye\n"
+    thread.join(10)
+    assert protocol.told == 1 and result["ended_by"] is None
+
+
+def test_a_protocol_deadline_moves_the_connection_to_poll_and_fires(lifecycle):
+    client, thread, result = drive(EchoThenDeadline(), lifecycle, idle_timeout=30)
+    with client:
+        assert waits_in(thread) == "recv"
+        client.sendall(b"ping")
+        assert client.recv(4) == b"ping"
+        assert waits_in(thread) == "poll"
+        assert recv_all(client) == b"late"
+    thread.join(10)
+    assert result["ended_by"] is None
+
+
+def test_a_socket_handed_to_the_protocol_moves_the_connection_to_poll(lifecycle):
+    class TakesSocket(Echo):
+        def connection_made(self, transport: Transport) -> None:
+            super().connection_made(transport)
+            self.shared = transport.get_extra_info("socket").dup()
+            self.shared.settimeout(5)  # shares the open file: the descriptor is non-blocking now
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            self.shared.close()
+
+    client, thread, result = drive(TakesSocket(), lifecycle, idle_timeout=30)
+    with client:
+        client.sendall(b"ping")
+        assert client.recv(4) == b"ping"
+        assert waits_in(thread) == "poll"
+        client.sendall(b"pong")  # still served: the non-blocking descriptor is not taken for a timeout
+        assert client.recv(4) == b"pong"
+    thread.join(10)
+    assert result["ended_by"] is None

@@ -20,6 +20,7 @@ from tests.support import (
     process_state,
     process_tree,
     recv_all,
+    recv_or_reset,
     settled,
     thread_count,
     tree_fd_count,
@@ -42,14 +43,6 @@ def _idle_connection(server) -> socket.socket:  # type: ignore[no-untyped-def]
     sock.sendall(b"still here")
     assert recv_all(sock, limit=10) == b"still here"
     return sock
-
-
-def _recv_or_reset(sock: socket.socket) -> bytes:
-    """One byte, or b"" when the server closed or reset the connection."""
-    try:
-        return sock.recv(1)
-    except ConnectionResetError:
-        return b""
 
 
 def test_120_clients_arriving_together_are_all_served(serve, strategy):
@@ -212,7 +205,7 @@ def test_graceful_timeout_cuts_a_connection_that_never_ends(serve, strategy):
         server.send_signal(signal.SIGTERM)
         status = server.proc.wait(30)
         elapsed = time.monotonic() - started
-        leftover = _recv_or_reset(sock)
+        leftover = recv_or_reset(sock)
     assert status == 0, server.log()
     assert leftover == b""  # the server ended the connection
     assert elapsed >= 0.8, f"the connection was cut after {elapsed:.2f}s, before the graceful timeout"
@@ -272,5 +265,5 @@ def test_idle_timeout_closes_a_silent_client(serve, strategy):
     server = serve("echo", "--timeout", "0.5", strategy=strategy)
     with _idle_connection(server) as sock:
         started = time.monotonic()
-        assert _recv_or_reset(sock) == b""  # nothing more is sent: the server must give up on us
+        assert recv_or_reset(sock) == b""  # nothing more is sent: the server must give up on us
         assert time.monotonic() - started >= 0.4

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.support import echo_exchange, fd_count, recv_all, wait_for, zombies_of
+from tests.support import echo_exchange, fd_count, recv_all, recv_or_reset, wait_for, zombies_of
 
 CTIME = re.compile(rb"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
                    rb"[ \d]\d \d\d:\d\d:\d\d \d{4}\r\n$")
@@ -78,6 +78,19 @@ def test_sigterm_stops_promptly_with_status_0(serve, strategy):
 def test_sigint_stops_with_status_0(serve, strategy):
     server = serve("echo", strategy=strategy)
     assert server.stop(signal.SIGINT) == 0
+
+
+def test_signals_are_handled_while_a_connection_waits_for_its_peer(serve, strategy):
+    """SIGUSR1 logs and SIGTERM stops while a connection is open and idle (its thread may wait in recv)."""
+    server = serve("echo", "--graceful-timeout", "1", strategy=strategy)
+    with server.connect() as sock:
+        sock.sendall(b"ping")
+        assert sock.recv(4) == b"ping"  # the connection now waits for its peer
+        server.send_signal(signal.SIGUSR1)
+        assert wait_for(lambda: "status:" in server.log(), timeout=10), server.log()
+        server.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0, server.log()  # the graceful deadline ended the connection
+        assert recv_or_reset(sock) == b""
 
 
 def test_sigusr1_logs_one_status_line(serve, strategy):

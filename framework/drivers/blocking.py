@@ -5,15 +5,17 @@ Two ways to wait for the peer:
 * **In recv** -- the way of ``socketserver`` and every C tutorial, and the
   cheapest there is: one ``recv`` and one ``send`` per exchange.  A
   connection waits in a blocking ``recv`` while nothing but the peer, the
-  idle timeout or the graceful deadline can end the wait: in a worker
-  thread (it hears no signals), on plain TCP or Unix (not TLS), with no
-  protocol deadline running, for a protocol that leaves
-  :meth:`~framework.protocol.Protocol.server_stopping` the no-op it is by
-  default (a stop has nothing to tell it).  The kernel keeps the idle and
-  send timeouts (``SO_RCVTIMEO``, ``SO_SNDTIMEO``), and the graceful
-  deadline reaches the thread as a shutdown of its socket
-  (:meth:`framework.lifecycle.ActiveConnections.abort_all`).  Once the
-  protocol sets a deadline, the connection waits in poll from then on.
+  idle timeout or the graceful deadline can end the wait: on plain TCP or
+  Unix (not TLS), with no protocol deadline running, for a protocol that
+  leaves :meth:`~framework.protocol.Protocol.server_stopping` the no-op it
+  is by default (a stop has nothing to tell it).  The kernel keeps the
+  idle and send timeouts (``SO_RCVTIMEO``, ``SO_SNDTIMEO``); the graceful
+  deadline reaches the thread as a shutdown of its socket, from
+  :meth:`framework.lifecycle.ActiveConnections.abort_all` for a worker
+  thread, from the :class:`~framework.drivers.watch.ConnectionWatch` for
+  the main thread (iterative, a forking child), whose signal actions the
+  watch runs meanwhile.  Once the protocol sets a deadline or takes the
+  socket, the connection waits in poll from then on.
 * **In poll**, otherwise.  The socket is non-blocking.  Every call is tried
   first and the thread waits -- a ``poll`` on the socket plus, in the main
   thread, the process's wakeup pipe and, between exchanges, the stop latch
@@ -70,6 +72,7 @@ from framework.drivers.common import (
     sendfile_some,
     socket_extra_info,
 )
+from framework.drivers.watch import ConnectionWatch
 from framework.lifecycle import Lifecycle
 from framework.protocol import FileLike, Protocol, Transport
 
@@ -90,7 +93,9 @@ class BlockingConnection(Transport):
     *idle_timeout* bounds every wait for the peer (to send a request or to
     read our response); *lifecycle* supplies the graceful deadline and the
     stop latch, and with *watch_wakeup* (main thread only) its wakeup pipe
-    is polled and its recorded signals dispatched too.
+    is polled and its recorded signals dispatched too.  Given a *watch*, the
+    main thread too may wait in recv: the watch runs the signal actions and
+    enforces the graceful deadline meanwhile.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class BlockingConnection(Transport):
         lifecycle: Lifecycle,
         idle_timeout: float | None = None,
         watch_wakeup: bool = False,
+        watch: ConnectionWatch | None = None,
     ) -> None:
         self.sock = sock
         self._peer = peer
@@ -108,6 +114,7 @@ class BlockingConnection(Transport):
         self._lifecycle = lifecycle
         self._idle_timeout = idle_timeout
         self._watch_wakeup = watch_wakeup
+        self._watch = watch
         # The stop latch tells a connection in any thread that a graceful stop
         # began, so the protocol can close an idle connection at once.  The
         # main thread polls the wakeup pipe instead, which every stop request
@@ -426,7 +433,7 @@ class BlockingConnection(Transport):
     def _choose_wait(self, protocol: Protocol) -> None:
         """Wait in recv or in poll (see the module docstring); make the socket blocking or not to match."""
         sock = self.sock
-        self._in_recv = (not self._watch_wakeup and not self._tls
+        self._in_recv = ((not self._watch_wakeup or self._watch is not None) and not self._tls
                          and type(protocol).server_stopping is Protocol.server_stopping)
         if self._in_recv and self._idle_timeout is not None:
             seconds, fraction = divmod(self._idle_timeout, 1)
@@ -447,6 +454,9 @@ class BlockingConnection(Transport):
         """
         recv = self.sock.recv
         data_received = protocol.data_received
+        watch = self._watch if self._watch_wakeup else None
+        if watch is not None:  # the main thread: the watch runs signal actions and the deadline meanwhile
+            watch.attach(self.sock, True, ends_idle=False)
         try:
             while self._in_recv and not self._closing and self._error is None:
                 try:
@@ -470,6 +480,8 @@ class BlockingConnection(Transport):
                 except Exception as exc:  # a fault in the protocol: this connection only
                     raise HandlerError(exc) from exc
         finally:
+            if watch is not None:
+                watch.detach(self.sock, True)
             if self._closing or self._error is not None:
                 self._in_recv = False  # over: the socket may stay blocking (it is only drained, without waiting)
             else:
@@ -626,10 +638,11 @@ def serve_connection(
     lifecycle: Lifecycle,
     idle_timeout: float | None,
     watch_wakeup: bool,
+    watch: ConnectionWatch | None = None,
 ) -> BaseException | None:
     """Run *protocol* over *sock* until the connection is over; see :meth:`BlockingConnection.run`."""
     connection = BlockingConnection(
-        sock, peer, lifecycle=lifecycle, idle_timeout=idle_timeout, watch_wakeup=watch_wakeup
+        sock, peer, lifecycle=lifecycle, idle_timeout=idle_timeout, watch_wakeup=watch_wakeup, watch=watch
     )
     return connection.run(protocol)
 
