@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from framework.drivers.blocking import BlockingConnection, HandlerError
+from framework.drivers.watch import ConnectionWatch
 from framework.lifecycle import Lifecycle
 from framework.protocol import Protocol, Transport
 from tests.support import recv_all
@@ -24,7 +25,7 @@ def lifecycle():
     life.close()
 
 
-def drive(protocol: Protocol, lifecycle: Lifecycle, *, idle_timeout=None, watch_wakeup=False):
+def drive(protocol: Protocol, lifecycle: Lifecycle, *, idle_timeout=None, watch_wakeup=False, watch=None):
     """Run *protocol* on one end of a socket pair in a thread; return (client socket, thread, result)."""
     server_end, client_end = socket.socketpair()
     server_end.setblocking(False)
@@ -32,7 +33,7 @@ def drive(protocol: Protocol, lifecycle: Lifecycle, *, idle_timeout=None, watch_
 
     def run() -> None:
         connection = BlockingConnection(server_end, "pair", lifecycle=lifecycle, idle_timeout=idle_timeout,
-                                        watch_wakeup=watch_wakeup)
+                                        watch_wakeup=watch_wakeup, watch=watch)
         try:
             result["ended_by"] = connection.run(protocol)
         except HandlerError as fault:
@@ -325,3 +326,23 @@ def test_a_socket_handed_to_the_protocol_moves_the_connection_to_poll(lifecycle)
         assert client.recv(4) == b"pong"
     thread.join(10)
     assert result["ended_by"] is None
+
+
+def test_the_main_thread_moves_to_recv_once_a_connection_stays(lifecycle):
+    """Two requests waiting in poll, then in recv, with the watch running signal actions meanwhile."""
+    watch = ConnectionWatch(lifecycle)
+    client, thread, result = drive(Echo(), lifecycle, idle_timeout=30, watch_wakeup=True, watch=watch)
+    try:
+        with client:
+            seen = []
+            for _ in range(4):
+                client.sendall(b"ping")
+                assert client.recv(4) == b"ping"
+                seen.append(waits_in(thread))
+            assert seen == ["poll", "recv", "recv", "recv"]
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b""
+        thread.join(10)
+        assert result["ended_by"] is None
+    finally:
+        watch.close()

@@ -14,8 +14,10 @@ Two ways to wait for the peer:
   :meth:`framework.lifecycle.ActiveConnections.abort_all` for a worker
   thread, from the :class:`~framework.drivers.watch.ConnectionWatch` for
   the main thread (iterative, a forking child), whose signal actions the
-  watch runs meanwhile.  Once the protocol sets a deadline or takes the
-  socket, the connection waits in poll from then on.
+  watch runs meanwhile.  The main thread moves to recv only after a few
+  requests (:data:`REQUESTS_BEFORE_RECV`): a forked child serving one
+  request would pay the setup for nothing.  Once the protocol sets a
+  deadline or takes the socket, the connection waits in poll from then on.
 * **In poll**, otherwise.  The socket is non-blocking.  Every call is tried
   first and the thread waits -- a ``poll`` on the socket plus, in the main
   thread, the process's wakeup pipe and, between exchanges, the stop latch
@@ -81,6 +83,9 @@ log = logging.getLogger("forkthread")
 #: File bytes read and encrypted per step when sendfile(2) cannot be used (TLS in user space).
 TLS_FILE_CHUNK = 65536
 
+#: Requests a main-thread connection serves waiting in poll before it waits in recv (see _choose_wait).
+REQUESTS_BEFORE_RECV = 2
+
 _READ = select.POLLIN | select.POLLPRI
 _WRITE = select.POLLOUT
 _FAIL = select.POLLERR | select.POLLHUP | select.POLLNVAL
@@ -134,6 +139,8 @@ class BlockingConnection(Transport):
         self._protocol_deadline: float | None = None
         #: Waiting in recv (the socket blocking, the kernel keeping the time limits); see the module docstring.
         self._in_recv = False
+        #: Main thread: requests still to serve waiting in poll before it waits in recv (0: not, or never).
+        self._requests_before_recv = 0
         self._tls = is_tls_socket(sock)
         #: What means "try again when the socket is ready" (OpenSSL's want read/write too).
         self._would_block: tuple[type[Exception], ...] = (BlockingIOError,)
@@ -431,17 +438,35 @@ class BlockingConnection(Transport):
             raise HandlerError(exc) from exc
 
     def _choose_wait(self, protocol: Protocol) -> None:
-        """Wait in recv or in poll (see the module docstring); make the socket blocking or not to match."""
+        """Wait in recv or in poll (see the module docstring); make the socket blocking or not to match.
+
+        A worker thread that may wait in recv does so from the start.  The
+        main thread waits in poll for its first requests: waiting in recv
+        costs it a setup (the watch, the kernel's time limits) that a forked
+        child serving one request would pay for nothing, and whose every
+        first touch there copies a page of the parent's.  It moves to recv
+        after :data:`REQUESTS_BEFORE_RECV` requests, once the connection has
+        shown that it stays.
+        """
+        may_wait_in_recv = ((not self._watch_wakeup or self._watch is not None) and not self._tls
+                            and type(protocol).server_stopping is Protocol.server_stopping)
+        if may_wait_in_recv and not self._watch_wakeup:
+            self._enter_recv()
+        elif self.sock.gettimeout() is None:  # blocking, as our acceptor hands it over
+            self.sock.setblocking(False)
+        self._requests_before_recv = REQUESTS_BEFORE_RECV if may_wait_in_recv and self._watch_wakeup else 0
+
+    def _enter_recv(self) -> None:
+        """From now on wait in recv: the socket blocks, with the idle limit as the kernel's time limits."""
         sock = self.sock
-        self._in_recv = ((not self._watch_wakeup or self._watch is not None) and not self._tls
-                         and type(protocol).server_stopping is Protocol.server_stopping)
-        if self._in_recv and self._idle_timeout is not None:
+        if self._idle_timeout is not None:
             seconds, fraction = divmod(self._idle_timeout, 1)
             limit = struct.pack("ll", int(seconds), int(fraction * 1_000_000))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
-        if (sock.gettimeout() is None) != self._in_recv:  # a socket from our acceptor is blocking already
-            sock.setblocking(self._in_recv)
+        if sock.gettimeout() is not None:  # a socket from our acceptor is blocking already
+            sock.setblocking(True)
+        self._in_recv = True
 
     def _serve_in_recv(self, protocol: Protocol) -> None:
         """Read and hand over, waiting in recv, while only the peer and the time limits can end a wait.
@@ -489,6 +514,7 @@ class BlockingConnection(Transport):
 
     def _wait_in_poll(self) -> None:
         """From now on wait in poll: the socket becomes non-blocking."""
+        self._requests_before_recv = 0
         if self._in_recv:
             self._in_recv = False
             self.sock.setblocking(False)
@@ -561,6 +587,11 @@ class BlockingConnection(Transport):
                     raise
                 except Exception as exc:  # a fault in the protocol: this connection only
                     raise HandlerError(exc) from exc
+                if self._requests_before_recv:
+                    self._requests_before_recv -= 1
+                    if not self._requests_before_recv:  # a connection that stays
+                        self._enter_recv()
+                        self._serve_in_recv(protocol)
             else:
                 self._end_of_input(protocol)
 
