@@ -56,15 +56,17 @@ _READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 class ConnectionWatch:
     """The helper thread of one process that runs signals and the graceful stop for connections blocked in the kernel.
 
-    It exists only when there is work for it, so serving costs no thread:
-    it starts when a stop begins while connections are watched (or one is
-    attached during a stop), or when a signal arrives while a watched
-    connection blocks the main thread.  It ends when a stop began and no
-    connection is left, or at :meth:`close`.  It is started with :func:`_thread.start_new_thread`,
+    It exists only when there is work for it, so serving costs no thread
+    and no descriptor: it starts when a stop begins while connections are
+    watched (or one is attached during a stop), or when a signal arrives
+    while a watched connection blocks the main thread, and it ends, closing
+    its wake-up pipe, as soon as no connection is watched, or at
+    :meth:`close`.  It is started with :func:`_thread.start_new_thread`,
     which takes no lock that the interrupted main thread could hold, so a
-    signal handler may start it, born with the server's signals blocked.  It waits
-    on its own wake-up pipe and the lifecycle's stop latch; once stopping, on
-    the connections too, applying the rules of the module docstring.
+    signal handler may start it, born with the server's signals blocked.  It
+    waits on its own wake-up pipe and the lifecycle's stop latch; once
+    stopping, on the connections too, applying the rules of the module
+    docstring.
     """
 
     def __init__(self, lifecycle: Lifecycle) -> None:
@@ -93,8 +95,6 @@ class ConnectionWatch:
         lifecycle = self._lifecycle
         with self._lock:
             self._watched[request] = ends_idle
-            if self._control is None:
-                self._control = Wakeup()
             if main_thread:
                 self._main = request
                 lifecycle.signals.on_record = self._signal_arrived
@@ -117,18 +117,16 @@ class ConnectionWatch:
             self._lifecycle.dispatch()  # recorded while the watch was being told
 
     def close(self) -> None:
-        """End the helper thread (if this process has one), wait for it, close the wake-up pipe."""
+        """End the helper thread (if this process has one) and wait for it."""
         if self._pid != os.getpid():
             return
         with self._lock:
             self._generation += 1
-            control, self._control = self._control, None
+            control = self._control
         if control is not None:
             control.wake()
         if self._done.acquire(timeout=5.0):
             self._done.release()
-        if control is not None:
-            control.close()
 
     def _enter_process(self) -> None:
         # First use in this process: a forked child inherits the parent's object, not its thread.
@@ -174,11 +172,11 @@ class ConnectionWatch:
 
     def _run(self) -> None:
         with self._lock:
-            if self._running or self._control is None:
-                return  # another watch thread runs, or the watch was closed
+            if self._running or not self._watched:
+                return  # another watch thread runs, or there is nothing left to watch
             self._running = True
             self._done.acquire()
-            control = self._control
+            control = self._control = Wakeup()
             generation = self._generation
         left = False
         try:
@@ -193,6 +191,9 @@ class ConnectionWatch:
     def _leave(self) -> None:
         """The watch thread leaves (holding the lock: an attach either sees it running, or starts another)."""
         self._running = False
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         self._done.release()
 
     def _watch(self, control: Wakeup, generation: int) -> bool:
@@ -216,15 +217,12 @@ class ConnectionWatch:
                 else:
                     stop.saw_input(fd)
             with self._lock:
-                if self._generation != generation:
-                    self._leave()  # closed
-                    return True
                 if stop.started:
                     # Shut-downs happen under the lock: a socket is only closed after detach().
                     stop.apply(self._watched, lifecycle.deadline)
-                    if not self._watched:
-                        self._leave()
-                        return True
+                if self._generation != generation or not self._watched:
+                    self._leave()  # closed, or no work left: a new attach starts another
+                    return True
 
 
 def _bytes_queued(sock: socket.socket) -> bool:
