@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from framework.drivers.blocking import REQUESTS_BEFORE_RECV
 from tests.support import (
     echo_exchange,
     process_state,
@@ -37,11 +38,12 @@ def _echo_client(server, payload: bytes) -> bytes:  # type: ignore[no-untyped-de
         return echo_exchange(sock, payload)
 
 
-def _idle_connection(server) -> socket.socket:  # type: ignore[no-untyped-def]
-    """A connection that has exchanged a few bytes and then says nothing more."""
+def _idle_connection(server, exchanges: int = 1) -> socket.socket:  # type: ignore[no-untyped-def]
+    """A connection that has made *exchanges* exchanges of a few bytes and then says nothing more."""
     sock = server.connect(timeout=CLIENT_TIMEOUT)
-    sock.sendall(b"still here")
-    assert recv_all(sock, limit=10) == b"still here"
+    for _ in range(exchanges):
+        sock.sendall(b"still here")
+        assert recv_all(sock, limit=10) == b"still here"
     return sock
 
 
@@ -198,9 +200,15 @@ def test_sigterm_mid_response_closes_the_keepalive_connection_once_it_is_sent(se
     assert server.proc.wait(30) == 0, server.log()
 
 
-def test_graceful_timeout_cuts_a_connection_that_never_ends(serve, strategy):
+#: Exchanges before a connection idles: one (a main thread still waits in poll), or enough
+#: that every thread waits in recv (the blocking driver's REQUESTS_BEFORE_RECV, and one more).
+STAYING = pytest.mark.parametrize("exchanges", [1, REQUESTS_BEFORE_RECV + 1], ids=["one-request", "staying"])
+
+
+@STAYING
+def test_graceful_timeout_cuts_a_connection_that_never_ends(serve, strategy, exchanges):
     server = serve("echo", "--graceful-timeout", "1", strategy=strategy)
-    with _idle_connection(server) as sock:
+    with _idle_connection(server, exchanges) as sock:
         started = time.monotonic()
         server.send_signal(signal.SIGTERM)
         status = server.proc.wait(30)

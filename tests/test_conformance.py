@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from framework.drivers.blocking import REQUESTS_BEFORE_RECV
 from tests.support import echo_exchange, fd_count, recv_all, recv_or_reset, wait_for, zombies_of
 
 CTIME = re.compile(rb"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
@@ -80,12 +81,14 @@ def test_sigint_stops_with_status_0(serve, strategy):
     assert server.stop(signal.SIGINT) == 0
 
 
-def test_signals_are_handled_while_a_connection_waits_for_its_peer(serve, strategy):
-    """SIGUSR1 logs and SIGTERM stops while a connection is open and idle (its thread may wait in recv)."""
+@pytest.mark.parametrize("exchanges", [1, REQUESTS_BEFORE_RECV + 1], ids=["one-request", "staying"])
+def test_signals_are_handled_while_a_connection_waits_for_its_peer(serve, strategy, exchanges):
+    """SIGUSR1 logs and SIGTERM stops while a connection is open and idle (in poll, or, once it stays, in recv)."""
     server = serve("echo", "--graceful-timeout", "1", strategy=strategy)
     with server.connect() as sock:
-        sock.sendall(b"ping")
-        assert sock.recv(4) == b"ping"  # the connection now waits for its peer
+        for _ in range(exchanges):
+            sock.sendall(b"ping")
+            assert sock.recv(4) == b"ping"  # the connection now waits for its peer
         server.send_signal(signal.SIGUSR1)
         assert wait_for(lambda: "status:" in server.log(), timeout=10), server.log()
         server.send_signal(signal.SIGTERM)
