@@ -12,17 +12,25 @@
 * **Leaving**: a child never returns into the parent's code; it ends with
   :func:`exit_child`, which flushes logging and standard streams and calls
   ``os._exit``.
+* **A direct fork** (:class:`DirectFork`, used where a child is made per
+  connection): while the process has one thread, ``fork()`` straight from
+  the C library, with every hook given to :func:`os.register_at_fork` run
+  around it except the standard library's lock repairs, which only matter
+  when another thread could hold a lock.  See the class for why and what
+  it saves.
 """
 
 from __future__ import annotations
 
 import _signal
 import dataclasses
+import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from typing import NoReturn
 
 from framework.signals import SERVER_SIGNALS
@@ -38,6 +46,10 @@ _LOG = logging.getLogger("forkthread")
 _sigmask = _signal.pthread_sigmask
 _setsignal = _signal.signal
 _SIG_DFL = int(signal.SIG_DFL)
+_EVERY_SIGNAL = frozenset(signal.valid_signals())
+
+#: An at-fork hook: what :func:`os.register_at_fork` takes.
+Hook = Callable[[], object]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,18 +64,26 @@ class Forked:
         _sigmask(signal.SIG_SETMASK, self.mask)
 
 
-def fork(close_in_child: Iterable[int] = ()) -> Forked:
+def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -> Forked:
     """Fork with standard streams flushed and the server's signals held; see the module docstring.
 
     In the parent the mask is restored before this returns; in the child
-    the signals stay held until :meth:`Forked.release_signals`.  Raises
-    :class:`OSError` (EAGAIN, ENOMEM) in the parent when no process could be made.
+    the signals stay held until :meth:`Forked.release_signals`.  With
+    *direct*, and while this process has one thread, the fork is
+    :meth:`DirectFork.fork` (every signal held across it), else
+    :func:`os.fork`.  Raises :class:`OSError` (EAGAIN, ENOMEM) in the
+    parent when no process could be made.
     """
     _flush_standard_streams()
     close_fds = list(close_in_child)  # evaluated before the fork: nothing lazy runs in the child
-    mask = frozenset(_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS))
+    make: Callable[[], int] = os.fork
+    held = SERVER_SIGNALS
+    if direct is not None and direct.one_thread():
+        make = direct.fork
+        held = _EVERY_SIGNAL
+    mask = frozenset(_sigmask(signal.SIG_BLOCK, held))
     try:
-        pid = os.fork()
+        pid = make()
     except OSError:
         _sigmask(signal.SIG_SETMASK, mask)
         raise
@@ -97,3 +117,113 @@ def _flush_standard_streams() -> None:
             stream.flush()
         except Exception:  # a closed or broken stream: nothing to flush
             pass
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectFork:
+    """``fork()`` from the C library, with the at-fork hooks a one-thread process needs.
+
+    :func:`os.fork` runs, in every child, the hooks registered with
+    :func:`os.register_at_fork`.  The standard library's own ones
+    (``threading`` rebuilds its thread table and locks, ``logging`` its
+    locks) repair what *another* thread might have held at the fork.  In a
+    process with one thread there is nothing to repair, and yet their
+    bytecode touches objects spread over about 190 pages of the parent's
+    heap, each a page copied: about 500 µs of a short connection's ~1,200 µs
+    child under ``forking`` (measured in docs/lab.md, "The lean fork").
+
+    So, while the process has one thread (:meth:`one_thread`), :meth:`fork`
+    calls the C library's ``fork()`` (its own ``pthread_atfork`` handlers
+    run: malloc and stdio stay consistent) and runs every other registered
+    hook in CPython's order: ``before`` hooks last-registered first, then
+    the ``parent`` or ``child`` ones.  A hook registered later (a library
+    resetting its pool, ``random`` reseeding, ``coverage``) runs as with
+    :func:`os.fork`.  What else :func:`os.fork` does in the child is a
+    no-op with one thread (locks re-made, other threads' states dropped),
+    except clearing signals already caught and not yet handled: the caller
+    holds every signal across the call, and this method's first bytecode
+    runs any handler already due, so none is left to leak into the child.
+    """
+
+    #: The C library's fork(), called with the interpreter lock held.
+    libc_fork: Callable[[], int]
+    #: Returns the C ``errno`` of the last call through ``libc_fork``.
+    get_errno: Callable[[], int]
+    #: CPython's own lists of hooks: live, so later registrations are seen.
+    before: list[Hook]
+    parent: list[Hook]
+    child: list[Hook]
+    #: The hooks skipped: their only job is the other threads' locks.
+    skipped: frozenset[Hook]
+
+    @classmethod
+    def find(cls) -> DirectFork | None:
+        """The direct fork of this interpreter, or None where it cannot be set up (use :func:`os.fork`).
+
+        Finds CPython's hook lists through the standard library's own hooks,
+        as the one list holding each; call it before :func:`gc.freeze`,
+        whose permanent generation :func:`gc.get_referrers` does not search.
+        """
+        skipped = {
+            "child": getattr(threading, "_after_fork", None),
+            "logging child": getattr(logging, "_after_at_fork_child_reinit_locks", None),
+            "before": getattr(logging, "_acquireLock", None),
+            "parent": getattr(logging, "_releaseLock", None),
+        }
+        if sys.implementation.name != "cpython" or None in skipped.values():
+            return None
+        lists = {name: _the_list_holding(hook) for name, hook in skipped.items()}
+        before, parent, child = lists["before"], lists["parent"], lists["child"]
+        if before is None or parent is None or child is None or lists["logging child"] is not child:
+            return None
+        try:
+            import ctypes  # only here: a process that never forks per connection need not load it
+
+            libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the interpreter lock stays held
+            libc_fork = libc.fork
+        except (ImportError, OSError, AttributeError):
+            return None
+        libc_fork.argtypes = []
+        libc_fork.restype = ctypes.c_int
+        return cls(libc_fork, ctypes.get_errno, before, parent, child,
+                   frozenset(hook for hook in skipped.values() if hook is not None))
+
+    @staticmethod
+    def one_thread() -> bool:
+        """Whether this process has one thread (``/proc/self/task`` links 2 + one per thread)."""
+        try:
+            return os.stat("/proc/self/task").st_nlink == 3
+        except OSError:
+            return False
+
+    def fork(self) -> int:
+        """Fork as :func:`os.fork` would, less the skipped hooks; hold every signal around the call.
+
+        Returns the child's pid in the parent and 0 in the child; raises
+        :class:`OSError` in the parent when no process could be made.
+        """
+        self._run(reversed(list(self.before)))
+        pid: int = self.libc_fork()
+        if pid == 0:
+            self._run(list(self.child))
+            return 0
+        self._run(list(self.parent))
+        if pid < 0:
+            code = self.get_errno()
+            raise OSError(code, os.strerror(code))
+        return pid
+
+    def _run(self, hooks: Iterable[Hook]) -> None:
+        for hook in hooks:
+            if hook in self.skipped:
+                continue
+            try:
+                hook()
+            except Exception:  # as os.fork(): a failing hook is reported, the fork goes on
+                _LOG.exception("at-fork hook %r failed", hook)
+
+
+def _the_list_holding(hook: object) -> list[Hook] | None:
+    """The one list that refers to *hook*, or None if none or several do."""
+    holders = [ref for ref in gc.get_referrers(hook) if type(ref) is list]
+    return holders[0] if len(holders) == 1 else None

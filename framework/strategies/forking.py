@@ -33,7 +33,7 @@ import signal
 import socket
 from typing import NoReturn
 
-from framework.processes import Forked, exit_child, fork
+from framework.processes import DirectFork, Forked, exit_child, fork
 from framework.signals import SignalAction
 from framework.strategies.base import ChildRole, Host, StrategyOptions
 from framework.strategies.dispatching import DispatchingRun, DispatchingStrategy
@@ -70,6 +70,7 @@ class ForkingRun(DispatchingRun):
         self.children: set[int] = set()
         self._killed: set[int] = set()
         self._sigchld = False
+        self._direct: DirectFork | None = None
 
     def signal_actions(self) -> dict[int, SignalAction]:
         """SIGCHLD reaps, in the loop."""
@@ -84,14 +85,17 @@ class ForkingRun(DispatchingRun):
         return self.accepted, self.live()
 
     def begin(self) -> None:
-        """Note whether SIGCHLD wakes us (otherwise reap on a timer); freeze the heap built so far.
+        """Note whether SIGCHLD wakes us (otherwise reap on a timer); set up the direct fork; freeze the heap.
 
         ``gc.freeze()`` moves every object alive now (modules, classes,
         functions: almost the whole heap) out of the collector's reach, so
         neither the parent's collections nor a child's touch their pages:
         each such write would copy a page shared with every live child.
+        The direct fork (:class:`~framework.processes.DirectFork`) is found
+        first: the search cannot see a frozen heap.
         """
         self._sigchld = self.host.lifecycle.signals.handles(signal.SIGCHLD)
+        self._direct = DirectFork.find()
         gc.freeze()
 
     def poll_interval(self) -> float | None:
@@ -127,7 +131,7 @@ class ForkingRun(DispatchingRun):
     def start_worker(self, sock: socket.socket, peer: str) -> None:
         """Fork; the child serves *sock*, the parent closes its copy."""
         try:
-            forked = fork()
+            forked = fork(direct=self._direct)
         except OSError as exc:  # EAGAIN (process limit) or ENOMEM: this client only
             log.error("cannot fork for %s: %s; closing the connection", peer, exc.strerror or exc)
             sock.close()
