@@ -48,7 +48,6 @@ import contextlib
 import fcntl
 import logging
 import socket
-import tempfile
 import threading
 from collections.abc import Callable
 from typing import IO, ClassVar
@@ -149,6 +148,10 @@ class LockAccept(AcceptMode):
 
     def prepare(self, host: Host) -> None:
         """Create the lock file (already unlinked: nothing to clean up on disk)."""
+        # Imported here: tempfile imports random, whose at-fork reseed would then
+        # run in every child a forking server makes.
+        import tempfile
+
         # Kept open for the whole serve, closed by close(): no context manager fits.
         self._lock_file = tempfile.TemporaryFile(prefix="forkthread-accept-lock-")  # noqa: SIM115
 

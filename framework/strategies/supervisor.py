@@ -28,7 +28,6 @@ import dataclasses
 import logging
 import math
 import os
-import random
 import select
 import signal
 import socket
@@ -298,6 +297,10 @@ class Supervisor(Run):
         self.spawned += 1
         max_requests = self.pool.max_requests
         if max_requests and self.pool.max_requests_jitter:
+            # Imported here: importing random registers its reseed as an at-fork
+            # hook, run in every child a forking server makes (~20 pages copied).
+            import random
+
             max_requests += random.randint(0, self.pool.max_requests_jitter)
         try:
             self.mode.before_spawn(self.host, lane)

@@ -1,0 +1,180 @@
+"""Fork hygiene: the direct fork runs what os.fork() runs, less the lock repairs a one-thread process needs not.
+
+Each scenario runs in a fresh interpreter (hooks given to
+``os.register_at_fork`` cannot be taken back, so none is registered in the
+test process), with this checkout on its import path; the forking server
+itself is checked black-box with a user's at-fork hook.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.support import ServerProcess, child_env, recv_all
+
+#: Run in every scenario first: two hooks of each kind, recording into EVENTS.
+PRELUDE = """
+import gc, json, os, random, signal, sys, threading, time
+from framework.processes import DirectFork, exit_child, fork
+
+EVENTS = []
+for n in (1, 2):
+    os.register_at_fork(before=lambda n=n: EVENTS.append(f"before-{n}"),
+                        after_in_parent=lambda n=n: EVENTS.append(f"parent-{n}"),
+                        after_in_child=lambda n=n: EVENTS.append(f"child-{n}"))
+DIRECT = DirectFork.find()
+
+def fork_and_report(direct, report):
+    '''Fork; the child sends report() as JSON and exits; return (parent's events, child's report).'''
+    r, w = os.pipe()
+    forked = fork(direct=direct)
+    if forked.pid == 0:
+        forked.release_signals()
+        os.write(w, json.dumps(report()).encode())
+        exit_child(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        child = json.loads(pipe.read())
+    os.waitpid(forked.pid, 0)
+    return list(EVENTS), child
+"""
+
+
+def run_scenario(body: str) -> dict[str, object]:
+    """Run PRELUDE + *body* in a new interpreter; *body* prints one JSON object, returned here."""
+    script = PRELUDE + textwrap.dedent(body)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env=child_env(), check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.parametrize("how", ["direct", "os.fork"])
+def test_every_registered_hook_runs_in_cpython_order(how):
+    """Before hooks last-registered first, then the parent's or the child's in order: as os.fork() does."""
+    result = run_scenario(f"""
+        assert DIRECT is not None
+        limbo = threading._active_limbo_lock
+        parent, child = fork_and_report(DIRECT if {how!r} == "direct" else None, lambda: {{
+            "events": EVENTS, "threading_hook_ran": threading._active_limbo_lock is not limbo,
+            "random": random.random()}})
+        print(json.dumps({{"parent": parent, "child": child, "random": random.random()}}))
+    """)
+    assert result["parent"] == ["before-2", "before-1", "parent-1", "parent-2"]
+    child = result["child"]
+    assert isinstance(child, dict)
+    assert child["events"] == ["before-2", "before-1", "child-1", "child-2"]
+    # random's reseed is an ordinary hook: it runs either way.
+    assert child["random"] != result["random"]
+    # threading's lock repair is the one difference: skipped by the direct fork only.
+    assert child["threading_hook_ran"] is (how == "os.fork")
+
+
+def test_a_second_thread_means_os_fork():
+    """With another thread alive its locks may be held: the lock repairs must run, so os.fork() is used."""
+    result = run_scenario("""
+        release = threading.Event()
+        helper = threading.Thread(target=release.wait)
+        helper.start()
+        limbo = threading._active_limbo_lock
+        parent, child = fork_and_report(DIRECT, lambda: {
+            "threading_hook_ran": threading._active_limbo_lock is not limbo,
+            "threads": threading.active_count()})
+        release.set()
+        helper.join()
+        print(json.dumps({"one_thread_then": DIRECT.one_thread(), "child": child}))
+    """)
+    assert result["child"] == {"threading_hook_ran": True, "threads": 1}
+    assert result["one_thread_then"] is True  # the helper gone, the direct fork is back
+
+
+def test_a_frozen_heap_hides_the_hook_lists_so_os_fork_is_used():
+    """gc.get_referrers() cannot see a frozen heap: find() then gives up rather than guess."""
+    result = run_scenario("""
+        gc.freeze()
+        print(json.dumps({"found": DirectFork.find() is not None}))
+    """)
+    assert result == {"found": False}
+
+
+def test_no_signal_caught_in_the_parent_is_handled_in_a_child():
+    """Under a storm of SIGALRM, a child never runs the parent's handler for a signal caught before the fork.
+
+    os.fork() clears such signals in the child; the direct fork holds every
+    signal across the call and lets any handler already due run first.
+    """
+    result = run_scenario("""
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        def note(signum, frame):
+            try:
+                os.write(w, b"%d\\n" % os.getpid())
+            except BlockingIOError:
+                pass
+        signal.signal(signal.SIGALRM, note)
+        signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.0001)
+        children = []
+        for _ in range(200):
+            forked = fork(direct=DIRECT)
+            if forked.pid == 0:
+                forked.release_signals()
+                sum(range(1000))  # bytecode enough for a leaked handler to run
+                os._exit(0)
+            children.append(forked.pid)
+            os.waitpid(forked.pid, 0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        os.close(w)
+        with os.fdopen(r, "rb") as pipe:
+            pids = {int(line) for line in pipe.read().split()}
+        print(json.dumps({"parent": os.getpid(), "pids": sorted(pids)}))
+    """)
+    assert result["pids"] == [result["parent"]]  # the handler ran, and in the parent only
+
+
+SERVER_MODULE = """
+import os
+import socketserver
+
+from framework.server import Server
+
+#: Filled in each forked child by the hook below.
+HOOKED = []
+os.register_at_fork(after_in_child=lambda: HOOKED.append(os.getpid()))
+
+
+class SayPid(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.sendall(("%d %s" % (os.getpid(), HOOKED)).encode())
+
+
+class HookedServer(Server):
+    handler = SayPid
+"""
+
+
+def test_a_forking_servers_children_run_the_users_at_fork_hooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A user's library that resets state in each child (a pool, a seed) keeps working under ``forking``."""
+    (tmp_path / "hooked.py").write_text(SERVER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    server = ServerProcess("hooked:HookedServer", strategy="forking")
+    try:
+        pids = set()
+        for _ in range(3):
+            with server.connect() as sock:
+                pid, hooked = recv_all(sock).decode().split(" ", 1)
+            assert hooked == f"[{pid}]"  # the hook ran once, in this very child
+            pids.add(pid)
+        assert len(pids) == 3
+        assert server.stop() == 0
+        assert "Traceback" not in server.log()
+    finally:
+        server.kill()
+        server.close()
