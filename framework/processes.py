@@ -46,7 +46,10 @@ _LOG = logging.getLogger("forkthread")
 _sigmask = _signal.pthread_sigmask
 _setsignal = _signal.signal
 _SIG_DFL = int(signal.SIG_DFL)
-_EVERY_SIGNAL = frozenset(signal.valid_signals())
+#: What the direct fork holds across the call: every signal but those a fault raises
+#: (held, the kernel would kill the process without running faulthandler).
+_EVERY_SIGNAL = frozenset(signal.valid_signals()) - {
+    signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
 
 #: An at-fork hook: what :func:`os.register_at_fork` takes.
 Hook = Callable[[], object]
