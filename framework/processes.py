@@ -122,7 +122,6 @@ def _flush_standard_streams() -> None:
             pass
 
 
-@dataclasses.dataclass(frozen=True)
 class DirectFork:
     """``fork()`` from the C library, with the at-fork hooks a one-thread process needs.
 
@@ -131,9 +130,11 @@ class DirectFork:
     (``threading`` rebuilds its thread table and locks, ``logging`` its
     locks) repair what *another* thread might have held at the fork.  In a
     process with one thread there is nothing to repair, and yet their
-    bytecode touches objects spread over about 190 pages of the parent's
-    heap, each a page copied: about 500 µs of a short connection's ~1,200 µs
-    child under ``forking`` (measured in docs/lab.md, "The lean fork").
+    bytecode writes to pages shared with the parent, each one then copied:
+    an empty child of a forking server costs 669 µs with :func:`os.fork`
+    and 317 µs without them on this project's VM, and a short echo
+    connection about 7% less CPU (its serving touches many of those pages
+    anyway; docs/lab.md, "The direct fork").
 
     So, while the process has one thread (:meth:`one_thread`), :meth:`fork`
     calls the C library's ``fork()`` (its own ``pthread_atfork`` handlers
@@ -141,23 +142,29 @@ class DirectFork:
     hook in CPython's order: ``before`` hooks last-registered first, then
     the ``parent`` or ``child`` ones.  A hook registered later (a library
     resetting its pool, ``random`` reseeding, ``coverage``) runs as with
-    :func:`os.fork`.  What else :func:`os.fork` does in the child is a
-    no-op with one thread (locks re-made, other threads' states dropped),
-    except clearing signals already caught and not yet handled: the caller
-    holds every signal across the call, and this method's first bytecode
-    runs any handler already due, so none is left to leak into the child.
+    :func:`os.fork`, and the ``os.fork`` audit event is raised.  What else
+    :func:`os.fork` does in the child is a no-op with one thread (locks
+    re-made, other threads' states dropped), except clearing signals
+    already caught and not yet handled: the caller holds every signal
+    across the call, and this method's first bytecode runs any handler
+    already due, so none is left to leak into the child.
     """
 
-    #: The C library's fork(), called with the interpreter lock held.
-    libc_fork: Callable[[], int]
-    #: Returns the C ``errno`` of the last call through ``libc_fork``.
-    get_errno: Callable[[], int]
-    #: CPython's own lists of hooks: live, so later registrations are seen.
-    before: list[Hook]
-    parent: list[Hook]
-    child: list[Hook]
-    #: The hooks skipped: their only job is the other threads' locks.
-    skipped: frozenset[Hook]
+    def __init__(self, libc_fork: Callable[[], int], get_errno: Callable[[], int],
+                 lists: tuple[list[Hook], list[Hook], list[Hook]], skipped: frozenset[Hook]) -> None:
+        #: The C library's fork(), called with the interpreter lock held.
+        self.libc_fork = libc_fork
+        #: Returns the C ``errno`` of the last call through ``libc_fork``.
+        self.get_errno = get_errno
+        #: CPython's own lists of ``before``, ``parent`` and ``child`` hooks: live,
+        #: so later registrations are seen.
+        self.lists = lists
+        #: The hooks skipped: their only job is the other threads' locks.
+        self.skipped = skipped
+        # The hooks to run, in running order, and the list lengths they were
+        # made from: hooks are never unregistered, so equal lengths mean equal lists.
+        self._made_from = (-1, -1, -1)
+        self._hooks: tuple[tuple[Hook, ...], ...] = ((), (), ())
 
     @classmethod
     def find(cls) -> DirectFork | None:
@@ -188,7 +195,7 @@ class DirectFork:
             return None
         libc_fork.argtypes = []
         libc_fork.restype = ctypes.c_int
-        return cls(libc_fork, ctypes.get_errno, before, parent, child,
+        return cls(libc_fork, ctypes.get_errno, (before, parent, child),
                    frozenset(hook for hook in skipped.values() if hook is not None))
 
     @staticmethod
@@ -205,25 +212,37 @@ class DirectFork:
         Returns the child's pid in the parent and 0 in the child; raises
         :class:`OSError` in the parent when no process could be made.
         """
-        self._run(reversed(list(self.before)))
+        sys.audit("os.fork")
+        _run(self._current()[0])
         pid: int = self.libc_fork()
+        # Again: a before hook may have registered more (CPython reads the lists afresh too).
+        _before, parent, child = self._current()
         if pid == 0:
-            self._run(list(self.child))
+            _run(child)
             return 0
-        self._run(list(self.parent))
+        _run(parent)
         if pid < 0:
             code = self.get_errno()
             raise OSError(code, os.strerror(code))
         return pid
 
-    def _run(self, hooks: Iterable[Hook]) -> None:
-        for hook in hooks:
-            if hook in self.skipped:
-                continue
-            try:
-                hook()
-            except Exception:  # as os.fork(): a failing hook is reported, the fork goes on
-                _LOG.exception("at-fork hook %r failed", hook)
+    def _current(self) -> tuple[tuple[Hook, ...], ...]:
+        """``(before, parent, child)`` hooks to run, in order, less the skipped ones."""
+        before, parent, child = self.lists
+        made_from = (len(before), len(parent), len(child))
+        if made_from != self._made_from:
+            self._hooks = tuple(tuple(hook for hook in hooks if hook not in self.skipped)
+                                for hooks in (before[::-1], parent, child))
+            self._made_from = made_from
+        return self._hooks
+
+
+def _run(hooks: tuple[Hook, ...]) -> None:
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:  # as os.fork(): a failing hook is reported, the fork goes on
+            _LOG.exception("at-fork hook %r failed", hook)
 
 
 def _the_list_holding(hook: object) -> list[Hook] | None:

@@ -84,7 +84,7 @@ def test_parse_stat_of_a_command_name_with_spaces_and_parentheses():
 def test_parse_stat_fields_of_this_process():
     stat = procfs.parse_stat(Path("/proc/self/stat").read_text())
     assert stat.pid == os.getpid() and stat.ppid == os.getppid()
-    assert stat.rss_pages > 0
+    assert stat.rss_pages > 0 and stat.minflt > 0
 
 
 def test_parse_stat_rejects_truncated_lines():
@@ -92,12 +92,14 @@ def test_parse_stat_rejects_truncated_lines():
         procfs.parse_stat("12 (x) S 1 2 3")
 
 
-def test_tree_cpu_includes_reaped_children_and_live_ones():
-    """A reaped child's CPU moves into its parent's cutime: the tree total must keep it."""
+def test_tree_cpu_and_faults_include_reaped_children_and_live_ones():
+    """A reaped child's CPU and faults move into its parent's cutime/cminflt: the tree totals must keep them."""
     def burn(seconds: float) -> None:
         end = time.process_time() + seconds
         while time.process_time() < end:
             pass
+
+    ballast = bytearray(4 << 20)  # 1,024 pages: a child writing one byte in each takes a fault per page
 
     read_end, write_end = os.pipe()
     middle = os.fork()
@@ -106,6 +108,8 @@ def test_tree_cpu_includes_reaped_children_and_live_ones():
         reaped = os.fork()
         if reaped == 0:
             burn(0.3)
+            for offset in range(0, len(ballast), 4096):
+                ballast[offset] = 1
             os._exit(0)
         os.waitpid(reaped, 0)
         live = os.fork()
@@ -122,6 +126,7 @@ def test_tree_cpu_includes_reaped_children_and_live_ones():
         members = procfs.tree(middle)
         assert len(members) == 2
         assert procfs.tree_cpu_seconds(middle) >= 0.55
+        assert procfs.tree_minor_faults(middle) >= 1024
     finally:
         for stat in procfs.tree(middle):
             os.kill(stat.pid, signal.SIGKILL)
@@ -138,6 +143,7 @@ def test_wait4_charges_forked_children_to_the_server():
     strategy = "forking" if "forking" in STRATEGIES else "iterative"
     with RunningServer(serve_command("nbytes", strategy, [], [])) as server:
         before = server.cpu_seconds()
+        faults_before = server.minor_faults()
         for _ in range(5):
             with socket.create_connection((server.host, server.port), 5) as sock:
                 sock.sendall(b"10\n")
@@ -145,6 +151,7 @@ def test_wait4_charges_forked_children_to_the_server():
         stopped = server.stop()
     assert stopped.status == 0 and not stopped.killed
     assert stopped.cpu_seconds >= before > 0
+    assert stopped.minor_faults >= faults_before > 0
 
 
 def test_smaps_rollup_parser():

@@ -57,11 +57,12 @@ class ServerCommand:
 
 @dataclasses.dataclass(frozen=True)
 class StopResult:
-    """How a server ended: total tree CPU from ``wait4``, exit status, and whether it needed SIGKILL."""
+    """How a server ended: total tree CPU and minor faults from ``wait4``, exit status, whether it needed SIGKILL."""
 
     cpu_seconds: float
     status: int
     killed: bool
+    minor_faults: int
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -132,6 +133,10 @@ class RunningServer:
         """CPU seconds the server's tree has used so far (from ``/proc``)."""
         return procfs.tree_cpu_seconds(self.pid)
 
+    def minor_faults(self) -> int:
+        """Minor page faults the server's tree has taken so far (from ``/proc``)."""
+        return procfs.tree_minor_faults(self.pid)
+
     def memory(self) -> procfs.Memory:
         """RSS/PSS of the server's tree now."""
         return procfs.tree_memory(self.pid)
@@ -157,7 +162,7 @@ class RunningServer:
                 break
             time.sleep(0.01)
         self.popen.returncode = os.waitstatus_to_exitcode(status)  # wait4 reaped it, not Popen
-        self.stopped = StopResult(usage.ru_utime + usage.ru_stime, self.popen.returncode, killed)
+        self.stopped = StopResult(usage.ru_utime + usage.ru_stime, self.popen.returncode, killed, usage.ru_minflt)
         self.output.close()
         if self.command.cleanup is not None:
             self.command.cleanup()

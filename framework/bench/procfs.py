@@ -4,7 +4,9 @@ CPU times in ``/proc/PID/stat`` are in clock ticks: ``utime``/``stime`` are
 the process's own (all its threads), ``cutime``/``cstime`` those of its
 children it has already reaped.  So the CPU a live tree has used so far is
 the sum of all four over every live (or zombie) process of the tree: a
-reaped child is counted once, in its parent's ``cutime``/``cstime``.
+reaped child is counted once, in its parent's ``cutime``/``cstime``.  Minor
+page faults (``minflt``, ``cminflt``) add up the same way: for a forked
+child they are mostly pages it shares with its parent, copied on first write.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class ProcStat:
     comm: str
     state: str
     ppid: int
+    minflt: int
+    cminflt: int
     utime: int
     stime: int
     cutime: int
@@ -36,6 +40,11 @@ class ProcStat:
     def cpu_ticks(self) -> int:
         """Own CPU plus that of reaped children, in clock ticks."""
         return self.utime + self.stime + self.cutime + self.cstime
+
+    @property
+    def minor_faults(self) -> int:
+        """Own minor page faults plus those of reaped children."""
+        return self.minflt + self.cminflt
 
 
 def parse_stat(text: str) -> ProcStat:
@@ -54,6 +63,7 @@ def parse_stat(text: str) -> ProcStat:
         raise ValueError(f"/proc stat line too short: {text!r}")
     return ProcStat(
         pid=pid, comm=comm, state=fields[0], ppid=int(fields[1]),
+        minflt=int(fields[7]), cminflt=int(fields[8]),
         utime=int(fields[11]), stime=int(fields[12]), cutime=int(fields[13]), cstime=int(fields[14]),
         threads=int(fields[17]), rss_pages=int(fields[21]),
     )
@@ -114,6 +124,11 @@ def cpu_seconds(processes: Iterable[ProcStat]) -> float:
 def tree_cpu_seconds(root: int) -> float:
     """CPU seconds the tree under *root* has used so far (see the module docstring)."""
     return cpu_seconds(tree(root))
+
+
+def tree_minor_faults(root: int) -> int:
+    """Minor page faults the tree under *root* has taken so far (reaped children included)."""
+    return sum(stat.minor_faults for stat in tree(root))
 
 
 @dataclasses.dataclass(frozen=True)

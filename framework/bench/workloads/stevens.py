@@ -5,7 +5,9 @@ whole run (user + system of the whole process tree, reaped children
 included), and "process-control CPU" = that minus the iterative server's,
 i.e. what the concurrency model itself costs.  Each repeat starts a fresh
 server: CPU is sampled from ``/proc`` just before the load and collected
-with ``wait4`` after a graceful stop.
+with ``wait4`` after a graceful stop.  Minor page faults per connection,
+counted the same way, say where a fork's cost goes: each page a child (or
+its parent, while children share its pages) writes first is copied.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from framework.bench.targets import Context
 COLUMNS = [
     Column("cpu_s", "server CPU s", 3),
     Column("cpu_us_per_conn", "CPU µs/conn", 0),
+    Column("faults_per_conn", "minor faults/conn", 1),
     Column("process_control_cpu_s", "process-control CPU s", 3),
     Column("process_control_us_per_conn", "process-control µs/conn", 0),
     Column("conn_per_s", "conn/s", 0),
@@ -47,12 +50,15 @@ def measure_once(config: BenchConfig, server: RunningServer) -> dict[str, float 
               "bytes": scale.nbytes, "duration": 60.0}
              for _ in range(scale.clients)]
     baseline = server.cpu_seconds()
+    faults_before = server.minor_faults()
     load = run_clients(specs, time_limit=90.0)
     stopped = server.stop()
     cpu = max(0.0, stopped.cpu_seconds - baseline)
+    faults = max(0, stopped.minor_faults - faults_before)
     done = load.done
     return {
         "cpu_s": cpu, "cpu_us_per_conn": cpu / done * 1e6 if done else None,
+        "faults_per_conn": faults / done if done else None,
         "conn_per_s": done / load.wall_seconds if load.wall_seconds > 0 else None,
         **latency_ms(load.latencies), "errors": float(load.errors), "connections": float(done),
         "killed": 1.0 if stopped.killed else 0.0,
@@ -83,7 +89,8 @@ def run(config: BenchConfig) -> WorkloadReport:
         description=(f"{scale.clients} client processes x {scale.connections} connections each, every connection"
                      f" asking for {scale.nbytes} bytes (UNP ch. 30: K=5, N=500, B=4000).  Server CPU is user +"
                      " system of the whole server process tree, reaped children included; process-control CPU is"
-                     " that minus the iterative server's (Stevens' Figure 30.1 measure)."
+                     " that minus the iterative server's (Stevens' Figure 30.1 measure).  Minor faults are the"
+                     " tree's too: a forked child's are mostly pages of its parent's copied on first write."
                      f"  Median of {scale.repeat} runs, (min-max)."),
         columns=COLUMNS, ratio_metric="conn_per_s")
     context = Context(server="nbytes", protocol="nbytes")
