@@ -131,10 +131,9 @@ class DirectFork:
     locks) repair what *another* thread might have held at the fork.  In a
     process with one thread there is nothing to repair, and yet their
     bytecode writes to pages shared with the parent, each one then copied:
-    an empty child of a forking server costs 669 µs with :func:`os.fork`
-    and 317 µs without them on this project's VM, and a short echo
-    connection about 7% less CPU (its serving touches many of those pages
-    anyway; docs/lab.md, "The direct fork").
+    without them a short connection under ``forking`` takes about 40 page
+    faults and 6% CPU less (``forkthread bench stevens``; docs/lab.md,
+    "The direct fork").
 
     So, while the process has one thread (:meth:`one_thread`), :meth:`fork`
     calls the C library's ``fork()`` (its own ``pthread_atfork`` handlers
