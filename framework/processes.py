@@ -46,10 +46,11 @@ _LOG = logging.getLogger("forkthread")
 _sigmask = _signal.pthread_sigmask
 _setsignal = _signal.signal
 _SIG_DFL = int(signal.SIG_DFL)
-#: What the direct fork holds across the call: every signal but those a fault raises
-#: (held, the kernel would kill the process without running faulthandler).
-_EVERY_SIGNAL = frozenset(signal.valid_signals()) - {
-    signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
+#: What the direct fork holds across the call: every signal, so that none caught by the
+#: parent's handlers can be pending in the child.  (A fault in those few microseconds
+#: would kill the process without faulthandler's traceback: a fault there is a bug of
+#: the interpreter's anyway.)
+_EVERY_SIGNAL = frozenset(signal.valid_signals())
 
 #: An at-fork hook: what :func:`os.register_at_fork` takes.
 Hook = Callable[[], object]
@@ -87,7 +88,7 @@ def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -
     mask = frozenset(_sigmask(signal.SIG_BLOCK, held))
     try:
         pid = make()
-    except OSError:
+    except BaseException:  # no process made (OSError), or a signal handler or audit hook raised first
         _sigmask(signal.SIG_SETMASK, mask)
         raise
     if pid:
@@ -141,16 +142,23 @@ class DirectFork:
     hook in CPython's order: ``before`` hooks last-registered first, then
     the ``parent`` or ``child`` ones.  A hook registered later (a library
     resetting its pool, ``random`` reseeding, ``coverage``) runs as with
-    :func:`os.fork`, and the ``os.fork`` audit event is raised.  What else
-    :func:`os.fork` does in the child is a no-op with one thread (locks
-    re-made, other threads' states dropped), except clearing signals
-    already caught and not yet handled: the caller holds every signal
-    across the call, and this method's first bytecode runs any handler
-    already due, so none is left to leak into the child.
+    :func:`os.fork`; so does the ``os.fork`` audit event, and a hook that
+    raises is reported and the fork goes on.  Should a hook or an audit
+    hook start a thread, nothing is skipped.  What else :func:`os.fork`
+    does in the child is a no-op with one thread (locks re-made, other
+    threads' states dropped), except for three things:
+
+    * signals caught by the parent and not yet handled are cleared: here
+      the caller holds every signal across the call, and this method's
+      first bytecode runs any handler already due, so none is pending;
+    * ``threading`` drops thread objects of threads already gone (they
+      stay listed until the child forks with :func:`os.fork` itself);
+    * the child's ``threading.main_thread().native_id`` keeps the parent's
+      thread id (``threading.get_native_id()`` is right).
     """
 
     def __init__(self, libc_fork: Callable[[], int], get_errno: Callable[[], int],
-                 lists: tuple[list[Hook], list[Hook], list[Hook]], skipped: frozenset[Hook]) -> None:
+                 lists: tuple[list[Hook], list[Hook], list[Hook]], skipped: Iterable[Hook]) -> None:
         #: The C library's fork(), called with the interpreter lock held.
         self.libc_fork = libc_fork
         #: Returns the C ``errno`` of the last call through ``libc_fork``.
@@ -159,7 +167,9 @@ class DirectFork:
         #: so later registrations are seen.
         self.lists = lists
         #: The hooks skipped: their only job is the other threads' locks.
-        self.skipped = skipped
+        self.skipped = tuple(skipped)
+        # By identity: a hook may be any callable, hashable or not.
+        self._skipped_ids = frozenset(id(hook) for hook in self.skipped)
         # The hooks to run, in running order, and the list lengths they were
         # made from: hooks are never unregistered, so equal lengths mean equal lists.
         self._made_from = (-1, -1, -1)
@@ -169,21 +179,22 @@ class DirectFork:
     def find(cls) -> DirectFork | None:
         """The direct fork of this interpreter, or None where it cannot be set up (use :func:`os.fork`).
 
-        Finds CPython's hook lists through the standard library's own hooks,
-        as the one list holding each; call it before :func:`gc.freeze`,
-        whose permanent generation :func:`gc.get_referrers` does not search.
+        CPython keeps the hooks in three lists of its own, which the first
+        call finds through marker hooks it registers (no-ops, skipped here),
+        as the one list holding each marker.  Call it before
+        :func:`gc.freeze`: :func:`gc.get_referrers` does not search frozen
+        objects.
         """
-        skipped = {
-            "child": getattr(threading, "_after_fork", None),
-            "logging child": getattr(logging, "_after_at_fork_child_reinit_locks", None),
-            "before": getattr(logging, "_acquireLock", None),
-            "parent": getattr(logging, "_releaseLock", None),
-        }
-        if sys.implementation.name != "cpython" or None in skipped.values():
+        if sys.implementation.name != "cpython":
             return None
-        lists = {name: _the_list_holding(hook) for name, hook in skipped.items()}
-        before, parent, child = lists["before"], lists["parent"], lists["child"]
-        if before is None or parent is None or child is None or lists["logging child"] is not child:
+        global _markers_registered  # once per process: hooks cannot be taken back
+        if not _markers_registered:
+            os.register_at_fork(before=_before_marker, after_in_parent=_parent_marker,
+                                after_in_child=_child_marker)
+            _markers_registered = True
+        lists = tuple(_the_list_holding(marker) for marker in (_before_marker, _parent_marker, _child_marker))
+        before, parent, child = lists
+        if before is None or parent is None or child is None:
             return None
         try:
             import ctypes  # only here: a process that never forks per connection need not load it
@@ -194,8 +205,12 @@ class DirectFork:
             return None
         libc_fork.argtypes = []
         libc_fork.restype = ctypes.c_int
+        lock_repairs = (getattr(threading, "_after_fork", None),
+                        getattr(logging, "_after_at_fork_child_reinit_locks", None),
+                        getattr(logging, "_acquireLock", None), getattr(logging, "_releaseLock", None))
+        skipped = [hook for hook in lock_repairs if hook is not None]
         return cls(libc_fork, ctypes.get_errno, (before, parent, child),
-                   frozenset(hook for hook in skipped.values() if hook is not None))
+                   [*skipped, _before_marker, _parent_marker, _child_marker])
 
     @staticmethod
     def one_thread() -> bool:
@@ -213,16 +228,19 @@ class DirectFork:
         """
         sys.audit("os.fork")
         _run(self._current()[0])
+        alone = self.one_thread()  # again: an audit or before hook may have started a thread
+        if not alone:  # then skip nothing: take logging's lock too, as os.fork() would have
+            _run(tuple(hook for hook in self.lists[0][::-1] if id(hook) in self._skipped_ids))
         pid: int = self.libc_fork()
-        # Again: a before hook may have registered more (CPython reads the lists afresh too).
-        _before, parent, child = self._current()
+        failure = self.get_errno() if pid < 0 else 0  # before any hook's own calls overwrite it
+        # The lists again: a before hook may have registered more (CPython reads them afresh too).
+        _before, parent, child = self._current() if alone else self._all()
         if pid == 0:
             _run(child)
             return 0
         _run(parent)
         if pid < 0:
-            code = self.get_errno()
-            raise OSError(code, os.strerror(code))
+            raise OSError(failure, os.strerror(failure))
         return pid
 
     def _current(self) -> tuple[tuple[Hook, ...], ...]:
@@ -230,18 +248,40 @@ class DirectFork:
         before, parent, child = self.lists
         made_from = (len(before), len(parent), len(child))
         if made_from != self._made_from:
-            self._hooks = tuple(tuple(hook for hook in hooks if hook not in self.skipped)
+            self._hooks = tuple(tuple(hook for hook in hooks if id(hook) not in self._skipped_ids)
                                 for hooks in (before[::-1], parent, child))
             self._made_from = made_from
         return self._hooks
+
+    def _all(self) -> tuple[tuple[Hook, ...], ...]:
+        """``(before, parent, child)`` hooks in order, the skipped ones included."""
+        before, parent, child = self.lists
+        return tuple(before[::-1]), tuple(parent), tuple(child)
 
 
 def _run(hooks: tuple[Hook, ...]) -> None:
     for hook in hooks:
         try:
             hook()
-        except Exception:  # as os.fork(): a failing hook is reported, the fork goes on
+        except BaseException:  # as os.fork(): any exception is reported and the fork goes on
             _LOG.exception("at-fork hook %r failed", hook)
+
+
+# The markers by which DirectFork.find() recognizes CPython's hook lists.
+def _before_marker() -> None:
+    pass
+
+
+def _parent_marker() -> None:
+    pass
+
+
+def _child_marker() -> None:
+    pass
+
+
+#: True once the markers are registered (hooks cannot be taken back: once per process).
+_markers_registered = False
 
 
 def _the_list_holding(hook: object) -> list[Hook] | None:

@@ -46,13 +46,16 @@ def fork_and_report(direct, report):
 """
 
 
-def run_scenario(body: str) -> dict[str, object]:
-    """Run PRELUDE + *body* in a new interpreter; *body* prints one JSON object, returned here."""
+def run_scenario(body: str, logged: int = 0) -> dict[str, object]:
+    """Run PRELUDE + *body* in a new interpreter; *body* prints one JSON object, returned here.
+
+    Standard error must hold exactly *logged* failed-hook reports, and no other traceback.
+    """
     script = PRELUDE + textwrap.dedent(body)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                           env=child_env(), check=False)
     assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.count("Traceback") == done.stderr.count("at-fork hook") == logged, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
     return result
 
@@ -112,6 +115,7 @@ def test_no_signal_caught_in_the_parent_is_handled_in_a_child():
     signal across the call and lets any handler already due run first.
     """
     result = run_scenario("""
+        assert DIRECT is not None
         r, w = os.pipe()
         os.set_blocking(w, False)
         def note(signum, frame):
@@ -139,20 +143,110 @@ def test_no_signal_caught_in_the_parent_is_handled_in_a_child():
     assert result["pids"] == [result["parent"]]  # the handler ran, and in the parent only
 
 
+def test_the_mask_is_restored_when_the_fork_raises():
+    """An audit hook (or a signal handler due) may raise before any process is made: no signal stays held."""
+    result = run_scenario("""
+        def refuse(event, args):
+            if event == "os.fork":
+                raise RuntimeError("no forks here")  # not an OSError
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        sys.addaudithook(refuse)
+        try:
+            fork(direct=DIRECT)
+        except RuntimeError as exc:
+            raised = str(exc)
+        print(json.dumps({"raised": raised, "restored": signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask}))
+    """)
+    assert result == {"raised": "no forks here", "restored": True}
+
+
+def test_no_process_made_is_oserror_after_the_parent_hooks():
+    """fork() failing (EAGAIN) raises in the parent, as os.fork() does, after the parent hooks ran."""
+    result = run_scenario("""
+        import errno
+        failing = DirectFork(lambda: -1, lambda: errno.EAGAIN, DIRECT.lists, DIRECT.skipped)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        try:
+            fork(direct=failing)
+        except BlockingIOError as exc:
+            raised = exc.errno == errno.EAGAIN
+        print(json.dumps({"raised": raised, "events": EVENTS,
+                          "restored": signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask}))
+    """)
+    assert result == {"raised": True, "events": ["before-2", "before-1", "parent-1", "parent-2"], "restored": True}
+
+
+def test_hooks_that_raise_are_reported_and_the_fork_goes_on():
+    """A hook's exception, SystemExit included, is logged; the child goes on as the child, the parent as the parent."""
+    result = run_scenario("""
+        import logging
+        logging.basicConfig(stream=sys.stderr)
+        def leave():
+            raise SystemExit(3)
+        def fail():
+            raise ValueError("parent hook")
+        os.register_at_fork(after_in_child=leave, after_in_parent=fail)
+        parent, child = fork_and_report(DIRECT, lambda: {"pid": os.getpid()})
+        print(json.dumps({"child_reported": child["pid"] != os.getpid(), "parent": parent}))
+    """, logged=2)
+    assert result == {"child_reported": True, "parent": ["before-2", "before-1", "parent-1", "parent-2"]}
+
+
+def test_hooks_registered_meanwhile_unhashable_ones_and_threads_a_hook_starts():
+    """A before hook registering a child hook, a hook that cannot be hashed, a before hook starting a thread."""
+    result = run_scenario("""
+        class Unhashable:
+            def __eq__(self, other):
+                return self is other
+            def __call__(self):
+                EVENTS.append("unhashable")
+        os.register_at_fork(after_in_child=Unhashable())
+        def register_more():
+            if not any(event == "late" for event in EVENTS):
+                os.register_at_fork(after_in_child=lambda: EVENTS.append("late"))
+        os.register_at_fork(before=register_more)
+        limbo = threading._active_limbo_lock
+        _, quiet = fork_and_report(DIRECT, lambda: {
+            "events": EVENTS, "threading_hook_ran": threading._active_limbo_lock is not limbo})
+        release = threading.Event()
+        helpers = []
+        def start_a_thread():
+            if not helpers:
+                helpers.append(threading.Thread(target=release.wait))
+                helpers[0].start()
+        os.register_at_fork(before=start_a_thread)
+        _, threaded = fork_and_report(DIRECT, lambda: {
+            "threading_hook_ran": threading._active_limbo_lock is not limbo, "threads": threading.active_count()})
+        release.set()
+        helpers[0].join()
+        print(json.dumps({"quiet": quiet, "threaded": threaded}))
+    """)
+    quiet = result["quiet"]
+    assert isinstance(quiet, dict)
+    assert quiet["events"][-3:] == ["child-2", "unhashable", "late"]
+    assert quiet["threading_hook_ran"] is False
+    # A thread appeared after the check: nothing is skipped, the child is repaired as os.fork() would.
+    assert result["threaded"] == {"threading_hook_ran": True, "threads": 1}
+
+
 SERVER_MODULE = """
 import os
 import socketserver
+import threading
 
 from framework.server import Server
 
 #: Filled in each forked child by the hook below.
 HOOKED = []
 os.register_at_fork(after_in_child=lambda: HOOKED.append(os.getpid()))
+#: Replaced in a child by os.fork() (threading's lock repair), kept by the direct fork.
+LIMBO = threading._active_limbo_lock
 
 
 class SayPid(socketserver.BaseRequestHandler):
     def handle(self):
-        self.request.sendall(("%d %s" % (os.getpid(), HOOKED)).encode())
+        direct = threading._active_limbo_lock is LIMBO
+        self.request.sendall(("%d %s %s" % (os.getpid(), direct, HOOKED)).encode())
 
 
 class HookedServer(Server):
@@ -169,8 +263,9 @@ def test_a_forking_servers_children_run_the_users_at_fork_hooks(tmp_path: Path, 
         pids = set()
         for _ in range(3):
             with server.connect() as sock:
-                pid, hooked = recv_all(sock).decode().split(" ", 1)
+                pid, direct, hooked = recv_all(sock).decode().split(" ", 2)
             assert hooked == f"[{pid}]"  # the hook ran once, in this very child
+            assert direct == "True"  # made by the direct fork
             pids.add(pid)
         assert len(pids) == 3
         assert server.stop() == 0
