@@ -82,6 +82,8 @@ def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -
     close_fds = list(close_in_child)  # evaluated before the fork: nothing lazy runs in the child
     make: Callable[[], int] = os.fork
     held = SERVER_SIGNALS
+    # Checked here, and again in DirectFork.fork: holding every signal in this thread keeps
+    # caught signals out of the child only while no other thread can catch one.
     if direct is not None and direct.one_thread():
         make = direct.fork
         held = _EVERY_SIGNAL

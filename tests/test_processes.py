@@ -273,3 +273,28 @@ def test_a_forking_servers_children_run_the_users_at_fork_hooks(tmp_path: Path, 
     finally:
         server.kill()
         server.close()
+
+
+def test_the_core_does_not_import_random():
+    """Importing random registers its reseed as an at-fork hook, run in every child a forking server makes.
+
+    The core imports it (and tempfile, which imports it) only where a pre-forked pool needs it.
+    ``-S``: without site-packages, whose ``.pth`` files may import it themselves.
+    """
+    script = textwrap.dedent("""
+        import importlib, pkgutil, sys
+        def load(package):  # every module below, the lab excepted (walk_packages would import it)
+            for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+                if module.name == "framework.bench" or module.name.endswith(".__main__"):
+                    continue
+                loaded = importlib.import_module(module.name)
+                if module.ispkg:
+                    load(loaded)
+        load(importlib.import_module("framework"))
+        load(importlib.import_module("servers"))
+        print(sorted(name for name in ("random", "tempfile") if name in sys.modules))
+    """)
+    done = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, timeout=60,
+                          env=child_env(), check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
