@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -152,6 +153,31 @@ def test_wait4_charges_forked_children_to_the_server():
     assert stopped.status == 0 and not stopped.killed
     assert stopped.cpu_seconds >= before > 0
     assert stopped.minor_faults >= faults_before > 0
+
+
+#: Like nginx: listens, then (a while later) handles its stop signal and writes its pid file.
+LISTENS_BEFORE_IT_HANDLES_SIGNALS = """\
+import os, signal, socket, sys, time
+listener = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+time.sleep(0.5)
+signal.signal(signal.SIGQUIT, lambda *_: sys.exit(0))
+with open(sys.argv[2], "w") as file:
+    file.write(str(os.getpid()))
+time.sleep(60)
+"""
+
+
+def test_a_server_with_a_ready_file_is_ready_only_once_the_file_exists(tmp_path):
+    """An open port alone is not ready when the stop signal is handled later: stopping at once must be graceful."""
+    from framework.bench.processes import ServerCommand, free_port
+
+    port, ready_file = free_port(), str(tmp_path / "server.pid")
+    command = ServerCommand([sys.executable, "-c", LISTENS_BEFORE_IT_HANDLES_SIGNALS, str(port), ready_file],
+                            ready_pattern=None, port=port, stop_signal=signal.SIGQUIT, ready_file=ready_file)
+    with RunningServer(command) as server:
+        assert os.path.exists(ready_file)
+        stopped = server.stop()
+    assert stopped.status == 0 and not stopped.killed
 
 
 def test_smaps_rollup_parser():

@@ -132,6 +132,7 @@ def _nginx(context: Context) -> ServerCommand:
     # -e (nginx >= 1.19.5) keeps even the error log written before the config is read in tmp.
     argv = [binary, "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "error.log")]
     return ServerCommand(argv, ready_pattern=None, port=port, stop_signal=signal.SIGQUIT,  # SIGQUIT: graceful
+                         ready_file=os.path.join(tmp, "nginx.pid"),
                          cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True))
 
 

@@ -41,7 +41,8 @@ class ServerCommand:
 
     Readiness is either a line matching *ready_pattern* on standard output
     or error (with ``host``/``port`` groups, or a ``port`` group), or, when
-    *port* is given, the port accepting connections.
+    *port* is given, the port accepting connections and, when *ready_file*
+    is given too, that file existing.
     """
 
     argv: list[str]
@@ -51,6 +52,10 @@ class ServerCommand:
     cwd: str | None = None
     env: dict[str, str] | None = None
     stop_signal: int = signal.SIGTERM
+    #: A file the server writes once it handles its stop signal (nginx's pid
+    #: file: nginx listens before it installs its signal handlers, so an open
+    #: port alone does not mean that the stop signal stops it gracefully).
+    ready_file: str | None = None
     #: Called after the process is reaped (remove a temp dir, ...).
     cleanup: Callable[[], None] | None = None
 
@@ -108,7 +113,7 @@ class RunningServer:
         while time.monotonic() < deadline:
             if self.exited():
                 raise ServerStartError(f"exited before it was ready: {self.log()[-2000:].strip()}")
-            if command.port is not None:
+            if command.port is not None and (command.ready_file is None or os.path.exists(command.ready_file)):
                 with contextlib.suppress(OSError), socket.create_connection((command.host, command.port), 0.5):
                     return command.host, command.port
             elif command.ready_pattern is not None:
