@@ -67,6 +67,9 @@ def test_stevens_quick_writes_every_file_and_a_row_per_strategy(tmp_path):
         for row in rows:
             assert row["metrics"]["cpu_s"] is not None and row["metrics"]["conn_per_s"] > 0
             assert row["metrics"]["process_control_us_per_conn"] is not None
+            assert row["metrics"]["main_faults_per_conn"] is not None
+            if strategy == "forking":  # the children's faults are not the parent's
+                assert row["metrics"]["main_faults_per_conn"] < row["metrics"]["faults_per_conn"]
     if "preforked" in STRATEGIES:
         labels = {row["target"] for row in report["rows"]}
         assert {"preforked shared", "preforked lock", "preforked reuseport", "preforked passfd"} <= labels

@@ -145,14 +145,20 @@ def test_wait4_charges_forked_children_to_the_server():
     with RunningServer(serve_command("nbytes", strategy, [], [])) as server:
         before = server.cpu_seconds()
         faults_before = server.minor_faults()
+        main_before = server.main_process_usage()
         for _ in range(5):
             with socket.create_connection((server.host, server.port), 5) as sock:
                 sock.sendall(b"10\n")
                 assert sock.recv(100) == b"abcdefghij"
+        main_after = server.main_process_usage()
         stopped = server.stop()
     assert stopped.status == 0 and not stopped.killed
     assert stopped.cpu_seconds >= before > 0
     assert stopped.minor_faults >= faults_before > 0
+    # The main process's own faults leave out its children's: each child copies pages of its own.
+    main_faults = main_after[1] - main_before[1]
+    assert 0 < main_faults < stopped.minor_faults - faults_before
+    assert main_after[0] >= main_before[0] > 0
 
 
 #: Like nginx: listens, then (a while later) handles its stop signal and writes its pid file.

@@ -7,7 +7,10 @@ i.e. what the concurrency model itself costs.  Each repeat starts a fresh
 server: CPU is sampled from ``/proc`` just before the load and collected
 with ``wait4`` after a graceful stop.  Minor page faults per connection,
 counted the same way, say where a fork's cost goes: each page a child (or
-its parent, while children share its pages) writes first is copied.
+its parent, while children share its pages) writes first is copied.  The
+main process's own CPU and faults over the load (``/proc``, its threads but
+not its children) split the tree's: what is left is its children's or
+workers' part.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ COLUMNS = [
     Column("cpu_s", "server CPU s", 3),
     Column("cpu_us_per_conn", "CPU µs/conn", 0),
     Column("faults_per_conn", "minor faults/conn", 1),
+    Column("main_us_per_conn", "main process µs/conn", 0),
+    Column("main_faults_per_conn", "main process faults/conn", 1),
     Column("process_control_cpu_s", "process-control CPU s", 3),
     Column("process_control_us_per_conn", "process-control µs/conn", 0),
     Column("conn_per_s", "conn/s", 0),
@@ -51,7 +56,9 @@ def measure_once(config: BenchConfig, server: RunningServer) -> dict[str, float 
              for _ in range(scale.clients)]
     baseline = server.cpu_seconds()
     faults_before = server.minor_faults()
+    main_cpu_before, main_faults_before = server.main_process_usage()
     load = run_clients(specs, time_limit=90.0)
+    main_cpu_after, main_faults_after = server.main_process_usage()
     stopped = server.stop()
     cpu = max(0.0, stopped.cpu_seconds - baseline)
     faults = max(0, stopped.minor_faults - faults_before)
@@ -59,6 +66,8 @@ def measure_once(config: BenchConfig, server: RunningServer) -> dict[str, float 
     return {
         "cpu_s": cpu, "cpu_us_per_conn": cpu / done * 1e6 if done else None,
         "faults_per_conn": faults / done if done else None,
+        "main_us_per_conn": (main_cpu_after - main_cpu_before) / done * 1e6 if done else None,
+        "main_faults_per_conn": (main_faults_after - main_faults_before) / done if done else None,
         "conn_per_s": done / load.wall_seconds if load.wall_seconds > 0 else None,
         **latency_ms(load.latencies), "errors": float(load.errors), "connections": float(done),
         "killed": 1.0 if stopped.killed else 0.0,
@@ -91,6 +100,8 @@ def run(config: BenchConfig) -> WorkloadReport:
                      " system of the whole server process tree, reaped children included; process-control CPU is"
                      " that minus the iterative server's (Stevens' Figure 30.1 measure).  Minor faults are the"
                      " tree's too: a forked child's are mostly pages of its parent's copied on first write."
+                     "  The main process's share (its own threads, over the load) leaves the rest of the tree's"
+                     " to its children or workers."
                      f"  Median of {scale.repeat} runs, (min-max)."),
         columns=COLUMNS, ratio_metric="conn_per_s")
     context = Context(server="nbytes", protocol="nbytes")
