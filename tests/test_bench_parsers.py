@@ -156,6 +156,8 @@ def test_wait4_charges_forked_children_to_the_server():
     assert stopped.cpu_seconds >= before > 0
     assert stopped.minor_faults >= faults_before > 0
     # The main process's own faults leave out its children's: each child copies pages of its own.
+    assert main_before is not None and main_after is not None
+    assert server.main_process_usage() is None  # reaped: no figure rather than a wrong one
     main_faults = main_after[1] - main_before[1]
     assert 0 < main_faults < stopped.minor_faults - faults_before
     assert main_after[0] >= main_before[0] > 0

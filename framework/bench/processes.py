@@ -142,15 +142,16 @@ class RunningServer:
         """Minor page faults the server's tree has taken so far (from ``/proc``)."""
         return procfs.tree_minor_faults(self.pid)
 
-    def main_process_usage(self) -> tuple[float, int]:
+    def main_process_usage(self) -> tuple[float, int] | None:
         """CPU seconds and minor faults of the server's main process alone so far: its threads, not its children.
 
         The rest of the tree's (:meth:`cpu_seconds` minus this) is what its
         children or workers did: a forking server's children, a pool's workers.
+        None once the process is gone (reaped).
         """
         stat = procfs.read_stat(self.pid)
         if stat is None:
-            return 0.0, 0
+            return None
         return (stat.utime + stat.stime) / procfs.CLOCK_TICKS, stat.minflt
 
     def memory(self) -> procfs.Memory:

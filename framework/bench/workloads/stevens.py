@@ -56,9 +56,9 @@ def measure_once(config: BenchConfig, server: RunningServer) -> dict[str, float 
              for _ in range(scale.clients)]
     baseline = server.cpu_seconds()
     faults_before = server.minor_faults()
-    main_cpu_before, main_faults_before = server.main_process_usage()
+    main_before = server.main_process_usage()
     load = run_clients(specs, time_limit=90.0)
-    main_cpu_after, main_faults_after = server.main_process_usage()
+    main_after = server.main_process_usage()
     stopped = server.stop()
     cpu = max(0.0, stopped.cpu_seconds - baseline)
     faults = max(0, stopped.minor_faults - faults_before)
@@ -66,12 +66,20 @@ def measure_once(config: BenchConfig, server: RunningServer) -> dict[str, float 
     return {
         "cpu_s": cpu, "cpu_us_per_conn": cpu / done * 1e6 if done else None,
         "faults_per_conn": faults / done if done else None,
-        "main_us_per_conn": (main_cpu_after - main_cpu_before) / done * 1e6 if done else None,
-        "main_faults_per_conn": (main_faults_after - main_faults_before) / done if done else None,
+        **main_process_share(main_before, main_after, done),
         "conn_per_s": done / load.wall_seconds if load.wall_seconds > 0 else None,
         **latency_ms(load.latencies), "errors": float(load.errors), "connections": float(done),
         "killed": 1.0 if stopped.killed else 0.0,
     }
+
+
+def main_process_share(before: tuple[float, int] | None, after: tuple[float, int] | None,
+                       done: int) -> dict[str, float | None]:
+    """The main process's CPU µs and faults per connection between two samples (None if it was gone)."""
+    if before is None or after is None or not done:
+        return {"main_us_per_conn": None, "main_faults_per_conn": None}
+    return {"main_us_per_conn": (after[0] - before[0]) / done * 1e6,
+            "main_faults_per_conn": (after[1] - before[1]) / done}
 
 
 def add_process_control(report: WorkloadReport) -> None:
