@@ -6,6 +6,7 @@ import http.client
 import os
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,18 @@ def test_socketserver_nbytes_peers(name):
         stopped = server.stop()
     assert stopped.status == 0 and not stopped.killed
     assert not reap_adopted()
+
+
+@pytest.mark.parametrize("protocol", ["nbytes", "echo"])
+def test_the_socketserver_peers_carry_neither_the_framework_nor_asyncio(protocol):
+    # A forked child costs more the more its parent imported: the peer must be a socketserver program, no more.
+    command = peer("socketserver forking").command(Context(protocol, protocol))
+    argv = [command.argv[0], "-X", "importtime", *command.argv[1:], "--help"]
+    result = subprocess.run(argv, env=command.env, capture_output=True, text=True, timeout=60, check=True)
+    lines = result.stderr.splitlines()
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    assert "socketserver" in imported
+    assert not {"framework", "servers", "asyncio"} & imported
 
 
 @pytest.mark.parametrize("name", ["socketserver threading", "socketserver forking", "asyncio", "asyncio protocol",

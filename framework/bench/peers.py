@@ -37,12 +37,22 @@ class Peer:
     tls: bool = False
 
 
+#: :mod:`framework.bench.socketserver_peer`, run by path so that the ``framework`` package is not imported.
+SOCKETSERVER_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "socketserver_peer.py")
+
+
 def _stdlib(kind: str) -> Callable[[Context], ServerCommand]:
-    """A :mod:`framework.bench.peer_servers` peer: *kind* is its KIND without the protocol."""
+    """A stdlib peer: *kind* is its KIND without the protocol.
+
+    The socketserver peers run :data:`SOCKETSERVER_PEER` (``-P``: its folder
+    stays off the import path); the event-loop ones
+    :mod:`framework.bench.peer_servers`.
+    """
 
     def command(context: Context) -> ServerCommand:
-        argv = [sys.executable, "-m", "framework.bench.peer_servers", f"{kind}-{context.protocol}",
-                *context.peer_options]
+        socketserver = kind.startswith("socketserver-")
+        program = ["-P", SOCKETSERVER_PEER] if socketserver else ["-m", "framework.bench.peer_servers"]
+        argv = [sys.executable, *program, f"{kind}-{context.protocol}", *context.peer_options]
         return ServerCommand(argv, env=child_env())
 
     return command
