@@ -13,12 +13,12 @@ The socketserver peers are :mod:`framework.bench.socketserver_peer`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from framework.bench.socketserver_peer import peer_parser
 from servers.work import ANSWER, MAX_LINE, Work, parse_spec
 
 #: Event-loop peers: (loop, API or way of sleeping, protocol).
@@ -104,12 +104,7 @@ def run_loop(kind: str, host: str, port: int, work: Work | None) -> None:
 
 def main() -> int:
     """Parse the command line and serve."""
-    parser = argparse.ArgumentParser(prog="python -m framework.bench.peer_servers")
-    parser.add_argument("kind", choices=KINDS)
-    parser.add_argument("--bind", default="127.0.0.1:0", metavar="HOST:PORT")
-    parser.add_argument("--work", default="cpu:1", metavar="SPEC", help="work peers: as forkthread serve work")
-    parser.add_argument("--calibration", type=int, default=None, metavar="N",
-                        help="work peers: as forkthread serve work")
+    parser = peer_parser("python -m framework.bench.peer_servers", KINDS)
     args = parser.parse_args()
     host, _, port = args.bind.rpartition(":")
     try:

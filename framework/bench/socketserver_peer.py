@@ -101,14 +101,24 @@ def serve(server_class: type[socketserver.TCPServer], handler: type[Any], work: 
         server.serve_forever()
 
 
-def main() -> int:
-    """Parse the command line and serve."""
-    parser = argparse.ArgumentParser(prog="python -P socketserver_peer.py")
-    parser.add_argument("kind", choices=KINDS)
+def peer_parser(prog: str, kinds: list[str]) -> argparse.ArgumentParser:
+    """The command line of every lab peer program: ``KIND [--bind HOST:PORT] [--work SPEC] [--calibration N]``.
+
+    Here, in the program that must import nothing of the framework, so that
+    :mod:`framework.bench.peer_servers` can share it.
+    """
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("kind", choices=kinds)
     parser.add_argument("--bind", default="127.0.0.1:0", metavar="HOST:PORT")
     parser.add_argument("--work", default="cpu:1", metavar="SPEC", help="work kinds: as forkthread serve work")
     parser.add_argument("--calibration", type=int, default=None, metavar="N",
                         help="work kinds: as forkthread serve work")
+    return parser
+
+
+def main() -> int:
+    """Parse the command line and serve."""
+    parser = peer_parser("python -P socketserver_peer.py", KINDS)
     args = parser.parse_args()
     host, _, port = args.bind.rpartition(":")
     _, model, protocol = args.kind.split("-")
