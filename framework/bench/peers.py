@@ -50,8 +50,8 @@ def _stdlib(kind: str) -> Callable[[Context], ServerCommand]:
     """
 
     def command(context: Context) -> ServerCommand:
-        socketserver = kind.startswith("socketserver-")
-        program = ["-P", SOCKETSERVER_PEER] if socketserver else ["-m", "framework.bench.peer_servers"]
+        lean_script = kind.startswith("socketserver-")
+        program = ["-P", SOCKETSERVER_PEER] if lean_script else ["-m", "framework.bench.peer_servers"]
         argv = [sys.executable, *program, f"{kind}-{context.protocol}", *context.peer_options]
         return ServerCommand(argv, env=child_env())
 
