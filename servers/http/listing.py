@@ -2,17 +2,29 @@
 
 Names are HTML-escaped in the text and URL-quoted in the links, so a file
 called ``<script>`` or ``a"b`` is shown as what it is and links to itself.
+An entry is named only when *shown* accepts its link: the site asks the
+same question a request for it would (hidden names, refused links, special
+files), so a listing never tells of what the server refuses to serve.
 """
 
 from __future__ import annotations
 
 import html
 import os
+from collections.abc import Callable
 from urllib.parse import quote
 
 
-def listing_page(directory: str, url_path: str) -> bytes:
-    """The listing of *directory*, shown as *url_path* (decoded, ending in ``/``)."""
+def _everything(href: str) -> bool:
+    return True
+
+
+def listing_page(directory: str, url_path: str, shown: Callable[[str], bool] = _everything) -> bytes:
+    """The listing of *directory*, shown as *url_path* (decoded, ending in ``/``).
+
+    *shown* is given each entry's link (URL-quoted, relative, ``/`` after a
+    directory) and says whether to name it.
+    """
     entries = []
     with os.scandir(directory) as scan:
         for entry in scan:
@@ -20,7 +32,9 @@ def listing_page(directory: str, url_path: str) -> bytes:
                 is_dir = entry.is_dir()
             except OSError:
                 is_dir = False
-            entries.append((entry.name, is_dir))
+            href = quote(entry.name, errors="surrogateescape") + ("/" if is_dir else "")
+            if shown(href):
+                entries.append((entry.name, is_dir, href))
     entries.sort()
     title = html.escape(url_path)
     lines = [
@@ -31,11 +45,10 @@ def listing_page(directory: str, url_path: str) -> bytes:
     ]
     if url_path != "/":
         lines.append('<li><a href="../">../</a></li>')
-    for name, is_dir in entries:
+    for name, is_dir, href in entries:
         suffix = "/" if is_dir else ""
-        href = quote(name, errors="surrogateescape") + suffix
-        shown = html.escape(name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")) + suffix
+        text = html.escape(name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")) + suffix
         # "./" keeps a name with a colon from reading as a URL scheme.
-        lines.append(f'<li><a href="./{href}">{shown}</a></li>')
+        lines.append(f'<li><a href="./{href}">{text}</a></li>')
     lines.append("</ul></body></html>\n")
     return "\n".join(lines).encode("utf-8")

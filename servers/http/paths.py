@@ -11,6 +11,15 @@ file system:
   a file, a directory (301 to the slash form, or its ``index.html``), or
   ``name.html`` for a missing ``name``.  Symbolic links are refused unless
   ``follow_symlinks``, and then only those that stay inside the root.
+
+Hidden names (a segment starting with ``.``: ``.env``, ``.git/config``,
+``.htpasswd``) are refused with 404, as hardened nginx configurations do,
+unless ``dotfiles="allow"``; the top-level ``.well-known/`` (RFC 8615: ACME
+challenges, ``security.txt``) is served.  A link leading outside the root
+gets the same 404 whether or not its target exists, so a request cannot
+learn which files exist outside.  :meth:`PathResolver.servable` asks the
+whole question for one target, and is what a listing shows entries by: it
+names nothing a request for it would be refused.
 """
 
 from __future__ import annotations
@@ -23,6 +32,12 @@ from urllib.parse import unquote_to_bytes
 #: Characters a decoded segment may not contain: they would change meaning
 #: once the segments are joined into a file-system path.
 _FORBIDDEN_IN_SEGMENT = ("/", "\\", "\0")
+
+#: ``--dotfiles`` values: refuse hidden names (the default) or serve them like any other.
+DOTFILES = ("deny", "allow")
+
+#: The one hidden directory served under ``--dotfiles deny``, and only at the top (RFC 8615).
+WELL_KNOWN = ".well-known"
 
 
 class PathRefused(Exception):
@@ -104,21 +119,43 @@ def redirect_location(target: Target) -> str:
     return "/" + target.raw_path.lstrip("/\\") + "/" + target.query
 
 
+def is_hidden(segments: tuple[str, ...] | list[str]) -> bool:
+    """Whether a path of *segments* (under the root) passes through a hidden name, ``/.well-known/`` aside."""
+    return any(segment.startswith(".") and not (depth == 0 and segment == WELL_KNOWN)
+               for depth, segment in enumerate(segments))
+
+
 class PathResolver:
     """Maps decoded segments onto the file system under *root*.
 
     Without *follow_symlinks* any symbolic link on the way (below the root)
     gives 404; with it, a link is followed only when where it leads is still
-    inside the root (403 otherwise).
+    inside the root (404 otherwise, whether or not the target exists).  With
+    *dotfiles* ``"deny"`` a hidden name, asked for or reached through a link,
+    gives 404 (see :func:`is_hidden`).
     """
 
-    def __init__(self, root: str, *, follow_symlinks: bool = False, index: str = "index.html") -> None:
+    def __init__(self, root: str, *, follow_symlinks: bool = False, dotfiles: str = "deny",
+                 index: str = "index.html") -> None:
+        if dotfiles not in DOTFILES:
+            raise ValueError(f"dotfiles must be one of {DOTFILES}, not {dotfiles!r}")
         self.root = os.path.realpath(root)
         self.follow_symlinks = follow_symlinks
+        self.hide_dotfiles = dotfiles == "deny"
         self.index = index
+
+    def servable(self, target: bytes) -> bool:
+        """Whether a request for *target* would be served (not refused): what a listing may name."""
+        try:
+            self.resolve(url_path(target))
+        except PathRefused:
+            return False
+        return True
 
     def resolve(self, target: Target) -> Resolved:
         """Find what *target* names; raise :class:`PathRefused` (404 or 403) when nothing may be served."""
+        if self.hide_dotfiles and is_hidden(target.segments):
+            raise PathRefused(404, "hidden name (see --dotfiles)")
         path = os.path.join(self.root, *target.segments)
         info = self._stat(path)
         if info is None:
@@ -168,6 +205,12 @@ class PathResolver:
             return path
         if not self.follow_symlinks:
             raise PathRefused(404, "symbolic link (see --follow-symlinks)")
-        if real != self.root and not real.startswith(self.root.rstrip("/") + "/"):
-            raise PathRefused(403, "symbolic link leads outside the root")
+        if real == self.root:
+            return real
+        inside = self.root.rstrip("/") + "/"
+        if not real.startswith(inside):
+            # 404 as for a missing file: 403 here would tell which files exist outside the root.
+            raise PathRefused(404, "symbolic link leads outside the root")
+        if self.hide_dotfiles and is_hidden(real[len(inside):].split("/")):
+            raise PathRefused(404, "symbolic link leads to a hidden name (see --dotfiles)")
         return real

@@ -9,6 +9,7 @@ from typing import Any
 from framework import Server
 from framework.argtypes import positive_float
 from servers.http.access_log import AccessLog
+from servers.http.paths import DOTFILES
 from servers.http.protocol import DEFAULT_HEADER_TIMEOUT, HttpProtocol
 from servers.http.site import StaticSite
 
@@ -25,6 +26,7 @@ class HttpServer(Server):
 
     *listing* lists directories without ``index.html``; *follow_symlinks*
     follows symbolic links that stay inside the root (others are refused);
+    *dotfiles* ``"deny"`` refuses hidden names but ``/.well-known/``, ``"allow"`` serves them;
     *header_timeout* bounds how long a request head may take to arrive
     (slowloris), and then how long its body may take (bodies are skipped,
     never read); *access_log* is a file name, ``-`` for standard output, or
@@ -43,9 +45,10 @@ class HttpServer(Server):
     alpn_protocols = ("http/1.1",)
 
     def __init__(self, *args: Any, root: str = ".", listing: bool = False, follow_symlinks: bool = False,
-                 header_timeout: float = DEFAULT_HEADER_TIMEOUT, access_log: str | None = None,
+                 dotfiles: str = "deny", header_timeout: float = DEFAULT_HEADER_TIMEOUT, access_log: str | None = None,
                  cache_control: str | None = None, **kwargs: Any) -> None:
-        self.site = StaticSite(root, listing=listing, follow_symlinks=follow_symlinks, cache_control=cache_control)
+        self.site = StaticSite(root, listing=listing, follow_symlinks=follow_symlinks, dotfiles=dotfiles,
+                               cache_control=cache_control)
         self.header_timeout = header_timeout
         try:
             self.access_log = AccessLog.open(access_log) if access_log else None
@@ -77,6 +80,9 @@ class HttpServer(Server):
                             help="list directories that have no index.html (default: 404)")
         parser.add_argument("--follow-symlinks", action="store_true",
                             help="follow symbolic links that stay inside the root (default: refuse every link)")
+        parser.add_argument("--dotfiles", choices=DOTFILES, default="deny",
+                            help="serve and list hidden names such as .env and .git/ (default: deny, 404;"
+                                 " /.well-known/ is always served)")
         parser.add_argument("--header-timeout", type=positive_float, default=DEFAULT_HEADER_TIMEOUT,
                             metavar="SECONDS",
                             help="a request head must arrive within this time, or 408; a request body (skipped)"
@@ -90,5 +96,5 @@ class HttpServer(Server):
     def options_from_arguments(cls, args: argparse.Namespace) -> dict[str, object]:
         """Pass the options above to the constructor."""
         return {"root": args.root, "listing": args.listing, "follow_symlinks": args.follow_symlinks,
-                "header_timeout": args.header_timeout, "access_log": args.access_log,
+                "dotfiles": args.dotfiles, "header_timeout": args.header_timeout, "access_log": args.access_log,
                 "cache_control": args.cache_control}

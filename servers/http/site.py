@@ -28,7 +28,7 @@ from servers.http.files import FileCache, FileEntry, NotServable
 from servers.http.listing import listing_page
 from servers.http.multipart import byteranges
 from servers.http.parser import RequestHead
-from servers.http.paths import PathRefused, PathResolver, Resolved, url_path
+from servers.http.paths import PathRefused, PathResolver, Resolved, Target, url_path
 from servers.http.ranges import Unsatisfiable, parse_ranges
 
 _VARY = "Vary: Accept-Encoding\r\n"
@@ -60,12 +60,12 @@ class StaticSite:
     successful response (200, 206, 304); it must already be a valid field value.
     """
 
-    def __init__(self, root: str, *, listing: bool = False, follow_symlinks: bool = False,
+    def __init__(self, root: str, *, listing: bool = False, follow_symlinks: bool = False, dotfiles: str = "deny",
                  cache: FileCache | None = None, cache_control: str | None = None) -> None:
         if not os.path.isdir(root):
             raise ValueError(f"--root {root!r} is not a directory")
         mimetypes.init()
-        self.resolver = PathResolver(root, follow_symlinks=follow_symlinks)
+        self.resolver = PathResolver(root, follow_symlinks=follow_symlinks, dotfiles=dotfiles)
         self.listing = listing
         self.cache = cache if cache is not None else FileCache()
         self.siblings = Siblings(self.resolver.existing_file)
@@ -89,7 +89,7 @@ class StaticSite:
                 if resolved.kind == "file":
                     entry = self.cache.open(key, resolved.path)
                 else:
-                    return self._not_a_file(resolved, target.raw_path, keep_alive, with_body)
+                    return self._not_a_file(resolved, target, keep_alive, with_body)
             except PathRefused as refused:
                 return error(refused.status, keep_alive, with_body)
             except NotServable:
@@ -104,13 +104,16 @@ class StaticSite:
             plain.keep(entry, which, response)
         return response
 
-    def _not_a_file(self, resolved: Resolved, raw_path: str, keep_alive: bool, with_body: bool) -> Response:
+    def _not_a_file(self, resolved: Resolved, target: Target, keep_alive: bool, with_body: bool) -> Response:
         if resolved.kind == "redirect":
             return error(301, keep_alive, with_body, extra=f"Location: {resolved.location}\r\n")
         if not self.listing:
             return error(404, keep_alive, with_body)
         try:
-            page = listing_page(resolved.path, unquote(raw_path))
+            # An entry is named only if a request for it would be served: one rule for both.
+            base = target.raw_path if target.raw_path.endswith("/") else target.raw_path + "/"
+            page = listing_page(resolved.path, unquote(target.raw_path),
+                                lambda href: self.resolver.servable((base + href).encode("ascii")))
         except OSError:
             return error(404, keep_alive, with_body)
         return Response(200, responses.html_response(200, page, keep_alive=keep_alive, with_body=with_body,
