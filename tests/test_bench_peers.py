@@ -23,22 +23,28 @@ def peer(name: str):
     return next(item for item in PEERS if item.name == name)
 
 
-@pytest.mark.parametrize("name", ["socketserver threading", "socketserver forking"])
-def test_socketserver_nbytes_peers(name):
+@pytest.mark.parametrize("name", ["socketserver iterative", "socketserver threading", "socketserver forking",
+                                  "asyncio protocol", "uvloop protocol"])
+def test_nbytes_peers(name):
     with RunningServer(peer(name).command(Context("nbytes", "nbytes"))) as server:
         for count in (0, 4000, 200_000):
             with socket.create_connection((server.host, server.port), 5) as sock:
                 sock.sendall(b"%d\n" % count)
                 assert len(recv_all(sock)) == count
+        for bad in (b"many\n", b"x" * 40):  # not a number; a line over the limit, never ended
+            with socket.create_connection((server.host, server.port), 5) as sock:
+                sock.sendall(bad)
+                assert recv_all(sock).startswith(b"error:")
         stopped = server.stop()
     assert stopped.status == 0 and not stopped.killed
     assert not reap_adopted()
 
 
+@pytest.mark.parametrize("name", ["socketserver iterative", "socketserver threading", "socketserver forking"])
 @pytest.mark.parametrize("protocol", ["nbytes", "echo"])
-def test_the_socketserver_peers_carry_neither_the_framework_nor_asyncio(protocol):
+def test_the_socketserver_peers_carry_neither_the_framework_nor_asyncio(name, protocol):
     # A forked child costs more the more its parent imported: the peer must be a socketserver program, no more.
-    command = peer("socketserver forking").command(Context(protocol, protocol))
+    command = peer(name).command(Context(protocol, protocol))
     argv = [command.argv[0], "-X", "importtime", *command.argv[1:], "--help"]
     result = subprocess.run(argv, env=command.env, capture_output=True, text=True, timeout=60, check=True)
     lines = result.stderr.splitlines()
@@ -47,8 +53,8 @@ def test_the_socketserver_peers_carry_neither_the_framework_nor_asyncio(protocol
     assert not {"framework", "servers", "asyncio"} & imported
 
 
-@pytest.mark.parametrize("name", ["socketserver threading", "socketserver forking", "asyncio", "asyncio protocol",
-                                  "uvloop", "uvloop protocol"])
+@pytest.mark.parametrize("name", ["socketserver iterative", "socketserver threading", "socketserver forking", "asyncio",
+                                  "asyncio protocol", "uvloop", "uvloop protocol"])
 def test_echo_peers(name):
     with RunningServer(peer(name).command(Context("echo", "echo"))) as server:
         with socket.create_connection((server.host, server.port), 5) as sock:
@@ -60,7 +66,8 @@ def test_echo_peers(name):
     assert not reap_adopted()
 
 
-@pytest.mark.parametrize("name", ["socketserver threading", "socketserver forking", "asyncio executor",
+@pytest.mark.parametrize("name", ["socketserver iterative", "socketserver threading", "socketserver forking",
+                                  "asyncio executor",
                                   "asyncio inline", "uvloop executor", "uvloop inline"])
 def test_work_peers_answer_every_line_and_refuse_a_long_one(name):
     context = Context("work", "work", peer_options=["--work", "cpu:1,sleep:1", "--calibration", "1000"])
@@ -120,8 +127,11 @@ def test_nginx_lives_in_a_temp_dir_that_is_removed_and_listens_on_loopback_only(
 
 def test_peer_selection_and_missing_peers_become_notes():
     names = [target.name for target in peer_targets("echo", None)]
-    assert names == ["socketserver threading", "socketserver forking", "asyncio", "asyncio protocol", "uvloop",
-                     "uvloop protocol"]
+    assert names == ["socketserver iterative", "socketserver threading", "socketserver forking", "asyncio",
+                     "asyncio protocol", "uvloop", "uvloop protocol"]
+    assert [target.name for target in peer_targets("nbytes", None)] == [
+        "socketserver iterative", "socketserver threading", "socketserver forking", "asyncio protocol",
+        "uvloop protocol"]
     assert [target.name for target in peer_targets("work", ["asyncio"])] == ["asyncio executor", "asyncio inline"]
     assert [target.name for target in peer_targets("http", ["gunicorn"])] == ["gunicorn sync", "gunicorn gthread"]
     assert [target.name for target in peer_targets("http", ["http.server"])] == ["http.server"]

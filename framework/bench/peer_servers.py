@@ -2,7 +2,7 @@
 
 KIND is one of :data:`KINDS`.  Each prints ``listening on HOST:PORT`` like
 ``forkthread serve`` and stops on SIGTERM.  The handlers speak the same
-protocols as forkthread's ``echo`` and ``work`` servers, written the way an
+protocols as forkthread's ``echo``, ``nbytes`` and ``work`` servers, written the way an
 asyncio user would write them, in their common form (the streams API) and
 their fastest (``asyncio.Protocol``), on asyncio's own loop or on uvloop's.
 The ``work`` peers do :class:`servers.work.Work`, the very work forkthread's
@@ -23,7 +23,12 @@ from servers.work import ANSWER, MAX_LINE, Work, parse_spec
 
 #: Event-loop peers: (loop, API or way of sleeping, protocol).
 KINDS = [f"{loop}-{form}-{protocol}" for loop in ("asyncio", "uvloop")
-         for form, protocol in (("streams", "echo"), ("protocol", "echo"), ("executor", "work"), ("inline", "work"))]
+         for form, protocol in (("streams", "echo"), ("protocol", "echo"), ("protocol", "nbytes"), ("executor", "work"),
+                                ("inline", "work"))]
+
+#: nbytes: the longest request line, and the bytes sent in slices (as :mod:`servers.nbytes`).
+_NBYTES_LINE = 32
+_CHUNK = (bytes(range(ord("a"), ord("z") + 1)) * 2521)[:65536]
 
 
 async def _echo_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -45,6 +50,42 @@ class _EchoProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
+
+
+class _NBytesProtocol(asyncio.Protocol):
+    """UNP ch. 30's nbytes with asyncio's fastest API: read ``COUNT\\n``, send COUNT bytes, close."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.line: bytes | None = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.line is None:
+            return  # answered: the rest is ignored
+        line = self.line + data
+        newline = line.find(b"\n")
+        if newline < 0:
+            self.line = line
+            if len(line) >= _NBYTES_LINE:
+                self._refuse()
+            return
+        self.line = None
+        text = line[:newline].strip()
+        if not text.isdigit():
+            self._refuse()
+            return
+        count = int(text)
+        view = memoryview(_CHUNK)
+        while count > 0:
+            piece = min(count, len(_CHUNK))
+            self.transport.write(view[:piece])
+            count -= piece
+        self.transport.close()
+
+    def _refuse(self) -> None:
+        self.line = None
+        self.transport.write(b"error: expected a decimal byte count and a newline\r\n")
+        self.transport.close()
 
 
 def _work_streams(work: Work, executor: bool) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
@@ -74,7 +115,8 @@ def _work_streams(work: Work, executor: bool) -> Callable[[asyncio.StreamReader,
 async def _serve_loop(kind: str, host: str, port: int, work: Work | None) -> None:
     form = kind.split("-")[1]
     if form == "protocol":
-        server = await asyncio.get_running_loop().create_server(_EchoProtocol, host, port, backlog=1024)
+        protocol = _NBytesProtocol if kind.endswith("-nbytes") else _EchoProtocol
+        server = await asyncio.get_running_loop().create_server(protocol, host, port, backlog=1024)
     elif form == "streams":
         server = await asyncio.start_server(_echo_streams, host, port, backlog=1024)
     else:

@@ -151,12 +151,13 @@ def _nginx_missing() -> str | None:
 
 
 PEERS: list[Peer] = [
+    Peer("socketserver iterative", frozenset({"nbytes", "echo", "work"}), _stdlib("socketserver-iterative")),
     Peer("socketserver threading", frozenset({"nbytes", "echo", "work"}), _stdlib("socketserver-threading")),
     Peer("socketserver forking", frozenset({"nbytes", "echo", "work"}), _stdlib("socketserver-forking")),
     Peer("asyncio", frozenset({"echo"}), _stdlib("asyncio-streams")),
-    Peer("asyncio protocol", frozenset({"echo"}), _stdlib("asyncio-protocol")),
+    Peer("asyncio protocol", frozenset({"echo", "nbytes"}), _stdlib("asyncio-protocol")),
     Peer("uvloop", frozenset({"echo"}), _stdlib("uvloop-streams"), _uvloop_missing),
-    Peer("uvloop protocol", frozenset({"echo"}), _stdlib("uvloop-protocol"), _uvloop_missing),
+    Peer("uvloop protocol", frozenset({"echo", "nbytes"}), _stdlib("uvloop-protocol"), _uvloop_missing),
     Peer("asyncio executor", frozenset({"work"}), _stdlib("asyncio-executor")),
     Peer("asyncio inline", frozenset({"work"}), _stdlib("asyncio-inline")),
     Peer("uvloop executor", frozenset({"work"}), _stdlib("uvloop-executor"), _uvloop_missing),

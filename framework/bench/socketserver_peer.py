@@ -1,6 +1,7 @@
 """The socketserver peers, as lean as a socketserver program: ``python -P socketserver_peer.py KIND [--bind H:P]``.
 
-KIND is one of :data:`KINDS`: ``socketserver-{threading,forking}-{echo,nbytes,work}``.
+KIND is one of :data:`KINDS`: ``socketserver-{iterative,threading,forking}-{echo,nbytes,work}``
+(``iterative`` is the plain ``TCPServer``: one request at a time, UNP's iterative server).
 Like every lab server it prints ``listening on HOST:PORT``, and on SIGTERM
 stops serving and waits for its threads or children, so that their CPU is
 charged to it.
@@ -57,6 +58,11 @@ class NBytesHandler(socketserver.StreamRequestHandler):
             count -= piece
 
 
+class _Iterative(socketserver.TCPServer):
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+
 class _Threading(socketserver.ThreadingMixIn, socketserver.TCPServer):
     allow_reuse_address = True
     request_queue_size = 1024
@@ -68,7 +74,8 @@ class _Forking(socketserver.ForkingMixIn, socketserver.TCPServer):
 
 
 #: The server classes, by the model in a KIND.
-SERVER_CLASSES: dict[str, type[socketserver.TCPServer]] = {"threading": _Threading, "forking": _Forking}
+SERVER_CLASSES: dict[str, type[socketserver.TCPServer]] = {
+    "iterative": _Iterative, "threading": _Threading, "forking": _Forking}
 #: The protocols a KIND may end in.
 PROTOCOLS = ("echo", "nbytes", "work")
 #: Every KIND this script serves.
@@ -87,7 +94,12 @@ def _handler_and_work(protocol: str, spec: str, calibration: int | None) -> tupl
 
 
 def serve(server_class: type[socketserver.TCPServer], handler: type[Any], work: object, host: str, port: int) -> None:
-    """Serve *handler* with *server_class* until SIGTERM/SIGINT; then wait for the threads or children."""
+    """Serve *handler* with *server_class* until SIGTERM/SIGINT; then wait for the threads or children.
+
+    The stop runs ``shutdown()`` in a thread of its own: from the serving thread
+    (a signal handler runs there) it would deadlock.  The iterative server
+    (no mix-in) then has nothing to wait for.
+    """
     with server_class((host, port), handler) as server:
         server.work = work  # type: ignore[attr-defined]  # what WorkRequestHandler reads
 
