@@ -48,6 +48,7 @@ from framework.drivers.datagram import DatagramService
 from framework.drivers.handler import close_request, run_handler
 from framework.drivers.watch import ConnectionWatch
 from framework.lifecycle import ActiveConnections, Lifecycle
+from framework.limits import check_duration
 from framework.protocol import Protocol
 from framework.signals import ignore_sigpipe
 from framework.strategies.base import ChildRole, Run, Strategy
@@ -132,6 +133,9 @@ class Server:
         bind: bool = True,
         tls: ssl.SSLContext | None = None,
     ) -> None:
+        # A wait no strategy can do is refused here, not tripped over by the first connection.
+        check_duration(timeout, "timeout")
+        check_duration(graceful_timeout, "graceful_timeout")
         self.requested_address = parse_address(address) if isinstance(address, str) else address
         self.strategy = self._resolve_strategy(strategy)
         self.timeout = timeout

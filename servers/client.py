@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from framework.address import Address, AddressError, connect, parse_address
-from framework.argtypes import positive_float
+from framework.argtypes import duration
 from servers.http.client import run_http
 from servers.message import HEADER as MESSAGE_HEADER
 from servers.message import encode_message
@@ -155,7 +155,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     for kind, (run, help_text) in CLIENTS.items():
         parser = kinds.add_parser(kind, help=help_text, description=help_text)
         parser.add_argument("address", metavar="ADDRESS", help="HOST:PORT, [V6]:PORT, unix:PATH or udp:HOST:PORT")
-        parser.add_argument("--timeout", type=positive_float, default=10.0, metavar="SECONDS",
+        parser.add_argument("--timeout", type=duration, default=10.0, metavar="SECONDS",
                             help="give up on a silent server after this long (default: %(default)s)")
         parser.add_argument("--tls", action="store_true", help="speak TLS (check the server's certificate)")
         parser.add_argument("--cacert", metavar="FILE",

@@ -135,7 +135,9 @@ def test_serving_outside_the_main_thread_and_shutdown(name):
 
 @pytest.mark.parametrize(("name", "options", "message"), [
     ("prethreaded", StrategyOptions(prethreaded_accept="nope"), "accept mode"),
-    ("prethreaded", StrategyOptions(threads=0), "at least 1 thread"),
+    ("prethreaded", StrategyOptions(threads=0), "--threads must be between 1 and"),
+    ("prethreaded", StrategyOptions(threads=100000), "--threads must be between 1 and"),
+    ("preforked", StrategyOptions(workers=100000), "--workers must be between 1 and"),
     ("threading", StrategyOptions(max_connections=0), "at least 1"),
 ])
 def test_bad_options_are_clear_errors(name, options, message):

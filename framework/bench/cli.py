@@ -52,7 +52,7 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``bench`` to the ``forkthread`` command (registered in ``framework.cli.EXTRA_COMMANDS``)."""
-    from framework.cli import positive_float, positive_int
+    from framework.argtypes import duration, positive_int
 
     bench = commands.add_parser(
         "bench", help="compare the concurrency models (and peers) under load",
@@ -78,7 +78,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                        help=f"stevens: connections per client process ({FULL.connections} / {QUICK.connections})")
     scale.add_argument("--bytes", type=positive_int, metavar="B", dest="nbytes",
                        help=f"stevens: bytes asked per connection ({FULL.nbytes})")
-    scale.add_argument("--duration", type=positive_float, metavar="SECONDS",
+    scale.add_argument("--duration", type=duration, metavar="SECONDS",
                        help=f"echo-rr, http, work: seconds per load point ({FULL.duration:g}, work"
                             f" {FULL.work_duration:g} / {QUICK.duration:g}; wrk rounds up to whole s)")
     scale.add_argument("--concurrency", type=_positive_ints, metavar="LIST",

@@ -197,11 +197,22 @@ class Strategy(abc.ABC):
     name: ClassVar[str] = ""
     #: One line for ``forkthread list``.
     description: ClassVar[str] = ""
+    #: The :class:`StrategyOptions` fields :meth:`from_options` reads: ``forkthread serve``
+    #: warns about an option given on the command line that the chosen strategy ignores.
+    option_names: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def from_options(cls, options: StrategyOptions) -> Strategy:
         """Build the strategy from command-line options (default: no options)."""
         return cls()
+
+    @classmethod
+    def honoured_options(cls, options: StrategyOptions) -> frozenset[str]:
+        """The :class:`StrategyOptions` fields a strategy built from *options* uses (default: :attr:`option_names`).
+
+        A composed strategy adds its inner strategy's, which may depend on *options*.
+        """
+        return cls.option_names
 
     @abc.abstractmethod
     def start(self, host: Host) -> Run:

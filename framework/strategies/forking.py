@@ -50,6 +50,7 @@ class ForkingStrategy(DispatchingStrategy):
 
     name = "forking"
     description = "one child process per connection (fork per client)"
+    option_names = frozenset({"max_connections"})
 
     @classmethod
     def from_options(cls, options: StrategyOptions) -> ForkingStrategy:

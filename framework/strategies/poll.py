@@ -45,6 +45,7 @@ class PollStrategy(Strategy):
 
     name = "poll"
     description = "one thread, one event loop over poll(2) (or epoll/select): non-blocking I/O"
+    option_names = frozenset({"selector", "max_connections"})
     SELECTORS: ClassVar[dict[str, str]] = SELECTORS
 
     selector: str = "poll"

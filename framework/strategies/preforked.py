@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from framework.limits import MAX_WORKERS, check_count
 from framework.strategies.accept_modes import ACCEPT_MODES
 from framework.strategies.base import Host, Strategy, StrategyOptions
 from framework.strategies.supervisor import PoolConfig, Supervisor, describe_pool
@@ -32,6 +33,7 @@ class PreforkedStrategy(Strategy):
 
     name = "preforked"
     description = "a supervising master and N pre-forked workers (accept modes, inner strategies)"
+    option_names = frozenset({"workers", "accept", "worker", "max_requests", "max_requests_jitter"})
 
     workers: int
     accept: str
@@ -41,8 +43,7 @@ class PreforkedStrategy(Strategy):
     max_requests_jitter: int = 0
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"--workers must be at least 1, not {self.workers}")
+        check_count(self.workers, "--workers", MAX_WORKERS)
         if self.accept not in ACCEPT_MODES:
             raise ValueError(f"unknown accept mode {self.accept!r} (choose from {', '.join(ACCEPT_MODES)})")
         if self.max_requests < 0 or self.max_requests_jitter < 0:
@@ -60,6 +61,15 @@ class PreforkedStrategy(Strategy):
             raise ValueError(f"--worker {options.worker} needs the {inner_name!r} strategy, which is not available")
         return cls(options.workers, options.accept, options.worker, create_strategy(inner_name, options),
                    max_requests=options.max_requests, max_requests_jitter=options.max_requests_jitter)
+
+    @classmethod
+    def honoured_options(cls, options: StrategyOptions) -> frozenset[str]:
+        """The pool's own options and those of the ``--worker`` kind's strategy."""
+        from framework.strategies import STRATEGIES, strategy_class
+
+        inner_name = WORKER_KINDS.get(options.worker)
+        inner = strategy_class(inner_name).honoured_options(options) if inner_name in STRATEGIES else frozenset()
+        return cls.option_names | inner
 
     def start(self, host: Host) -> Supervisor:
         """The master of one serve: it forks the workers when it serves."""

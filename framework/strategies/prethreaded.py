@@ -35,6 +35,7 @@ import threading
 
 from framework.accepting import Acceptor
 from framework.drivers.datagram import serve_datagrams_in_threads
+from framework.limits import MAX_THREADS, check_count
 from framework.signals import Latch
 from framework.strategies.base import Host, Run, Strategy, StrategyOptions
 from framework.strategies.dispatching import FORCE_GRACE, AcceptLoop, DispatchingRun, LiveThreads, wind_down
@@ -51,6 +52,7 @@ class PrethreadedStrategy(Strategy):
 
     name = "prethreaded"
     description = "a fixed pool of threads, taking turns in accept or fed by the main thread"
+    option_names = frozenset({"threads", "prethreaded_accept"})
 
     threads: int = 8
     accept: str = "lock"
@@ -58,8 +60,7 @@ class PrethreadedStrategy(Strategy):
     def __post_init__(self) -> None:
         if self.accept not in ACCEPT_MODES:
             raise ValueError(f"prethreaded accept mode must be one of {', '.join(ACCEPT_MODES)}, not {self.accept!r}")
-        if self.threads < 1:
-            raise ValueError(f"prethreaded needs at least 1 thread, not {self.threads}")
+        check_count(self.threads, "--threads", MAX_THREADS)
 
     @classmethod
     def from_options(cls, options: StrategyOptions) -> PrethreadedStrategy:

@@ -35,6 +35,7 @@ class ThreadingStrategy(DispatchingStrategy):
 
     name = "threading"
     description = "one thread per connection"
+    option_names = frozenset({"max_connections"})
 
     @classmethod
     def from_options(cls, options: StrategyOptions) -> ThreadingStrategy:

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from framework import Server
-from framework.argtypes import positive_float
+from framework.argtypes import duration
 from servers.http.access_log import AccessLog
 from servers.http.paths import DOTFILES
 from servers.http.protocol import DEFAULT_HEADER_TIMEOUT, HttpProtocol
@@ -83,7 +83,7 @@ class HttpServer(Server):
         parser.add_argument("--dotfiles", choices=DOTFILES, default="deny",
                             help="serve and list hidden names such as .env and .git/ (default: deny, 404;"
                                  " /.well-known/ is always served)")
-        parser.add_argument("--header-timeout", type=positive_float, default=DEFAULT_HEADER_TIMEOUT,
+        parser.add_argument("--header-timeout", type=duration, default=DEFAULT_HEADER_TIMEOUT,
                             metavar="SECONDS",
                             help="a request head must arrive within this time, or 408; a request body (skipped)"
                                  " too, or the connection closes (default: %(default)s)")
