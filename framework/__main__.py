@@ -2,6 +2,6 @@
 
 import sys
 
-from framework.cli import main
+from framework.cli import PROG, main
 
-sys.exit(main())
+sys.exit(main(prog=PROG))

@@ -1,26 +1,33 @@
 """The ``forkthread`` command: ``serve``, ``list`` and the other sub-commands.
 
-Usage errors print a short message and exit 2; a server that cannot listen
-prints one line and exits 1; SIGTERM or SIGINT stop a server gracefully with
-exit status 0.  No traceback reaches the user for any of these.
+Usage errors print one line (``PROG: error: ...``, no usage block) and exit
+2; a server that cannot listen prints one line and exits 1; SIGTERM or SIGINT
+stop a server gracefully with exit status 0.  No traceback reaches the user
+for any of these.  PROG is the name the program was started by (a script
+that calls :func:`main` or :func:`serve_main` reports itself by its own
+name; ``python -m framework`` and the console script say ``forkthread``).
+An option the chosen strategy does not use is warned about
+(:meth:`Strategy.honoured_options <framework.strategies.base.Strategy.honoured_options>`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from framework import __version__
 from framework.activation import ActivationError, inetd_socket, listen_fds
 from framework.address import Address, AddressError, parse_address
-from framework.argtypes import non_negative_int
+from framework.argtypes import backlog, count_up_to, duration, non_negative_int, optional_duration
 from framework.argtypes import positive_float as positive_float  # re-exported: the lab's command line uses them
 from framework.argtypes import positive_int as positive_int
+from framework.limits import MAX_THREADS, MAX_WORKERS
 from framework.registry import server_class, server_targets
 from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Server
 from framework.strategies import STRATEGIES, UnknownStrategyError, create_strategy, strategy_class
@@ -41,11 +48,55 @@ class UsageError(Exception):
     """Bad command-line input detected after parsing (exit status 2)."""
 
 
-def optional_timeout(text: str) -> float | None:
-    """argparse type: seconds > 0, or 0 / ``none`` for no limit."""
-    if text.lower() in ("0", "none", "off"):
-        return None
-    return positive_float(text)
+#: Kept for callers of the old name: the ``--timeout`` type (seconds, 0 for never).
+optional_timeout = optional_duration
+
+
+def program_name(default: str = PROG) -> str:
+    """The name to report this program by: the script's own (``sys.argv[0]``), else *default*.
+
+    ``python -m framework`` passes ``forkthread`` itself, and the console
+    script is called ``forkthread``; ``python -c`` has no name of its own.
+    A ``python -m PACKAGE`` script is called by its package's name.
+    """
+    path = sys.argv[0] if sys.argv else ""
+    name = os.path.basename(path)
+    if name == "__main__.py":
+        name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return name if name and name not in ("-c", "-m") else default
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An :class:`argparse.ArgumentParser` whose errors are one line: ``PROG: error: MESSAGE``.
+
+    argparse prints the whole usage block first, and the one line that
+    matters comes last; ``--help`` still shows the usage.  A parser with a
+    :attr:`choice_hint` adds it to an "invalid choice" error (``serve upper``:
+    the ``MODULE:CLASS`` form).
+    """
+
+    #: Said after an "invalid choice" error of this parser's positional argument.
+    choice_hint = ""
+
+    def error(self, message: str) -> NoReturn:
+        """Print *message* on one line and exit 2."""
+        if self.choice_hint and "invalid choice" in message:
+            message = f"{message}; {self.choice_hint}"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class StrategyOption(argparse.Action):
+    """Stores an option's value and notes it was given: the options the strategy ignores are warned about.
+
+    Every option whose ``dest`` is a :class:`StrategyOptions` field is added
+    with this action (see :func:`_add_strategy_options`).
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        """Store *values* and add the option to ``namespace.given_strategy_options``."""
+        setattr(namespace, self.dest, values)
+        namespace.given_strategy_options = getattr(namespace, "given_strategy_options", frozenset()) | {self.dest}
 
 
 #: The largest IDLE, INTERVAL and COUNT the kernel accepts for ``--keepalive``.
@@ -73,7 +124,7 @@ def keepalive_triple(text: str) -> tuple[int, int, int]:
 
 def _add_socket_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("socket and deployment options")
-    group.add_argument("--backlog", type=positive_int, default=1024, metavar="N",
+    group.add_argument("--backlog", type=backlog, default=1024, metavar="N",
                        help="listen backlog (default: %(default)s; the kernel caps it at somaxconn)")
     group.add_argument("--reuse-port", action="store_true",
                        help="set SO_REUSEPORT: instances share one port, the kernel spreads connections")
@@ -118,39 +169,52 @@ def tls_context(args: argparse.Namespace, address: Address) -> ssl.SSLContext | 
 
 
 def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
+    """The ``--strategy`` option and one option per :class:`StrategyOptions` field.
+
+    Each field's option uses the :class:`StrategyOption` action, so that
+    :func:`warn_ignored_options` knows which ones were given.
+    """
     defaults = StrategyOptions()
     group = parser.add_argument_group("strategy options (each strategy uses the ones that apply)")
     group.add_argument("--strategy", "-s", default=None, metavar="NAME",
                        help=f"concurrency model: {', '.join(STRATEGIES)} (default: the server's own, see"
                             " `forkthread list`)")
-    group.add_argument("--max-connections", type=positive_int, metavar="N",
+    group.add_argument("--max-connections", type=positive_int, metavar="N", action=StrategyOption,
                        help="forking, threading, poll: serve at most N connections at once; others wait")
-    group.add_argument("--threads", type=positive_int, default=defaults.threads, metavar="N",
-                       help="prethreaded, preforked --worker threads: threads per process (default: %(default)s)")
+    group.add_argument("--threads", type=count_up_to(MAX_THREADS), default=defaults.threads, metavar="N",
+                       action=StrategyOption,
+                       help="prethreaded, preforked --worker threads: threads per process (default: %(default)s,"
+                            f" at most {MAX_THREADS})")
     group.add_argument("--prethreaded-accept", choices=("lock", "handoff"), default=defaults.prethreaded_accept,
+                       action=StrategyOption,
                        help="prethreaded: threads take turns in accept (lock) or the main thread accepts (handoff)")
-    group.add_argument("--workers", type=positive_int, default=defaults.workers, metavar="N",
-                       help="preforked: worker processes (default: the CPU count, here %(default)s)")
+    group.add_argument("--workers", type=count_up_to(MAX_WORKERS), default=defaults.workers, metavar="N",
+                       action=StrategyOption,
+                       help="preforked: worker processes (default: the CPU count, here %(default)s;"
+                            f" at most {MAX_WORKERS})")
     group.add_argument("--accept", choices=("shared", "lock", "reuseport", "passfd"), default=defaults.accept,
-                       help="preforked: how workers get connections (default: %(default)s)")
+                       action=StrategyOption, help="preforked: how workers get connections (default: %(default)s)")
     group.add_argument("--worker", choices=("iterative", "threads", "poll"), default=defaults.worker,
-                       help="preforked: each worker's inner strategy (default: %(default)s)")
+                       action=StrategyOption, help="preforked: each worker's inner strategy (default: %(default)s)")
     group.add_argument("--selector", choices=("poll", "epoll", "select"), default=defaults.selector,
-                       help="poll: the selector (default: %(default)s)")
+                       action=StrategyOption, help="poll: the selector (default: %(default)s)")
     group.add_argument("--max-requests", type=non_negative_int, default=defaults.max_requests, metavar="N",
-                       help="preforked: recycle a worker after N connections (0: never)")
+                       action=StrategyOption, help="preforked: recycle a worker after N connections (0: never)")
     group.add_argument("--max-requests-jitter", type=non_negative_int, default=defaults.max_requests_jitter,
-                       metavar="N",
+                       metavar="N", action=StrategyOption,
                        help="preforked: add 0..N to each worker's --max-requests")
 
 
 def strategy_options(args: argparse.Namespace) -> StrategyOptions:
-    """The :class:`StrategyOptions` the parsed *args* ask for."""
-    return StrategyOptions(
-        max_connections=args.max_connections, threads=args.threads, prethreaded_accept=args.prethreaded_accept,
-        workers=args.workers, accept=args.accept, worker=args.worker, selector=args.selector,
-        max_requests=args.max_requests, max_requests_jitter=args.max_requests_jitter,
-    )
+    """The :class:`StrategyOptions` the parsed *args* ask for (a field without an option keeps its default)."""
+    return StrategyOptions(**{field.name: getattr(args, field.name)
+                              for field in dataclasses.fields(StrategyOptions) if hasattr(args, field.name)})
+
+
+def ignored_options(strategy_name: str, options: StrategyOptions, given: frozenset[str]) -> list[str]:
+    """The options in *given* (``StrategyOptions`` field names) the strategy *strategy_name* does not use, as flags."""
+    honoured = strategy_class(strategy_name).honoured_options(options)
+    return [f"--{name.replace('_', '-')}" for name in sorted(given - honoured)]
 
 
 def add_server_options(parser: argparse.ArgumentParser, cls: type[Server]) -> None:
@@ -161,15 +225,15 @@ def add_server_options(parser: argparse.ArgumentParser, cls: type[Server]) -> No
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error", "critical"),
                         help="log verbosity on standard error (default: %(default)s)")
-    parser.add_argument("--timeout", type=optional_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+    parser.add_argument("--timeout", type=optional_duration, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help="close a connection idle this long; 0 for never (default: %(default)s)")
-    parser.add_argument("--graceful-timeout", type=positive_float, default=DEFAULT_GRACEFUL_TIMEOUT,
+    parser.add_argument("--graceful-timeout", type=duration, default=DEFAULT_GRACEFUL_TIMEOUT,
                         metavar="SECONDS", help="at stop, let connections finish this long (default: %(default)s)")
     _add_socket_options(parser)
     _add_tls_options(parser)
     _add_strategy_options(parser)
     cls.add_arguments(parser)
-    parser.set_defaults(func=run_serve, server_cls=cls)
+    parser.set_defaults(func=run_serve, server_cls=cls, given_strategy_options=frozenset())
 
 
 def load_server_target(target: str) -> type[Server]:
@@ -209,6 +273,8 @@ def _speaks(cls: type[Server]) -> bool:
 def _add_serve_parser(commands: argparse._SubParsersAction, only: str | None = None) -> None:  # type: ignore[type-arg]
     serve = commands.add_parser("serve", help="run a server",
                                 description="Run a server under a strategy: a bundled NAME, or MODULE:CLASS.")
+    if isinstance(serve, CommandParser):
+        serve.choice_hint = "or your own server as MODULE:CLASS (e.g. myservers:UpperServer)"
     servers = serve.add_subparsers(dest="server", metavar="SERVER", required=True)
     if only is not None and ":" in only:
         # `serve MODULE:CLASS`: the user's own Server subclass, with every option a bundled one has.
@@ -247,15 +313,21 @@ def run_serve(args: argparse.Namespace) -> int:
     READY=1 goes to ``NOTIFY_SOCKET`` once the server handles signals.
     """
     configure_logging(args.log_level)
+    prog = args.prog
+    strategy_name = args.strategy or args.server_cls.default_strategy
     try:
         address = parse_address(args.bind)
-        strategy = create_strategy(args.strategy or args.server_cls.default_strategy, strategy_options(args))
+        options = strategy_options(args)
+        strategy = create_strategy(strategy_name, options)
         activated = [] if args.inetd else listen_fds()
     except (AddressError, UnknownStrategyError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     except ActivationError as exc:
-        print(f"{PROG}: socket activation: {exc}", file=sys.stderr)
+        print(f"{prog}: socket activation: {exc}", file=sys.stderr)
         return 1
+    ignored = ignored_options(strategy_name, options, args.given_strategy_options)
+    if ignored:
+        logging.getLogger("forkthread").warning("%s: ignored by the %s strategy", ", ".join(ignored), strategy_name)
     for extra in activated[1:]:
         logging.getLogger("forkthread").warning("socket activation: serving only the first socket; closing %s", extra)
         extra.close()
@@ -263,7 +335,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         tls = tls_context(args, address)
     except ValueError as exc:  # framework.tls.TlsConfigError: a file that does not load
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     try:
         server = cls(address, strategy, timeout=args.timeout, graceful_timeout=args.graceful_timeout,
@@ -273,26 +345,26 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
-        print(f"{PROG}: cannot listen on {address}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"{prog}: cannot listen on {address}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     if args.inetd:
-        return _serve_inetd(server)
+        return _serve_inetd(server, prog)
     with server:
         try:
             # Announced only once SIGTERM/SIGINT are handled: a test or supervisor may signal at once.
             server.serve_forever(ready=lambda: print(f"listening on {server.address}", flush=True))
         except ServeError as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
+            print(f"{prog}: {exc}", file=sys.stderr)
             return exc.exit_status
     return 0
 
 
-def _serve_inetd(server: Server) -> int:
+def _serve_inetd(server: Server, prog: str) -> int:
     """Serve the connection on standard input with the blocking driver, then exit."""
     try:
         sock, peer = inetd_socket(0)
     except ActivationError as exc:
-        print(f"{PROG}: --inetd: {exc}", file=sys.stderr)
+        print(f"{prog}: --inetd: {exc}", file=sys.stderr)
         return 1
     try:
         server.serve_connected(sock, peer)
@@ -317,7 +389,7 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None, prog: str = PROG) -> argparse.ArgumentParser:
     """The command-line parser.  Given *argv*, only what its command needs is imported.
 
     ``serve`` and ``list`` do not import the lab or the clients, and
@@ -327,8 +399,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """
     words = [word for word in (argv or ()) if not word.startswith("-")]
     command = words[0] if words else None
-    parser = argparse.ArgumentParser(prog=PROG, description="Socket servers under interchangeable concurrency models.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser = CommandParser(prog=prog, description="Socket servers under interchangeable concurrency models.")
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_serve_parser(commands, only=words[1] if command == "serve" and len(words) > 1 else None)
     commands.add_parser("list", help="list servers and strategies").set_defaults(func=run_list)
@@ -350,19 +422,24 @@ def serve_main(cls: type[Server], argv: Sequence[str] | None = None) -> int:
     ``--strategy`` and every other serve option, the ``listening on`` line,
     signal handling and exit statuses, exactly as ``forkthread serve``.
     """
-    parser = argparse.ArgumentParser(prog=cls.name or cls.__name__, description=cls.description or None)
+    parser = CommandParser(prog=program_name(cls.name or cls.__name__), description=cls.description or None)
     add_server_options(parser, cls)
     return _run(parser, argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run the command line; return the exit status.
+
+    *prog* is the name messages start with (default: :func:`program_name`).
+    """
     if argv is None:
         argv = sys.argv[1:]
+    if prog is None:
+        prog = program_name()
     try:
-        parser = build_parser(argv)
+        parser = build_parser(argv, prog)
     except UsageError as exc:  # `serve MODULE:CLASS` that cannot be loaded
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     return _run(parser, argv)
 
@@ -370,11 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     try:
         try:
-            args = parser.parse_args(argv)
+            args = parser.parse_args(argv, argparse.Namespace(prog=parser.prog))
             try:
                 status: int = args.func(args)
             except UsageError as exc:
-                parser.exit(2, f"{PROG}: error: {exc}\n")
+                parser.exit(2, f"{parser.prog}: error: {exc}\n")
             except KeyboardInterrupt:
                 return 130
             except BrokenPipeError:
@@ -383,7 +460,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
                 # A file or directory named on the command line that cannot be written
                 # (``bench --out /proc/x``): one line, as for an address that cannot listen.
                 where = f"{exc.filename}: " if exc.filename else ""
-                print(f"{PROG}: {where}{exc.strerror or exc}", file=sys.stderr)
+                print(f"{parser.prog}: {where}{exc.strerror or exc}", file=sys.stderr)
                 return 1
             return status
         finally:
