@@ -10,8 +10,9 @@
   to its default (the parent's reaper must not run there), and once the
   child's own handlers are in place it calls :meth:`Forked.release_signals`.
 * **Leaving**: a child never returns into the parent's code; it ends with
-  :func:`exit_child`, which flushes logging and standard streams and calls
-  ``os._exit``.
+  :func:`exit_child`, which lets what was registered with :func:`at_child_exit`
+  write its last lines (an access log's held lines), flushes logging and
+  standard streams and calls ``os._exit``.
 * **A direct fork** (:class:`DirectFork`, used where a child is made per
   connection): while the process has one thread, ``fork()`` straight from
   the C library, with every hook given to :func:`os.register_at_fork` run
@@ -30,8 +31,9 @@ import os
 import signal
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 from framework.signals import SERVER_SIGNALS
 
@@ -54,6 +56,22 @@ _EVERY_SIGNAL = frozenset(signal.valid_signals())
 
 #: An at-fork hook: what :func:`os.register_at_fork` takes.
 Hook = Callable[[], object]
+
+
+class Leaving(Protocol):
+    """Something holding output a child must try to write before it leaves (a LineSink)."""
+
+    def leave(self) -> None:
+        """Write what can be written now, without waiting; count and report the rest."""
+
+
+#: Held weakly: a closed and dropped sink is no longer called.
+_AT_CHILD_EXIT: weakref.WeakSet[Leaving] = weakref.WeakSet()
+
+
+def at_child_exit(what: Leaving) -> None:
+    """Have :func:`exit_child` call ``what.leave()`` (in any forked child, while *what* lives)."""
+    _AT_CHILD_EXIT.add(what)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +125,11 @@ def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -
 
 def exit_child(status: int) -> NoReturn:
     """Leave a forked child for good: flush every logging handler and the standard streams, then ``os._exit``."""
+    for what in list(_AT_CHILD_EXIT):
+        try:
+            what.leave()
+        except Exception:  # nothing may keep us from exiting
+            pass
     for handler in (*logging.root.handlers, *_LOG.handlers):
         try:
             handler.flush()

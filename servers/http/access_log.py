@@ -1,17 +1,21 @@
 """The access log: one Common Log Format line per response, to a file or standard output.
 
-Lines go out with a single ``write(2)`` on a descriptor opened for append,
-so processes and threads sharing the log never interleave within a line
-and nothing waits in a buffer when a forked child exits.  Whatever the
-client sent is escaped (control characters, quotes, backslashes, bytes
-over 127) so that a request cannot forge log lines or terminal escapes
-(gh-100001).
+Lines go to a :class:`~framework.linesink.LineSink`: written without ever
+blocking the server (a pipe nobody reads must not stop serving, nor the
+stop), held in a bounded buffer while the descriptor takes nothing, dropped
+and counted beyond it; a failing log (full disk, EPIPE) is reported once per
+interval and counted in the status line.  Whole lines go out in atomic
+writes, so processes and threads sharing the log never interleave within a
+line.  Whatever the client sent is escaped (control characters, quotes,
+backslashes, bytes over 127) so that a request cannot forge log lines or
+terminal escapes (gh-100001).
 """
 
 from __future__ import annotations
 
-import os
 import time
+
+from framework.linesink import LineSink
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -45,20 +49,17 @@ def peer_host(peer: str) -> str:
 
 
 class AccessLog:
-    """Writes Common Log Format lines to the descriptor *fd* (kept open for the server's life)."""
+    """Writes Common Log Format lines to *sink* (kept open for the server's life); never blocks."""
 
-    def __init__(self, fd: int, *, owned: bool) -> None:
-        self.fd = fd
-        self.owned = owned
+    def __init__(self, sink: LineSink) -> None:
+        self.sink = sink
         self._second = -1
         self._stamp = ""
 
     @classmethod
     def open(cls, target: str) -> AccessLog:
         """An access log to *target*: a file name (appended to, created if missing) or ``-`` for stdout."""
-        if target == "-":
-            return cls(1, owned=False)
-        return cls(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644), owned=True)
+        return cls(LineSink.open(target, name=f"access log {target!r}"))
 
     def log(self, peer: str, request_line: bytes, status: int, size: int) -> None:
         """Write one line: host, time, request line, status and body bytes sent."""
@@ -68,13 +69,12 @@ class AccessLog:
             self._stamp = clf_time(now)
             self._second = int(now)
         line = f'{escape(peer_host(peer).encode())} - - {self._stamp} "{escape(request_line)}" {status} {size or "-"}\n'
-        try:
-            os.write(self.fd, line.encode("ascii"))
-        except OSError:
-            pass  # a full disk or closed stdout must not take requests down
+        self.sink.write_line(line.encode("ascii"))
+
+    def status(self) -> str:
+        """Its part of the status line: ``access_log_dropped=N access_log_errors=M``."""
+        return f"access_log_dropped={self.sink.dropped} access_log_errors={self.sink.errors}"
 
     def close(self) -> None:
-        """Close the log file (standard output is left open)."""
-        if self.owned and self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Write what can be written now and close (standard output itself is left open)."""
+        self.sink.close()

@@ -65,6 +65,11 @@ class HttpServer(Server):
         # Read at call time: a forked worker gets a fresh lifecycle.
         return self.lifecycle.stopping
 
+    def status(self) -> str:
+        """The status line, with the access log's dropped lines and write errors."""
+        line = super().status()
+        return line if self.access_log is None else f"{line} {self.access_log.status()}"
+
     def server_close(self) -> None:
         """Close the listener, then the access log."""
         super().server_close()
