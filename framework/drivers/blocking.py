@@ -553,19 +553,21 @@ class BlockingConnection(Transport):
             if signals_pending is not None and signals_pending():
                 lifecycle.dispatch()
             if latch.is_set():
-                if not self._stop_told:
-                    # Told between exchanges, never in the middle of sending a response.
-                    self._stop_told = True
-                    self._call(protocol.server_stopping)
-                    continue
                 if time.monotonic() >= lifecycle.deadline:
                     self._error = ConnectionTimeout("server stopping: graceful timeout passed")
                     break
+                if not self._stop_told:
+                    # What the peer sent before the stop is read first: the stop is told
+                    # once the socket has nothing more (below), never mid-response.
+                    optimistic = True
             if self._protocol_deadline is not None and time.monotonic() >= self._protocol_deadline:
                 self._protocol_deadline = None
                 self._call(protocol.deadline_expired)
                 continue
             if self._eof:
+                if not self._stop_told and latch.is_set():
+                    self._tell_stop(protocol)
+                    continue
                 # The protocol keeps the connection after EOF: only its deadline can move it.
                 if self._protocol_deadline is None or self._sleep_after_eof():
                     break
@@ -575,6 +577,9 @@ class BlockingConnection(Transport):
             try:
                 data = recv(RECV_SIZE)
             except self._would_block:
+                if not self._stop_told and latch.is_set():
+                    self._tell_stop(protocol)  # nothing is left unread
+                    continue
                 if optimistic:
                     optimistic = False
                     self._wait(_READ, between=True)
@@ -599,6 +604,11 @@ class BlockingConnection(Transport):
                         self._serve_in_recv(protocol)
             else:
                 self._end_of_input(protocol)
+
+    def _tell_stop(self, protocol: Protocol) -> None:
+        """Tell the protocol, once, that a stop began: between exchanges, with nothing left unread."""
+        self._stop_told = True
+        self._call(protocol.server_stopping)
 
     def _sleep_after_eof(self) -> bool:
         """Wait after the peer's EOF; True when the connection is over (the peer vanished)."""
