@@ -1,20 +1,25 @@
-"""Request bodies the static server does not use: framed, bounded and skipped.
+"""Request bodies: framed, bounded, and skipped or decoded.
 
-A request may carry a body even when nobody wants it (a GET with
-``Content-Length``, a POST answered 405).  To keep the connection for the
-next request, the body must be read to its end exactly as the client framed
-it, and no further: :class:`LengthBody` for ``Content-Length``,
-:class:`ChunkedBody` for ``Transfer-Encoding: chunked`` (RFC 9112 section 7.1:
-chunk sizes, extensions, trailer fields).  Both take bytes from the front of
-the connection's buffer and leave what follows (the next request) in place.
+To keep a connection for the next request, a body must be read to its end
+exactly as the client framed it, and no further: :class:`LengthBody` for
+``Content-Length``, :class:`ChunkedBody` for ``Transfer-Encoding: chunked``
+(RFC 9112 section 7.1: chunk sizes, extensions, trailer fields).  Both take
+bytes from the front of the connection's buffer and leave what follows (the
+next request) in place; given a *sink*, they hand it the body's data (decoded,
+for chunked) instead of dropping it.  A body nobody reads (a GET with
+``Content-Length``, a POST answered 405) is skipped; an application's is
+decoded for it.
 
 Every body is bounded in size (:data:`MAX_BODY` bytes on the wire, framing
-included); the protocol bounds it in time.  A body over the bound, or a
-chunked body framed wrongly, raises :class:`BodyError`: its end is unknown,
-so the connection must end.
+included, for a skipped body; the reader's own bound otherwise); the
+protocol bounds it in time.  A body over the bound, or a chunked body
+framed wrongly, raises :class:`BodyError`: its end is unknown, so the
+connection must end.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from servers.http.parser import MAX_FIELDS, MAX_HEAD, TOKEN_BYTES, RequestError, parse_fields
 
@@ -30,8 +35,21 @@ _LINE_CONTROLS = bytes(c for c in range(32) if c != 9) + b"\x7f"
 _MAX_SIZE_DIGITS = 16
 
 
+#: Where decoded body bytes go (``bytearray.extend``, a spool's ``write``); None: dropped.
+Sink = Callable[[bytes | bytearray], object] | None
+
+
 class BodyError(Exception):
-    """A body that cannot be skipped safely (too large, or chunked framing broken)."""
+    """A body that cannot be read safely (too large, or chunked framing broken)."""
+
+    #: The status a request gets for it while its response has not started.
+    status = 400
+
+
+class BodyTooLarge(BodyError):
+    """A body over the reader's bound: 413 while the response has not started."""
+
+    status = 413
 
 
 class LengthBody:
@@ -42,9 +60,11 @@ class LengthBody:
     def __init__(self, length: int) -> None:
         self.remaining = length
 
-    def consume(self, buffer: bytearray) -> bool:
-        """Drop body bytes from the front of *buffer*; True once the whole body is gone."""
+    def consume(self, buffer: bytearray, sink: Sink = None) -> bool:
+        """Take body bytes from the front of *buffer* (to *sink*, if any); True once the whole body is gone."""
         taken = min(self.remaining, len(buffer))
+        if sink is not None and taken:
+            sink(buffer[:taken] if taken < len(buffer) else bytes(buffer))
         del buffer[:taken]
         self.remaining -= taken
         return not self.remaining
@@ -71,14 +91,17 @@ class ChunkedBody:
         self._trailer_bytes = 0
         self._trailer_fields = 0
 
-    def consume(self, buffer: bytearray) -> bool:
-        """Drop body bytes from the front of *buffer*; True once the last chunk and trailers are gone.
+    def consume(self, buffer: bytearray, sink: Sink = None) -> bool:
+        """Take body bytes from the front of *buffer* (data to *sink*, if any); True once the last
+        chunk and trailers are gone.
 
         Raises :class:`BodyError` when the body breaks the framing or a limit.
         """
         while buffer:
             if self._state == "data":
                 taken = min(self._chunk_left, len(buffer))
+                if sink is not None and taken:
+                    sink(buffer[:taken])
                 self._take(buffer, taken)
                 self._chunk_left -= taken
                 if self._chunk_left:
@@ -99,7 +122,7 @@ class ChunkedBody:
             if self._state == "size":
                 self._chunk_left = _chunk_size(line)
                 if self._chunk_left > self._limit:
-                    raise BodyError("chunked body over the size limit")
+                    raise BodyTooLarge("chunked body over the size limit")
                 self._state = "data" if self._chunk_left else "trailer"
             elif not line:
                 return True  # the empty line after the trailer section
@@ -109,7 +132,7 @@ class ChunkedBody:
 
     def _take(self, buffer: bytearray, count: int) -> None:
         if count > self._limit:
-            raise BodyError("chunked body over the size limit")
+            raise BodyTooLarge("chunked body over the size limit")
         self._limit -= count
         del buffer[:count]
 

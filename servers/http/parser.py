@@ -14,6 +14,7 @@ plain byte-string operation: no regular expression, no ``email`` parser.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Protocol
 
 #: Longest request line accepted (method, target and version), in bytes: longer gets 414.
@@ -40,8 +41,8 @@ _LOGGED_LINE = 1024
 class BodyReader(Protocol):
     """What :meth:`HeadParser.skip_body` drives (see :mod:`servers.http.body`)."""
 
-    def consume(self, buffer: bytearray) -> bool:
-        """Take body bytes from the front of *buffer*; True once the body ended."""
+    def consume(self, buffer: bytearray, sink: Callable[[bytes | bytearray], object] | None = None) -> bool:
+        """Take body bytes from the front of *buffer* (handing them to *sink*); True once the body ended."""
 
 
 class RequestError(Exception):
@@ -235,12 +236,12 @@ class HeadParser:
         """How many bytes are waiting (a partial head, or pipelined requests)."""
         return len(self._buffer)
 
-    def skip_body(self, body: BodyReader) -> bool:
-        """Let *body* take its bytes from the front of the buffer; True once it ended.
+    def skip_body(self, body: BodyReader, sink: Callable[[bytes | bytearray], object] | None = None) -> bool:
+        """Let *body* take its bytes from the front of the buffer (to *sink*, or dropped); True once it ended.
 
         What follows the body (the next request) stays buffered.
         """
-        done = body.consume(self._buffer)
+        done = body.consume(self._buffer, sink)
         self._scanned = 0
         return done
 

@@ -3,16 +3,22 @@
 :class:`HttpProtocol` is sans-I/O: it is handed bytes in chunks split
 anywhere and answers through its transport, one request at a time, in the
 order they came (so pipelined requests are answered in order under either
-driver).  What a GET or HEAD gets is decided by
-:class:`~servers.http.site.StaticSite`; everything about the connection is
-decided here, including the request bodies nobody reads (skipped within a
-size and a time bound, see :mod:`~servers.http.body`) and ``Expect: 100-continue``.
+driver).  What a request gets is decided by its :class:`Responder`: the
+static-file site (:class:`~servers.http.site.StaticSite`: GET and HEAD,
+answered at once) or an application (:mod:`servers.wsgi`: every method, its
+body read by the application, its response possibly later, from another
+thread).  Everything about the connection is decided here, once for both:
+the parser and its limits, the smuggling defences, the header timeout, the
+request bodies nobody reads (skipped within a size and a time bound, see
+:mod:`~servers.http.body`), ``Expect: 100-continue`` for the requests the
+site answers, keep-alive and the end of the connection.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol as _TypingProtocol
 
 from framework.drivers.common import DEFAULT_LINGER
 from framework.protocol import Protocol, Transport
@@ -20,7 +26,6 @@ from servers.http import responses
 from servers.http.access_log import AccessLog
 from servers.http.body import MAX_BODY, BodyError, ChunkedBody, LengthBody
 from servers.http.parser import KNOWN_METHODS, SERVED_METHODS, HeadParser, RequestError, RequestHead
-from servers.http.site import StaticSite
 
 log = logging.getLogger("forkthread.http")
 
@@ -37,17 +42,36 @@ def _never() -> bool:
     return False
 
 
+class Responder(_TypingProtocol):
+    """What answers the requests of a connection (the static site, or an application).
+
+    A responder with :attr:`answers_later` false answers GET and HEAD at once
+    in :meth:`answer` (its bodies are skipped by the connection).  One with
+    :attr:`answers_later` true gets every request, reads its body itself
+    from the connection (:meth:`HttpProtocol.take_body`), and ends each
+    exchange with :meth:`HttpProtocol.exchange_done`, maybe later: until
+    then the connection only buffers what comes.
+    """
+
+    #: True: every method is handed over, and the exchange ends by exchange_done().
+    answers_later: bool
+
+    def answer(self, connection: HttpProtocol, request: RequestHead, keep_alive: bool) -> None:
+        """Answer *request* on *connection* (``Connection: keep-alive`` when *keep_alive*)."""
+
+
 class HttpProtocol(Protocol):
-    """One HTTP connection serving *site*; the head of each request must arrive within *header_timeout*.
+    """One HTTP connection answered by *responder*; each request head must arrive within *header_timeout*.
 
     *stopping* tells whether the server is shutting down: then each response
     says ``Connection: close`` and ends its connection, so that a graceful
     stop does not wait for keep-alive clients to go away by themselves.
     """
 
-    def __init__(self, site: StaticSite, *, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    def __init__(self, responder: Responder, *, header_timeout: float = DEFAULT_HEADER_TIMEOUT,
                  access_log: AccessLog | None = None, stopping: Callable[[], bool] = _never) -> None:
-        self.site = site
+        self.responder = responder
+        self._answers_later = responder.answers_later
         self.header_timeout = header_timeout
         self.access_log = access_log
         self.stopping = stopping
@@ -57,6 +81,12 @@ class HttpProtocol(Protocol):
         #: What the deadline is running for: a request head (from its first byte to its
         #: blank line), a body (from the end of its head to its end), or nothing.
         self.timing = _IDLE
+        #: An exchange a later-answering responder has not ended yet: input is only buffered.
+        self.busy = False
+        #: Called (by the driver's thread) when bytes arrive during a busy exchange.
+        self.on_input: Callable[[], None] | None = None
+        #: The peer half-closed during a busy exchange: close once it is over.
+        self._eof_while_busy = False
 
     def connection_made(self, transport: Transport) -> None:
         """Start the clock for the first request head."""
@@ -68,8 +98,17 @@ class HttpProtocol(Protocol):
         """Buffer *data* and answer every request it completes, in order."""
         parser = self.parser
         parser.feed(data)
+        if self.busy:
+            if self.on_input is not None:
+                self.on_input()
+            return
+        self._next_requests()
+
+    def _next_requests(self) -> None:
+        """Answer every complete request buffered, in order, until one stays busy."""
+        parser = self.parser
         transport = self.transport
-        while not transport.is_closing():
+        while not transport.is_closing() and not self.busy:
             if self.body is not None and not self._skip_body():
                 return
             if not parser.buffered:
@@ -109,8 +148,18 @@ class HttpProtocol(Protocol):
         return done
 
     def eof_received(self) -> bool | None:
-        """The client is done sending: finish what is queued and close."""
+        """The client is done sending: finish what is queued and close (after a busy exchange ends)."""
+        if self.busy:
+            self._eof_while_busy = True
+            if self.on_input is not None:
+                self.on_input()
+            return True
         return None
+
+    @property
+    def peer_closed(self) -> bool:
+        """True once the peer half-closed while an exchange was busy (no more body will come)."""
+        return self._eof_while_busy
 
     def server_stopping(self) -> None:
         """A graceful stop began: an idle keep-alive connection closes now.
@@ -118,7 +167,7 @@ class HttpProtocol(Protocol):
         A request in progress is answered first; its response says
         ``Connection: close`` (see *stopping*) and ends the connection.
         """
-        if not self.parser.buffered and self.body is None:
+        if not self.parser.buffered and self.body is None and not self.busy:
             self.transport.close()
 
     def deadline_expired(self) -> None:
@@ -142,9 +191,13 @@ class HttpProtocol(Protocol):
 
     def _answer(self, request: RequestHead) -> None:
         """Answer *request*, then arrange to skip its body or close, whichever keeps the framing."""
+        keep_alive = request.keep_alive and not self.stopping()
+        if self._answers_later:
+            self.busy = True
+            self.responder.answer(self, request, keep_alive)
+            return
         served = request.method in SERVED_METHODS
         has_body = request.chunked or request.content_length > 0
-        keep_alive = request.keep_alive and not self.stopping()
         if has_body:
             # Read (and drop) a body only when that keeps the connection: it fits the bound, and
             # when we refuse the request, the client is not waiting for a 100 we will not send
@@ -156,7 +209,7 @@ class HttpProtocol(Protocol):
                 # RFC 9110 section 10.1.1: the body will be read, so ask for it.
                 self.transport.write(responses.CONTINUE)
         if served:
-            self._respond(request, keep_alive)
+            self.responder.answer(self, request, keep_alive)
         else:
             self._not_served(request, keep_alive)
         if not keep_alive:
@@ -167,21 +220,46 @@ class HttpProtocol(Protocol):
             self.transport.set_deadline(self.header_timeout)
             self.timing = _BODY
 
-    def _respond(self, request: RequestHead, keep_alive: bool) -> None:
-        """The site's response to a GET or HEAD."""
-        response = self.site.respond(request, keep_alive)
+    # -- exchanges a responder ends later --------------------------------------------
+
+    def take_body(self, body: LengthBody | ChunkedBody, sink: Callable[[bytes | bytearray], object] | None) -> bool:
+        """Hand *sink* what has come of the busy exchange's *body*; True once it is complete.
+
+        Raises :class:`~servers.http.body.BodyError` when the body breaks its framing or bound.
+        Called in the driver's thread only (where :meth:`data_received` runs).
+        """
+        return self.parser.skip_body(body, sink)
+
+    def exchange_done(self, keep_alive: bool, unread: LengthBody | ChunkedBody | None = None) -> None:
+        """The busy exchange is over: its response is written, *unread* is what is left of its body.
+
+        With *keep_alive*, what is left of the body is skipped (within
+        :data:`~servers.http.body.MAX_BODY`, else the connection closes) and
+        the next buffered request is answered; otherwise the connection
+        closes, lingering when a body is still coming.  Called in the
+        driver's thread only.
+        """
+        self.busy = False
+        self.on_input = None
         transport = self.transport
-        transport.write(response.head)
-        if response.file is not None:
-            if response.parts is None:
-                transport.sendfile(response.file, response.offset, response.count)
-            else:
-                for part_head, offset, count in response.parts:
-                    transport.write(part_head)
-                    transport.sendfile(response.file, offset, count)
-                transport.write(response.tail)
-        if self.access_log is not None:
-            self.access_log.log(transport.peer, request.request_line, response.status, response.body_size)
+        if transport.is_closing():
+            return
+        if unread is not None and isinstance(unread, LengthBody) and unread.remaining > MAX_BODY:
+            keep_alive = False
+        if not keep_alive or self._eof_while_busy:
+            transport.close(linger=DEFAULT_LINGER if unread is not None and not self._eof_while_busy else 0.0)
+            return
+        if unread is not None:
+            self.body = unread
+            self.transport.set_deadline(self.header_timeout)
+            self.timing = _BODY
+        self._next_requests()
+
+    def refuse_body(self, refused: BodyError) -> None:
+        """The busy exchange's body broke its framing or bound before any response: 400 or 413, close."""
+        self.busy = False
+        self.on_input = None
+        self._refuse(refused.status, str(refused), b"")
 
     def _not_served(self, request: RequestHead, keep_alive: bool) -> None:
         """405 for a method HTTP defines (with ``Allow``), 501 for one it does not."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import mimetypes
 import os
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from servers.http import plain, responses
@@ -30,6 +31,9 @@ from servers.http.multipart import byteranges
 from servers.http.parser import RequestHead
 from servers.http.paths import PathRefused, PathResolver, Resolved, Target, url_path
 from servers.http.ranges import Unsatisfiable, parse_ranges
+
+if TYPE_CHECKING:
+    from servers.http.protocol import HttpProtocol
 
 _VARY = "Vary: Accept-Encoding\r\n"
 # The fields that make a request conditional (RFC 9110 section 13.1).
@@ -58,7 +62,11 @@ class StaticSite:
 
     *cache_control*, when given, is the ``Cache-Control`` value of every
     successful response (200, 206, 304); it must already be a valid field value.
+    The :class:`~servers.http.protocol.Responder` of the static server.
     """
+
+    #: GET and HEAD are answered at once; request bodies are skipped by the connection.
+    answers_later = False
 
     def __init__(self, root: str, *, listing: bool = False, follow_symlinks: bool = False, dotfiles: str = "deny",
                  cache: FileCache | None = None, cache_control: str | None = None) -> None:
@@ -75,6 +83,23 @@ class StaticSite:
     def root(self) -> str:
         """The document root (its real path)."""
         return self.resolver.root
+
+    def answer(self, connection: HttpProtocol, request: RequestHead, keep_alive: bool) -> None:
+        """Write the response to a GET or HEAD *request* on *connection*, and log it."""
+        response = self.respond(request, keep_alive)
+        transport = connection.transport
+        transport.write(response.head)
+        if response.file is not None:
+            if response.parts is None:
+                transport.sendfile(response.file, response.offset, response.count)
+            else:
+                for part_head, offset, count in response.parts:
+                    transport.write(part_head)
+                    transport.sendfile(response.file, offset, count)
+                transport.write(response.tail)
+        access_log = connection.access_log
+        if access_log is not None:
+            access_log.log(transport.peer, request.request_line, response.status, response.body_size)
 
     def respond(self, request: RequestHead, keep_alive: bool) -> Response:
         """The response to a GET or HEAD *request*."""
