@@ -126,7 +126,8 @@ class Acceptor:
         conn = socket.socket(self._family, self._type, self._proto, fileno=fd)
         if self._backoff:
             self._recovered()
-        return conn, format_peer(self._family, addr)
+        # The connection itself too: a Unix peer is named by its pid and uid (SO_PEERCRED).
+        return conn, format_peer(self._family, addr, conn)
 
     def stop(self) -> None:
         """Stop listening, so that the kernel refuses new connections from now on.

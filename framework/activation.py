@@ -110,7 +110,7 @@ def inetd_socket(fd: int = 0) -> tuple[socket.socket, str]:
         raise ActivationError("standard input is not a socket: run --inetd under inetd, xinetd or systemd Accept=yes")
     sock = socket.socket(fileno=os.dup(fd))
     try:
-        peer = format_peer(sock.family, sock.getpeername())
+        peer = format_peer(sock.family, sock.getpeername(), sock)
     except OSError as exc:
         sock.close()
         raise ActivationError(f"standard input is a socket but not a connected one: {exc.strerror or exc}") from None

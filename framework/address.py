@@ -19,6 +19,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 
 #: Listen backlog.  socketserver's 5 overflows as soon as ~100 clients connect
 #: at once; the kernel silently caps this at net.core.somaxconn.
@@ -127,13 +128,40 @@ def local_address(sock: socket.socket) -> Address:
     return Address(socket.AddressFamily(sock.family), host=name[0], port=name[1], kind=kind)
 
 
-def format_peer(family: int, sockaddr: object) -> str:
-    """A peer address as text, in the same forms as :class:`Address`."""
+def format_peer(family: int, sockaddr: object, sock: socket.socket | None = None) -> str:
+    """A peer address as text, in the same forms as :class:`Address`.
+
+    Given the connected *sock* of a Unix peer, the text also names the
+    process that connected, as the kernel vouches for it (``SO_PEERCRED``):
+    ``unix[pid=1234,uid=1000]``, so that every log line about the
+    connection says who it was.
+    """
     if family == socket.AF_INET6 and isinstance(sockaddr, tuple):
         return f"[{sockaddr[0]}]:{sockaddr[1]}"
     if family == socket.AF_INET and isinstance(sockaddr, tuple):
         return f"{sockaddr[0]}:{sockaddr[1]}"
-    return "unix" if not sockaddr else f"unix:{sockaddr!s}"
+    text = "unix" if not sockaddr else f"unix:{sockaddr!s}"
+    credentials = peer_credentials(sock) if sock is not None else None
+    if credentials is not None:
+        pid, uid, _ = credentials
+        text += f"[pid={pid},uid={uid}]"
+    return text
+
+
+#: ``struct ucred``: pid, uid, gid (Linux ``SO_PEERCRED``).
+_UCRED = struct.Struct("3i")
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    """``(pid, uid, gid)`` of the process at the other end of a Unix stream *sock* (None: not known here)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, option, _UCRED.size))
+    except (OSError, struct.error):
+        return None
+    return pid, uid, gid
 
 
 def _replace_stale_unix_socket(path: str) -> None:
@@ -155,14 +183,17 @@ def _replace_stale_unix_socket(path: str) -> None:
     raise OSError(errno.EADDRINUSE, "Address already in use")
 
 
-def bind_socket(address: Address, *, backlog: int = DEFAULT_BACKLOG, reuse_port: bool = False) -> socket.socket:
+def bind_socket(address: Address, *, backlog: int = DEFAULT_BACKLOG, reuse_port: bool = False,
+                socket_mode: int | None = None) -> socket.socket:
     """Create, bind and (for streams) listen on a socket for *address*.
 
     The socket is close-on-exec (Python's default), has SO_REUSEADDR (a
     restarted server must not wait out TIME_WAIT), and is non-blocking, so
     that processes sharing it never block in ``accept`` for a connection a
     sibling already took.  A stale Unix socket file is replaced, a live one
-    refused.  Raises :class:`OSError` as the kernel reports it.
+    refused.  *socket_mode* is the permission bits of a Unix socket file
+    (who may connect): see :func:`_bind_unix`.  Raises :class:`OSError` as
+    the kernel reports it.
     """
     address = resolve(address)
     sock = socket.socket(address.family, address.kind)
@@ -175,7 +206,10 @@ def bind_socket(address: Address, *, backlog: int = DEFAULT_BACKLOG, reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if address.is_unix:
             _replace_stale_unix_socket(address.path)
-        sock.bind(address.sockaddr())
+        if address.is_unix and socket_mode is not None:
+            _bind_unix(sock, address.path, socket_mode)
+        else:
+            sock.bind(address.sockaddr())
         if address.kind == socket.SOCK_STREAM:
             sock.listen(backlog)
         sock.setblocking(False)
@@ -183,6 +217,20 @@ def bind_socket(address: Address, *, backlog: int = DEFAULT_BACKLOG, reuse_port:
         sock.close()
         raise
     return sock
+
+
+def _bind_unix(sock: socket.socket, path: str, mode: int) -> None:
+    """Bind *sock* to *path* with the file's permission bits *mode*, never wider at any moment.
+
+    Linux creates the file with the socket's own mode less the umask, so the
+    socket is given *mode* before ``bind`` (the file is born with at most
+    *mode*); a ``chmod`` then adds the bits the umask took away.  Nothing
+    listens until this returns, and the umask, which belongs to every thread
+    of the process, is left alone.
+    """
+    os.fchmod(sock.fileno(), mode)
+    sock.bind(path)
+    os.chmod(path, mode)
 
 
 def socket_file_inode(path: str) -> tuple[int, int, int] | None:

@@ -97,3 +97,11 @@ def _number(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+
+
+def file_mode(text: str) -> int:
+    """argparse type: permission bits in octal, as chmod takes them (``600``, ``0660``, ``0o660``)."""
+    digits = text.strip().lower().removeprefix("0o")
+    if not digits or any(char not in "01234567" for char in digits) or int(digits, 8) > 0o777:
+        raise argparse.ArgumentTypeError(f"must be octal permission bits from 0 to 777 (e.g. 600), not {text!r}")
+    return int(digits, 8)

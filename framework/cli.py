@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from framework import __version__
 from framework.activation import ActivationError, inetd_socket, listen_fds
 from framework.address import Address, AddressError, parse_address
-from framework.argtypes import backlog, count_up_to, duration, non_negative_int, optional_duration
+from framework.argtypes import backlog, count_up_to, duration, file_mode, non_negative_int, optional_duration
 from framework.argtypes import positive_float as positive_float  # re-exported: the lab's command line uses them
 from framework.argtypes import positive_int as positive_int
 from framework.limits import MAX_THREADS, MAX_WORKERS
@@ -133,6 +133,9 @@ def _add_socket_options(parser: argparse.ArgumentParser) -> None:
                             "give up after COUNT probes")
     group.add_argument("--nodelay", action="store_true", default=None,
                        help="TCP_NODELAY on connections (no Nagle delay; some servers, like http, set it anyway)")
+    group.add_argument("--socket-mode", type=file_mode, metavar="MODE",
+                       help="permission bits of the unix:PATH socket file, set before it listens (e.g. 600: "
+                            "only this user may connect; default: 777 less the umask)")
     group.add_argument("--inetd", action="store_true",
                        help="serve the one connection on standard input (inetd nowait, systemd Accept=yes)")
 
@@ -341,7 +344,8 @@ def run_serve(args: argparse.Namespace) -> int:
         server = cls(address, strategy, timeout=args.timeout, graceful_timeout=args.graceful_timeout,
                      backlog=args.backlog, reuse_port=args.reuse_port, keepalive=args.keepalive,
                      nodelay=args.nodelay, listener=activated[0] if activated else None,
-                     bind=not args.inetd, tls=tls, **cls.options_from_arguments(args))
+                     bind=not args.inetd, tls=tls, socket_mode=args.socket_mode,
+                     **cls.options_from_arguments(args))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:

@@ -85,7 +85,9 @@ class Server:
     :meth:`server_activate`.  *tls*, a server-side :class:`ssl.SSLContext`
     (:func:`framework.tls.server_context` makes one), has every stream
     connection speak TLS, under every strategy; the class's
-    :attr:`alpn_protocols` are set on it.
+    :attr:`alpn_protocols` are set on it.  *socket_mode* (a Unix address
+    only) is the permission bits of the socket file, set before anyone can
+    connect: who may connect (``0o600``: this user alone).
     """
 
     #: The name on the command line (``forkthread serve NAME``).
@@ -132,11 +134,17 @@ class Server:
         handle_signals: bool = True,
         bind: bool = True,
         tls: ssl.SSLContext | None = None,
+        socket_mode: int | None = None,
     ) -> None:
         # A wait no strategy can do is refused here, not tripped over by the first connection.
         check_duration(timeout, "timeout")
         check_duration(graceful_timeout, "graceful_timeout")
         self.requested_address = parse_address(address) if isinstance(address, str) else address
+        if socket_mode is not None and not (0 <= socket_mode <= 0o777):
+            raise ValueError(f"socket mode must be between 0 and 0o777, not {socket_mode:#o}")
+        if socket_mode is not None and (listener is not None or not self.requested_address.is_unix):
+            raise ValueError("a socket mode is for the Unix socket file the server binds (unix:PATH)")
+        self.socket_mode = socket_mode
         self.strategy = self._resolve_strategy(strategy)
         self.timeout = timeout
         self.graceful_timeout = graceful_timeout
@@ -229,7 +237,8 @@ class Server:
         """Bind and listen (idempotent).  Raises :class:`OSError` as the kernel reports it."""
         if self._listener is not None:
             return
-        self._listener = bind_socket(self.requested_address, backlog=self.backlog, reuse_port=self.reuse_port)
+        self._listener = bind_socket(self.requested_address, backlog=self.backlog, reuse_port=self.reuse_port,
+                                     socket_mode=self.socket_mode)
         self._bound_address = None
         self._acceptor = Acceptor(self._listener)
         if self.requested_address.is_unix:

@@ -6,6 +6,12 @@ and answered with ``ok``.  The message ``quit`` stops the whole server —
 answered ``bye`` — but only when it was started with ``--allow-quit``;
 otherwise it is answered ``quit refused`` and logged like any other.
 
+``--allow-quit`` needs a Unix socket (a usage error otherwise: on TCP any
+local user could stop the server), and is honoured only for a peer the
+kernel says (``SO_PEERCRED``) runs as the server's own user or root;
+anyone else is refused and logged with their pid and uid.  Who may
+connect at all is the socket file's mode: ``--socket-mode 600``.
+
 Stopping works under every strategy: in the serving process it is
 :meth:`Server.shutdown` (``wait=False``: the caller is inside a connection
 the server would wait for); in a forked child or pre-forked worker, which
@@ -19,10 +25,12 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import struct
 from collections.abc import Callable
 
 from framework import Protocol, Server
+from framework.address import peer_credentials
 from framework.argtypes import positive_int
 
 log = logging.getLogger("forkthread")
@@ -32,6 +40,10 @@ HEADER = struct.Struct("!I")
 #: Longest message accepted by default; a longer one ends the connection.
 DEFAULT_MAX_MESSAGE = 64 * 1024
 QUIT = "quit"
+#: Why a ``quit`` is refused when the server was not started with ``--allow-quit``.
+NOT_ALLOWED = "start the server with --allow-quit"
+#: Why it is refused to a peer that is neither the server's user nor root.
+NOT_YOURS = "only the server's own user or root may stop it"
 
 
 def encode_message(text: str) -> bytes:
@@ -43,9 +55,12 @@ def encode_message(text: str) -> bytes:
 class MessageProtocol(Protocol):
     """Splits the byte stream into messages, logs each, answers it, honours ``quit`` when allowed."""
 
-    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE, quit: Callable[[], None] | None = None) -> None:
+    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE, quit: Callable[[], None] | None = None,
+                 refusal: str = NOT_ALLOWED) -> None:
         self.max_message = max_message
         self.quit = quit
+        #: What a ``quit`` this connection may not send is answered.
+        self.refusal = refusal
         self._buffer = bytearray()
 
     def data_received(self, data: bytes) -> None:
@@ -83,7 +98,9 @@ class MessageProtocol(Protocol):
                 self.transport.close()
                 self.quit()
                 return
-            self.transport.write(encode_message("quit refused (start the server with --allow-quit)"))
+            if self.refusal != NOT_ALLOWED:
+                log.warning("quit refused for %s: %s", self.transport.peer, self.refusal)
+            self.transport.write(encode_message(f"quit refused ({self.refusal})"))
             return
         self.transport.write(encode_message("ok"))
 
@@ -107,11 +124,30 @@ class MessageServer(Server):
         self.allow_quit = allow_quit
         self.max_message = max_message
         self._master_pid = os.getpid()
+        self._uid = os.geteuid()
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        if allow_quit and not self.requested_address.is_unix:
+            self.server_close()
+            raise ValueError("--allow-quit needs a Unix socket (--bind unix:PATH): on TCP any local user"
+                             " could stop the server")
 
     def protocol_factory(self) -> MessageProtocol:
-        """A protocol that may stop this server when quitting is allowed."""
-        return MessageProtocol(self.max_message, self.request_quit if self.allow_quit else None)
+        """A protocol that refuses ``quit``: :meth:`admit` lets it through for a peer who may stop us."""
+        return MessageProtocol(self.max_message)
+
+    def admit(self, sock: socket.socket, peer: str) -> Protocol | None:
+        """Admit as every server does; then, with ``--allow-quit``, let ``quit`` stop us if the peer may."""
+        protocol = super().admit(sock, peer)
+        if isinstance(protocol, MessageProtocol) and self.allow_quit:
+            if self.may_quit(peer_credentials(sock)):
+                protocol.quit = self.request_quit
+            else:
+                protocol.refusal = NOT_YOURS
+        return protocol
+
+    def may_quit(self, credentials: tuple[int, int, int] | None) -> bool:
+        """Whether a peer with these ``(pid, uid, gid)`` may stop the server: our own user, or root."""
+        return credentials is not None and credentials[1] in (self._uid, 0)
 
     def request_quit(self) -> None:
         """Stop the whole server gracefully, from whichever process or thread serves the connection."""
@@ -125,7 +161,9 @@ class MessageServer(Server):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """``--allow-quit`` and ``--max-message``."""
-        parser.add_argument("--allow-quit", action="store_true", help="let a 'quit' message stop the server")
+        parser.add_argument("--allow-quit", action="store_true",
+                            help="let a 'quit' message stop the server (a unix:PATH address only; from a peer"
+                                 " running as the server's own user or root)")
         parser.add_argument("--max-message", type=positive_int, default=DEFAULT_MAX_MESSAGE, metavar="BYTES",
                             help="longest message accepted (default: %(default)s)")
 
