@@ -5,6 +5,19 @@ iterative strategy runs it in the serving thread, the threading and
 prethreaded strategies in N threads on the same socket
 (:func:`serve_datagrams_in_threads`), pre-forked workers in each worker
 process.  What it needs of the server is a :class:`DatagramService`.
+
+Two rules keep one datagram from costing more than one answer (issue 25
+item 1; inetd's internal services and DNS servers keep the same):
+
+* **No answer to a reflector.**  A datagram whose source port is 0, a
+  service that answers anything (echo 7, daytime 13, chargen 19, time 37)
+  or this socket's own port is dropped, counted and logged (throttled):
+  its "sender" is our own socket (a forged source address) or another
+  server that would answer our answer, and the two would bounce one
+  datagram between them for ever at full speed.
+* **Signals whatever the load.**  The main thread's loop dispatches a
+  recorded signal between two datagrams, not only when ``recvmsg`` finds
+  nothing: a socket that never empties must not make SIGTERM wait.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from typing import Any
 from framework.address import format_peer
 from framework.datagram import DatagramProtocol, DatagramTransport
 from framework.lifecycle import ActiveConnections, Lifecycle
+from framework.logthrottle import LogThrottle
 from framework.signals import Latch, start_thread_without_signals
 
 log = logging.getLogger("forkthread")
@@ -34,6 +48,39 @@ DATAGRAM_THREADS = 8
 SEND_WAIT_MS = 1000
 
 _READ = select.POLLIN | select.POLLPRI
+
+#: Source ports never answered: 0 is no port (it cannot be a sender's), and echo (7), daytime (13),
+#: chargen (19) and time (37) answer any datagram, so answering them starts a loop between two servers.
+REFLECTOR_PORTS = frozenset({0, 7, 13, 19, 37})
+
+
+class ReflectionGuard:
+    """Refuses datagrams from reflector source ports and from this socket's own port; counts and logs them.
+
+    One guard per loop (thread or process).  The own port stands for the
+    socket's own address on any local address too: a datagram forged with
+    our address as its source, or sent by a sibling server on the same port
+    elsewhere, would make us answer ourselves.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        own_port = sock.getsockname()[1] if sock.family in (socket.AF_INET, socket.AF_INET6) else None
+        self._family = sock.family
+        self._ports = REFLECTOR_PORTS | ({own_port} if own_port is not None else set())
+        self._own_port = own_port
+        self._throttle = LogThrottle()
+        #: Datagrams refused so far by this guard.
+        self.refused = 0
+
+    def allows(self, addr: Any) -> bool:
+        """True when a datagram from *addr* may be answered; otherwise count it and warn (throttled)."""
+        if not isinstance(addr, tuple) or addr[1] not in self._ports:
+            return True
+        self.refused += 1
+        why = "our own port" if addr[1] == self._own_port else "a port that answers anything"
+        self._throttle.warning(f"datagram from {format_peer(self._family, addr)} refused: its source is {why},"
+                               f" and answering it could loop ({self.refused} refused in all)")
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +135,16 @@ def serve_datagram_socket(sock: socket.socket, service: DatagramService, *, wake
     others' ``recvmsg`` finds nothing and goes back to waiting.
     """
     lifecycle = service.lifecycle
+    guard = ReflectionGuard(sock)
     protocol = service.new_protocol()
     protocol.connection_made(SocketDatagramTransport(sock))
     poller = select.poll()
     poller.register(sock.fileno(), _READ)
     poller.register(wakeup_fd, select.POLLIN)
     while not lifecycle.stopping:
+        if main_thread and lifecycle.signals.pending():
+            lifecycle.dispatch()  # a socket that never empties must not keep a signal waiting
+            continue
         try:
             data, _, flags, addr = sock.recvmsg(DATAGRAM_RECV_SIZE)
         except BlockingIOError:
@@ -106,6 +157,8 @@ def serve_datagram_socket(sock: socket.socket, service: DatagramService, *, wake
         except OSError as exc:
             # A pending ICMP error of an earlier send surfaces here: not our socket's fault.
             log.debug("datagram socket: %s", exc)
+            continue
+        if not guard.allows(addr):
             continue
         peer = format_peer(sock.family, addr)
         if flags & socket.MSG_TRUNC:
