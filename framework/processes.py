@@ -19,6 +19,23 @@
   around it except the standard library's lock repairs, which only matter
   when another thread could hold a lock.  See the class for why and what
   it saves.
+* **Threads.**  ``forkthread serve`` forks with one thread: a forking
+  parent and a pre-forked master serve no connection, so no connection
+  watch, pool or other thread of the framework's runs in them (the test
+  suite checks it with the warning below made an error).  A process forks
+  with other threads only when a program embeds the server outside its main
+  thread, or has threads of its own; Python 3.12+ then warns that the child
+  may deadlock (only the forking thread lives on in it, and a lock another
+  thread held stays held).  For the framework's part that fork is safe,
+  which :func:`_fork_among_threads` says where it is raised: the child runs
+  only the serving code, enters its role with its own locks, pipes and
+  counters (:meth:`~framework.strategies.base.Host.enter_child`), CPython's
+  at-fork hooks re-make ``threading``'s and ``logging``'s locks, and it
+  never returns into the program's code (:func:`exit_child`).  A lock of
+  the program's own that another thread held at the fork, taken by its
+  protocol in the child, is the program's to avoid (docs/strategies/forking.md).
+* **Sub-interpreters.**  :func:`fork` refuses while one exists: the child
+  would abort (CPython issue 139759).  The ``interpreters`` strategy never forks.
 """
 
 from __future__ import annotations
@@ -28,13 +45,16 @@ import dataclasses
 import gc
 import logging
 import os
+import re
 import signal
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from typing import NoReturn, Protocol
 
+from framework import subinterpreters
 from framework.signals import SERVER_SIGNALS
 
 #: Looked up once, in the parent: a child leaving through exit_child() only reads it.
@@ -96,15 +116,20 @@ def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -
     :func:`os.fork`.  Raises :class:`OSError` (EAGAIN, ENOMEM) in the
     parent when no process could be made.
     """
+    if subinterpreters.exist():
+        raise RuntimeError("cannot fork while a sub-interpreter exists: the child would abort (CPython issue 139759)")
     _flush_standard_streams()
     close_fds = list(close_in_child)  # evaluated before the fork: nothing lazy runs in the child
     make: Callable[[], int] = os.fork
     held = SERVER_SIGNALS
     # Checked here, and again in DirectFork.fork: holding every signal in this thread keeps
     # caught signals out of the child only while no other thread can catch one.
-    if direct is not None and direct.one_thread():
+    alone = DirectFork.one_thread()
+    if direct is not None and alone:
         make = direct.fork
         held = _EVERY_SIGNAL
+    elif not alone:
+        _fork_among_threads()
     mask = frozenset(_sigmask(signal.SIG_BLOCK, held))
     try:
         pid = make()
@@ -121,6 +146,23 @@ def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -
             pass
     _setsignal(signal.SIGCHLD, _SIG_DFL)
     return Forked(0, mask)
+
+
+#: What Python 3.12+ says when a process with several threads calls os.fork().
+_FORK_AMONG_THREADS = r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks"
+
+
+def _fork_among_threads() -> None:
+    """Silence Python's fork-with-threads warning for this module's fork only, before that fork.
+
+    The fork is safe for the framework's part (module docstring, "Threads").
+    The filter names this module and the message, so any other fork of the
+    program still warns; it is added only when a fork among threads really
+    happens (each time: a test harness may reset the filters), so a process
+    that forks with one thread keeps Python's warning armed.
+    """
+    warnings.filterwarnings("ignore", message=_FORK_AMONG_THREADS, category=DeprecationWarning,
+                            module=re.escape(__name__) + r"\Z")
 
 
 def exit_child(status: int) -> NoReturn:

@@ -9,6 +9,7 @@ itself is checked black-box with a user's at-fork hook.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from framework import subinterpreters
+from framework.processes import fork
 from tests.support import ServerProcess, child_env, recv_all
 
 #: Run in every scenario first: two hooks of each kind, recording into EVENTS.
@@ -302,3 +305,38 @@ def test_the_core_does_not_import_random():
                           env=child_env(), check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["forking", "preforked"])
+def test_a_serving_process_forks_with_one_thread(name):
+    """``forkthread serve`` never forks while it has threads (Python 3.12+ warns then: made an error here).
+
+    A forking parent and a pre-forked master serve no connection themselves,
+    so no thread of the framework's runs in them when they fork.
+    """
+    env = child_env(PYTHONWARNINGS="error:This process (pid=:DeprecationWarning")
+    server = ServerProcess("echo", strategy=name, env=env)
+    try:
+        for _ in range(3):
+            with server.connect() as sock:
+                sock.sendall(b"one thread\n")
+                sock.shutdown(socket.SHUT_WR)
+                assert recv_all(sock) == b"one thread\n"
+        assert server.stop() == 0
+        assert "Warning" not in server.log()
+    finally:
+        server.kill()
+        server.close()
+
+
+@pytest.mark.skipif(subinterpreters.unavailable() is not None, reason="no sub-interpreters on this Python")
+def test_no_fork_while_a_sub_interpreter_exists():
+    """A child forked while a sub-interpreter exists would abort (CPython issue 139759): refused, clearly."""
+    interpreter = subinterpreters.Interpreter()
+    try:
+        assert subinterpreters.exist()
+        with pytest.raises(RuntimeError, match="139759"):
+            fork()
+    finally:
+        interpreter.close()
+    assert not subinterpreters.exist()
