@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import select
 import socket
 import stat
 import struct
@@ -24,6 +25,9 @@ import struct
 #: Listen backlog.  socketserver's 5 overflows as soon as ~100 clients connect
 #: at once; the kernel silently caps this at net.core.somaxconn.
 DEFAULT_BACKLOG = 1024
+
+#: How long the stale-socket check waits for a connect to a Unix socket file to complete.
+STALE_CHECK_SECONDS = 1.0
 
 
 class AddressError(ValueError):
@@ -165,22 +169,54 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
 
 
 def _replace_stale_unix_socket(path: str) -> None:
-    """Remove a Unix socket file nobody listens on; refuse a live one or a non-socket."""
+    """Remove a Unix socket file nobody listens on; refuse a live one or a non-socket.
+
+    The probe's connect is non-blocking with a short deadline
+    (:data:`STALE_CHECK_SECONDS`): a live server that does not accept (stopped,
+    or stuck, its backlog full) made a blocking ``connect`` wait for ever
+    (issue 25 item 9).  Refused: stale, the file is removed; connected, or no
+    answer by the deadline: in use.
+    """
     try:
         info = os.stat(path)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(info.st_mode):
         raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    state = _unix_socket_state(path)
+    if state == STALE:
+        os.unlink(path)  # left behind by a server that did not clean up
+        return
+    raise OSError(errno.EADDRINUSE, "Address already in use" if state == IN_USE else
+                  "Address already in use (by a server that is not accepting connections)")
+
+
+#: What the stale-socket check found at a Unix socket file's path.
+STALE, IN_USE, STALLED = "stale", "in use", "in use, not accepting"
+
+
+def _unix_socket_state(path: str) -> str:
+    """:data:`STALE` (nothing listens), :data:`IN_USE`, or :data:`STALLED` (a listener that does not accept)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # stale: left behind by a server that did not clean up
-        return
+        probe.setblocking(False)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return STALE
+        except BlockingIOError as exc:
+            if exc.errno == errno.EAGAIN:
+                return STALLED  # a listener whose backlog is full: alive, but not accepting
+            # EINPROGRESS (not Linux's way for Unix sockets, but allowed): wait briefly for the outcome.
+            poller = select.poll()
+            poller.register(probe.fileno(), select.POLLOUT)
+            if not poller.poll(int(STALE_CHECK_SECONDS * 1000)):
+                return STALLED
+            outcome = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            return STALE if outcome in (errno.ECONNREFUSED, errno.ENOENT) else IN_USE
+        return IN_USE
     finally:
         probe.close()
-    raise OSError(errno.EADDRINUSE, "Address already in use")
 
 
 def bind_socket(address: Address, *, backlog: int = DEFAULT_BACKLOG, reuse_port: bool = False,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ import pytest
 
 from framework.address import bind_socket, local_address, parse_address
 from framework.strategies import STRATEGIES
-from tests.support import child_env
+from tests.support import child_env, process_state, wait_for
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -140,3 +142,37 @@ def test_a_client_cacert_that_does_not_load_names_the_file(tmp_path):
     assert result.returncode == 1, result
     assert "Traceback" not in result.stderr
     assert f"cannot load --cacert {missing!r}" in result.stderr
+
+
+def test_a_stalled_unix_socket_server_does_not_hang_start_up(tmp_path, serve, strategy):
+    # Was: the stale-socket check's blocking connect() waited for ever on a live server that did not accept.
+    path = tmp_path / "stalled.sock"
+    stalled = serve("echo", "--backlog", "1", "--workers", "2", strategy=strategy, bind=f"unix:{path}")
+    if strategy == "preforked":  # the workers may still be starting when the master says it listens
+        assert wait_for(lambda: len(stalled.tree()) == 2, timeout=10)
+    stopped = [stalled.pid, *stalled.tree()]
+    for process in stopped:
+        os.kill(process, signal.SIGSTOP)
+    # Every process stopped (no worker may still accept and open a slot in the backlog).
+    assert wait_for(lambda: all(process_state(process) == "T" for process in stopped), timeout=10)
+    fillers = []
+    try:
+        while True:  # fill the stopped server's backlog: the next connect would block
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            fillers.append(filler)
+            try:
+                filler.connect(str(path))
+            except BlockingIOError:
+                break
+            assert len(fillers) < 100, "the backlog never filled"
+        result = run_cli("serve", "echo", "--bind", f"unix:{path}", "--strategy", strategy, timeout=30)
+    finally:
+        for filler in fillers:
+            filler.close()
+        for process in stopped:
+            os.kill(process, signal.SIGCONT)
+    assert result.returncode == 1, result
+    assert result.stderr.strip() == f"forkthread: cannot listen on unix:{path}: Address already in use" \
+        " (by a server that is not accepting connections)"
+    assert path.exists()  # the live server's file was left alone
