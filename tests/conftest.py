@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from framework.harness.checks import leftover_problems, stop_problems
 from framework.strategies import STRATEGIES
-from tests.support import ServerProcess, become_subreaper, missing_requirement, reap_adopted
+from tests.support import ServerProcess, become_subreaper, missing_requirement
 
 
 def selected_strategies() -> list[str]:
@@ -104,22 +104,11 @@ def serve() -> Iterator[Callable[..., ServerProcess]]:
     problems = []
     for process in started:
         try:
-            if process.proc.poll() is None:
-                # Beyond the default 30 s graceful timeout: a slow stop fails on its status, not a hang.
-                status = process.stop(signal.SIGTERM, timeout=60)
-                if status != 0:
-                    problems.append(f"{process.argv}: exit status {status}\n{process.log()}")
-            elif process.proc.returncode != process.expected_status:
-                # It ended before teardown, and not the way the test said it would: a crash.
-                problems.append(f"{process.argv}: ended during the test with status "
-                                f"{process.proc.returncode}\n{process.log()}")
-        except AssertionError as exc:
-            problems.append(str(exc))
+            # Beyond the default 30 s graceful timeout: a slow stop fails on its status, not a hang.
+            problems += stop_problems(process, timeout=60)
         finally:
             process.close()
-    survivors = reap_adopted()
-    if survivors:
-        problems.append(f"processes outlived their server: {sorted(survivors)}")
+    problems += leftover_problems()
     leaked_threads = set(threading.enumerate()) - threads_before
     if any(thread.is_alive() for thread in leaked_threads):
         problems.append(f"threads left behind: {leaked_threads}")

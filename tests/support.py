@@ -1,5 +1,8 @@
-"""Test helpers: run servers as real processes, talk to them, and prove nothing leaked.
+"""Test helpers: talk to servers, and prove nothing leaked.
 
+The process runner, the subreaper and the /proc leak checks live in the
+package (:mod:`framework.harness`), shared with the pytest plugin the
+project ships; they are re-exported here under the names the tests use.
 Nothing here mocks the kernel: servers are real processes on real sockets,
 and the leak checks read /proc.
 """
@@ -7,33 +10,48 @@ and the leak checks read /proc.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import resource
-import selectors
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
-from framework.address import connect as connect_to
+from framework.harness.polling import settled, wait_for
+from framework.harness.process import ServerProcess, ServerStartError, child_env
+from framework.harness.proctree import (
+    command_line,
+    descendants,
+    fd_count,
+    open_fds_unchanged,
+    proc_children,
+    process_state,
+    process_tree,
+    task_children,
+    thread_count,
+    threads_not_blocking,
+    tree_fd_count,
+    tree_threads,
+    tree_total,
+    tree_zombies,
+    zombies_of,
+)
+from framework.harness.reaper import become_subreaper, is_subreaper, reap_adopted
+
+__all__ = [  # the harness's names, re-exported for the tests
+    "ServerProcess", "ServerStartError", "become_subreaper", "child_env", "command_line", "descendants",
+    "fd_count", "is_subreaper", "open_fds_unchanged", "proc_children", "process_state", "process_tree",
+    "reap_adopted", "settled", "task_children", "thread_count", "threads_not_blocking", "tree_fd_count",
+    "tree_threads", "tree_total", "tree_zombies", "wait_for", "zombies_of",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> None:
-    """Make this process adopt orphaned descendants, so a leaked grandchild is seen (and reaped)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def in_ci() -> bool:
@@ -51,14 +69,6 @@ def missing_requirement(message: str) -> NoReturn:
     pytest.skip(message)
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a server process: this checkout first on the import path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-    env.update(extra)
-    return env
-
-
 #: How coverage.py tells a subprocess to measure itself (``patch = subprocess`` in setup.cfg).
 COVERAGE_VARIABLES = ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")
 
@@ -74,149 +84,6 @@ def uninstrumented_env(**extra: str) -> dict[str, str]:
     for name in COVERAGE_VARIABLES:
         env.pop(name, None)
     return env
-
-
-def proc_children(pid: int) -> set[int]:
-    """Direct children of *pid*, from /proc (zombies included)."""
-    children = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # The command name may contain spaces and parentheses: split after the last ')'.
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == pid:
-            children.add(int(entry))
-    return children
-
-
-def descendants(pid: int) -> set[int]:
-    """Every descendant of *pid* now alive or zombie."""
-    found: set[int] = set()
-    frontier = [pid]
-    while frontier:
-        for child in proc_children(frontier.pop()):
-            if child not in found:
-                found.add(child)
-                frontier.append(child)
-    return found
-
-
-def process_state(pid: int) -> str | None:
-    """The one-letter state of *pid* (``Z`` for a zombie), or None when it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2]
-
-
-def fd_count(pid: int) -> int:
-    """How many descriptors *pid* has open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def zombies_of(pid: int) -> set[int]:
-    """Children of *pid* that are zombies (exited, not reaped)."""
-    return {child for child in proc_children(pid) if process_state(child) == "Z"}
-
-
-def reap_adopted(timeout: float = 5.0, keep: set[int] = frozenset()) -> set[int]:  # type: ignore[assignment]
-    """Wait for and reap orphans adopted by this (subreaper) process; return those that outlived *timeout*."""
-    deadline = time.monotonic() + timeout
-    while True:
-        adopted = proc_children(os.getpid()) - keep
-        alive = set()
-        for pid in adopted:
-            if process_state(pid) == "Z":
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
-            else:
-                alive.add(pid)
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.05)
-
-
-class ServerProcess:
-    """A ``forkthread serve`` process: started, waited for ``listening on``, stopped, checked."""
-
-    def __init__(self, server: str, *args: str, strategy: str | None = "iterative", bind: str = "127.0.0.1:0",
-                 env: dict[str, str] | None = None, start_timeout: float = 20.0,
-                 program: list[str] | None = None) -> None:
-        # *program* replaces ``python -m framework serve SERVER`` (a user's own serve_main script).
-        launcher = program or [sys.executable, "-m", "framework", "serve", server]
-        # strategy=None: the server's own default strategy.
-        chosen = [] if strategy is None else ["--strategy", strategy]
-        self.argv = [*launcher, "--bind", bind, *chosen, *args]
-        self.log_file = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self.log_file, text=True,
-                                     env=env or child_env(), stdin=subprocess.DEVNULL)
-        self.address = self._wait_listening(start_timeout)
-        self.pid = self.proc.pid
-        #: The exit status a test expects if the server ends before teardown
-        #: (a test that SIGKILLs the master sets -SIGKILL); anything else fails the test.
-        self.expected_status = 0
-
-    def _wait_listening(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout, selectors.EVENT_READ)
-            if not selector.select(timeout):
-                self.kill()
-                raise AssertionError(f"no 'listening on' line within {timeout}s: {self.log()}")
-        line = self.proc.stdout.readline()
-        if not line.startswith("listening on "):
-            self.proc.wait(10)
-            raise AssertionError(f"unexpected first line {line!r}; log:\n{self.log()}")
-        return line.strip().removeprefix("listening on ")
-
-    def connect(self, timeout: float | None = 10.0) -> socket.socket:
-        """A new client connection to the server."""
-        return connect_to(self.address, timeout)
-
-    def log(self) -> str:
-        """What the server wrote to standard error so far."""
-        self.log_file.flush()
-        self.log_file.seek(0)
-        return self.log_file.read()
-
-    def tree(self) -> set[int]:
-        """The server's descendant processes (workers, per-connection children)."""
-        return descendants(self.pid)
-
-    def send_signal(self, signum: int) -> None:
-        """Send *signum* to the server process."""
-        self.proc.send_signal(signum)
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        """Send *signum*, wait for the exit, and return the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(
-                f"server did not stop within {timeout}s after signal {signum}:\n{self.log()}"
-            ) from None
-
-    def kill(self) -> None:
-        """Kill the server and every descendant (test clean-up after a failure)."""
-        for pid in self.tree() | {self.proc.pid}:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            self.proc.wait(10)
-
-    def close(self) -> None:
-        """Release the pipes and the log file."""
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        self.log_file.close()
 
 
 def recv_all(sock: socket.socket, limit: int | None = None) -> bytes:
@@ -257,35 +124,6 @@ def echo_exchange(sock: socket.socket, payload: bytes, chunk: int = 65536) -> by
     return received[0] if received else b""
 
 
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
-    """Poll *predicate* until it is true or *timeout* passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return bool(value)
-        time.sleep(interval)
-
-
-@contextlib.contextmanager
-def open_fds_unchanged() -> Iterator[None]:
-    """Assert that the block leaves this process's descriptor count as it found it."""
-    before = set(os.listdir("/proc/self/fd"))
-    yield
-    for _ in range(50):
-        after = set(os.listdir("/proc/self/fd"))
-        if len(after) <= len(before):
-            return
-        time.sleep(0.02)
-    leaked = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in after - before if os.path.exists(f"/proc/self/fd/{fd}")}
-    raise AssertionError(f"descriptors leaked: {leaked}")
-
-
-def thread_count(pid: int) -> int:
-    """How many threads *pid* runs now (its main thread included)."""
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
 class PeakSampler:
     """Samples ``measure()`` in a thread every *interval* seconds and keeps the highest value seen.
 
@@ -315,70 +153,6 @@ class PeakSampler:
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join(10)
-
-
-def task_children(pid: int) -> set[int]:
-    """Direct children of *pid* from /proc/PID/task/*/children: much cheaper than scanning /proc.
-
-    Zombies are included.  Falls back to :func:`proc_children` on kernels without the file.
-    """
-    children: set[int] = set()
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return children
-    for task in tasks:
-        try:
-            children.update(int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
-        except FileNotFoundError:
-            if not os.path.exists(f"/proc/{pid}/task/{task}"):
-                continue  # the thread ended meanwhile
-            return proc_children(pid)
-        except OSError:
-            continue
-    return children
-
-
-def process_tree(pid: int) -> set[int]:
-    """*pid* and all its descendants, via :func:`task_children`."""
-    tree = {pid}
-    frontier = [pid]
-    while frontier:
-        for child in task_children(frontier.pop()) - tree:
-            tree.add(child)
-            frontier.append(child)
-    return tree
-
-
-def tree_total(pid: int, measure: Callable[[int], float]) -> float:
-    """``measure(member)`` summed over *pid* and all its descendants (members that end meanwhile count 0)."""
-    total = 0.0
-    for member in process_tree(pid):
-        with contextlib.suppress(OSError):  # it ended meanwhile
-            total += measure(member)
-    return total
-
-
-def tree_fd_count(pid: int) -> int:
-    """Descriptors open in *pid* and all its descendants together (workers, per-connection children)."""
-    return int(tree_total(pid, fd_count))
-
-
-def tree_zombies(pid: int) -> set[int]:
-    """Zombies anywhere in *pid*'s process tree (exited, not reaped by their parent)."""
-    return {member for member in process_tree(pid) if process_state(member) == "Z"}
-
-
-def settled(measure, interval: float = 0.1, timeout: float = 3.0) -> int:  # type: ignore[no-untyped-def]
-    """``measure()`` once it reads the same twice *interval* apart (or when *timeout* passes)."""
-    deadline = time.monotonic() + timeout
-    value = measure()
-    while time.monotonic() < deadline:
-        time.sleep(interval)
-        previous, value = value, measure()
-        if value == previous:
-            break
-    return int(value)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -420,37 +194,12 @@ def failed_accepts(pids: set[int], seconds: float = RETRY_WINDOW) -> int:
             return sum(1 for line in trace if "accept" in line and "= -1 " in line)
 
 
-def threads_not_blocking(pid: int, signals: frozenset[int]) -> dict[str, set[int]]:
-    """Of *pid* and its descendants, every thread but a process's main one that leaves one of *signals* unblocked.
-
-    Read from ``SigBlk`` in ``/proc/PID/task/TID/status``; returns
-    ``{"pid/tid": {signal numbers it does not block}}`` (empty when all block them).
-    """
-    unblocked: dict[str, set[int]] = {}
-    for process in {pid} | descendants(pid):
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{process}/task"):
-                if int(tid) == process:
-                    continue  # the main thread: where the signals must go
-                with contextlib.suppress(OSError):
-                    status = Path(f"/proc/{process}/task/{tid}/status").read_text()
-                    mask = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
-                    if missing := {signum for signum in signals if not mask >> (signum - 1) & 1}:
-                        unblocked[f"{process}/{tid}"] = missing
-    return unblocked
-
-
 def recv_or_reset(sock: socket.socket) -> bytes:
     """One byte, or b"" when the server closed or reset the connection."""
     try:
         return sock.recv(1)
     except ConnectionResetError:
         return b""
-
-
-def tree_threads(pid: int) -> int:
-    """Threads in *pid* and all its descendants together."""
-    return int(tree_total(pid, thread_count))
 
 
 def assert_no_accept_spin(server: ServerProcess) -> int:
