@@ -214,13 +214,24 @@ class Server:
             return
         if self.protocol is not None:
             raise ValueError(f"server {self.name or type(self).__name__!r} sets both `protocol` and `handler`")
-        if not self.strategy.carries_blocking_handlers():
-            raise ValueError(
-                f"server {self.name or type(self).__name__!r} runs a blocking handler, which strategy"
-                f" {self.strategy.describe()} cannot carry: one thread serves every connection there, so one"
+        refusal = self.refusal(self.strategy)
+        if refusal is not None:
+            raise ValueError(refusal)
+
+    @classmethod
+    def refusal(cls, strategy: Strategy) -> str | None:
+        """Why *strategy* cannot carry this server class, or None when it can.
+
+        The one rule for it: a blocking handler needs a strategy that gives every
+        connection a thread of its own (:meth:`Strategy.carries_blocking_handlers`).
+        Asked before binding, and by the lab to choose the models it measures.
+        """
+        if cls.handler is None or strategy.carries_blocking_handlers():
+            return None
+        return (f"server {cls.name or cls.__name__!r} runs a blocking handler, which strategy"
+                f" {strategy.describe()} cannot carry: one thread serves every connection there, so one"
                 " blocked handler would stall them all (use iterative, forking, threading, prethreaded, or"
-                " preforked with --worker iterative or threads)"
-            )
+                " preforked with --worker iterative or threads)")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -122,7 +122,7 @@ def test_rankings_use_the_highest_concurrency_and_put_starving_models_last_by_p9
     assert [item.target for item in cpu.by_p99] == ["b", "a", "c"]
     assert cpu.reasons["a"].endswith("GIL")
     assert [item.target for item in found[1].by_throughput] == ["d"]
-    text = verdict.render(found)
+    text = verdict.render(found, 2)
     assert "### cpu:2 at 10 connections" in text and "1. b: 900 req/s — 1.9 cores used of 2" in text
     assert "3. c: p99 3.0 ms, 9 of 10 connections starved" in text
 

@@ -61,7 +61,8 @@ def test_work_quick_end_to_end(tmp_path):
 
     # the verdict is what the rules make of the rows written
     rows = [Row(**{**row, "params": row["params"]}) for row in report["rows"]]
-    assert report["summary"] == verdict.render(verdict.verdicts(rows, results["machine"]["cpus"]))
+    cpus = results["machine"]["cpus"]
+    assert report["summary"] == verdict.render(verdict.verdicts(rows, cpus), cpus)
     markdown = (out / "results.md").read_text()
     assert "### Verdict" in markdown and report["summary"] in markdown
     assert "work: verdict" in done.stdout

@@ -1,4 +1,10 @@
-"""``forkthread bench WORKLOAD``: the sub-command, its options, and the run from start to files."""
+"""``forkthread bench WORKLOAD`` (or ``MODULE:CLASS``): the sub-command, its options, and the run from start to files.
+
+``forkthread bench MODULE:CLASS`` measures the user's own server (the
+``server`` workload, :mod:`framework.bench.workloads.own`); options the
+bench command does not know are ``forkthread serve`` options, passed
+through to that server (checked first by the serve parser of its class).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,9 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from framework.bench.config import FULL, KIB, MIB, QUICK, BenchConfig, Scale
+from framework.bench.config import FULL, KIB, MIB, QUICK, BenchConfig, OwnServer, Scale
 from framework.bench.machine import describe_machine, machine_summary
 from framework.bench.report import Results
 
@@ -17,6 +24,33 @@ WORKLOAD_NAMES = ["stevens", "echo-rr", "http", "idle", "work", "all"]
 #: What ``all`` runs: the cost-of-the-model workloads.  ``work`` is about using the cores, so it runs on
 #: its own, unpinned (``all`` is usually run with ``--pin``).
 ALL = ["stevens", "echo-rr", "http", "idle"]
+#: ``--client`` values that pick the HTTP load client; anything with a colon is a MODULE:FUNCTION.
+LOAD_CLIENTS = ("auto", "wrk", "builtin")
+#: Serve options the lab sets itself for every model it starts.
+LAB_SERVE_OPTIONS = ("--bind", "-b", "--strategy", "--inetd", "--log-level")
+
+
+class BenchParser(argparse.ArgumentParser):
+    """The ``bench`` parser: what it does not know is kept as ``serve_options`` (passed to MODULE:CLASS)."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """Parse, keeping unknown arguments in ``namespace.serve_options`` (:func:`run_bench` checks them)."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        parsed.serve_options = [*getattr(parsed, "serve_options", []), *extras]
+        return parsed, []
+
+
+def _workload(text: str) -> str:
+    if text in WORKLOAD_NAMES or ":" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(WORKLOAD_NAMES)},"
+                                     " or MODULE:CLASS for your own server)")
+
+
+def _client(text: str) -> str:
+    if text in LOAD_CLIENTS or ":" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"expected {', '.join(LOAD_CLIENTS)} or MODULE:FUNCTION, not {text!r}")
 
 
 def _names(text: str) -> list[str]:
@@ -56,9 +90,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     bench = commands.add_parser(
         "bench", help="compare the concurrency models (and peers) under load",
-        description="Measure each strategy, and peer servers, under one workload; write results.json, "
-                    "results.csv, results.md and PNG plots into --out.")
-    bench.add_argument("workload", choices=WORKLOAD_NAMES, help="what load to make")
+        description="Measure each strategy, and peer servers, under one workload, or your own server"
+                    " (MODULE:CLASS) under every model that carries it; write results.json, results.csv,"
+                    " results.md and PNG plots into --out.  With MODULE:CLASS, other options are"
+                    " `forkthread serve` options for your server (--workers, --threads, --timeout...).",
+        allow_abbrev=False)  # an abbreviation could swallow a serve option meant for the server
+    bench.__class__ = BenchParser  # add_parser() builds the subcommands' parser class; this one keeps extras
+    bench.add_argument("workload", type=_workload, metavar="WORKLOAD",
+                       help=f"what load to make: {', '.join(WORKLOAD_NAMES)}; or MODULE:CLASS, your own server")
     bench.add_argument("--strategies", type=_names, metavar="LIST",
                        help="comma-separated strategies to measure, or single variants such as"
                             " preforked:worker=poll (default: every registered strategy)")
@@ -89,8 +128,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     scale.add_argument("--sizes", type=_sizes, metavar="LIST", help="http: file sizes (1k,64k,1m / 1k)")
     scale.add_argument("--max-idle", type=positive_int, metavar="N",
                        help=f"idle: most connections held ({FULL.max_idle} / {QUICK.max_idle})")
-    bench.add_argument("--client", choices=("auto", "wrk", "builtin"), default="auto",
-                       help="http: load client; auto uses wrk when installed (default: %(default)s)")
+    bench.add_argument("--client", type=_client, default="auto", metavar="auto|wrk|builtin|MODULE:FUNCTION",
+                       help="http and --http: load client, auto uses wrk when installed (default: %(default)s);"
+                            " MODULE:FUNCTION: a function called with a connected socket for one exchange"
+                            " (raising means the exchange failed)")
+    own = bench.add_argument_group("your own server (bench MODULE:CLASS): the exchange, one of --client"
+                                   " MODULE:FUNCTION, --send, --http")
+    own.add_argument("--send", metavar="TEXT|@FILE",
+                     help="send TEXT (backslash escapes such as \\n decoded) or FILE's bytes as one request")
+    own.add_argument("--expect-bytes", type=positive_int, metavar="N", help="with --send: the answer is N bytes")
+    own.add_argument("--expect-line", action="store_true", help="with --send: the answer is one line")
+    own.add_argument("--http", action="append", metavar="PATH",
+                     help="HTTP requests for PATH (repeat for several, taken in turn)")
+    own.add_argument("--method", default="GET", metavar="METHOD", help="with --http (default: %(default)s)")
+    own.add_argument("--body", metavar="TEXT|@FILE", help="with --http: the request body")
+    own.add_argument("--connection-per-exchange", action="store_true",
+                     help="connect, do one exchange, close (Stevens' style); default: persistent connections")
     bench.add_argument("--tls", action="store_true",
                        help="http: measure over TLS, every strategy beside nginx with the same certificate"
                             " (needs wrk and openssl)")
@@ -110,9 +163,104 @@ def config_from_arguments(args: argparse.Namespace) -> BenchConfig:
     if args.work:
         overrides["work"] = tuple(args.work)
     scale: Scale = dataclasses.replace(base, **overrides)
-    workloads = ALL if args.workload == "all" else [args.workload]
+    own = own_server(args) if ":" in args.workload else None
+    workloads = ["server"] if own else ALL if args.workload == "all" else [args.workload]
+    client = "auto" if ":" in args.client else args.client
     return BenchConfig(workloads=workloads, out=args.out, scale=scale, quick=args.quick, pin=args.pin,
-                       strategies=args.strategies, servers=args.servers, client=args.client, tls=args.tls)
+                       strategies=args.strategies, servers=args.servers, client=client, tls=args.tls, own=own)
+
+
+def _text_or_file(option: str, text: str, escapes: bool) -> str:
+    """TEXT (backslash escapes decoded when *escapes*) or @FILE's bytes, as latin-1 text (one byte a character)."""
+    from framework.cli import UsageError
+
+    if text.startswith("@"):
+        try:
+            return Path(text[1:]).read_bytes().decode("latin-1")
+        except OSError as exc:
+            raise UsageError(f"{option} {text}: {exc.strerror or exc}") from None
+    try:
+        data = text.encode("latin-1", "backslashreplace")
+        return data.decode("unicode_escape").encode("latin-1").decode("latin-1") if escapes else data.decode("latin-1")
+    except (UnicodeError, ValueError) as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+#: The options that only describe an exchange with your own server.
+OWN_OPTIONS = ("send", "expect_bytes", "expect_line", "http", "body", "connection_per_exchange")
+
+
+def own_server(args: argparse.Namespace) -> OwnServer:
+    """``bench MODULE:CLASS``: the server class loaded, its exchange and serve options checked; UsageError if bad."""
+    from framework.bench.exchange import ExchangeSpec, load_function
+    from framework.bench.workloads.own import serve_arguments
+    from framework.cli import UsageError, load_server_target
+
+    cls = load_server_target(args.workload)
+    function = args.client if ":" in args.client else ""
+    given = [name for name, value in (("--client MODULE:FUNCTION", function), ("--send", args.send),
+                                      ("--http", args.http)) if value]
+    if len(given) != 1:
+        raise UsageError(f"bench {args.workload}: describe the exchange with exactly one of --client MODULE:FUNCTION,"
+                         f" --send or --http{' (given: ' + ', '.join(given) + ')' if given else ''}")
+    if args.send is not None and (args.expect_bytes is None) == (not args.expect_line):
+        raise UsageError("--send needs exactly one of --expect-bytes N or --expect-line")
+    if args.send is None and (args.expect_bytes is not None or args.expect_line):
+        raise UsageError("--expect-bytes and --expect-line go with --send")
+    if args.http is None and (args.body is not None or args.method != "GET"):
+        raise UsageError("--method and --body go with --http")
+    if function:
+        try:
+            load_function(function)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        exchange = ExchangeSpec(kind="function", function=function)
+    elif args.send is not None:
+        request = _text_or_file("--send", args.send, escapes=True)
+        if not request:
+            raise UsageError("--send: nothing to send")
+        exchange = ExchangeSpec(kind="send", send=request, expect_bytes=args.expect_bytes or 0,
+                                expect_line=args.expect_line)
+    else:
+        bad = [path for path in args.http if not path.startswith("/") or any(char in path for char in " \r\n")]
+        if bad:
+            raise UsageError(f"--http {bad[0]!r}: a path starts with / and has no spaces")
+        if not args.method.isascii() or not args.method.isalpha():
+            raise UsageError(f"--method {args.method!r}: not an HTTP method")
+        body = _text_or_file("--body", args.body, escapes=False) if args.body is not None else ""
+        exchange = ExchangeSpec(kind="http", paths=tuple(args.http), method=args.method.upper(), body=body)
+    options = list(args.serve_options)
+    lab_owned = [word for word in options if word.split("=")[0] in LAB_SERVE_OPTIONS]
+    if lab_owned:
+        raise UsageError(f"{lab_owned[0].split('=')[0]}: the lab sets it for every model it starts"
+                         " (choose models with --strategies)")
+    try:
+        serve_arguments(cls, options)
+    except ValueError as exc:
+        raise UsageError(f"serve option for {args.workload}: {exc}") from None
+    return OwnServer(target=args.workload, exchange=exchange, serve_options=tuple(options),
+                     per_exchange=args.connection_per_exchange)
+
+
+def check_servers(names: list[str] | None) -> None:
+    """Raise UsageError for a ``--servers`` name that is no peer (``none`` alone means no peers)."""
+    from framework.bench.peers import PEERS, peer_key
+    from framework.cli import UsageError
+
+    if names is None or [name.lower() for name in names] == ["none"]:
+        return
+    keys = [peer_key(peer.name) for peer in PEERS]
+    unknown = [name for name in names if not any(key.startswith(peer_key(name)) for key in keys)]
+    if unknown:
+        raise UsageError(f"--servers: no peer named {', '.join(unknown)} (choose from {', '.join(keys)}, or none)")
+
+
+def own_settings(own: OwnServer | None) -> dict[str, object]:
+    """What the settings line says of your own server (nothing for the lab's workloads)."""
+    if own is None:
+        return {}
+    return {"exchange": own.exchange.describe(), "serve_options": " ".join(own.serve_options) or "none",
+            "connection_per_exchange": own.per_exchange}
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -122,6 +270,14 @@ def run_bench(args: argparse.Namespace) -> int:
     from framework.cli import UsageError
     from framework.strategies import STRATEGIES
 
+    if ":" not in args.workload:
+        if args.serve_options:
+            raise UsageError(f"unrecognized arguments: {' '.join(args.serve_options)}")
+        mine = [name for name in OWN_OPTIONS if getattr(args, name)]
+        if mine or ":" in args.client:
+            option = "--" + (mine[0] if mine else "client").replace("_", "-")
+            raise UsageError(f"{option} is for your own server: forkthread bench MODULE:CLASS {option} ...")
+    check_servers(args.servers)
     config = config_from_arguments(args)
     if "work" in config.workloads:
         from framework.bench.workloads.work import check_specs
@@ -150,7 +306,8 @@ def run_bench(args: argparse.Namespace) -> int:
     fd_limit = config.raise_fd_limit()
     machine = describe_machine()
     config.progress(f"machine: {machine_summary(machine)}")
-    settings = {"workload": args.workload, "quick": config.quick, "repeat": config.scale.repeat, "pin": config.pin,
+    settings = {"workload": args.workload, **own_settings(config.own), "quick": config.quick,
+                "repeat": config.scale.repeat, "pin": config.pin,
                 "fd_limit": fd_limit, **{key: value for key, value in dataclasses.asdict(config.scale).items()
                                          if key != "repeat"}}
     results = Results(machine=machine, settings=settings, notes=config.notes)

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from framework.bench.exchange import ExchangeSpec
+
 KIB = 1024
 MIB = 1024 * 1024
 
@@ -49,6 +51,19 @@ QUICK = Scale(clients=2, connections=100, duration=0.5, concurrency=(10,), sizes
               idle_seconds=5.0, repeat=1, http_repeat=1, work=("cpu:2", "sleep:20"), work_duration=0.5)
 
 
+@dataclasses.dataclass(frozen=True)
+class OwnServer:
+    """``forkthread bench MODULE:CLASS``: the user's server, its serve options, and one exchange with it."""
+
+    #: What ``forkthread serve`` is given: ``MODULE:CLASS`` (or a bundled server name).
+    target: str
+    exchange: ExchangeSpec
+    #: ``forkthread serve`` options passed through (``--workers 4``, ``--timeout 0``, the server's own).
+    serve_options: tuple[str, ...] = ()
+    #: Stevens' style: connect, one exchange, close (default: persistent connections).
+    per_exchange: bool = False
+
+
 @dataclasses.dataclass
 class BenchConfig:
     """Everything one ``forkthread bench`` run needs to know."""
@@ -63,6 +78,8 @@ class BenchConfig:
     client: str = "auto"
     #: http: measure over TLS (every strategy beside nginx on the same certificate).
     tls: bool = False
+    #: ``forkthread bench MODULE:CLASS``: the user's own server (the ``server`` workload).
+    own: OwnServer | None = None
     server_cpus: set[int] | None = None
     client_cpus: set[int] | None = None
     notes: list[str] = dataclasses.field(default_factory=list)

@@ -15,6 +15,11 @@ Kinds (``spec["kind"]``):
     C persistent connections doing request/response (``"protocol"``:
     ``echo``, ``http``, or ``line``: one answer line starting ``ok``)
     until a deadline or a request count.
+``exchange``
+    C connections, a thread each, performing the exchanges of a user's
+    server (:mod:`framework.bench.exchange`) until a deadline or a count;
+    persistent, or one connection per exchange.  A failed exchange is
+    counted by its reason, and its connection replaced.
 ``idle``
     Open connections one by one, each proven served by a one-byte echo;
     after every ``step`` connections (and at the end) print ``held N``
@@ -30,7 +35,9 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import time
+from collections import Counter
 from typing import Any
 
 #: Latency samples kept per process (a uniform subsample beyond this).
@@ -215,6 +222,63 @@ def run_rr(spec: dict[str, Any]) -> dict[str, Any]:
             "starved": starved}
 
 
+def run_exchange(spec: dict[str, Any]) -> dict[str, Any]:
+    """C connections, one thread each, doing the user's exchanges until the deadline or the request cap."""
+    from framework.bench.exchange import failure, make_exchange, spec_from_json
+
+    host, port, timeout = spec["host"], spec["port"], spec.get("timeout", 10.0)
+    per_exchange = bool(spec.get("per_exchange"))
+    exchange = make_exchange(spec_from_json(spec["exchange"]), per_exchange)
+    max_requests = spec.get("max_requests", 10**9)
+    lock = threading.Lock()
+    failures: Counter[str] = Counter()
+    latencies: list[float] = []
+    served = [0] * spec["connections"]
+    go = threading.Event()
+    started = [0.0]
+
+    def connection(index: int) -> None:
+        sock: socket.socket | None = None
+        go.wait()
+        deadline = started[0] + spec["duration"]
+        while time.monotonic() < deadline and sum(served) < max_requests:
+            try:
+                if sock is None:
+                    sock = _connect(host, port, timeout)
+                    sock.settimeout(timeout)
+                began = time.monotonic()
+                exchange(sock)
+            except Exception as exc:  # the user's function may raise anything: a failed exchange
+                with lock:
+                    failures[failure(exc)] += 1
+                if sock is not None:
+                    sock.close()
+                    sock = None
+                continue
+            ended = time.monotonic()
+            served[index] += 1
+            with lock:
+                latencies.append(ended - began)
+            if per_exchange:
+                sock.close()
+                sock = None
+        if sock is not None:
+            sock.close()
+
+    threads = [threading.Thread(target=connection, args=(index,), daemon=True) for index in range(spec["connections"])]
+    for thread in threads:
+        thread.start()
+    started[0] = time.monotonic()
+    go.set()
+    for thread in threads:  # an exchange is bounded by the socket timeout; a stuck client function is left behind
+        thread.join(max(0.1, started[0] + spec["duration"] + timeout + 5.0 - time.monotonic()))
+    elapsed = time.monotonic() - started[0]
+    with lock:
+        return {"done": sum(served), "errors": sum(failures.values()), "elapsed": elapsed,
+                "latencies": _thin(latencies),
+                "starved": sum(1 for count in served if count == 0), "failures": dict(failures)}
+
+
 #: idle: connections opened and probed together (well under any listen backlog).
 IDLE_BATCH = 64
 #: idle: extra time a batch gets per connection in it (a fork or a thread each, on a busy machine).
@@ -298,7 +362,7 @@ def run_idle(spec: dict[str, Any]) -> dict[str, Any]:
     return {"held": count, "reason": reason}
 
 
-KINDS = {"nbytes": run_nbytes, "rr": run_rr, "idle": run_idle}
+KINDS = {"nbytes": run_nbytes, "rr": run_rr, "exchange": run_exchange, "idle": run_idle}
 
 
 def main() -> int:

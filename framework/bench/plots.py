@@ -75,9 +75,19 @@ def bars(config: BenchConfig, report: WorkloadReport, rows: Sequence[Row], metri
 
 def lines(config: BenchConfig, report: WorkloadReport, rows: Sequence[Row], x: str, y: str, panel: str | None,
           name: str, title: str, ylabel: str) -> None:
-    """Lines of *y* against *x* (log scale), one per server, one panel per value of *panel*."""
+    """Lines of *y* against *x* (log scale), one per server, one panel per value of *panel*.
+
+    At one value of *x* (a ``--quick`` run) a line is a dot: bars instead, one panel per value of *panel*.
+    """
     pyplot = _pyplot(report)
     if pyplot is None or not rows:
+        return
+    if len({row.params.get(x) for row in rows}) == 1:
+        for value in dict.fromkeys(row.params.get(panel) for row in rows) if panel else [None]:
+            chosen = [row for row in rows if panel is None or row.params.get(panel) == value]
+            suffix = "" if value is None else "_" + "".join(char if char.isalnum() else "_" for char in str(value))
+            at = f"{x} {rows[0].params.get(x)}" + ("" if value is None else f", {value}")
+            bars(config, report, chosen, [(y, ylabel)], name.replace(".png", f"{suffix}.png"), f"{title} ({at})")
         return
     panels = list(dict.fromkeys(row.params.get(panel) for row in rows)) if panel else [None]  # in run order
     figure, axes = pyplot.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1.5, 4.5), squeeze=False)
@@ -133,6 +143,17 @@ def plot_idle(config: BenchConfig, report: WorkloadReport) -> None:
     bars(config, report, report.rows, [("held", "idle connections held"),
                                        ("pss_kib_per_conn", "anonymous PSS KiB per connection")],
          "idle.png", "idle: connections held and memory per connection")
+
+
+def plot_own(config: BenchConfig, report: WorkloadReport) -> None:
+    """Exchanges per second against concurrency (bars at one concurrency); cores used per model at the highest."""
+    measured = [row for row in report.rows if row.metrics.get("req_per_s") is not None]
+    lines(config, report, measured, "connections", "req_per_s", None, "server.png",
+          "your server: throughput", "exchanges per second")
+    top = max((int(row.params["connections"]) for row in measured), default=0)
+    bars(config, report, [row for row in measured if row.params["connections"] == top],
+         [("cores_used", "cores used"), ("cpu_ms_per_req", "server CPU ms per exchange")],
+         "server_cores.png", f"your server, {top} connections: cores used and CPU per exchange")
 
 
 def plot_work(config: BenchConfig, report: WorkloadReport) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Iterable
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -197,3 +198,46 @@ def mem_available_kib() -> int | None:
 def mem_total_kib() -> int:
     """Total memory in KiB (0 when unknown)."""
     return meminfo_kib("MemTotal") or 0
+
+
+def task_schedstat(pid: int) -> tuple[int, int]:
+    """Nanoseconds the threads of process *pid* ran on a CPU, and waited on a run queue for one (0, 0 when gone).
+
+    From ``/proc/PID/task/TID/schedstat`` (kernel ``Documentation/scheduler/sched-stats.rst``):
+    waiting for a CPU is told apart from waiting for anything else, which a
+    busy machine would otherwise pass off as the server's own waiting.
+    """
+    running = queued = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as file:
+                fields = file.read().split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        running += int(fields[0])
+        queued += int(fields[1])
+    return running, queued
+
+
+def tree_schedstat(root: int) -> tuple[int, int]:
+    """:func:`task_schedstat` summed over the process tree of *root* (its live processes)."""
+    running = queued = 0
+    for stat in tree(root):
+        ran, waited = task_schedstat(stat.pid)
+        running += ran
+        queued += waited
+    return running, queued
+
+
+def thread_schedstat() -> tuple[int, int]:
+    """:func:`task_schedstat`'s two figures for the calling thread alone."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as file:
+            fields = file.read().split()
+    except OSError:
+        return 0, 0
+    return int(fields[0]), int(fields[1])

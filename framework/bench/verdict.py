@@ -39,12 +39,19 @@ The rules, first match wins (thresholds are the constants below):
 
 Starved connections, and other processes' use of the CPUs when at least
 SHARED cores, are added to any reason.
+
+The recommendation (:func:`recommend`) then picks, at each concurrency
+judged, among the models within :data:`TIE` of the best throughput that
+starved no connection, the one with the least anonymous memory (fewest
+processes): the same service for less.  Its words say what the exchange
+is made of (computing or waiting, from the figures) and why the chosen
+model's structure fits it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from framework.bench.report import Row
 from servers.work import WorkSpec, parse_spec
@@ -66,6 +73,8 @@ BUSY_PROCESSES = 0.5
 OVERLAP = 0.75
 #: A median latency this many times the work's own time means requests queued.
 QUEUED = 1.5
+#: Models with at least this share of the best throughput serve as well as it.
+TIE = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +94,7 @@ class Figures:
     busiest_share: float | None = None
     other_cores: float = 0.0
     client_cores: float = 0.0
+    pss_mib: float | None = None
 
     @property
     def in_flight(self) -> float:
@@ -107,14 +117,19 @@ class Figures:
         return self.p50_ms is not None and service > 0 and self.p50_ms >= QUEUED * service
 
 
-def figures(row: Row) -> Figures | None:
-    """The rule inputs of a work row (None when it has no throughput to judge)."""
+def work_spec(row: Row) -> WorkSpec:
+    """What a ``work`` row's requests cost: its ``--work`` spec."""
+    return parse_spec(str(row.params["work"]))
+
+
+def figures(row: Row, spec_of: Callable[[Row], WorkSpec] = work_spec) -> Figures | None:
+    """The rule inputs of a row (None when it has no throughput to judge); *spec_of* says what a request costs."""
     metrics = row.metrics
     rate = metrics.get("req_per_s")
     if not rate:
         return None
     return Figures(
-        target=row.target, traits=frozenset(row.traits), spec=parse_spec(str(row.params["work"])),
+        target=row.target, traits=frozenset(row.traits), spec=spec_of(row), pss_mib=metrics.get("pss_mib"),
         connections=int(row.params["connections"]), req_per_s=rate, p99_ms=metrics.get("p99_ms"),
         p50_ms=metrics.get("p50_ms"), cores=metrics.get("cores_used") or 0.0,
         processes=int(metrics.get("processes") or 1), starved=int(metrics.get("starved") or 0),
@@ -192,38 +207,93 @@ class Verdict:
     reasons: dict[str, str]
 
 
-def verdicts(rows: Sequence[Row], cpus: int) -> list[Verdict]:
-    """Per work kind (in run order), at its highest concurrency: the rankings.
+def verdicts(rows: Sequence[Row], cpus: int, spec_of: Callable[[Row], WorkSpec] = work_spec,
+             every_concurrency: bool = False) -> list[Verdict]:
+    """Per work kind (in run order), at its highest concurrency (or at each): the rankings.
 
     By p99, lower first; a model that starved connections comes after
     every one that did not (its p99 leaves the starved ones out).
     """
     out = []
-    for work in dict.fromkeys(str(row.params["work"]) for row in rows):
-        mine = [row for row in rows if row.params["work"] == work]
-        top = max(int(row.params["connections"]) for row in mine)
-        items = [item for row in mine if int(row.params["connections"]) == top
-                 if (item := figures(row)) is not None]
-        by_rate = sorted(items, key=lambda item: -item.req_per_s)
-        by_p99 = sorted(items, key=lambda item: (item.starved > 0, item.p99_ms if item.p99_ms is not None
-                                                 else float("inf")))
-        out.append(Verdict(work, top, by_rate, by_p99, {item.target: reason(item, cpus) for item in items}))
+    for work in dict.fromkeys(str(spec_of(row)) for row in rows):
+        mine = [row for row in rows if str(spec_of(row)) == work]
+        levels = sorted({int(row.params["connections"]) for row in mine})
+        for level in levels if every_concurrency else levels[-1:]:
+            items = [item for row in mine if int(row.params["connections"]) == level
+                     if (item := figures(row, spec_of)) is not None]
+            by_rate = sorted(items, key=lambda item: -item.req_per_s)
+            by_p99 = sorted(items, key=lambda item: (item.starved > 0, item.p99_ms if item.p99_ms is not None
+                                                     else float("inf")))
+            out.append(Verdict(work, level, by_rate, by_p99, {item.target: reason(item, cpus) for item in items}))
     return out
 
 
-def render(found: Sequence[Verdict]) -> str:
-    """The verdicts as Markdown (also readable on a terminal)."""
+def recommend(verdict: Verdict) -> Figures | None:
+    """The model to use at this point: of those within :data:`TIE` of the best rate, none starved, the leanest."""
+    if not verdict.by_throughput:
+        return None
+    best = verdict.by_throughput[0]
+    level = [item for item in verdict.by_throughput if item.req_per_s >= TIE * best.req_per_s and not item.starved]
+    return min(level or [best], key=lambda item: item.pss_mib if item.pss_mib is not None else float("inf"))
+
+
+def advice(pick: Figures, verdict: Verdict, cpus: int) -> str:
+    """Why *pick* fits, in the words a user acts on: what the exchange is made of and what the model does with it."""
+    spec, traits = pick.spec, pick.traits
+    others = [item for item in verdict.by_throughput if item is not pick]
+    slowest = min(others, key=lambda item: item.req_per_s, default=None)
+    contrast = (f"; {slowest.target} managed {slowest.req_per_s:,.0f}/s ({verdict.reasons[slowest.target]})"
+                if slowest is not None and slowest.req_per_s < TIE * pick.req_per_s else "")
+    if spec.cpu_ms and not spec.sleep_ms:
+        what = f"each exchange holds the CPU (~{spec.cpu_ms:.3g} ms of computing)"
+        if "processes" in traits:
+            why = (f"threads in one interpreter share one core (the GIL) and an event loop is one thread;"
+                   f" {pick.target} runs processes and used {pick.cores:.1f} of {cpus} cores")
+        else:
+            why = f"{pick.target} used {pick.cores:.1f} of {cpus} cores"
+    elif spec.sleep_ms and not spec.cpu_ms:
+        what = f"each exchange mostly waits (~{spec.sleep_ms:.3g} ms)"
+        if "threads" in traits and "processes" not in traits:
+            why = ("one thread per connection overlaps the waits in one process (least memory);"
+                   " a single event loop or one connection at a time serves one exchange at once")
+        elif "processes" in traits:
+            why = f"{pick.target} overlaps the waits in processes ({pick.processes} processes)"
+        else:
+            why = verdict.reasons[pick.target]
+    else:
+        what = f"each exchange computes (~{spec.cpu_ms:.3g} ms) and waits (~{spec.sleep_ms:.3g} ms)"
+        why = verdict.reasons[pick.target]
+    return f"{pick.target} ({pick.req_per_s:,.0f}/s) — {what}: {why}{contrast}."
+
+
+def recommendations(found: Sequence[Verdict], cpus: int, label: Callable[[Verdict], str]) -> list[str]:
+    """One Markdown bullet per verdict: the model to use and why."""
+    lines = []
+    for verdict in found:
+        pick = recommend(verdict)
+        if pick is not None:
+            lines.append(f"- {label(verdict)}: use {advice(pick, verdict, cpus)}")
+    return lines
+
+
+def render(found: Sequence[Verdict], cpus: int) -> str:
+    """The verdicts as Markdown (also readable on a terminal), ending with the recommendation per work kind."""
     lines: list[str] = []
     for verdict in found:
         lines += ["", f"#### {verdict.work} at {verdict.connections} connections", "", "By throughput:", ""]
         lines += [f"{rank}. {item.target}: {item.req_per_s:,.0f} req/s — {verdict.reasons[item.target]}"
                   for rank, item in enumerate(verdict.by_throughput, 1)]
         lines += ["", "By p99 latency (models that starved connections last):", ""]
-        lines += [f"{rank}. {item.target}: p99 {_ms(item.p99_ms)}"
+        lines += [f"{rank}. {item.target}: p99 {format_ms(item.p99_ms)}"
                   + (f", {item.starved} of {item.connections} connections starved" if item.starved else "")
                   for rank, item in enumerate(verdict.by_p99, 1)]
+    advice_lines = recommendations(found, cpus, lambda verdict: f"{verdict.work} at {verdict.connections} connections")
+    if advice_lines:
+        lines += ["", f"**Recommendation** (of the models within {1 - TIE:.0%} of the best rate, none starving,"
+                  " the one with the least memory):", "", *advice_lines]
     return "\n".join(lines).strip("\n")
 
 
-def _ms(value: float | None) -> str:
+def format_ms(value: float | None) -> str:
+    """A latency in ms for the verdict text (``-`` for none)."""
     return "-" if value is None else f"{value:,.1f} ms"

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from framework.bench.config import BenchConfig
 from framework.bench.report import WorkloadReport
-from framework.bench.workloads import echo_rr, http, idle, stevens, work
+from framework.bench.workloads import echo_rr, http, idle, own, stevens, work
 
 WORKLOADS: dict[str, Callable[[BenchConfig], WorkloadReport]] = {
     "stevens": stevens.run,
@@ -14,4 +14,6 @@ WORKLOADS: dict[str, Callable[[BenchConfig], WorkloadReport]] = {
     "http": http.run,
     "idle": idle.run,
     "work": work.run,
+    #: ``forkthread bench MODULE:CLASS``: the user's own server (:attr:`BenchConfig.own`).
+    "server": own.run,
 }

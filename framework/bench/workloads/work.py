@@ -26,9 +26,10 @@ import os
 import socket
 import threading
 import time
+from typing import Any
 
 from framework.bench import procfs, session
-from framework.bench.clients import latency_ms, run_clients, split
+from framework.bench.clients import LoadResult, latency_ms, run_clients, split
 from framework.bench.config import BenchConfig
 from framework.bench.processes import RunningServer, ServerCommand
 from framework.bench.report import Column, WorkloadReport
@@ -101,7 +102,7 @@ def work_targets(config: BenchConfig, context: Context) -> list[Target]:
     return targets + peers
 
 
-class _Probe:
+class Probe:
     """Samples the server during the load window: CPU at its start and end, memory in its middle."""
 
     def __init__(self, server: RunningServer, duration: float) -> None:
@@ -173,16 +174,28 @@ def measure_point(config: BenchConfig, server: RunningServer, connections: int,
     specs = [{"kind": "rr", "host": server.host, "port": server.port, "connections": share, "protocol": "line",
               "request": REQUEST, "duration": duration, "max_requests": 5_000_000, "timeout": 30.0}
              for share in split(connections, min(connections, MAX_CLIENT_PROCESSES))]
-    probe = _Probe(server, duration)
+    return measure_load(server, specs, duration)[0]
+
+
+def measure_load(server: RunningServer, specs: list[dict[str, object]],
+                 duration: float) -> tuple[dict[str, float | None], LoadResult]:
+    """Run the load generators of *specs* against *server*, sampling it meanwhile: the point's figures, and the load."""
+    probe = Probe(server, duration)
     load = run_clients(specs, time_limit=duration + 60.0, on_go=probe.start)
-    sampled = probe.join()
-    elapsed = max((client.get("elapsed", 0.0) for client in load.per_client), default=0.0)
-    rate = load.done / elapsed if elapsed > 0 else None
+    return point_figures(probe.join(), load.done, load.per_client, load.latencies,
+                         float(load.total("starved")), float(load.errors)), load
+
+
+def point_figures(sampled: dict[str, float | None], done: int, per_client: list[dict[str, Any]],
+                  latencies: list[float], starved: float | None, errors: float) -> dict[str, float | None]:
+    """The figures of one point from the server's samples and what the load generators reported."""
+    elapsed = max((client.get("elapsed", 0.0) for client in per_client), default=0.0)
+    rate = done / elapsed if elapsed > 0 else None
     cores = sampled.get("cores_used")
     return {
-        "req_per_s": rate, **latency_ms(load.latencies), **sampled,
+        "req_per_s": rate, **latency_ms(latencies), **sampled,
         "cpu_ms_per_req": cores * 1e3 / rate if cores is not None and rate else None,
-        "starved": float(load.total("starved")), "errors": float(load.errors),
+        "starved": starved, "errors": errors,
     }
 
 
@@ -232,7 +245,8 @@ def run(config: BenchConfig) -> WorkloadReport:
                 session.skip(config, report, target, f"{spec}: failed: {exc}")
                 if isinstance(exc, session.ServerStartError):
                     failed.add(target.name)  # a server that cannot start (a refused style) is not retried
-    report.summary = verdict.render(verdict.verdicts(report.rows, os.cpu_count() or 1))
+    cpus = os.cpu_count() or 1
+    report.summary = verdict.render(verdict.verdicts(report.rows, cpus), cpus)
     plot_work(config, report)
     return report
 
