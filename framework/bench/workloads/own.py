@@ -207,7 +207,8 @@ def run(config: BenchConfig) -> WorkloadReport:
             " after another, before each point (the median of at least 5, over at least 0.2 s); what it is made"
             " of (computing, waiting) comes from the kernel's per-thread accounting (schedstat) meanwhile."
             "  Cores used = server tree CPU / wall time over the load window; anon PSS the server tree's anonymous"
-            " memory mid-point; starved connections got no exchange done in the point's time.  Every run on a fresh server process."
+            " memory mid-point; starved connections got no exchange done in the point's time.  Every run on a"
+            " fresh server process."
             f"  Median of {scale.repeat} runs, (min-max)."),
         columns=COLUMNS, ratio_metric="req_per_s", params=["connections"])
     if own.exchange.kind == "http" and not use_wrk:
