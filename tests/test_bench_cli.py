@@ -153,8 +153,8 @@ def test_without_matplotlib_tables_still_come_out_with_a_note(tmp_path):
     assert done.returncode == 0, done.stderr
     report = workload(load(out), "stevens")
     assert not list(out.glob("*.png"))
-    assert any("pip install 'forkthread[bench]'" in note for note in report["notes"])
-    assert "pip install 'forkthread[bench]'" in (out / "results.md").read_text()
+    assert any("pip install '.[bench]'" in note for note in report["notes"])
+    assert "pip install '.[bench]'" in (out / "results.md").read_text()
 
 
 @pytest.mark.parametrize("args", [

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from framework.bench.processes import ServerCommand, free_port
 from framework.bench.targets import Context, Target, child_env
 
-BENCH_EXTRA = "pip install 'forkthread[bench]'"
+#: How to get the lab's extras: from a checkout (the package is not on an index).
+BENCH_EXTRA = "pip install '.[bench]' in the checkout"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,6 +76,39 @@ class WorkloadReport:
         return out
 
 
+def recommendation(report: WorkloadReport) -> str:
+    """Markdown: at the highest concurrency of each load point, the model that did best on the ratio metric.
+
+    For workloads whose verdict is their ratio metric alone (echo-rr,
+    http, idle): the best forkthread row, and how it compares with the
+    best peer at the same point.
+    """
+    header = next((column.header for column in report.columns if column.key == report.ratio_metric),
+                  report.ratio_metric)
+    fixed = [param for param in report.params if param != "connections"]
+    top = max((int(row.params["connections"]) for row in report.rows if "connections" in row.params), default=None)
+    lines = []
+    for point in dict.fromkeys(tuple(row.params.get(param) for param in fixed) for row in report.rows):
+        rows = [row for row in report.rows if tuple(row.params.get(param) for param in fixed) == point
+                and row.params.get("connections", top) == top and row.metrics.get(report.ratio_metric)]
+        ours = [row for row in rows if row.kind == "forkthread"]
+        if not ours:
+            continue
+        best = max(ours, key=lambda row: row.metrics[report.ratio_metric] or 0.0)
+        value = best.metrics[report.ratio_metric] or 0.0
+        where = ", ".join(f"{param} {value}" for param, value in zip(fixed, point, strict=True) if value is not None)
+        where += (", " if where else "") + (f"{top} connections" if top is not None else "")
+        text = f"- {where or 'this load'}: use {best.target} ({value:,.0f} {header})"
+        peers = [row for row in rows if row.kind == "peer"]
+        if peers:
+            peer = max(peers, key=lambda row: row.metrics[report.ratio_metric] or 0.0)
+            text += f", {value / (peer.metrics[report.ratio_metric] or 1.0):.2f}x the best peer ({peer.target})"
+        lines.append(text + ".")
+    if not lines:
+        return ""
+    return "\n".join([f"**Recommendation** (the forkthread model with the most {header}):", "", *lines])
+
+
 def format_value(value: float | None, digits: int) -> str:
     """A metric for a table cell (``-`` for missing)."""
     if value is None:
@@ -183,12 +216,33 @@ class Results:
                         "; ".join(row.notes),
                     ])
 
+    def caveats(self) -> list[str]:
+        """What makes this run weak evidence, said above its tables: quick, one repeat, a loaded machine."""
+        out = []
+        if self.settings.get("quick"):
+            out.append("A --quick run: short points and one repeat each.  It shows that everything runs and roughly"
+                       " where; differences of less than about 2x between models may be noise.  Decide on a full run.")
+        elif self.settings.get("repeat") == 1:
+            out.append("One repeat per point: no spread to tell a difference from noise.  Decide on --repeat 3"
+                       " or more.")
+        cpus = int(str(self.machine.get("cpus") or 1))
+        loads = [float(str(value).split()[0]) for value in (self.machine.get("load_average"),
+                                                             self.machine.get("load_average_end")) if value]
+        loads += [load for report in self.workloads for row in report.rows
+                  if (load := row.metrics.get("load_avg")) is not None]
+        if loads and max(loads) > cpus:
+            out.append(f"The machine was loaded: load average up to {max(loads):.1f} on {cpus} CPUs.  Other"
+                       " processes took CPU time from the servers and the load generators, so figures are lower and"
+                       " noisier than on a quiet machine, and models that need more cores suffer most.")
+        return out
+
     def markdown(self) -> str:
-        """The report as Markdown: machine, settings, then per workload its table, ratios and notes."""
+        """The report as Markdown: machine, settings, caveats, then per workload its table, ratios and notes."""
         lines = ["# forkthread bench results", "",
                  f"Machine: {machine_summary(self.machine)}.  ",
                  f"Run: {self.machine.get('date_utc')} UTC, {self.seconds:.0f} s; settings: "
                  + ", ".join(f"{key}={_setting(value)}" for key, value in self.settings.items()) + ".", ""]
+        lines += [f"> **Caveat:** {caveat}" + "\n" for caveat in self.caveats()]
         lines += [f"- {note}" for note in self.notes]
         for report in self.workloads:
             lines += ["", f"## {report.title}", "", report.description, "", table(report, markdown=True)]
@@ -207,6 +261,7 @@ class Results:
     def text(self) -> str:
         """The final tables for the terminal."""
         parts = [f"machine: {machine_summary(self.machine)}"]
+        parts += [f"CAVEAT: {caveat}" for caveat in self.caveats()]
         for report in self.workloads:
             parts += ["", f"== {report.title}", table(report, markdown=False)]
             parts += [f"  note: {note}" for note in report.notes]

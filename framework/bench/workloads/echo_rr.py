@@ -16,7 +16,7 @@ from framework.bench import session
 from framework.bench.clients import latency_ms, run_clients, split
 from framework.bench.config import BenchConfig
 from framework.bench.processes import RunningServer
-from framework.bench.report import Column, WorkloadReport
+from framework.bench.report import Column, WorkloadReport, recommendation
 from framework.bench.targets import Context
 
 COLUMNS = [
@@ -79,4 +79,5 @@ def run(config: BenchConfig) -> WorkloadReport:
     from framework.bench.plots import plot_echo_rr
 
     plot_echo_rr(config, report)
+    report.summary = recommendation(report)
     return report

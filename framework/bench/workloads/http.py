@@ -26,7 +26,7 @@ from framework.bench import session, wrk
 from framework.bench.clients import latency_ms, run_clients, split
 from framework.bench.config import KIB, MIB, BenchConfig
 from framework.bench.processes import RunningServer
-from framework.bench.report import Column, WorkloadReport
+from framework.bench.report import Column, WorkloadReport, recommendation
 from framework.bench.targets import Context
 from framework.registry import server_targets
 
@@ -164,6 +164,7 @@ def run(config: BenchConfig) -> WorkloadReport:
     from framework.bench.plots import plot_http
 
     plot_http(config, report)
+    report.summary = recommendation(report)
     return report
 
 

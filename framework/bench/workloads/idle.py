@@ -19,7 +19,7 @@ from framework.bench import procfs, session
 from framework.bench.clients import LoadError, client_processes, readline
 from framework.bench.config import BenchConfig
 from framework.bench.processes import RunningServer
-from framework.bench.report import Column, WorkloadReport
+from framework.bench.report import Column, WorkloadReport, recommendation
 from framework.bench.targets import Context
 
 COLUMNS = [
@@ -118,4 +118,5 @@ def run(config: BenchConfig) -> WorkloadReport:
     from framework.bench.plots import plot_idle
 
     plot_idle(config, report)
+    report.summary = recommendation(report)
     return report

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import socket
 
-from framework.bench import session
+from framework.bench import procfs, session
 from framework.bench.clients import latency_ms, run_clients
 from framework.bench.config import BenchConfig
 from framework.bench.processes import RunningServer
@@ -82,20 +82,61 @@ def main_process_share(before: tuple[float, int] | None, after: tuple[float, int
             "main_faults_per_conn": (after[1] - before[1]) / done}
 
 
+def noise_floor_us(row: Row) -> float:
+    """The smallest per-connection CPU difference a row can show: one clock tick over its connections, or its spread."""
+    done = row.metrics.get("connections") or 1.0
+    spread = row.spread.get("cpu_us_per_conn", {})
+    low, high = spread.get("min"), spread.get("max")
+    return max(1e6 / procfs.CLOCK_TICKS / done, (high - low) if low is not None and high is not None else 0.0)
+
+
 def add_process_control(report: WorkloadReport) -> None:
-    """Server CPU minus the iterative server's: Stevens' Figure 30.1 column."""
+    """Server CPU minus the iterative server's: Stevens' Figure 30.1 column.
+
+    A model cannot cost less than doing nothing: a difference below zero is
+    noise (CPU is counted in clock ticks), shown as 0 with a note naming the
+    noise floor.
+    """
     baseline = next((row for row in report.rows if row.strategy == "iterative"), None)
     base = baseline.metrics.get("cpu_us_per_conn") if baseline else None
-    if base is None:
+    if baseline is None or base is None:
         report.notes.append("no iterative row, so no process-control CPU (it is measured against iterative)")
         return
+    clamped = []
     for row in report.rows:
         per_conn = row.metrics.get("cpu_us_per_conn")
         done = row.metrics.get("connections")
         if per_conn is None or not done:
             continue
-        row.metrics["process_control_us_per_conn"] = per_conn - base
-        row.metrics["process_control_cpu_s"] = (per_conn - base) * done / 1e6
+        extra = per_conn - base
+        if extra < 0:
+            clamped.append(row.target)
+            extra = 0.0
+        row.metrics["process_control_us_per_conn"] = extra
+        row.metrics["process_control_cpu_s"] = extra * done / 1e6
+    if clamped:
+        report.notes.append(
+            f"process-control CPU below zero shown as 0 for {', '.join(clamped)}: below the noise floor of"
+            f" {noise_floor_us(baseline):.0f} µs per connection (one {1000 / procfs.CLOCK_TICKS:.0f} ms clock tick"
+            " over the connections, or iterative's spread)")
+
+
+def recommend(report: WorkloadReport) -> str:
+    """The model that serves short connections at least cost, and what forking one process per connection adds."""
+    rows = [row for row in report.rows if row.kind == "forkthread" and row.strategy != "iterative"
+            and row.metrics.get("cpu_us_per_conn") is not None]
+    if not rows:
+        return ""
+    cheapest = min(rows, key=lambda row: row.metrics["cpu_us_per_conn"] or 0.0)
+    fastest = max(rows, key=lambda row: row.metrics.get("conn_per_s") or 0.0)
+    forking = next((row for row in rows if row.target == "forking"), None)
+    text = (f"**Recommendation** for short connections (one request each): {cheapest.target} costs the server least"
+            f" per connection ({cheapest.metrics['cpu_us_per_conn']:,.0f} µs); {fastest.target} served the most"
+            f" per second ({fastest.metrics.get('conn_per_s') or 0:,.0f}).")
+    if forking is not None and forking is not cheapest:
+        extra = (forking.metrics["cpu_us_per_conn"] or 0.0) - (cheapest.metrics["cpu_us_per_conn"] or 0.0)
+        text += f"  A process per connection (forking) adds {extra:,.0f} µs per connection: the fork."
+    return text
 
 
 def run(config: BenchConfig) -> WorkloadReport:
@@ -140,6 +181,7 @@ def run(config: BenchConfig) -> WorkloadReport:
         else:
             session.skip(config, report, target, "; ".join(notes))
     add_process_control(report)
+    report.summary = recommend(report)
     from framework.bench.plots import plot_stevens
 
     plot_stevens(config, report)
