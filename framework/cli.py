@@ -239,16 +239,16 @@ def add_server_options(parser: argparse.ArgumentParser, cls: type[Server]) -> No
     parser.set_defaults(func=run_serve, server_cls=cls, given_strategy_options=frozenset())
 
 
-def load_server_target(target: str) -> type[Server]:
-    """Import ``MODULE:CLASS`` (the current directory first on the import path) and return the class.
+def import_named(target: str, form: str) -> object:
+    """Import ``MODULE:NAME`` (the current directory first on the import path) and return that attribute.
 
-    Raises :class:`UsageError` with a one-line reason when the module cannot
-    be imported (missing, or its import raises), has no such attribute, or
-    the attribute is not a :class:`~framework.server.Server` subclass.
+    Raises :class:`UsageError` with a one-line reason (*form* says what was
+    expected) when the module cannot be imported (missing, or its import
+    raises) or has no such attribute.
     """
-    module_name, _, class_name = target.partition(":")
-    if not module_name or not class_name:
-        raise UsageError(f"{target!r}: expected MODULE:CLASS (e.g. myservers:UpperServer)")
+    module_name, _, name = target.partition(":")
+    if not module_name or not name:
+        raise UsageError(f"{target!r}: expected {form}")
     cwd = os.getcwd()
     if sys.path[:1] != [cwd]:
         sys.path.insert(0, cwd)  # a console script starts with its own directory first, not ours
@@ -256,9 +256,20 @@ def load_server_target(target: str) -> type[Server]:
         module = importlib.import_module(module_name)
     except (Exception, SystemExit) as exc:
         raise UsageError(f"cannot import {module_name!r} for {target}: {type(exc).__name__}: {exc}") from None
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise UsageError(f"module {module_name!r} has no {class_name!r}")
+    found = getattr(module, name, None)
+    if found is None:
+        raise UsageError(f"module {module_name!r} has no {name!r}")
+    return found
+
+
+def load_server_target(target: str) -> type[Server]:
+    """Import ``MODULE:CLASS`` (the current directory first on the import path) and return the class.
+
+    Raises :class:`UsageError` with a one-line reason when the module cannot
+    be imported (missing, or its import raises), has no such attribute, or
+    the attribute is not a :class:`~framework.server.Server` subclass.
+    """
+    cls = import_named(target, "MODULE:CLASS (e.g. myservers:UpperServer)")
     if not (isinstance(cls, type) and issubclass(cls, Server)):
         raise UsageError(f"{target} is not a forkthread Server subclass")
     if not _speaks(cls):

@@ -134,3 +134,39 @@ def test_every_combination_gets_exactly_one_line(cores, rate, work):
     for traits in ({"threads"}, {"loop"}, {"processes"}, {"one-at-a-time"}, set()):
         text = reason_of(row("x", traits, work, 10, rate, cores, 30.0, 60.0))
         assert text and "\n" not in text
+
+
+def test_the_recommendation_is_the_leanest_of_the_models_as_fast_as_the_best():
+    rows = [
+        row("threading", {"threads"}, "cpu:2", 10, 480, 1.0, 20.0, 40.0, pss_mib=10.0),
+        row("forking", {"processes"}, "cpu:2", 10, 900, 1.9, 10.0, 30.0, processes=11, pss_mib=40.0),
+        row("preforked", {"processes"}, "cpu:2", 10, 870, 1.9, 10.0, 30.0, processes=3, pss_mib=15.0),
+        row("poll", {"loop"}, "cpu:2", 10, 990, 1.9, 10.0, 30.0, starved=3, pss_mib=5.0),  # starving: never chosen
+    ]
+    (found,) = verdict.verdicts(rows, cpus=2)
+    pick = verdict.recommend(found)
+    assert pick is not None and pick.target == "preforked"
+    text = verdict.advice(pick, found, 2)
+    assert text.startswith("preforked (870/s) — each exchange holds the CPU (~2 ms of computing): threads in one"
+                           " interpreter share one core (the GIL)")
+    assert "threading managed 480/s" in text
+    rendered = verdict.render([found], 2)
+    assert rendered.splitlines()[-1].startswith("- cpu:2 at 10 connections: use preforked (870/s)")
+
+
+def test_a_waiting_exchange_recommends_threads_in_one_process_when_they_keep_up():
+    rows = [
+        row("iterative", {"one-at-a-time"}, "sleep:20", 10, 48, 0.02, 200.0, 210.0, pss_mib=9.0),
+        row("threading", {"threads"}, "sleep:20", 10, 470, 0.1, 21.0, 25.0, pss_mib=10.0),
+        row("forking", {"processes"}, "sleep:20", 10, 490, 0.2, 21.0, 25.0, processes=11, pss_mib=40.0),
+    ]
+    (found,) = verdict.verdicts(rows, cpus=2)
+    pick = verdict.recommend(found)
+    assert pick is not None and pick.target == "threading"
+    assert "one thread per connection overlaps the waits" in verdict.advice(pick, found, 2)
+
+
+def test_every_concurrency_gets_a_verdict_when_asked_and_the_spec_can_come_from_elsewhere():
+    rows = [row("a", {"threads"}, "cpu:2", connections, 100.0 * connections, 1.0, 2.0, 3.0) for connections in (1, 10)]
+    found = verdict.verdicts(rows, cpus=2, spec_of=lambda _: verdict.WorkSpec(sleep_ms=5.0), every_concurrency=True)
+    assert [(item.work, item.connections) for item in found] == [("sleep:5", 1), ("sleep:5", 10)]

@@ -15,12 +15,9 @@ generators as JSON.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
-import os
 import socket
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,22 +68,15 @@ def load_function(target: str) -> ExchangeFunction:
 
     Raises :class:`ValueError` with a one-line reason when it cannot.
     """
-    module_name, _, name = target.partition(":")
-    if not module_name or not name:
-        raise ValueError(f"{target!r}: expected MODULE:FUNCTION (e.g. myclient:exchange)")
-    cwd = os.getcwd()
-    if sys.path[:1] != [cwd]:
-        sys.path.insert(0, cwd)
+    from framework.cli import UsageError, import_named
+
     try:
-        module = importlib.import_module(module_name)
-    except (Exception, SystemExit) as exc:
-        raise ValueError(f"cannot import {module_name!r} for {target}: {type(exc).__name__}: {exc}") from None
-    function = getattr(module, name, None)
-    if function is None:
-        raise ValueError(f"module {module_name!r} has no {name!r}")
+        function = import_named(target, "MODULE:FUNCTION (e.g. myclient:exchange)")
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
     if not callable(function):
         raise ValueError(f"{target} is not callable")
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 def _recv(sock: socket.socket) -> bytes:

@@ -56,6 +56,9 @@ from collections.abc import Callable, Sequence
 from framework.bench.report import Row
 from servers.work import WorkSpec, parse_spec
 
+__all__ = ["Figures", "Verdict", "WorkSpec", "advice", "figures", "format_ms", "reason", "recommend",
+           "recommendations", "render", "verdicts", "work_spec"]
+
 #: At most this many cores used counts as one core ...
 ONE_CORE = 1.25
 #: ... and at least this share of one core (or of what other processes left of the CPUs, when less)
@@ -232,9 +235,10 @@ def recommend(verdict: Verdict) -> Figures | None:
     """The model to use at this point: of those within :data:`TIE` of the best rate, none starved, the leanest."""
     if not verdict.by_throughput:
         return None
-    best = verdict.by_throughput[0]
-    level = [item for item in verdict.by_throughput if item.req_per_s >= TIE * best.req_per_s and not item.starved]
-    return min(level or [best], key=lambda item: item.pss_mib if item.pss_mib is not None else float("inf"))
+    serving = [item for item in verdict.by_throughput if not item.starved] or verdict.by_throughput
+    best = serving[0]
+    level = [item for item in serving if item.req_per_s >= TIE * best.req_per_s]
+    return min(level, key=lambda item: item.pss_mib if item.pss_mib is not None else float("inf"))
 
 
 def advice(pick: Figures, verdict: Verdict, cpus: int) -> str:
