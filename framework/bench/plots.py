@@ -48,6 +48,22 @@ def _short(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.1f}"
 
 
+def _bar_panel(axis: Any, rows: Sequence[Row], key: str, label: str) -> None:
+    """One horizontal bar per row of *key*, with its spread as error bars and its value written beside it."""
+    labels = [row.target for row in rows]
+    values = [row.metrics.get(key) or 0.0 for row in rows]
+    lows = [row.spread.get(key, {}).get("min") or 0.0 for row in rows]
+    highs = [row.spread.get(key, {}).get("max") or 0.0 for row in rows]
+    errors = [[max(0.0, value - low) for value, low in zip(values, lows, strict=True)],
+              [max(0.0, high - value) for value, high in zip(values, highs, strict=True)]]
+    bars_drawn = axis.barh(labels, values, color=[_colour(row) for row in rows], xerr=errors, capsize=2)
+    axis.bar_label(bars_drawn, labels=[_short(value) for value in values], padding=3, fontsize="small")
+    axis.margins(x=0.15)  # room for the labels
+    axis.invert_yaxis()
+    axis.set_xlabel(label)
+    axis.grid(axis="x", alpha=0.3)
+
+
 def bars(config: BenchConfig, report: WorkloadReport, rows: Sequence[Row], metrics: Sequence[tuple[str, str]],
          name: str, title: str) -> None:
     """Horizontal bar charts (one panel per metric) of *rows*; forkthread blue, peers grey."""
@@ -56,19 +72,8 @@ def bars(config: BenchConfig, report: WorkloadReport, rows: Sequence[Row], metri
         return
     figure, axes = pyplot.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(rows) + 1.8),
                                    squeeze=False)
-    labels = [row.target for row in rows]
     for axis, (key, label) in zip(axes[0], metrics, strict=True):
-        values = [row.metrics.get(key) or 0.0 for row in rows]
-        lows = [row.spread.get(key, {}).get("min") or 0.0 for row in rows]
-        highs = [row.spread.get(key, {}).get("max") or 0.0 for row in rows]
-        errors = [[max(0.0, value - low) for value, low in zip(values, lows, strict=True)],
-                  [max(0.0, high - value) for value, high in zip(values, highs, strict=True)]]
-        bars_drawn = axis.barh(labels, values, color=[_colour(row) for row in rows], xerr=errors, capsize=2)
-        axis.bar_label(bars_drawn, labels=[_short(value) for value in values], padding=3, fontsize="small")
-        axis.margins(x=0.15)  # room for the labels
-        axis.invert_yaxis()
-        axis.set_xlabel(label)
-        axis.grid(axis="x", alpha=0.3)
+        _bar_panel(axis, rows, key, label)
     axes[0][0].set_title(title, loc="left", fontsize="medium")
     _save(config, report, figure, name)
 
@@ -82,14 +87,16 @@ def lines(config: BenchConfig, report: WorkloadReport, rows: Sequence[Row], x: s
     pyplot = _pyplot(report)
     if pyplot is None or not rows:
         return
-    if len({row.params.get(x) for row in rows}) == 1:
-        for value in dict.fromkeys(row.params.get(panel) for row in rows) if panel else [None]:
-            chosen = [row for row in rows if panel is None or row.params.get(panel) == value]
-            suffix = "" if value is None else "_" + "".join(char if char.isalnum() else "_" for char in str(value))
-            at = f"{x} {rows[0].params.get(x)}" + ("" if value is None else f", {value}")
-            bars(config, report, chosen, [(y, ylabel)], name.replace(".png", f"{suffix}.png"), f"{title} ({at})")
-        return
     panels = list(dict.fromkeys(row.params.get(panel) for row in rows)) if panel else [None]  # in run order
+    if len({row.params.get(x) for row in rows}) == 1:
+        most = max(sum(1 for row in rows if panel is None or row.params.get(panel) == value) for value in panels)
+        figure, axes = pyplot.subplots(1, len(panels), figsize=(5.5 * len(panels), 0.45 * most + 1.8), squeeze=False)
+        for axis, value in zip(axes[0], panels, strict=True):
+            _bar_panel(axis, [row for row in rows if panel is None or row.params.get(panel) == value], y, ylabel)
+            at = f"{x} {rows[0].params.get(x)}" + ("" if value is None else f", {value}")
+            axis.set_title(f"{title} ({at})", loc="left", fontsize="medium")
+        _save(config, report, figure, name)
+        return
     figure, axes = pyplot.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1.5, 4.5), squeeze=False)
     for axis, value in zip(axes[0], panels, strict=True):
         chosen = [row for row in rows if panel is None or row.params.get(panel) == value]
