@@ -112,10 +112,10 @@ def bench(folder: Path, *args: str, timeout: float = 240.0) -> subprocess.Comple
     return done
 
 
-def report_of(out: Path) -> dict:
+def report_of(out: Path, name: str = "server") -> dict:
     results = json.loads((out / "results.json").read_text())
     (report,) = results["workloads"]
-    assert report["name"] == "server"
+    assert report["name"] == name
     return report
 
 
@@ -136,8 +136,8 @@ def test_a_computing_protocol_server_is_measured_under_every_strategy(folder):
     assert {row["strategy"] for row in rows.values()} == set(STRATEGIES)
     for row in rows.values():
         metrics = row["metrics"]
-        for key in ("p50_ms", "p99_ms", "cores_used", "cpu_ms_per_req", "pss_mib", "processes", "errors", "starved",
-                    "load_avg", "alone_ms"):
+        for key in ("p50_ms", "p99_ms", "cores_used", "cpu_ms_per_req", "pss_mib", "processes", "failed_exchanges",
+                    "starved", "load_avg", "alone_ms"):
             assert metrics[key] is not None, (row["target"], key)
         assert metrics["errors"] == 0
     summary = report["summary"]
@@ -170,7 +170,7 @@ def test_a_client_function_that_raises_is_counted_and_the_run_completes(folder):
                  "--strategies", "threading", "--threads", "4", "--out", str(out))
     assert done.returncode == 0, done.stderr
     row = measured(report_of(out))["threading"]
-    assert row["metrics"]["errors"] > 0
+    assert row["metrics"]["failed_exchanges"] > 0
     assert any("RuntimeError: the tenth exchange" in note for note in row["notes"])
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["serve_options"] == "--threads 4"
@@ -260,3 +260,39 @@ def test_the_worked_example_of_the_docs_runs_as_written():
         assert any(note.startswith(skipped) for note in report["notes"])
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+WSGI_APP = '''
+def app(environ, start_response):
+    body = environ["PATH_INFO"].encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def test_bench_wsgi_measures_the_four_bundled_apps_beside_a_wsgi_peer(folder):
+    out = folder / "out"
+    done = bench(folder, "wsgi", "--quick", "--strategies", "threading", "--servers", "waitress", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    reports = {report["name"]: report for report in results["workloads"]}
+    assert list(reports) == ["wsgi hello", "wsgi json", "wsgi sleep", "wsgi cpu"]
+    for report in reports.values():
+        rows = measured(report)
+        assert rows["waitress"]["kind"] == "peer" and rows["waitress"]["metrics"]["errors"] == 0
+        assert "threading" in rows or any(note.startswith("threading: skipped:") for note in report["notes"])
+        assert report["summary"].splitlines()[-1].startswith("- at 10 connections: use ")
+    assert "waiting" in reports["wsgi sleep"]["summary"].splitlines()[0]
+    assert "computing" in reports["wsgi cpu"]["summary"].splitlines()[0]
+
+
+def test_bench_wsgi_with_your_app_and_a_bad_app(folder):
+    (folder / "myapp.py").write_text(textwrap.dedent(WSGI_APP))
+    out = folder / "out"
+    done = bench(folder, "wsgi", "--app", "myapp:app", "--http", "/hello", "--quick", "--strategies", "threading",
+                 "--servers", "gunicorn-gthread", "--client", "builtin", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    report = report_of(out, "wsgi")
+    assert measured(report)["gunicorn gthread"]["metrics"]["errors"] == 0
+    done = bench(folder, "wsgi", "--app", "myapp:nosuch", "--quick", "--out", str(out / "bad"), timeout=60.0)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -20,7 +20,7 @@ from framework.bench.config import FULL, KIB, MIB, QUICK, BenchConfig, OwnServer
 from framework.bench.machine import describe_machine, machine_summary
 from framework.bench.report import Results
 
-WORKLOAD_NAMES = ["stevens", "echo-rr", "http", "idle", "work", "all"]
+WORKLOAD_NAMES = ["stevens", "echo-rr", "http", "idle", "work", "all", "wsgi"]
 #: What ``all`` runs: the cost-of-the-model workloads.  ``work`` is about using the cores, so it runs on
 #: its own, unpinned (``all`` is usually run with ``--pin``).
 ALL = ["stevens", "echo-rr", "http", "idle"]
@@ -163,7 +163,7 @@ def config_from_arguments(args: argparse.Namespace) -> BenchConfig:
     if args.work:
         overrides["work"] = tuple(args.work)
     scale: Scale = dataclasses.replace(base, **overrides)
-    own = own_server(args) if ":" in args.workload else None
+    own = own_server(args) if is_own(args) else None
     workloads = ["server"] if own else ALL if args.workload == "all" else [args.workload]
     client = "auto" if ":" in args.client else args.client
     return BenchConfig(workloads=workloads, out=args.out, scale=scale, quick=args.quick, pin=args.pin,
@@ -190,13 +190,45 @@ def _text_or_file(option: str, text: str, escapes: bool) -> str:
 OWN_OPTIONS = ("send", "expect_bytes", "expect_line", "http", "body", "connection_per_exchange")
 
 
-def own_server(args: argparse.Namespace) -> OwnServer:
-    """``bench MODULE:CLASS``: the server class loaded, its exchange and serve options checked; UsageError if bad."""
-    from framework.bench.exchange import ExchangeSpec, load_function
-    from framework.bench.workloads.own import serve_arguments
-    from framework.cli import UsageError, load_server_target
+def is_own(args: argparse.Namespace) -> bool:
+    """Whether the command measures your own server: ``MODULE:CLASS``, or ``wsgi`` (your app, or the bundled ones)."""
+    return ":" in args.workload or args.workload == "wsgi"
 
-    cls = load_server_target(args.workload)
+
+def wsgi_app(options: list[str]) -> str:
+    """The ``--app MODULE:CALLABLE`` among serve *options* ("" when there is none)."""
+    for index, word in enumerate(options):
+        if word == "--app" and index + 1 < len(options):
+            return options[index + 1]
+        if word.startswith("--app="):
+            return word.partition("=")[2]
+    return ""
+
+
+def own_servers(config: BenchConfig) -> list[OwnServer]:
+    """What the run measures: your server, or under ``bench wsgi`` without ``--app`` one per bundled app."""
+    from framework.bench.wsgi_apps import APPS
+
+    own = config.own
+    if own is None:
+        return []
+    if own.target != "wsgi" or own.app:
+        return [own]
+    return [dataclasses.replace(own, app=f"framework.bench.wsgi_apps:{name}", label=name,
+                                serve_options=("--app", f"framework.bench.wsgi_apps:{name}", *own.serve_options))
+            for name in APPS]
+
+
+def own_server(args: argparse.Namespace) -> OwnServer:
+    """``bench MODULE:CLASS`` (or ``wsgi``): the server class loaded, exchange and serve options checked; UsageError."""
+    from framework.bench.exchange import ExchangeSpec, load_function
+    from framework.bench.workloads.own import own_class, serve_arguments
+    from framework.cli import UsageError
+
+    wsgi = args.workload == "wsgi"
+    cls = own_class(args.workload)
+    if wsgi and not args.http and not args.send and ":" not in args.client:
+        args.http = ["/"]  # a WSGI app speaks HTTP: GET / unless told otherwise
     function = args.client if ":" in args.client else ""
     given = [name for name, value in (("--client MODULE:FUNCTION", function), ("--send", args.send),
                                       ("--http", args.http)) if value]
@@ -234,12 +266,24 @@ def own_server(args: argparse.Namespace) -> OwnServer:
     if lab_owned:
         raise UsageError(f"{lab_owned[0].split('=')[0]}: the lab sets it for every model it starts"
                          " (choose models with --strategies)")
-    try:
-        serve_arguments(cls, options)
-    except ValueError as exc:
-        raise UsageError(f"serve option for {args.workload}: {exc}") from None
+    app = wsgi_app(options) if wsgi else ""
+    if cls is not None:
+        try:
+            serve_arguments(cls, options if app or not wsgi else ["--app", "x:y", *options])
+        except ValueError as exc:
+            raise UsageError(f"serve option for {args.workload}: {exc}") from None
+    elif wsgi and [word for word in options if word != "--app" and not word.startswith("--app=") and word != app]:
+        raise UsageError("bench wsgi: this forkthread has no `serve wsgi`, so no serve option but --app is known")
+    if app:
+        try:
+            from framework.cli import import_named
+
+            if not callable(import_named(app.removesuffix("()"), "MODULE:CALLABLE (e.g. myapp:app)")):
+                raise UsageError(f"--app {app}: not callable")
+        except UsageError as exc:
+            raise UsageError(f"--app: {exc}") from None
     return OwnServer(target=args.workload, exchange=exchange, serve_options=tuple(options),
-                     per_exchange=args.connection_per_exchange)
+                     per_exchange=args.connection_per_exchange, app=app)
 
 
 def check_servers(names: list[str] | None) -> None:
@@ -270,7 +314,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from framework.cli import UsageError
     from framework.strategies import STRATEGIES
 
-    if ":" not in args.workload:
+    if not is_own(args):
         if args.serve_options:
             raise UsageError(f"unrecognized arguments: {' '.join(args.serve_options)}")
         mine = [name for name in OWN_OPTIONS if getattr(args, name)]
@@ -313,7 +357,10 @@ def run_bench(args: argparse.Namespace) -> int:
     results = Results(machine=machine, settings=settings, notes=config.notes)
     started = time.monotonic()
     try:
-        for name in config.workloads:
+        for own in own_servers(config):
+            config.progress(f"{own.label or own.target}: starting")
+            results.workloads.append(WORKLOADS["server"](dataclasses.replace(config, own=own)))
+        for name in [] if config.own else config.workloads:
             config.progress(f"{name}: starting")
             results.workloads.append(WORKLOADS[name](config))
     except KeyboardInterrupt:

@@ -62,6 +62,10 @@ class OwnServer:
     serve_options: tuple[str, ...] = ()
     #: Stevens' style: connect, one exchange, close (default: persistent connections).
     per_exchange: bool = False
+    #: ``bench wsgi``: the WSGI application (``MODULE:CALLABLE``) every server serves, forkthread's and the peers'.
+    app: str = ""
+    #: ``bench wsgi`` without ``--app``: which bundled app (:data:`framework.bench.wsgi_apps.APPS`), for the report.
+    label: str = ""
 
 
 @dataclasses.dataclass

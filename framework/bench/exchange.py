@@ -31,6 +31,11 @@ ExchangeFunction = Callable[[socket.socket], object]
 MAX_HEAD = 65536
 
 
+#: What an exchange returns when the server said it closes the connection (HTTP ``Connection: close``):
+#: the caller opens a new one for the next exchange.
+CLOSED = "closed by the server"
+
+
 class ExchangeError(Exception):
     """The server's answer was not the one the load description expects (one line: the reason)."""
 
@@ -118,8 +123,12 @@ def _http_request(method: str, path: str, body: bytes, close: bool) -> bytes:
     return head.encode("latin-1") + b"\r\n" + body
 
 
-def _read_http_response(sock: socket.socket, method: str) -> None:
-    """Read one response whole: a 2xx or 3xx status, and a body by Content-Length or chunked."""
+def _read_http_response(sock: socket.socket, method: str) -> str | None:
+    """Read one response whole: a 2xx or 3xx status, and a body by Content-Length or chunked.
+
+    Returns :data:`CLOSED` when the server closes the connection after it
+    (``Connection: close``, or HTTP/1.0 without keep-alive).
+    """
     data = b""
     while (end := data.find(b"\r\n\r\n")) < 0:
         if len(data) > MAX_HEAD:
@@ -131,26 +140,29 @@ def _read_http_response(sock: socket.socket, method: str) -> None:
     if len(parts) < 2 or not parts[1].isdigit() or parts[1][0] not in "23":
         raise ExchangeError(f"answered {status_line[:60]!r}")
     headers = {name.strip().lower(): value.strip() for name, _, value in (field.partition(":") for field in fields)}
+    connection = headers.get("connection", "").lower()
+    closes = "close" in connection or (parts[0] == "HTTP/1.0" and "keep-alive" not in connection)
     if method == "HEAD" or parts[1] in ("204", "304"):
-        return
+        return CLOSED if closes else None
     if "chunked" in headers.get("transfer-encoding", "").lower():
         while not rest.endswith(b"0\r\n\r\n"):  # enough for a load client: the last chunk and no trailers
             rest += _recv(sock)
-        return
+        return CLOSED if closes else None
     if "content-length" not in headers:
         raise ExchangeError("response without Content-Length or chunked body")
     remaining = int(headers["content-length"]) - len(rest)
     while remaining > 0:
         remaining -= len(_recv(sock))
+    return CLOSED if closes else None
 
 
 def http_exchange(paths: tuple[str, ...], method: str, body: bytes, close: bool = False) -> ExchangeFunction:
     """One request per call, to each path in turn; the response read whole."""
     turn = itertools.cycle(paths)
 
-    def exchange(sock: socket.socket) -> None:
+    def exchange(sock: socket.socket) -> str | None:
         sock.sendall(_http_request(method, next(turn), body, close))
-        _read_http_response(sock, method)
+        return _read_http_response(sock, method)
 
     return exchange
 
@@ -194,47 +206,67 @@ class Alone:
 
 
 def alone(host: str, port: int, exchange: ExchangeFunction, server_pid: int, per_exchange: bool = False,
-          least: int = 5, seconds: float = 0.2, most: int = 200, timeout: float = 30.0) -> Alone:
+          least: int = 5, seconds: float = 0.2, most: int = 200, warm: int = 3, timeout: float = 30.0) -> Alone:
     """The exchange done alone, nothing else running: at least *least* times and *seconds*, at most *most* times.
 
-    Also the warm-up: a server (a pre-forked worker) that cannot do one
-    exchange fails here, with the reason, before any load is made.  A
-    failure now and then is left to the load to count.
+    *warm* exchanges come first, unmeasured: a server's first requests pay
+    for imports and caches.  They are also the warm-up of the point: a
+    server (a pre-forked worker) that cannot do one exchange fails here,
+    with the reason, before any load is made.  A failure now and then is
+    left to the load to count.
     """
-    times: list[float] = []
-    failed = ""
-    sock: socket.socket | None = None
-    server0, client0 = procfs.tree_schedstat(server_pid), procfs.thread_schedstat()
-    began = time.perf_counter()
-    try:
-        for _ in range(2 * most):
-            if len(times) >= most or (len(times) >= least and time.perf_counter() - began >= seconds):
-                break
-            if len(times) == 0 and failed and _ > 2 * least:
-                break
-            if sock is None:
-                sock = socket.create_connection((host, port), timeout)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.settimeout(timeout)
-            started = time.perf_counter()
-            try:
-                exchange(sock)
-            except Exception as exc:
-                failed = failure(exc)
-                sock.close()
-                sock = None
-                continue
-            times.append(time.perf_counter() - started)
-            if per_exchange:
-                sock.close()
-                sock = None
-    finally:
-        if sock is not None:
-            sock.close()
-    if not times:
-        raise ExchangeError(f"no exchange succeeded alone: {failed}")
-    wall = time.perf_counter() - began
-    server1, client1 = procfs.tree_schedstat(server_pid), procfs.thread_schedstat()
+    with _Connection(host, port, timeout, per_exchange) as connection:
+        connection.run(exchange, warm, 0.0, 2 * warm + 2)
+        server0, client0 = procfs.tree_schedstat(server_pid), procfs.thread_schedstat()
+        began = time.perf_counter()
+        times = connection.run(exchange, least, seconds, most)
+        wall = time.perf_counter() - began
+        server1, client1 = procfs.tree_schedstat(server_pid), procfs.thread_schedstat()
     busy = sum(after - before for after, before in zip(server1 + client1, server0 + client0, strict=True)) / 1e9
     return Alone(wall_ms=statistics.median(times) * 1e3, cpu_ms=max(0.0, server1[0] - server0[0]) / 1e6 / len(times),
                  wait_ms=max(0.0, wall - busy) * 1e3 / len(times))
+
+
+class _Connection:
+    """Exchanges one after another on one connection (a new one after a failure, or each time when *per_exchange*)."""
+
+    def __init__(self, host: str, port: int, timeout: float, per_exchange: bool) -> None:
+        self.address, self.timeout, self.per_exchange = (host, port), timeout, per_exchange
+        self.sock: socket.socket | None = None
+
+    def __enter__(self) -> _Connection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def run(self, exchange: ExchangeFunction, least: int, seconds: float, most: int) -> list[float]:
+        """Exchanges until *least* succeeded and *seconds* passed (at most *most* tries): their times."""
+        times: list[float] = []
+        failed = ""
+        began = time.perf_counter()
+        for _ in range(2 * most):
+            if len(times) >= most or (len(times) >= least and time.perf_counter() - began >= seconds):
+                break
+            if self.sock is None:
+                self.sock = socket.create_connection(self.address, self.timeout)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.sock.settimeout(self.timeout)
+            started = time.perf_counter()
+            try:
+                said = exchange(self.sock)
+            except Exception as exc:
+                failed = failure(exc)
+                self.close()
+                continue
+            times.append(time.perf_counter() - started)
+            if self.per_exchange or said is CLOSED:
+                self.close()
+        if not times and least:
+            raise ExchangeError(f"no exchange succeeded alone: {failed}")
+        return times

@@ -224,7 +224,7 @@ def run_rr(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_exchange(spec: dict[str, Any]) -> dict[str, Any]:
     """C connections, one thread each, doing the user's exchanges until the deadline or the request cap."""
-    from framework.bench.exchange import failure, make_exchange, spec_from_json
+    from framework.bench.exchange import CLOSED, failure, make_exchange, spec_from_json
 
     host, port, timeout = spec["host"], spec["port"], spec.get("timeout", 10.0)
     per_exchange = bool(spec.get("per_exchange"))
@@ -247,7 +247,7 @@ def run_exchange(spec: dict[str, Any]) -> dict[str, Any]:
                     sock = _connect(host, port, timeout)
                     sock.settimeout(timeout)
                 began = time.monotonic()
-                exchange(sock)
+                said = exchange(sock)
             except Exception as exc:  # the user's function may raise anything: a failed exchange
                 with lock:
                     failures[failure(exc)] += 1
@@ -259,7 +259,7 @@ def run_exchange(spec: dict[str, Any]) -> dict[str, Any]:
             served[index] += 1
             with lock:
                 latencies.append(ended - began)
-            if per_exchange:
+            if per_exchange or said is CLOSED:
                 sock.close()
                 sock = None
         if sock is not None:

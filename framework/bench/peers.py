@@ -92,6 +92,75 @@ def _gunicorn_missing() -> str | None:
     return None
 
 
+def wsgi_env(context: Context) -> dict[str, str]:
+    """A WSGI peer's environment: the current directory (the user's app) and this checkout on the import path."""
+    env = child_env(context.env)
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env["PYTHONPATH"]])
+    return env
+
+
+def _wsgi_gunicorn(worker_class: str) -> Callable[[Context], ServerCommand]:
+    """gunicorn with one worker (sync; gthread with 8 threads, as issue 21's table), no access log."""
+
+    def command(context: Context) -> ServerCommand:
+        port = free_port()
+        threads = ["--threads", "8"] if worker_class == "gthread" else []
+        argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                "--worker-class", worker_class, *threads, "--log-level", "warning", "--graceful-timeout", "10",
+                context.app]
+        return ServerCommand(argv, ready_pattern=None, port=port, env=wsgi_env(context))
+
+    return command
+
+
+def _waitress(context: Context) -> ServerCommand:
+    """waitress with its default 4 threads (waitress-serve's own runner)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--threads=4", context.app]
+    return ServerCommand(argv, ready_pattern=None, port=port, env=wsgi_env(context))
+
+
+def _program(name: str) -> str | None:
+    """A console script beside this interpreter (its venv), or on PATH."""
+    here = os.path.dirname(sys.executable)
+    return shutil.which(name, path=here) or shutil.which(name)
+
+
+def _uwsgi(context: Context) -> ServerCommand:
+    """uWSGI (pyuwsgi): one process, no master, HTTP/1.1 keep-alive socket, no request log; SIGTERM stops it."""
+    port = free_port()
+    program = _program("uwsgi")
+    assert program is not None
+    argv = [program, "--http11-socket", f"127.0.0.1:{port}", "--module", context.app, "--processes", "1",
+            "--pythonpath", os.getcwd(), "--disable-logging", "--die-on-term", "--need-app", "--ignore-sigpipe",
+            "--ignore-write-errors", "--disable-write-exception"]
+    return ServerCommand(argv, ready_pattern=None, port=port, env=wsgi_env(context))
+
+
+def _granian(context: Context) -> ServerCommand:
+    """granian's WSGI interface, one worker, its default threads, no access log."""
+    port = free_port()
+    program = _program("granian")
+    assert program is not None
+    argv = [program, "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--no-access-log", "--log-level", "warning", context.app]
+    return ServerCommand(argv, ready_pattern=None, port=port, env=wsgi_env(context))
+
+
+def _module_missing(module: str, what: str) -> Callable[[], str | None]:
+    def missing() -> str | None:
+        return None if importlib.util.find_spec(module) is not None else f"{what} is not installed"
+
+    return missing
+
+
+def _program_missing(name: str, what: str) -> Callable[[], str | None]:
+    def missing() -> str | None:
+        return None if _program(name) is not None else f"{what} is not installed (no {name} program)"
+
+    return missing
+
+
 def nginx_binary() -> str | None:
     """The nginx program, on PATH or in /usr/sbin."""
     return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
@@ -167,7 +236,20 @@ PEERS: list[Peer] = [
     Peer("gunicorn sync", frozenset({"http"}), _gunicorn("sync"), _gunicorn_missing),
     Peer("gunicorn gthread", frozenset({"http"}), _gunicorn("gthread"), _gunicorn_missing),
     Peer("nginx", frozenset({"http"}), _nginx, _nginx_missing, tls=True),
+    Peer("gunicorn sync", frozenset({"wsgi"}), _wsgi_gunicorn("sync"), _gunicorn_missing),
+    Peer("gunicorn gthread", frozenset({"wsgi"}), _wsgi_gunicorn("gthread"), _gunicorn_missing),
+    Peer("waitress", frozenset({"wsgi"}), _waitress, _module_missing("waitress", "waitress")),
+    Peer("uwsgi", frozenset({"wsgi"}), _uwsgi, _program_missing("uwsgi", "uWSGI (pyuwsgi)")),
+    Peer("granian", frozenset({"wsgi"}), _granian, _program_missing("granian", "granian")),
 ]
+#: How each WSGI peer is built, for the verdict (see :mod:`framework.bench.verdict`): one process each.
+WSGI_TRAITS: dict[str, frozenset[str]] = {
+    "gunicorn sync": frozenset({"one-at-a-time"}),
+    "gunicorn gthread": frozenset({"threads"}),
+    "waitress": frozenset({"loop", "threads"}),
+    "uwsgi": frozenset({"one-at-a-time"}),
+    "granian": frozenset({"threads"}),
+}
 
 
 def peer_key(name: str) -> str:

@@ -54,6 +54,10 @@ class Context:
     tls_key: str = ""
     #: Extra options for the lab's own peers (``--work SPEC``).
     peer_options: list[str] = dataclasses.field(default_factory=list)
+    #: wsgi: the application every server serves (``MODULE:CALLABLE``).
+    app: str = ""
+    #: Extra environment for every server, forkthread's and the peers' (a calibration...).
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -78,11 +82,12 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def serve_command(server: str, strategy: str, options: list[str], server_options: list[str]) -> ServerCommand:
-    """``python -m framework serve SERVER --bind 127.0.0.1:0 --strategy S ...``."""
+def serve_command(server: str, strategy: str, options: list[str], server_options: list[str],
+                  env: dict[str, str] | None = None) -> ServerCommand:
+    """``python -m framework serve SERVER --bind 127.0.0.1:0 --strategy S ...`` (*env*: extra environment)."""
     argv = [sys.executable, "-m", "framework", "serve", server, "--bind", "127.0.0.1:0", "--strategy", strategy,
             "--log-level", "warning", *options, *server_options]
-    return ServerCommand(argv, env=child_env())
+    return ServerCommand(argv, env=child_env(env))
 
 
 def variant_key(label: str) -> str:

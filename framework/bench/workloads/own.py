@@ -26,7 +26,6 @@ import dataclasses
 import functools
 import math
 import os
-import statistics
 import tempfile
 from typing import Any
 
@@ -34,13 +33,15 @@ from framework.bench import session, wrk
 from framework.bench.clients import split
 from framework.bench.config import BenchConfig, OwnServer
 from framework.bench.exchange import ExchangeFunction, ExchangeSpec, alone, make_exchange
+from framework.bench.peers import WSGI_TRAITS
 from framework.bench.processes import RunningServer
 from framework.bench.report import Column, Row, WorkloadReport
 from framework.bench.targets import Context, Target, serve_command
 from framework.bench.workloads.work import FORMS, MAX_CLIENT_PROCESSES, Probe, measure_load, point_figures
+from framework.bench.wsgi_apps import APPS as WSGI_APPS
 from framework.server import Server
 from framework.strategies import STRATEGIES
-from servers.work import WorkSpec
+from servers.work import WorkSpec, calibrate
 
 COLUMNS = [
     Column("req_per_s", "exchanges/s", 0),
@@ -51,7 +52,7 @@ COLUMNS = [
     Column("cpu_ms_per_req", "CPU ms/exchange", 3),
     Column("pss_mib", "anon PSS MiB", 1),
     Column("processes", "procs", 0),
-    Column("errors", "failed exchanges", 0),
+    Column("failed_exchanges", "failed exchanges", 0),
     Column("starved", "starved conns", 0),
     Column("load_avg", "load avg before", 2),
 ]
@@ -84,18 +85,29 @@ def refusal(cls: type[Server], strategy: str, options: list[str]) -> str | None:
     return cls.refusal(create_strategy(strategy, strategy_options(args)))
 
 
-def own_targets(config: BenchConfig, cls: type[Server], own: OwnServer) -> list[Target]:
-    """Every strategy form (filtered by ``--strategies``), each with the class's refusal as its skip reason."""
+#: Why the forkthread rows of ``bench wsgi`` are missing when this checkout has no WSGI server.
+NO_WSGI = "this forkthread has no `serve wsgi` server (forkthread serve wsgi --app MODULE:CALLABLE)"
+
+
+def own_targets(config: BenchConfig, cls: type[Server] | None, own: OwnServer, context: Context) -> list[Target]:
+    """Every strategy form (filtered by ``--strategies``), each with the class's refusal as its skip reason.
+
+    Then, for a WSGI app, the WSGI peers (by ``--servers``) serving the same app.
+    """
     targets = []
     for strategy in STRATEGIES:
         if config.strategies is not None and strategy not in config.strategies:
             continue
         for label, options, traits in FORMS.get(strategy, [(strategy, [], frozenset())]):
             def command(context: Context, strategy: str = strategy, options: list[str] = options) -> Any:
-                return serve_command(context.server, strategy, options, context.server_options)
+                return serve_command(context.server, strategy, options, context.server_options, context.env)
 
+            skip = NO_WSGI if cls is None else refusal(cls, strategy, [*options, *own.serve_options])
             targets.append(Target(name=label, kind="forkthread", command=command, strategy=strategy, traits=traits,
-                                  skip=refusal(cls, strategy, [*options, *own.serve_options])))
+                                  skip=skip))
+    if own.app:
+        targets += [dataclasses.replace(target, traits=WSGI_TRAITS.get(target.name, frozenset()))
+                    for target in session.targets(config, context) if target.kind == "peer"]
     return targets
 
 
@@ -150,25 +162,28 @@ def measure(config: BenchConfig, own: OwnServer, exchange: ExchangeFunction, scr
         sample, load = measure_load(server, specs, duration)
         for client in load.per_client:
             failures.update(client.get("failures", {}))
-    sample.update(alone_ms=by_itself.wall_ms, alone_cpu_ms=by_itself.cpu_ms, alone_wait_ms=by_itself.wait_ms)
+    sample.update(failed_exchanges=sample.get("errors"), alone_ms=by_itself.wall_ms, alone_cpu_ms=by_itself.cpu_ms,
+                  alone_wait_ms=by_itself.wait_ms)
     return sample
 
 
 def exchange_cost(rows: list[Row]) -> WorkSpec:
     """What one exchange is made of, from the exchange done alone under each model: computing, and waiting.
 
-    Computing is the server's time on a CPU per exchange (the median over
-    the models); waiting the rest of its own time less any wait for a CPU
-    (the least over the models: a model whose children ended took their
-    CPU time with them, which would look like waiting).  A part under
+    Computing is the server's time on a CPU per exchange, waiting the rest
+    of its own time less any wait for a CPU, each the least over the models:
+    the leanest server shows what the exchange itself costs.  ``forking``
+    counts for computing only when alone: a child that ended took its CPU
+    time with it, so its exchanges would look cheaper than they are.  A part under
     :data:`MINOR_SHARE` of the whole is left out, so the verdict reads the
     exchange as computing, as waiting, or as both.
     """
-    cpus = [value for row in rows if (value := row.metrics.get("alone_cpu_ms")) is not None]
+    kept = [row for row in rows if row.strategy != "forking"] or rows  # its ended children took their CPU along
+    cpus = [value for row in kept if (value := row.metrics.get("alone_cpu_ms")) is not None]
     waits = [value for row in rows if (value := row.metrics.get("alone_wait_ms")) is not None]
     if not cpus or not waits:
         return WorkSpec()
-    cpu, wait = statistics.median(cpus), min(waits)
+    cpu, wait = min(cpus), min(waits)
     whole = cpu + wait
     if wait < MINOR_SHARE * whole:
         wait = 0.0
@@ -187,19 +202,25 @@ def run(config: BenchConfig) -> WorkloadReport:
     """Measure the user's server under every model that carries it, at each concurrency; recommend one."""
     from framework.bench import verdict
     from framework.bench.plots import plot_own
-    from framework.cli import load_server_target
 
     own = config.own
     assert own is not None
-    cls = load_server_target(own.target)
+    cls = own_class(own.target)
     scale = config.scale
     use_wrk = (own.exchange.kind == "http" and not own.per_exchange
                and (config.client == "wrk" or (config.client == "auto" and wrk.available())))
     style = "one connection per exchange (connect, exchange, close)" if own.per_exchange else "persistent connections"
     client = ("wrk (1 thread)" if use_wrk
               else f"up to {MAX_CLIENT_PROCESSES} load-generator processes, a thread per connection")
+    name, title = ((f"wsgi {own.label}", f"wsgi {own.label}: {WSGI_APPS[own.label]}") if own.label else
+                   ("wsgi", f"wsgi {own.app}: your WSGI app") if own.app else
+                   ("server", f"{own.target}: your server"))
+    env = {"FORKTHREAD_BENCH_CALIBRATION": str(calibrate())} if own.label == "cpu" else {}
+    peers = ("  Beside the WSGI peers serving the same app, one process each: gunicorn sync, gunicorn gthread"
+             " (8 threads), waitress (4 threads), uWSGI (pyuwsgi, HTTP/1.1 socket), granian (its default threads),"
+             " where installed." if own.app else "")
     report = WorkloadReport(
-        name="server", title=f"{own.target}: your server under every model",
+        name=name, title=f"{title} under every model",
         description=(
             f"Load: {own.exchange.describe()}, on {style}; C closed-loop connections"
             f" (C = {', '.join(map(str, scale.concurrency))}) for {scale.work_duration:g} s per point, from {client}."
@@ -209,17 +230,18 @@ def run(config: BenchConfig) -> WorkloadReport:
             "  Cores used = server tree CPU / wall time over the load window; anon PSS the server tree's anonymous"
             " memory mid-point; starved connections got no exchange done in the point's time.  Every run on a"
             " fresh server process."
-            f"  Median of {scale.repeat} runs, (min-max)."),
+            f"  Median of {scale.repeat} runs, (min-max).{peers}"),
         columns=COLUMNS, ratio_metric="req_per_s", params=["connections"])
     if own.exchange.kind == "http" and not use_wrk:
         why = ("--connection-per-exchange" if own.per_exchange else
                "--client builtin" if config.client == "builtin" else "wrk is not installed")
         report.notes.append(f"{why}: HTTP load from the built-in client (slower than wrk; it may be the bottleneck)")
     exchange = make_exchange(own.exchange, own.per_exchange)
-    context = Context(server=own.target, protocol="own", server_options=list(own.serve_options))
+    context = Context(server=own.target, protocol="wsgi" if own.app else "own", server_options=list(own.serve_options),
+                      app=own.app, env=env)
     with tempfile.TemporaryDirectory(prefix="forkthread-bench-own-") as scratch:
         script = wrk_script(own.exchange, scratch) if use_wrk else None
-        for target in own_targets(config, cls, own):
+        for target in own_targets(config, cls, own, context):
             if target.skip:
                 session.skip(config, report, target, target.skip)
                 continue
@@ -230,6 +252,16 @@ def run(config: BenchConfig) -> WorkloadReport:
     report.summary = render_verdict(found, cost, cpus, report)
     plot_own(config, report)
     return report
+
+
+def own_class(target: str) -> type[Server] | None:
+    """The server class ``serve TARGET`` would run: ``MODULE:CLASS``, or a registered name (None when it is not)."""
+    from framework.cli import load_server_target
+    from framework.registry import server_class, server_targets
+
+    if ":" in target:
+        return load_server_target(target)
+    return server_class(target) if target in server_targets() else None
 
 
 def _measure_target(config: BenchConfig, report: WorkloadReport, target: Target, context: Context, own: OwnServer,
