@@ -159,7 +159,7 @@ def plot_own(config: BenchConfig, report: WorkloadReport) -> None:
           "your server: throughput", "exchanges per second")
     top = max((int(row.params["connections"]) for row in measured), default=0)
     bars(config, report, [row for row in measured if row.params["connections"] == top],
-         [("cores_used", "cores used"), ("cpu_ms_per_req", "server CPU ms per exchange")],
+         [("cores_used", "cores used"), ("cpu_us_per_req", "server CPU µs per exchange")],
          "server_cores.png", f"your server, {top} connections: cores used and CPU per exchange")
 
 

@@ -49,7 +49,7 @@ COLUMNS = [
     Column("p99_ms", "p99 ms", 2),
     Column("alone_ms", "alone ms", 2),
     Column("cores_used", "cores used", 2),
-    Column("cpu_ms_per_req", "CPU ms/exchange", 3),
+    Column("cpu_us_per_req", "CPU µs/exchange", 1),
     Column("pss_mib", "anon PSS MiB", 1),
     Column("processes", "procs", 0),
     Column("failed_exchanges", "failed exchanges", 0),
@@ -162,7 +162,9 @@ def measure(config: BenchConfig, own: OwnServer, exchange: ExchangeFunction, scr
         sample, load = measure_load(server, specs, duration)
         for client in load.per_client:
             failures.update(client.get("failures", {}))
-    sample.update(failed_exchanges=sample.get("errors"), alone_ms=by_itself.wall_ms, alone_cpu_ms=by_itself.cpu_ms,
+    cpu_ms = sample.get("cpu_ms_per_req")
+    sample.update(cpu_us_per_req=None if cpu_ms is None else cpu_ms * 1e3, failed_exchanges=sample.get("errors"),
+                  alone_ms=by_itself.wall_ms, alone_cpu_ms=by_itself.cpu_ms,
                   alone_wait_ms=by_itself.wait_ms)
     return sample
 
