@@ -23,6 +23,16 @@ How the bytes leave depends on the driver, and the outbox hides it:
   through its own duplicate of the socket (its own descriptor and poll, so
   nothing is shared with the connection's thread but the kernel socket).
   A slow peer blocks only its own sender thread.
+
+**Who pays for a flood.**  A peer that reads, however slowly, is never
+dropped for a talker's speed: the talker is slowed instead.  A full
+:class:`ThreadedOutbox` makes the talker's thread wait in :meth:`~Outbox.put`
+for as long as the peer keeps taking bytes (the talker's connection is not
+read meanwhile); over the event loop, whose callbacks cannot wait, the
+talker asks :meth:`~Outbox.congested` after each line and pauses its own
+reading (``Transport.pause_reading``) until the peers have room.  Only a
+peer that takes nothing at all for a while (:meth:`~Outbox.stalled_for`)
+is dropped.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import collections
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 from framework.protocol import Transport
@@ -40,15 +51,29 @@ log = logging.getLogger("forkthread")
 
 #: How long a sender thread waits for a peer to take bytes before it counts as stuck.
 DEFAULT_SEND_TIMEOUT = 30.0
-#: How long a put into a full threaded outbox waits for the receiver's send to finish.
+#: How often a put into a full threaded outbox looks whether the receiver still takes bytes.
 DEFAULT_PACE = 0.2
+#: How long a receiver with a congested outbox may take nothing before it is dropped.
+DEFAULT_STALL_TIMEOUT = 5.0
 
 
 class Outbox:
     """A non-blocking, bounded way to send bytes to one connection from anywhere."""
 
+    #: True when :meth:`put` itself waits while the peer makes progress (the talker's thread
+    #: is its back-pressure); False when the talker must pause its own reading instead.
+    waits_for_room = False
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
+
+    def congested(self) -> bool:
+        """True while more than half the limit waits for the peer: talkers should hold back."""
+        return False
+
+    def stalled_for(self) -> float:
+        """Seconds the peer has taken nothing while congested (0 when it is not congested)."""
+        return 0.0
 
     def put(self, data: bytes) -> bool:
         """Queue *data*; return False (queuing nothing) when the peer is over the limit.
@@ -76,6 +101,9 @@ class BufferedOutbox(Outbox):
     def __init__(self, transport: Transport, limit: int) -> None:
         super().__init__(limit)
         self.transport = transport
+        self._written = 0  # bytes handed to the transport, ever: minus what it holds, what left
+        self._last_left = 0
+        self._progress_at = time.monotonic()
 
     def buffered(self) -> int:
         """Bytes the transport holds for the peer (0 when the transport does not say)."""
@@ -89,7 +117,21 @@ class BufferedOutbox(Outbox):
         if self.buffered() + len(data) > self.limit:
             return False
         self.transport.write(data)
+        self._written += len(data)
         return True
+
+    def congested(self) -> bool:
+        """More than half the limit is waiting in the transport."""
+        return not self.transport.is_closing() and self.buffered() > self.limit // 2
+
+    def stalled_for(self) -> float:
+        """Seconds since bytes last left while congested (asked often by paused talkers)."""
+        now = time.monotonic()
+        left = self._written - self.buffered()
+        if left != self._last_left or not self.congested():
+            self._last_left = left
+            self._progress_at = now
+        return now - self._progress_at
 
     def drop(self, notice: bytes = b"") -> None:
         """Abort the connection; the peer's queue is full, so *notice* could not reach it anyway."""
@@ -103,23 +145,26 @@ class ThreadedOutbox(Outbox):
     its own descriptor, so the sender never touches the connection thread's
     poll object and its descriptor cannot be closed or reused under it.
 
-    **Pacing.**  Threads do not take turns the way an event loop does: a
-    talker's thread holding the GIL can queue the bound's worth of lines
-    before a receiver's sender thread is even scheduled, and a reader that
-    keeps up would be dropped for our own scheduling.  So a :meth:`put` that
-    finds the queue full waits up to *pace* seconds for the sender thread to
-    bring it down to half the bound (the sender takes everything queued at
-    once, so that is one finished send).  A receiver that reads gets the
-    talker paced to its speed; one that does not read costs a talker one
-    wait of *pace* seconds, then ``put`` returns False and it is dropped.
-    At most the bound is queued plus the bound's worth in the send in progress.
+    **Pacing.**  A :meth:`put` that finds the queue full waits for the
+    sender thread to bring it down to half the bound (the sender takes
+    everything queued at once), for as long as the peer keeps taking bytes:
+    a receiver that reads, however slowly, gets the talker paced to its
+    speed (the talker's thread, which would read its next lines, waits).  A
+    receiver that takes nothing for *stall_timeout* seconds costs the talker
+    that wait once, then ``put`` returns False and it is dropped.  At most
+    the bound is queued plus the bound's worth in the send in progress.
     """
 
+    waits_for_room = True
+
     def __init__(self, sock: socket.socket, peer: str, limit: int,
-                 send_timeout: float = DEFAULT_SEND_TIMEOUT, pace: float = DEFAULT_PACE) -> None:
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT, pace: float = DEFAULT_PACE,
+                 stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> None:
         super().__init__(limit)
         self.peer = peer
         self.pace = pace
+        self.stall_timeout = stall_timeout
+        self._progress_at = time.monotonic()
         self._sock = sock.dup()
         # A timeout keeps the (shared) descriptor non-blocking: settimeout(None) would make
         # the connection's own thread block in recv.
@@ -135,8 +180,12 @@ class ThreadedOutbox(Outbox):
     def put(self, data: bytes) -> bool:
         """Queue *data* for the sender thread; False when the queue stays full for *pace* seconds."""
         with self._ready:
-            if self._state == "open" and self._queued + len(data) > self.limit:
-                self._ready.wait_for(lambda: self._state != "open" or self._queued <= self.limit // 2, self.pace)
+            while self._state == "open" and self._queued + len(data) > self.limit:
+                if self._ready.wait_for(lambda: self._state != "open" or self._queued <= self.limit // 2,
+                                        self.pace):
+                    break
+                if self.stalled_for() > self.stall_timeout:
+                    break  # it takes nothing: dropped, not waited for
             if self._state != "open":
                 return True
             if self._queued + len(data) > self.limit:
@@ -145,6 +194,16 @@ class ThreadedOutbox(Outbox):
             self._queued += len(data)
             self._ready.notify_all()
         return True
+
+    def congested(self) -> bool:
+        """More than half the bound is queued for the sender thread."""
+        return self._state == "open" and self._queued > self.limit // 2
+
+    def stalled_for(self) -> float:
+        """Seconds since the sender thread last got bytes out, while congested."""
+        if not self.congested():
+            return 0.0
+        return time.monotonic() - self._progress_at
 
     def drop(self, notice: bytes = b"") -> None:
         """Discard the queue and shut the connection down; *notice* goes out if the socket takes it now.
@@ -206,9 +265,15 @@ class ThreadedOutbox(Outbox):
                 self._queue.clear()
                 self._queued = 0
                 self._sending = True
+                self._progress_at = time.monotonic()
                 self._ready.notify_all()  # talkers waiting for room (see put)
             try:
-                self._sock.sendall(data)
+                # send(), not sendall(): each step is progress a waiting talker sees, and the
+                # timeout is for a peer that takes nothing, not for a slow one.
+                view = memoryview(data)
+                while view:
+                    view = view[self._sock.send(view):]
+                    self._progress_at = time.monotonic()
             except TimeoutError:
                 log.info("%s: did not read for %g s; dropping it", self.peer, self._sock.gettimeout() or 0)
                 self.drop()
@@ -221,10 +286,11 @@ class ThreadedOutbox(Outbox):
                     self._sending = False
 
 
-def open_outbox(transport: Transport, limit: int, send_timeout: float = DEFAULT_SEND_TIMEOUT) -> Outbox:
+def open_outbox(transport: Transport, limit: int, send_timeout: float = DEFAULT_SEND_TIMEOUT,
+                stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> Outbox:
     """The right :class:`Outbox` for *transport*: buffered for the non-blocking driver, threaded otherwise."""
     extra: Any = transport.get_extra_info("write_buffer_size")
     sock = transport.get_extra_info("socket")
     if extra is not None or not isinstance(sock, socket.socket):
         return BufferedOutbox(transport, limit)
-    return ThreadedOutbox(sock, transport.peer, limit, send_timeout)
+    return ThreadedOutbox(sock, transport.peer, limit, send_timeout, stall_timeout=stall_timeout)

@@ -84,6 +84,20 @@ class Transport(abc.ABC):
         """Return optional information, asyncio style (``"peername"``, ``"sockname"``)."""
         return default
 
+    def pause_reading(self) -> None:  # noqa: B027 (a hook with a default, not an abstract method)
+        """Deliver no more ``data_received`` until :meth:`resume_reading`: back-pressure, asyncio style.
+
+        For a protocol whose input becomes other connections' output (a chat
+        room): while they cannot take more, the sender is not read, so its
+        own kernel buffers fill and it is slowed, not its readers.  The
+        event-loop driver stops watching the socket.  The default does
+        nothing: the blocking driver reads only between callbacks, so there a
+        callback that waits for room *is* the back-pressure.
+        """
+
+    def resume_reading(self) -> None:  # noqa: B027
+        """Read again after :meth:`pause_reading` (the default does nothing, as there)."""
+
 
 class Protocol:
     """What a server says on one connection.  Subclass and override what you need.

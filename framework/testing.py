@@ -31,6 +31,8 @@ class RecordingTransport(Transport):
         self.aborted = False
         self.linger = 0.0
         self.deadline: float | None = None
+        #: True between pause_reading() and resume_reading().
+        self.paused = False
         self._peer = peer
 
     @property
@@ -41,6 +43,14 @@ class RecordingTransport(Transport):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """Nothing extra is known about a pretend connection."""
         return default
+
+    def pause_reading(self) -> None:
+        """Record that the protocol asked not to be fed (the test decides what to feed)."""
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        """Record that the protocol may be fed again."""
+        self.paused = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Record *data* (dropped after close, like a real transport)."""

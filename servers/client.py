@@ -34,6 +34,7 @@ from typing import BinaryIO
 
 from framework.address import Address, AddressError, connect, parse_address
 from framework.argtypes import duration
+from servers.chat import PrintableLines
 from servers.http.client import run_http
 from servers.message import HEADER as MESSAGE_HEADER
 from servers.message import encode_message
@@ -64,8 +65,12 @@ def run_echo(sock: socket.socket, address: Address, args: argparse.Namespace) ->
     return 0
 
 
-def _pump(sock: socket.socket, stdin: BinaryIO, on_line: Callable[[bytes], None] | None = None) -> None:
-    """Copy *stdin* to *sock* and *sock* to stdout at the same time; half-close at input's end."""
+def _pump(sock: socket.socket, stdin: BinaryIO, show: Callable[[bytes], bytes] | None = None) -> None:
+    """Copy *stdin* to *sock* and *sock* to stdout at the same time; half-close at input's end.
+
+    *show*, when given, turns what arrives into what is written (the chat
+    client's :class:`~servers.chat.PrintableLines`).
+    """
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
     in_fd = stdin.fileno()
@@ -96,9 +101,10 @@ def _pump(sock: socket.socket, stdin: BinaryIO, on_line: Callable[[bytes], None]
                     continue  # a TLS record with no data in it (a session ticket)
                 if not received:
                     return
-                write_stdout(received)
+                write_stdout(show(received) if show else received)
                 while tls and sock.pending():  # type: ignore[attr-defined]  # records poll() cannot see
-                    write_stdout(sock.recv(65536))
+                    more = sock.recv(65536)
+                    write_stdout(show(more) if show else more)
 
 
 def _recv_tls(sock: socket.socket, timeout: float | None) -> bytes | None:
@@ -115,8 +121,12 @@ def _recv_tls(sock: socket.socket, timeout: float | None) -> bytes | None:
 
 
 def run_chat(sock: socket.socket, address: Address, args: argparse.Namespace) -> int:
-    """Join a chat room: your lines go out, the room's lines come in, until either side ends."""
-    _pump(sock, sys.stdin.buffer)
+    """Join a chat room: your lines go out, the room's lines come in, until either side ends.
+
+    What comes in is shown, never obeyed: control characters arrive escaped
+    (a server that does not escape them cannot retitle or repaint the terminal).
+    """
+    _pump(sock, sys.stdin.buffer, PrintableLines())
     return 0
 
 

@@ -87,7 +87,8 @@ def test_chat_relays_lines_among_three_clients(serve, strategy):
 
 
 def test_chat_survives_a_client_that_never_reads(serve, strategy):
-    server = serve("chat", "--max-buffer", "65536", "--graceful-timeout", "2", strategy=chat_strategy(strategy))
+    server = serve("chat", "--max-buffer", "65536", "--graceful-timeout", "2", "--stall-timeout", "2",
+                   strategy=chat_strategy(strategy))
     a, b, c = join(server, 3)
     lazy = socket.socket()
     lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: it fills fast
@@ -130,7 +131,7 @@ def test_chat_survives_a_client_that_never_reads(serve, strategy):
 
 
 def test_chat_flood_reaches_readers_while_a_lazy_client_is_dropped(serve, strategy):
-    server = serve("chat", "--graceful-timeout", "2", strategy=chat_strategy(strategy))
+    server = serve("chat", "--graceful-timeout", "2", "--stall-timeout", "2", strategy=chat_strategy(strategy))
     a, b, c = join(server, 3)
     host, _, port = server.address.rpartition(":")
     lazy = socket.socket()
@@ -220,19 +221,25 @@ def test_room_relays_lines_fed_one_byte_at_a_time():
     assert tb.output().endswith(b"* guest1 left\n") and len(room) == 1
 
 
-def test_room_drops_a_member_over_its_buffer():
+def test_room_drops_a_member_that_takes_nothing_while_the_talker_waits():
     class Stuck(RecordingTransport):
         def get_extra_info(self, name, default=None):
             return sum(map(len, self.chunks)) if name == "write_buffer_size" else default
 
     room = ChatRoom()
-    a, _ = make_member(room, "a")
+    a = ChatProtocol(room, stall_timeout=0.0)
+    talker = RecordingTransport("a")
+    a.connection_made(talker)
     stuck = ChatProtocol(room, max_buffer=200)
     transport = Stuck("stuck")
     stuck.connection_made(transport)
     for _ in range(10):
         feed(a, b"y" * 30 + b"\n")
-    assert transport.aborted and len(room) == 1
+    # Past half its buffer the talker is paused, not the reader dropped...
+    assert talker.paused and not transport.aborted and len(room) == 2
+    a.deadline_expired()  # ...until the reader has taken nothing for the stall timeout
+    assert transport.aborted and len(room) == 1 and not talker.paused
+    assert talker.output().count(b"* guest2 was dropped (not reading)\n") == 1
     stuck.connection_lost(ConnectionAbortedError())
     assert len(room) == 1
 

@@ -349,6 +349,8 @@ class NonBlockingConnection(Transport):
         self._mask = 0
         self._eof = False
         self._paused = False
+        #: Reading held by the protocol (pause_reading): back-pressure from other connections.
+        self._reading_held = False
         self._linger = 0.0
         self._linger_budget = LINGER_MAX_BYTES
         self._error: BaseException | None = None
@@ -381,6 +383,18 @@ class NonBlockingConnection(Transport):
         if name == "ssl_object":
             return self._tls.ssl_object if self._tls is not None else default
         return socket_extra_info(self.sock, name, default)
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (and so calling ``data_received``) until :meth:`resume_reading`."""
+        self._reading_held = True
+        if self._state == _OPEN:
+            self._update_mask()
+
+    def resume_reading(self) -> None:
+        """Read the socket again after :meth:`pause_reading`."""
+        self._reading_held = False
+        if self._state == _OPEN:
+            self._update_mask()
 
     def is_closing(self) -> bool:
         """True once close() or abort() was called, or the connection ended otherwise."""
@@ -527,7 +541,7 @@ class NonBlockingConnection(Transport):
         """Watch the socket for exactly what the state asks for now."""
         state = self._state
         if state == _OPEN:
-            want = 0 if self._eof or self._paused else READ
+            want = 0 if self._eof or self._paused or self._reading_held else READ
         elif state == _LINGERING:
             want = READ
         else:
@@ -586,7 +600,7 @@ class NonBlockingConnection(Transport):
         except Exception as exc:
             self._fault(exc)
             return
-        if self._state == _OPEN and not self._paused:
+        if self._state == _OPEN and not self._paused and not self._reading_held:
             # The first request is often in already (the client sent it right
             # after connecting): read it now and save one trip through poll().
             self._on_readable()
