@@ -154,10 +154,11 @@ class Acceptor:
         self._capacity_warnings.warning(f"accept: {exc.strerror or exc}; backing off, still serving")
 
     def _recovered(self) -> None:
-        if self._capacity_warnings.suppressed or self._backoff >= BACKOFF_MAX:
+        # The throttle is not reset: a condition that comes and goes with every connection
+        # (each accepted one fails for want of a second descriptor) would be logged every time.
+        if self._backoff >= BACKOFF_MAX:
             log.warning("accept: recovered, accepting again")
         self._backoff = 0.0
-        self._capacity_warnings.reset()
 
 
 class ListenerWatch:

@@ -22,7 +22,10 @@ How the bytes leave depends on the driver, and the outbox hides it:
   bounded queue and runs one sender thread per connection that drains it
   through its own duplicate of the socket (its own descriptor and poll, so
   nothing is shared with the connection's thread but the kernel socket).
-  A slow peer blocks only its own sender thread.
+  A slow peer blocks only its own sender thread.  A process out of
+  descriptors for that duplicate (``EMFILE``) ends that one connection with
+  :class:`~framework.drivers.common.OutOfDescriptors` (a quiet end) and a
+  warning at most every 10 s, as the poll path and the acceptor do.
 
 **Who pays for a flood.**  A peer that reads, however slowly, is never
 dropped for a talker's speed: the talker is slowed instead.  A full
@@ -38,12 +41,15 @@ is dropped.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import socket
 import threading
 import time
 from typing import Any
 
+from framework.drivers.common import OutOfDescriptors
+from framework.logthrottle import LogThrottle
 from framework.protocol import Transport
 from framework.signals import is_peer_gone, start_thread_without_signals
 
@@ -55,6 +61,9 @@ DEFAULT_SEND_TIMEOUT = 30.0
 DEFAULT_PACE = 0.2
 #: How long a receiver with a congested outbox may take nothing before it is dropped.
 DEFAULT_STALL_TIMEOUT = 5.0
+
+#: Running out of descriptors recurs for every new connection: one warning per process now and then.
+_descriptor_warnings = LogThrottle()
 
 
 class Outbox:
@@ -165,7 +174,14 @@ class ThreadedOutbox(Outbox):
         self.pace = pace
         self.stall_timeout = stall_timeout
         self._progress_at = time.monotonic()
-        self._sock = sock.dup()
+        try:
+            self._sock = sock.dup()
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            _descriptor_warnings.warning(f"{peer}: no descriptor left for its outbox ({exc.strerror});"
+                                         " closing the connection")
+            raise OutOfDescriptors(exc.errno, "no descriptor for the connection's outbox") from None
         # A timeout keeps the (shared) descriptor non-blocking: settimeout(None) would make
         # the connection's own thread block in recv.
         self._sock.settimeout(send_timeout)

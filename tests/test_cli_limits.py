@@ -18,7 +18,7 @@ from framework.cli import ignored_options
 from framework.limits import MAX_THREADS, MAX_WAIT_SECONDS, MAX_WORKERS, check_duration
 from framework.server import Server
 from framework.strategies import STRATEGIES, StrategyOptions, strategy_class
-from tests.support import child_env, echo_exchange
+from tests.support import child_env, echo_exchange, wait_for
 from tests.test_cli import run_cli
 
 
@@ -148,3 +148,47 @@ def test_every_strategy_declares_its_options():
     fields = set(StrategyOptions.__dataclass_fields__)
     for name in STRATEGIES:
         assert strategy_class(name).option_names <= fields, name
+
+
+#: A server whose address space (``ulimit -v``, KiB) lets it start some threads but not hundreds (8 MiB stacks).
+ADDRESS_SPACE_KIB = 400_000
+LIMITED = ["sh", "-c", f'ulimit -v {ADDRESS_SPACE_KIB} && exec "$@"', "sh", sys.executable, "-m", "framework",
+           "serve", "echo"]
+THREAD_STARTS = {"threading": [], "prethreaded": ["--threads", "1000"],
+                 "preforked": ["--worker", "threads", "--threads", "1000", "--workers", "1"]}
+
+
+def test_thread_start_failures_are_throttled(serve, strategy):
+    # Was: one error line per thread that failed to start (99,941 lines in 1 s with --threads 100000).
+    if strategy not in THREAD_STARTS:
+        pytest.skip(f"{strategy} starts no thread per connection or pool")
+    server = serve("echo", *THREAD_STARTS[strategy], strategy=strategy, program=LIMITED)
+    clients = []
+    try:
+        if strategy == "threading":  # a thread per connection: hundreds of connections at once
+            for _ in range(300):
+                client = server.connect()
+                client.sendall(b"x")
+                clients.append(client)
+        assert wait_for(lambda: "cannot start a thread" in server.log(), timeout=20), server.log()
+        with server.connect() as sock:  # still serving, with the threads it has
+            if strategy == "threading":
+                for client in clients:
+                    client.close()
+                clients.clear()
+                assert wait_for(lambda: _echoes(server), timeout=20)
+            else:
+                assert echo_exchange(sock, b"still here") == b"still here"
+    finally:
+        for client in clients:
+            client.close()
+    failures = [line for line in server.log().splitlines() if "cannot start a thread" in line]
+    assert 1 <= len(failures) <= 2, failures  # the first, and at most one more 10 s later
+
+
+def _echoes(server) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        with server.connect(timeout=5) as sock:
+            return echo_exchange(sock, b"ping") == b"ping"
+    except OSError:
+        return False

@@ -67,6 +67,7 @@ from framework.drivers.common import (
     RECV_SIZE,
     ConnectionTimeout,
     HandlerError,
+    OutOfDescriptors,
     ShortFileError,
     ends_quietly,
     is_tls_socket,
@@ -376,6 +377,9 @@ class BlockingConnection(Transport):
             self._error = fault.original
             self._finish(abort=True)
             self._lost(protocol)
+            if isinstance(fault.original, OutOfDescriptors):
+                # The process's condition, already warned about (throttled), not the protocol's fault.
+                return fault.original
             raise
         self._finish(abort=self._error is not None)
         self._lost(protocol)

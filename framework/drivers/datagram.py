@@ -188,8 +188,14 @@ def serve_datagrams_in_threads(sock: socket.socket, service: DatagramService, th
         for index in range(threads)
     ]
     try:
-        for worker in workers:
-            start_thread_without_signals(worker.start)
+        for started, worker in enumerate(workers):
+            try:
+                start_thread_without_signals(worker.start)
+            except RuntimeError as exc:  # "can't start new thread": a ulimit or memory; once, not per thread
+                if not started:
+                    raise
+                log.warning("started %d of %d datagram threads: %s", started, threads, exc)
+                break
         poller = select.poll()
         poller.register(lifecycle.wakeup_fd(), select.POLLIN)
         while not lifecycle.stopping:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from framework.accepting import Acceptor, ListenerWatch
 from framework.lifecycle import Lifecycle
+from framework.logthrottle import LogThrottle
 from framework.signals import start_thread_without_signals
 from framework.strategies.base import Host, Run, Strategy
 
@@ -216,6 +217,8 @@ class LiveThreads:
         self._ending: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._started = 0
+        # Thread creation failing (a ulimit, memory) fails again for every connection: say it once in a while.
+        self._start_failures = LogThrottle()
 
     def __len__(self) -> int:
         return len(self._threads)
@@ -232,8 +235,9 @@ class LiveThreads:
         except RuntimeError as exc:  # "can't start new thread": out of memory or a ulimit
             with self._lock:
                 self._threads.discard(thread)
-            log.error("cannot start a thread: %s", exc)
+            self._start_failures.warning(f"cannot start a thread: {exc}")
             return False
+        self._start_failures.reset()
         return True
 
     def _run(self, target: Callable[..., object], args: tuple[object, ...]) -> None:

@@ -33,6 +33,7 @@ import signal
 import socket
 from typing import NoReturn
 
+from framework.logthrottle import LogThrottle
 from framework.processes import DirectFork, Forked, exit_child, fork
 from framework.signals import SignalAction
 from framework.strategies.base import ChildRole, Host, StrategyOptions
@@ -72,6 +73,8 @@ class ForkingRun(DispatchingRun):
         self._killed: set[int] = set()
         self._sigchld = False
         self._direct: DirectFork | None = None
+        # fork() failing (RLIMIT_NPROC, memory) fails again for every client: say it once in a while.
+        self._fork_failures = LogThrottle()
 
     def signal_actions(self) -> dict[int, SignalAction]:
         """SIGCHLD reaps, in the loop."""
@@ -134,11 +137,12 @@ class ForkingRun(DispatchingRun):
         try:
             forked = fork(direct=self._direct)
         except OSError as exc:  # EAGAIN (process limit) or ENOMEM: this client only
-            log.error("cannot fork for %s: %s; closing the connection", peer, exc.strerror or exc)
+            self._fork_failures.warning(f"cannot fork for {peer}: {exc.strerror or exc}; closing the connection")
             sock.close()
             return
         if forked.pid == 0:
             self._run_child(sock, peer, forked)
+        self._fork_failures.reset()
         sock.close()
         self.children.add(forked.pid)
 

@@ -116,6 +116,8 @@ class TakingTurnsRun(Run):
                           for _ in range(self.strategy.threads))
             if not started:
                 raise RuntimeError("prethreaded: no pool thread could be started")
+            if started < self.strategy.threads:
+                log.warning("prethreaded: serving with %d of %d pool threads", started, self.strategy.threads)
             while not lifecycle.stopping:
                 loop.wait(accepting=False)
                 if len(pool) < started and not lifecycle.stopping:
