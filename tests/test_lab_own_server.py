@@ -296,3 +296,14 @@ def test_bench_wsgi_with_your_app_and_a_bad_app(folder):
     assert measured(report)["gunicorn gthread"]["metrics"]["errors"] == 0
     done = bench(folder, "wsgi", "--app", "myapp:nosuch", "--quick", "--out", str(out / "bad"), timeout=60.0)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_only_exchanges_done_by_the_deadline_count_and_unserved_connections_are_starved(folder):
+    # iterative serves the first connection for as long as it stays open: the other two wait in the backlog
+    out = folder / "out"
+    done = bench(folder, "sleepserver:SleepServer", "--send", "x\\n", "--expect-line", "--quick", "--concurrency", "3",
+                 "--strategies", "iterative", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    metrics = measured(report_of(out))["iterative"]["metrics"]
+    assert metrics["starved"] == 2 and metrics["failed_exchanges"] == 0
+    assert metrics["p99_ms"] < 1000.0  # no exchange answered after the deadline, when the first connection closed

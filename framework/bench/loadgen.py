@@ -223,7 +223,12 @@ def run_rr(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_exchange(spec: dict[str, Any]) -> dict[str, Any]:
-    """C connections, one thread each, doing the user's exchanges until the deadline or the request cap."""
+    """C connections, one thread each, doing the user's exchanges until the deadline or the request cap.
+
+    As the ``rr`` kind, only what is done by the deadline counts: an
+    exchange still waiting then is left behind (its thread is a daemon and
+    this process ends), and a connection with none done by then is starved.
+    """
     from framework.bench.exchange import CLOSED, failure, make_exchange, spec_from_json
 
     host, port, timeout = spec["host"], spec["port"], spec.get("timeout", 10.0)
@@ -234,31 +239,45 @@ def run_exchange(spec: dict[str, Any]) -> dict[str, Any]:
     failures: Counter[str] = Counter()
     latencies: list[float] = []
     served = [0] * spec["connections"]
-    go = threading.Event()
-    started = [0.0]
+    go, over = threading.Event(), threading.Event()
+    deadline = [0.0]
+
+    def record(index: int, began: float, failed: str = "") -> None:
+        with lock:  # after the deadline nothing counts: the figures are taken then
+            if over.is_set():
+                return
+            if failed:
+                failures[failed] += 1
+            else:
+                served[index] += 1
+                latencies.append(time.monotonic() - began)
+                if sum(served) >= max_requests:
+                    over.set()
 
     def connection(index: int) -> None:
         sock: socket.socket | None = None
+        try:
+            sock = _connect(host, port, timeout)
+            sock.settimeout(timeout)
+        except OSError as exc:
+            sock = None
+            go.wait()
+            record(index, 0.0, failure(exc))
         go.wait()
-        deadline = started[0] + spec["duration"]
-        while time.monotonic() < deadline and sum(served) < max_requests:
+        while not over.is_set() and time.monotonic() < deadline[0]:
+            began = time.monotonic()
             try:
                 if sock is None:
                     sock = _connect(host, port, timeout)
                     sock.settimeout(timeout)
-                began = time.monotonic()
                 said = exchange(sock)
             except Exception as exc:  # the user's function may raise anything: a failed exchange
-                with lock:
-                    failures[failure(exc)] += 1
+                record(index, began, failure(exc))
                 if sock is not None:
                     sock.close()
                     sock = None
                 continue
-            ended = time.monotonic()
-            served[index] += 1
-            with lock:
-                latencies.append(ended - began)
+            record(index, began)
             if per_exchange or said is CLOSED:
                 sock.close()
                 sock = None
@@ -268,15 +287,19 @@ def run_exchange(spec: dict[str, Any]) -> dict[str, Any]:
     threads = [threading.Thread(target=connection, args=(index,), daemon=True) for index in range(spec["connections"])]
     for thread in threads:
         thread.start()
-    started[0] = time.monotonic()
+    started = time.monotonic()
+    deadline[0] = started + spec["duration"]
     go.set()
-    for thread in threads:  # an exchange is bounded by the socket timeout; a stuck client function is left behind
-        thread.join(max(0.1, started[0] + spec["duration"] + timeout + 5.0 - time.monotonic()))
-    elapsed = time.monotonic() - started[0]
+    over.wait(spec["duration"])
     with lock:
-        return {"done": sum(served), "errors": sum(failures.values()), "elapsed": elapsed,
-                "latencies": _thin(latencies),
-                "starved": sum(1 for count in served if count == 0), "failures": dict(failures)}
+        over.set()
+        elapsed = time.monotonic() - started
+        result = {"done": sum(served), "errors": sum(failures.values()), "elapsed": elapsed,
+                  "latencies": _thin(list(latencies)), "starved": sum(1 for count in served if count == 0),
+                  "failures": dict(failures)}
+    for thread in threads:  # a moment for the threads between exchanges to close their sockets
+        thread.join(max(0.0, started + spec["duration"] + 0.2 - time.monotonic()))
+    return result
 
 
 #: idle: connections opened and probed together (well under any listen backlog).
