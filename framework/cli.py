@@ -186,8 +186,9 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
                        help="forking, threading, poll: serve at most N connections at once; others wait")
     group.add_argument("--threads", type=count_up_to(MAX_THREADS), default=defaults.threads, metavar="N",
                        action=StrategyOption,
-                       help="prethreaded, preforked --worker threads: threads per process (default: %(default)s,"
-                            f" at most {MAX_THREADS})")
+                       help="prethreaded, preforked --worker threads: threads per process; poll: threads that run"
+                            f" applications (serve wsgi) beside the event loop (default: %(default)s, at most"
+                            f" {MAX_THREADS})")
     group.add_argument("--prethreaded-accept", choices=("lock", "handoff"), default=defaults.prethreaded_accept,
                        action=StrategyOption,
                        help="prethreaded: threads take turns in accept (lock) or the main thread accepts (handoff)")

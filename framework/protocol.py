@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Callable
 from typing import IO, Any
 from typing import Protocol as _TypingProtocol
 
@@ -23,6 +24,40 @@ class FileLike(_TypingProtocol):
 
     def fileno(self) -> int:
         """Return the operating-system file descriptor."""
+
+
+class Port(abc.ABC):
+    """A blocking job's side of its connection (see :meth:`Transport.offload`).
+
+    The job may run in another thread than the connection's driver: every
+    method here is safe from the job's thread, and waits when it must.
+    """
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None:
+        """Send *data*, waiting while the peer is slow to read (bounded buffering).
+
+        Raises :class:`ConnectionAbortedError` once the connection has ended.
+        """
+
+    @abc.abstractmethod
+    def sendfile(self, file: FileLike | IO[bytes], offset: int, count: int) -> None:
+        """Send *count* bytes of *file* from *offset* (``sendfile(2)``, or through TLS), as :meth:`write`."""
+
+    @abc.abstractmethod
+    def call(self, callback: Callable[[], None]) -> None:
+        """Run *callback* in the connection's driver thread (where the protocol's callbacks run)."""
+
+    @abc.abstractmethod
+    def wait_until(self, predicate: Callable[[], bool]) -> bool:
+        """Wait until *predicate* holds, as the protocol receives input; False if the connection ended first.
+
+        The protocol calls :meth:`wake` when what *predicate* looks at changed.
+        """
+
+    @abc.abstractmethod
+    def wake(self) -> None:
+        """Tell a job waiting in :meth:`wait_until` to look again."""
 
 
 class Transport(abc.ABC):
@@ -83,6 +118,15 @@ class Transport(abc.ABC):
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """Return optional information, asyncio style (``"peername"``, ``"sockname"``)."""
         return default
+
+    def offload(self, job: Callable[[Port], None]) -> None:
+        """Run *job*, which may block (an application), with its :class:`Port` to this connection.
+
+        A blocking transport runs it at once, in the connection's own thread;
+        a non-blocking one runs it on its event loop's bounded pool of threads
+        and returns at once (see :mod:`framework.drivers.offload`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot run blocking jobs")
 
     def pause_reading(self) -> None:  # noqa: B027 (a hook with a default, not an abstract method)
         """Deliver no more ``data_received`` until :meth:`resume_reading`: back-pressure, asyncio style.

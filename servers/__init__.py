@@ -11,6 +11,7 @@ SERVERS: dict[str, str] = {
     "chat": "servers.chat:ChatServer",
     "message": "servers.message:MessageServer",
     "http": "servers.http.server:HttpServer",
+    "wsgi": "servers.wsgi.server:WsgiServer",
     "nbytes": "servers.nbytes:NBytesServer",
     "work": "servers.work:WorkServer",
 }

@@ -59,6 +59,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from framework.drivers.common import (
@@ -77,7 +78,7 @@ from framework.drivers.common import (
 )
 from framework.drivers.watch import ConnectionWatch
 from framework.lifecycle import Lifecycle
-from framework.protocol import FileLike, Protocol, Transport
+from framework.protocol import FileLike, Port, Protocol, Transport
 
 log = logging.getLogger("forkthread")
 
@@ -142,6 +143,7 @@ class BlockingConnection(Transport):
         self._linger = 0.0
         self._eof = False
         self._error: BaseException | None = None
+        self._protocol: Protocol | None = None
         self._protocol_deadline: float | None = None
         #: Waiting in recv (the socket blocking, the kernel keeping the time limits); see the module docstring.
         self._in_recv = False
@@ -249,6 +251,39 @@ class BlockingConnection(Transport):
             self._fail(exc)
         except OSError as exc:
             self._fail(exc)
+
+    def offload(self, job: Callable[[Port], None]) -> None:
+        """Run *job* now, in this connection's thread, with a port that reads and writes this socket."""
+        from framework.drivers.offload import DirectPort
+
+        job(DirectPort(self._pump, self.write, self.sendfile, self.is_closing))
+
+    def _pump(self) -> bool:
+        """Wait for the peer's next bytes and hand them to the protocol; False when no more can come.
+
+        For a job that waits for input inside a protocol callback (:meth:`offload`).
+        """
+        protocol = self._protocol
+        assert protocol is not None
+        while not self._closing and self._error is None and not self._eof:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except self._would_block as exc:
+                if self._in_recv:  # a blocking socket says "would block" only when SO_RCVTIMEO ran out
+                    self._error = ConnectionTimeout(f"idle for {self._idle_timeout:g} s")
+                    return False
+                if not self._wait(_READ if isinstance(exc, self._wants_read) or not self._tls else _WRITE):
+                    return False
+                continue
+            except OSError as exc:
+                self._fail(exc)
+                return False
+            if data:
+                protocol.data_received(data)
+                return True
+            self._eof = True
+            protocol.eof_received()
+        return False
 
     def _send_file_chunk(self, file_fd: int, offset: int, count: int) -> int:
         """Read one bounded chunk of the file and send it through TLS; return its length."""
@@ -364,6 +399,7 @@ class BlockingConnection(Transport):
         ended it and its protocol never hears of it.
         """
         self._choose_wait(protocol)
+        self._protocol = protocol
         if self._tls:
             ended = self._start_tls()
             if ended is not None:

@@ -33,6 +33,13 @@ protocol writes to.  The contract is the blocking driver's
   gets the exception, then the loop's error handler (the server's
   ``handle_error``).  A vanished peer ends its connection quietly.
 
+A protocol that must run code that blocks (an application) hands it to
+:meth:`NonBlockingConnection.offload`: it runs on the loop's bounded pool of
+threads, and talks to its connection through a
+:class:`~framework.drivers.offload.LoopPort` whose writes wait while the
+queue is above the high mark (:mod:`framework.drivers.offload`).  Other
+threads reach the loop with :meth:`EventLoop.call_soon_threadsafe`.
+
 ``connection_lost`` is never called from inside another callback of the
 same protocol: connections that end are reported at the end of the loop
 iteration, after their socket is closed.
@@ -71,11 +78,12 @@ from framework.drivers.common import (
 )
 from framework.lifecycle import ActiveConnections
 from framework.logthrottle import LogThrottle
-from framework.protocol import FileLike, Protocol, Transport
+from framework.protocol import FileLike, Port, Protocol, Transport
 
 if TYPE_CHECKING:
     import ssl
 
+    from framework.drivers.offload import LoopPort, WorkerPool
     from framework.drivers.tls import TlsStream
 
 log = logging.getLogger("forkthread")
@@ -167,6 +175,7 @@ class EventLoop:
         handle_error: ErrorHandler = log_handler_error,
         connections: ActiveConnections | None = None,
         tls: ssl.SSLContext | None = None,
+        pool_threads: int | None = None,
     ) -> None:
         self.selector = selector if selector is not None else selectors.DefaultSelector()
         self.idle_timeout = idle_timeout
@@ -183,6 +192,12 @@ class EventLoop:
         self._ended: collections.deque[NonBlockingConnection] = collections.deque()
         #: Warns when connections end for want of a descriptor, without flooding the log.
         self.descriptor_warnings = LogThrottle()
+        #: Threads of the pool that runs blocking jobs (None: the pool's default); made at the first job.
+        self.pool_threads = pool_threads
+        self._pool: WorkerPool | None = None
+        # Callbacks other threads queued (call_soon_threadsafe) and the pipe that wakes the loop for them.
+        self._soon: collections.deque[Callable[[], None]] = collections.deque()
+        self._soon_pipe: tuple[int, int] | None = None
         self._tls_layer: Callable[[socket.socket], TlsStream] | None = None
         if tls is not None:
             # Imported only here: a loop without TLS never loads OpenSSL.
@@ -229,6 +244,43 @@ class EventLoop:
                 continue
             timer.callback = None
             callback()
+
+    # -- other threads -------------------------------------------------------------
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run *callback* in the loop's thread at its next iteration; safe from any thread."""
+        pipe = self._soon_pipe
+        if pipe is None:
+            raise RuntimeError("call_soon_threadsafe before the loop opened its pipe (see worker_pool)")
+        self._soon.append(callback)
+        try:
+            os.write(pipe[1], b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already: the loop will run the deque anyway
+        except OSError:
+            pass  # the loop is closed: nobody will run it
+
+    def _run_soon(self) -> None:
+        assert self._soon_pipe is not None
+        try:
+            while os.read(self._soon_pipe[0], 4096):
+                pass
+        except BlockingIOError:
+            pass
+        soon = self._soon
+        for _ in range(len(soon)):
+            soon.popleft()()
+
+    def worker_pool(self) -> WorkerPool:
+        """The pool of threads for blocking jobs (made, with the pipe back to the loop, at the first call)."""
+        if self._pool is None:
+            from framework.drivers.offload import DEFAULT_POOL_THREADS, WorkerPool
+
+            if self._soon_pipe is None:
+                self._soon_pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                self.add_reader(self._soon_pipe[0], self._run_soon)
+            self._pool = WorkerPool(self.pool_threads or DEFAULT_POOL_THREADS)
+        return self._pool
 
     # -- descriptors -------------------------------------------------------------
 
@@ -303,8 +355,18 @@ class EventLoop:
         return len(connections)
 
     def close(self) -> None:
-        """Abort what is left, cancel the timers and close the selector (not the readers' descriptors)."""
+        """Abort what is left, stop the job pool, cancel the timers and close the selector (not the
+        readers' descriptors)."""
         self.abort_all(ConnectionAbortedError("event loop closed"))
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self._soon_pipe is not None:
+            self.remove_reader(self._soon_pipe[0])
+            for fd in self._soon_pipe:
+                os.close(fd)
+            self._soon_pipe = None
+            self._soon.clear()
         self._timers.clear()
         self._cancelled = 0
         self.selector.close()
@@ -351,6 +413,7 @@ class NonBlockingConnection(Transport):
         self._paused = False
         #: Reading held by the protocol (pause_reading): back-pressure from other connections.
         self._reading_held = False
+        self._port: LoopPort | None = None  # the port of the job offloaded now, if any
         self._linger = 0.0
         self._linger_budget = LINGER_MAX_BYTES
         self._error: BaseException | None = None
@@ -399,6 +462,21 @@ class NonBlockingConnection(Transport):
     def is_closing(self) -> bool:
         """True once close() or abort() was called, or the connection ended otherwise."""
         return self._state != _OPEN
+
+    @property
+    def write_paused(self) -> bool:
+        """True while the queue is above its high-water mark (until it drains below the low one)."""
+        return self._paused
+
+    def offload(self, job: Callable[[Port], None]) -> None:
+        """Run *job* on the loop's pool of threads with a :class:`~framework.drivers.offload.LoopPort`."""
+        from framework.drivers.offload import LoopPort
+
+        pool = self._loop.worker_pool()
+        port = self._port = LoopPort(self._loop, self)
+        if self._state == _CLOSED:
+            port.ended()
+        pool.submit(functools.partial(job, port))
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send *data* now as far as the kernel takes it; queue the rest, in order."""
@@ -688,6 +766,8 @@ class NonBlockingConnection(Transport):
             self._last_active = self._loop.now
         if self._paused and self.buffered <= LOW_WATER and self._segments <= FILES_LOW_WATER:
             self._paused = False
+            if self._port is not None:
+                self._port.drained()
         if not queue and self._state == _CLOSING and not self._tls_pending():
             self._finish()
             return
@@ -843,6 +923,8 @@ class NonBlockingConnection(Transport):
         self._segments = 0
         self._queue.clear()
         self.buffered = 0
+        if self._port is not None:
+            self._port.ended()
         loop._forget(self)
         self.sock.close()
 

@@ -41,15 +41,18 @@ class PollStrategy(Strategy):
     *selector* is ``poll`` (the default), ``epoll`` or ``select``;
     *max_connections* bounds the connections served at once: at the bound
     the listener leaves the poll set and new clients wait in the backlog.
+    *threads* bounds the pool that runs protocols' blocking jobs (a WSGI
+    application: :mod:`framework.drivers.offload`), made only if one is offloaded.
     """
 
     name = "poll"
     description = "one thread, one event loop over poll(2) (or epoll/select): non-blocking I/O"
-    option_names = frozenset({"selector", "max_connections"})
+    option_names = frozenset({"selector", "max_connections", "threads"})
     SELECTORS: ClassVar[dict[str, str]] = SELECTORS
 
     selector: str = "poll"
     max_connections: int | None = None
+    threads: int = 8
 
     def __post_init__(self) -> None:
         if self.selector not in SELECTORS or not hasattr(selectors, SELECTORS[self.selector]):
@@ -60,8 +63,8 @@ class PollStrategy(Strategy):
 
     @classmethod
     def from_options(cls, options: StrategyOptions) -> PollStrategy:
-        """``--selector`` and ``--max-connections``."""
-        return cls(options.selector, options.max_connections)
+        """``--selector``, ``--max-connections`` and ``--threads``."""
+        return cls(options.selector, options.max_connections, options.threads)
 
     def describe(self) -> str:
         """``poll``, or ``poll(epoll)`` / ``poll(select,max=100)`` when options differ from the default."""
@@ -96,7 +99,7 @@ class PollRun(Run):
     def __init__(self, strategy: PollStrategy, host: Host) -> None:
         super().__init__(strategy, host)
         self.loop = EventLoop(strategy.make_selector(), idle_timeout=host.timeout, handle_error=host.handle_error,
-                              connections=host.connections, tls=host.tls)
+                              connections=host.connections, tls=host.tls, pool_threads=strategy.threads)
 
     def serve(self) -> None:
         """Accept and serve connections until a stop is requested and the last one is over.

@@ -25,7 +25,7 @@ from framework.protocol import Protocol, Transport
 from servers.http import responses
 from servers.http.access_log import AccessLog
 from servers.http.body import MAX_BODY, BodyError, ChunkedBody, LengthBody
-from servers.http.parser import KNOWN_METHODS, SERVED_METHODS, HeadParser, RequestError, RequestHead
+from servers.http.parser import KNOWN_METHODS, MAX_HEAD, SERVED_METHODS, HeadParser, RequestError, RequestHead
 
 log = logging.getLogger("forkthread.http")
 
@@ -87,6 +87,8 @@ class HttpProtocol(Protocol):
         self.on_input: Callable[[], None] | None = None
         #: The peer half-closed during a busy exchange: close once it is over.
         self._eof_while_busy = False
+        # Inside _next_requests (an exchange that ends at once must not start the next one itself).
+        self._answering = False
 
     def connection_made(self, transport: Transport) -> None:
         """Start the clock for the first request head."""
@@ -101,11 +103,23 @@ class HttpProtocol(Protocol):
         if self.busy:
             if self.on_input is not None:
                 self.on_input()
+            elif parser.buffered > MAX_HEAD:
+                # Pipelined requests while an application runs: keep them in the kernel, not here.
+                self.transport.pause_reading()
             return
         self._next_requests()
 
     def _next_requests(self) -> None:
         """Answer every complete request buffered, in order, until one stays busy."""
+        if self._answering:
+            return  # an exchange ended inside _answer (a blocking job): the loop below goes on
+        self._answering = True
+        try:
+            self._answer_buffered()
+        finally:
+            self._answering = False
+
+    def _answer_buffered(self) -> None:
         parser = self.parser
         transport = self.transport
         while not transport.is_closing() and not self.busy:
@@ -244,6 +258,7 @@ class HttpProtocol(Protocol):
         transport = self.transport
         if transport.is_closing():
             return
+        transport.resume_reading()
         if unread is not None and isinstance(unread, LengthBody) and unread.remaining > MAX_BODY:
             keep_alive = False
         if not keep_alive or self._eof_while_busy:

@@ -27,6 +27,11 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _dates = DateCache()
 
 
+def date() -> str:
+    """The ``Date`` value for now (formatted once a second)."""
+    return _dates.now()
+
+
 def head(status: int, headers: str, *, keep_alive: bool) -> bytes:
     """A whole response head: status line, Date, Server, *headers* (CRLF-terminated lines), Connection.
 

@@ -1,4 +1,9 @@
-"""``forkthread serve http``: the static-file server and its command-line options."""
+"""``forkthread serve http``: the static-file server and its command-line options.
+
+:class:`HttpBaseServer` is what every server on the HTTP core shares (the
+header timeout, the access log, a graceful stop that ends keep-alive
+connections): the static-file server here, the WSGI server of :mod:`servers.wsgi`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from framework import Server
 from framework.argtypes import duration
 from servers.http.access_log import AccessLog
 from servers.http.paths import DOTFILES
-from servers.http.protocol import DEFAULT_HEADER_TIMEOUT, HttpProtocol
+from servers.http.protocol import DEFAULT_HEADER_TIMEOUT, HttpProtocol, Responder
 from servers.http.site import StaticSite
 
 
@@ -21,34 +26,23 @@ def _field_value(text: str) -> str:
     return text.strip()
 
 
-class HttpServer(Server):
-    """A static-file HTTP/1.1 server for the files under *root*.
+class HttpBaseServer(Server):
+    """What every server on the HTTP core shares.
 
-    *listing* lists directories without ``index.html``; *follow_symlinks*
-    follows symbolic links that stay inside the root (others are refused);
-    *dotfiles* ``"deny"`` refuses hidden names but ``/.well-known/``, ``"allow"`` serves them;
     *header_timeout* bounds how long a request head may take to arrive
-    (slowloris), and then how long its body may take (bodies are skipped,
-    never read); *access_log* is a file name, ``-`` for standard output, or
-    None for no access log; *cache_control* is the ``Cache-Control`` value
-    of successful responses (None: no such field).
+    (slowloris), and then how long a body nobody reads may take (such
+    bodies are skipped); *access_log* is a file name, ``-`` for standard
+    output, or None for no access log.
     """
 
-    name = "http"
-    description = "static files over HTTP/1.1 (GET, HEAD, ranges, conditional requests)"
     default_port = 8080
-    #: Keep-alive connections last: one event loop serves them all at once.
-    default_strategy = "poll"
-    #: A response is a head then a file: it must not wait for a delayed ACK (Nagle).
+    #: A response is a head then a body: it must not wait for a delayed ACK (Nagle).
     default_nodelay = True
     #: Over TLS, say by ALPN that HTTP/1.1 is spoken (a client offering h2 falls back to it).
     alpn_protocols = ("http/1.1",)
 
-    def __init__(self, *args: Any, root: str = ".", listing: bool = False, follow_symlinks: bool = False,
-                 dotfiles: str = "deny", header_timeout: float = DEFAULT_HEADER_TIMEOUT, access_log: str | None = None,
-                 cache_control: str | None = None, **kwargs: Any) -> None:
-        self.site = StaticSite(root, listing=listing, follow_symlinks=follow_symlinks, dotfiles=dotfiles,
-                               cache_control=cache_control)
+    def __init__(self, *args: Any, header_timeout: float = DEFAULT_HEADER_TIMEOUT, access_log: str | None = None,
+                 **kwargs: Any) -> None:
         self.header_timeout = header_timeout
         try:
             self.access_log = AccessLog.open(access_log) if access_log else None
@@ -56,9 +50,9 @@ class HttpServer(Server):
             raise ValueError(f"cannot open access log {access_log!r}: {exc.strerror}") from None
         super().__init__(*args, **kwargs)
 
-    def protocol_factory(self) -> HttpProtocol:
-        """A protocol for one connection, sharing the site (and its file cache)."""
-        return HttpProtocol(self.site, header_timeout=self.header_timeout, access_log=self.access_log,
+    def connection_for(self, responder: Responder) -> HttpProtocol:
+        """The protocol of one connection answered by *responder*."""
+        return HttpProtocol(responder, header_timeout=self.header_timeout, access_log=self.access_log,
                             stopping=self._stopping)
 
     def _stopping(self) -> bool:
@@ -78,7 +72,48 @@ class HttpServer(Server):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """The options: root, listing, symbolic links, header timeout, access log, ``Cache-Control``."""
+        """The options every HTTP server has: header timeout and access log."""
+        parser.add_argument("--header-timeout", type=duration, default=DEFAULT_HEADER_TIMEOUT,
+                            metavar="SECONDS",
+                            help="a request head must arrive within this time, or 408; a request body nobody"
+                                 " reads (skipped) too, or the connection closes (default: %(default)s)")
+        parser.add_argument("--access-log", metavar="FILE",
+                            help="write a Common Log Format line per request to FILE ('-': standard output)")
+
+    @classmethod
+    def options_from_arguments(cls, args: argparse.Namespace) -> dict[str, object]:
+        """Pass the options above to the constructor."""
+        return {"header_timeout": args.header_timeout, "access_log": args.access_log}
+
+
+class HttpServer(HttpBaseServer):
+    """A static-file HTTP/1.1 server for the files under *root*.
+
+    *listing* lists directories without ``index.html``; *follow_symlinks*
+    follows symbolic links that stay inside the root (others are refused);
+    *dotfiles* ``"deny"`` refuses hidden names but ``/.well-known/``, ``"allow"`` serves them;
+    *cache_control* is the ``Cache-Control`` value of successful responses
+    (None: no such field).  The rest: :class:`HttpBaseServer`.
+    """
+
+    name = "http"
+    description = "static files over HTTP/1.1 (GET, HEAD, ranges, conditional requests)"
+    #: Keep-alive connections last: one event loop serves them all at once.
+    default_strategy = "poll"
+
+    def __init__(self, *args: Any, root: str = ".", listing: bool = False, follow_symlinks: bool = False,
+                 dotfiles: str = "deny", cache_control: str | None = None, **kwargs: Any) -> None:
+        self.site = StaticSite(root, listing=listing, follow_symlinks=follow_symlinks, dotfiles=dotfiles,
+                               cache_control=cache_control)
+        super().__init__(*args, **kwargs)
+
+    def protocol_factory(self) -> HttpProtocol:
+        """A protocol for one connection, sharing the site (and its file cache)."""
+        return self.connection_for(self.site)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """The options: root, listing, symbolic links, dot-files, header timeout, access log, ``Cache-Control``."""
         parser.add_argument("--root", default=os.curdir, metavar="DIR",
                             help="serve the files under DIR (default: the current directory)")
         parser.add_argument("--listing", action="store_true",
@@ -88,18 +123,13 @@ class HttpServer(Server):
         parser.add_argument("--dotfiles", choices=DOTFILES, default="deny",
                             help="serve and list hidden names such as .env and .git/ (default: deny, 404;"
                                  " /.well-known/ is always served)")
-        parser.add_argument("--header-timeout", type=duration, default=DEFAULT_HEADER_TIMEOUT,
-                            metavar="SECONDS",
-                            help="a request head must arrive within this time, or 408; a request body (skipped)"
-                                 " too, or the connection closes (default: %(default)s)")
-        parser.add_argument("--access-log", metavar="FILE",
-                            help="write a Common Log Format line per request to FILE ('-': standard output)")
+        super().add_arguments(parser)
         parser.add_argument("--cache-control", type=_field_value, metavar="VALUE",
                             help="send 'Cache-Control: VALUE' with successful responses (e.g. max-age=3600)")
 
     @classmethod
     def options_from_arguments(cls, args: argparse.Namespace) -> dict[str, object]:
         """Pass the options above to the constructor."""
-        return {"root": args.root, "listing": args.listing, "follow_symlinks": args.follow_symlinks,
-                "dotfiles": args.dotfiles, "header_timeout": args.header_timeout, "access_log": args.access_log,
+        return {**super().options_from_arguments(args), "root": args.root, "listing": args.listing,
+                "follow_symlinks": args.follow_symlinks, "dotfiles": args.dotfiles,
                 "cache_control": args.cache_control}
