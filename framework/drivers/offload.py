@@ -73,7 +73,9 @@ class WorkerPool:
             if self._closed:
                 raise RuntimeError("worker pool closed")
             self._jobs.append(job)
-            if self._idle:
+            if len(self._jobs) <= self._idle:
+                # An idle thread for every job not yet taken (one woken but not yet running
+                # must not be counted for two jobs).
                 self._ready.notify()
                 return
             if len(self._workers) >= self.threads:
