@@ -81,6 +81,30 @@ def test_hello_with_keep_alive_and_pipelining(app_server):
     assert not closed
 
 
+def test_many_keep_alive_clients_at_once(app_server):
+    # Under poll, every response is a hand-off between a pool thread and the loop: none may be
+    # lost (a lost wake-up of the loop once stalled every connection after a few thousand).
+    import threading
+
+    failures: list[str] = []
+
+    def client() -> None:
+        try:
+            with app_server.connect() as sock:
+                for _ in range(300):
+                    (reply,), _ = exchange(sock, request("GET", "/"), ["GET"])
+                    assert reply.body == b"Hello, World!"
+        except Exception as exc:  # reported below, in the test's thread
+            failures.append(repr(exc))
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join()
+    assert not failures
+
+
 @pytest.mark.parametrize("chunk", [None, 1], ids=["whole", "bytes"])
 def test_environ(app_server, strategy, chunk):
     data = request("GET", "/environ/a%20b%2Fc?x=1&y=%20", "X-Multi: one", "X-Multi: two", "X_Under: dropped",
@@ -146,9 +170,10 @@ def test_50_mib_stream_to_a_slow_reader_holds_bounded_memory(app_server):
     pids = {app_server.pid} | app_server.tree()
     with app_server.connect(timeout=60) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        before = sum(rss_kib(pid) for pid in pids | app_server.tree())
         sock.sendall(request("GET", f"/stream?size={size}"))
         received = sock.recv(65536)
+        # Counted once the response is under way (a forking server's child exists by now).
+        before = sum(rss_kib(pid) for pid in pids | app_server.tree())
         # The reader stalls: the application must be held back, not its response buffered.
         peak = before
         for _ in range(20):

@@ -198,6 +198,8 @@ class EventLoop:
         # Callbacks other threads queued (call_soon_threadsafe) and the pipe that wakes the loop for them.
         self._soon: collections.deque[Callable[[], None]] = collections.deque()
         self._soon_pipe: tuple[int, int] | None = None
+        # A wake-up byte is in the pipe, not yet read: later callbacks need not write another.
+        self._soon_signalled = False
         self._tls_layer: Callable[[socket.socket], TlsStream] | None = None
         if tls is not None:
             # Imported only here: a loop without TLS never loads OpenSSL.
@@ -253,6 +255,9 @@ class EventLoop:
         if pipe is None:
             raise RuntimeError("call_soon_threadsafe before the loop opened its pipe (see worker_pool)")
         self._soon.append(callback)
+        if self._soon_signalled:
+            return  # the loop has yet to read the last byte, and will run this callback with the others
+        self._soon_signalled = True
         try:
             os.write(pipe[1], b"\0")
         except BlockingIOError:
@@ -267,6 +272,10 @@ class EventLoop:
                 pass
         except BlockingIOError:
             pass
+        # Cleared after the pipe is read (a byte written meanwhile stays for the next round) and
+        # before the deque is: a callback queued from now on writes a byte again.  Cleared first,
+        # a signal set just after could lose its byte to this read and stall every later one.
+        self._soon_signalled = False
         soon = self._soon
         for _ in range(len(soon)):
             soon.popleft()()

@@ -7,6 +7,7 @@ can frame it, error responses included.
 
 from __future__ import annotations
 
+import time
 from http import HTTPStatus
 
 from framework import __version__
@@ -30,6 +31,11 @@ _dates = DateCache()
 def date() -> str:
     """The ``Date`` value for now (formatted once a second)."""
     return _dates.now()
+
+
+def second() -> int:
+    """The second :func:`date` stands for now: what was built with it holds until this changes."""
+    return int(time.time())
 
 
 def head(status: int, headers: str, *, keep_alive: bool) -> bytes:

@@ -38,6 +38,16 @@ _STATUS = re.compile(r"[1-5][0-9][0-9] [^\x00-\x1f\x7f]*")
 # Statuses whose responses never carry a body (RFC 9110 sections 15.2, 15.3.5, 15.4.5).
 _NO_BODY = frozenset({204, 304})
 
+# An application mostly answers with the same status and headers again: what was checked
+# and formatted for them is kept, by value (the status and the headers as a tuple).
+# Checked: (status, headers) -> status code.  Heads: (status, headers, framing) -> (second,
+# head bytes, length, chunked, keep-alive), reused until the Date changes.  Plain dicts:
+# threads may both build an entry, and either one kept is right.
+_CHECKED: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+_HEADS: dict[tuple[object, ...], tuple[int, bytes, int | None, bool, bool]] = {}
+#: Entries kept at most in each (then they are all forgotten: a new set builds up).
+_KEPT = 256
+
 
 class ResponseError(Exception):
     """The application broke the rules of ``start_response`` or of the body it returned."""
@@ -62,8 +72,8 @@ class FileWrapper:
 class Response:
     """The response to *request*; its bytes go to *send* (a port's ``write``), files to *sendfile*."""
 
-    __slots__ = ("_keep_alive", "_no_body", "_send", "_sendfile", "chunked", "code", "head_sent", "headers",
-                 "length", "request", "sent", "status")
+    __slots__ = ("_keep_alive", "_key", "_no_body", "_send", "_sendfile", "chunked", "code", "head_sent",
+                 "headers", "length", "request", "sent", "status")
 
     def __init__(self, request: RequestHead, keep_alive: bool, send: Callable[[bytes], None],
                  sendfile: Callable[[IO[bytes], int, int], None]) -> None:
@@ -72,6 +82,7 @@ class Response:
         self._send = send
         self._sendfile = sendfile
         self.status: str | None = None
+        self._key: tuple[str, tuple[tuple[str, str], ...]] | None = None
         self.code = 0
         self.headers: list[tuple[str, str]] = []
         #: The head is on the wire: the status can no longer change.
@@ -96,8 +107,16 @@ class Response:
                 exc_info = None  # no reference cycle through the traceback
         elif self.status is not None:
             raise ResponseError("start_response called a second time without exc_info")
-        code = _check(status, headers)
-        self.status, self.code, self.headers = status, code, headers
+        try:
+            key = (status, tuple(headers))
+            code = _CHECKED[key]
+        except (KeyError, TypeError):
+            code = _check(status, headers)
+            key = (status, tuple(headers))
+            if len(_CHECKED) >= _KEPT:
+                _CHECKED.clear()
+            _CHECKED[key] = code
+        self.status, self.code, self.headers, self._key = status, code, headers, key
         self.length = None
         self._no_body = self.request.method == b"HEAD" or code in _NO_BODY or code < 200
         return self.write
@@ -161,6 +180,27 @@ class Response:
         """The head, with *first* body bytes after it; *whole* is the body's length when known."""
         if self.status is None:
             raise ResponseError("the application returned a body without calling start_response")
+        key = (self._key, whole, self._keep_alive, self._no_body, self.request.version)
+        kept = _HEADS.get(key)
+        if kept is not None and kept[0] == responses.second():
+            _, head, self.length, self.chunked, self._keep_alive = kept
+        else:
+            head = self._format_head(whole)
+            if len(_HEADS) >= _KEPT:
+                _HEADS.clear()
+            _HEADS[key] = (responses.second(), head, self.length, self.chunked, self._keep_alive)
+        self.head_sent = True
+        if first and not self._no_body:
+            first = self._framed(first)
+            self._send(head + first if len(first) < 65536 else head)
+            if len(first) >= 65536:
+                self._send(first)
+        else:
+            self.sent += len(first)
+            self._send(head)
+
+    def _format_head(self, whole: int | None) -> bytes:
+        """The head's bytes; sets the framing (:attr:`length`, :attr:`chunked`, keep-alive)."""
         lines = [f"HTTP/1.1 {self.status}\r\n"]
         append = lines.append
         dated = served = False
@@ -193,18 +233,9 @@ class Response:
         self.length = length
         append("Connection: keep-alive\r\n\r\n" if self._keep_alive else "Connection: close\r\n\r\n")
         try:
-            head = "".join(lines).encode("latin-1")
+            return "".join(lines).encode("latin-1")
         except UnicodeEncodeError as exc:
             raise ResponseError(f"a header is not latin-1: {exc}") from None
-        self.head_sent = True
-        if first and not no_body:
-            first = self._framed(first)
-            self._send(head + first if len(first) < 65536 else head)
-            if len(first) >= 65536:
-                self._send(first)
-        else:
-            self.sent += len(first)
-            self._send(head)
 
     def _framed(self, data: bytes) -> bytes:
         """*data* as it goes on the wire: within the stated length, or as a chunk."""
