@@ -30,13 +30,11 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING
+from typing import IO
+from typing import Protocol as _TypingProtocol
 
 from framework.protocol import FileLike, Port
 from framework.signals import start_thread_without_signals
-
-if TYPE_CHECKING:
-    from framework.drivers.nonblocking import EventLoop, NonBlockingConnection
 
 log = logging.getLogger("forkthread")
 
@@ -121,6 +119,27 @@ class WorkerPool:
                 timeout = 0.0
 
 
+class Loop(_TypingProtocol):
+    """What a :class:`LoopPort` needs of its event loop (:class:`framework.drivers.nonblocking.EventLoop`)."""
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run *callback* in the loop's thread."""
+
+
+class LoopConnection(_TypingProtocol):
+    """What a :class:`LoopPort` needs of its connection (a non-blocking driver's connection)."""
+
+    @property
+    def write_paused(self) -> bool:
+        """True while the queue is above its high-water mark."""
+
+    def write(self, data: bytes) -> None:
+        """Queue *data*."""
+
+    def sendfile(self, file: FileLike | IO[bytes], offset: int = 0, count: int | None = None) -> None:
+        """Queue a file segment."""
+
+
 class DirectPort(Port):
     """The port of a job that runs in its connection's own thread (the blocking driver's).
 
@@ -176,7 +195,7 @@ class LoopPort(Port):
     connection ended.
     """
 
-    def __init__(self, loop: EventLoop, connection: NonBlockingConnection) -> None:
+    def __init__(self, loop: Loop, connection: LoopConnection) -> None:
         self._loop = loop
         self._connection = connection
         self._changed = threading.Condition(threading.Lock())
