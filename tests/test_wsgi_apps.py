@@ -3,7 +3,8 @@
 Flask, Django (a one-module project) and Falcon answer GET and POST (with
 Content-Length and chunked); an application inside ``wsgiref.validate``
 finds nothing wrong with the server; ``--root-path`` and
-``--forwarded-allow-ips``; an application that cannot be loaded is one line
+``--forwarded-allow-ips``; TLS with a ``wsgi.file_wrapper`` body and the
+access log; an application that cannot be loaded is one line
 and exit status 2.  Each test starts its own server (the ``serve`` fixture).
 """
 
@@ -15,8 +16,10 @@ import sys
 
 import pytest
 
-from tests.support import child_env
+from tests.http_support import exchange
+from tests.support import child_env, wait_for
 from tests.test_wsgi import PLAIN, ask, request
+from tests.tls_support import make_tls_files, tls_connect
 
 
 def test_the_validator_finds_nothing(serve, strategy):
@@ -77,3 +80,17 @@ def test_a_factory_is_called(serve):
     server = serve("wsgi", "--app", "tests.wsgi_apps.plain:make_app()", strategy="iterative")
     (reply,), _ = ask(server, request("GET", "/"))
     assert reply.body == b"Hello, World!"
+
+
+def test_tls_file_wrapper_and_access_log(serve, strategy, tmp_path):
+    files = make_tls_files(tmp_path)
+    content = bytes(range(256)) * 2000
+    (tmp_path / "f.bin").write_bytes(content)
+    log = tmp_path / "access.log"
+    server = serve("wsgi", "--app", PLAIN, *files.server_args(), "--access-log", str(log), strategy=strategy)
+    with tls_connect(server.address, files) as sock:
+        data = request("GET", "/environ") + request("GET", f"/file?name={tmp_path / 'f.bin'}")
+        (environ_reply, file_reply), _ = exchange(sock, data, ["GET", "GET"])
+    assert json.loads(environ_reply.body)["wsgi.url_scheme"] == "https"
+    assert file_reply.body == content
+    assert wait_for(lambda: log.exists() and log.read_text().count('" 200 ') == 2), log.read_text()
