@@ -11,8 +11,10 @@ and exit status 2.  Each test starts its own server (the ``serve`` fixture).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -94,3 +96,20 @@ def test_tls_file_wrapper_and_access_log(serve, strategy, tmp_path):
     assert json.loads(environ_reply.body)["wsgi.url_scheme"] == "https"
     assert file_reply.body == content
     assert wait_for(lambda: log.exists() and log.read_text().count('" 200 ') == 2), log.read_text()
+
+
+def test_a_stop_waits_for_a_running_app_then_ends_its_connection(serve, strategy, tmp_path):
+    # The response says keep-alive (the stop came after its request); the connection must
+    # still end once it is out, well before the graceful timeout (the socket's timeout is less).
+    server = serve("wsgi", "--app", PLAIN, "--graceful-timeout", "25", strategy=strategy,
+                   env=child_env(WSGI_TEST_MARKS=str(tmp_path)))
+    with server.connect(timeout=15) as sock:
+        sock.sendall(request("GET", "/block?mark=go"))
+        time.sleep(0.5)  # let the request reach the application (no assertion rests on this)
+        server.send_signal(signal.SIGTERM)
+        (tmp_path / "go").write_text("go")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"Hello, World!")
+    assert server.proc.wait(30) == 0

@@ -264,6 +264,9 @@ class HttpProtocol(Protocol):
         if not keep_alive or self._eof_while_busy:
             transport.close(linger=DEFAULT_LINGER if unread is not None and not self._eof_while_busy else 0.0)
             return
+        if unread is None and not self.parser.buffered and self.stopping():
+            transport.close()  # a stop began while the exchange ran (server_stopping waited for it)
+            return
         if unread is not None:
             self.body = unread
             self.transport.set_deadline(self.header_timeout)
