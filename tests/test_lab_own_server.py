@@ -307,3 +307,27 @@ def test_only_exchanges_done_by_the_deadline_count_and_unserved_connections_are_
     metrics = measured(report_of(out))["iterative"]["metrics"]
     assert metrics["starved"] == 2 and metrics["failed_exchanges"] == 0
     assert metrics["p99_ms"] < 1000.0  # no exchange answered after the deadline, when the first connection closed
+
+
+class Unbuildable:
+    """A strategy this interpreter cannot build (as ``interpreters`` before Python 3.13)."""
+
+    @classmethod
+    def from_options(cls, options: object) -> None:
+        raise ValueError("needs a newer Python")
+
+
+def test_a_strategy_that_cannot_be_built_here_is_a_note_not_a_crash(monkeypatch, tmp_path):
+    from framework.bench.config import QUICK, BenchConfig, OwnServer
+    from framework.bench.exchange import ExchangeSpec
+    from framework.bench.targets import Context
+    from framework.bench.workloads import own
+    from servers.echo import EchoServer
+
+    monkeypatch.setattr(own, "STRATEGIES", {"iterative": STRATEGIES["iterative"],
+                                            "unbuildable": f"{__name__}:Unbuildable"})
+    monkeypatch.setattr("framework.strategies.STRATEGIES", {**own.STRATEGIES})
+    server = OwnServer("servers.echo:EchoServer", ExchangeSpec(kind="send", send="x", expect_bytes=1))
+    config = BenchConfig(workloads=["server"], out=tmp_path, scale=QUICK, own=server)
+    found = {target.name: target.skip for target in own.own_targets(config, EchoServer, server, Context("", ""))}
+    assert found == {"iterative": None, "unbuildable": "cannot be built here: needs a newer Python"}

@@ -102,7 +102,10 @@ def own_targets(config: BenchConfig, cls: type[Server] | None, own: OwnServer, c
             def command(context: Context, strategy: str = strategy, options: list[str] = options) -> Any:
                 return serve_command(context.server, strategy, options, context.server_options, context.env)
 
-            skip = NO_WSGI if cls is None else refusal(cls, strategy, [*options, *own.serve_options])
+            try:
+                skip = NO_WSGI if cls is None else refusal(cls, strategy, [*options, *own.serve_options])
+            except ValueError as exc:  # a strategy this interpreter cannot build (or options it refuses)
+                skip = f"cannot be built here: {exc}"
             targets.append(Target(name=label, kind="forkthread", command=command, strategy=strategy, traits=traits,
                                   skip=skip))
     if own.app:
