@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 from typing import Any
 
 from framework.address import Address
@@ -31,10 +32,22 @@ errors_log = logging.getLogger("forkthread.wsgi.errors")
 
 
 class ErrorStream:
-    """``wsgi.errors``: what an application writes there goes to the log, a line per record."""
+    """``wsgi.errors``: what an application writes there goes to the log, a line per record.
+
+    One stream serves every thread of the process: a line in progress is
+    kept per thread, so two applications' lines never mix.
+    """
 
     def __init__(self) -> None:
-        self._pending = ""
+        self._local = threading.local()
+
+    @property
+    def _pending(self) -> str:
+        return getattr(self._local, "pending", "")
+
+    @_pending.setter
+    def _pending(self, text: str) -> None:
+        self._local.pending = text
 
     def write(self, text: str) -> int:
         """Log each complete line of *text* (the rest waits for its end or a flush)."""
