@@ -244,6 +244,21 @@ def assert_descriptor_backoff(server: ServerProcess, room: int, clients: int = 6
 
 
 @contextlib.contextmanager
+def module_server(server: str, *args: str, **kwargs: object) -> Iterator[ServerProcess]:
+    """A ``forkthread serve`` process for a whole module's tests: stopped at the end, exit 0, nothing left."""
+    process = ServerProcess(server, *args, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield process
+    finally:
+        try:
+            status = process.stop(signal.SIGTERM)
+            assert status == 0, process.log()
+            assert not reap_adopted(), "processes outlived the server"
+        finally:
+            process.close()
+
+
+@contextlib.contextmanager
 def serving_in_thread(server) -> Iterator[threading.Thread]:  # type: ignore[no-untyped-def]
     """Run ``server.serve_forever()`` in a thread (no signal handlers there); shutdown() and join on exit."""
     runner = threading.Thread(target=server.serve_forever)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import signal
 import socket
 from pathlib import Path
 
 import pytest
 
 from tests.http_support import SMALL, exchange, make_root
-from tests.support import ServerProcess, reap_adopted
+from tests.support import module_server
 
 CORPUS = Path(__file__).parent / "http_corpus"
 
@@ -63,16 +62,8 @@ def test_corpus_is_there():
 def corpus_server(strategy, tmp_path_factory):
     """One server per strategy for the whole corpus (``strategy`` is module-scoped: tests/conftest.py)."""
     root = make_root(tmp_path_factory.mktemp("corpus"))
-    server = ServerProcess("http", "--root", str(root), "--header-timeout", "5", strategy=strategy)
-    try:
+    with module_server("http", "--root", str(root), "--header-timeout", "5", strategy=strategy) as server:
         yield server
-    finally:
-        try:
-            status = server.stop(signal.SIGTERM)
-            assert status == 0, server.log()
-            assert not reap_adopted(), "processes outlived the server"
-        finally:
-            server.close()
 
 
 @pytest.mark.parametrize("path", CASES, ids=[path.stem for path in CASES])

@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import socket
 import time
 
 import pytest
 
 from tests.http_support import exchange, read_replies
-from tests.support import ServerProcess, child_env, reap_adopted, tree_total, wait_for
+from tests.support import ServerProcess, child_env, module_server, tree_total, wait_for
 
 PLAIN = "tests.wsgi_apps.plain:app"
 
@@ -44,18 +43,9 @@ def marks(tmp_path_factory):
 @pytest.fixture(scope="module")
 def app_server(strategy, marks):
     """The plain application under *strategy*, for the whole module."""
-    server = ServerProcess("wsgi", "--app", PLAIN, "--threads", "4", "--forwarded-allow-ips", "192.0.2.1",
-                           strategy=strategy,
-                           env=child_env(WSGI_TEST_MARKS=str(marks)))
-    try:
+    with module_server("wsgi", "--app", PLAIN, "--threads", "4", "--forwarded-allow-ips", "192.0.2.1",
+                       strategy=strategy, env=child_env(WSGI_TEST_MARKS=str(marks))) as server:
         yield server
-    finally:
-        try:
-            status = server.stop(signal.SIGTERM)
-            assert status == 0, server.log()
-            assert not reap_adopted(), "processes outlived the server"
-        finally:
-            server.close()
 
 
 def request(method: str, target: str, *headers: str, body: bytes = b"", version: str = "1.1") -> bytes:
