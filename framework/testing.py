@@ -13,9 +13,10 @@ at a time, and looking at what it wrote::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import IO, Any
 
-from framework.protocol import FileLike, Protocol, Transport
+from framework.protocol import FileLike, Port, Protocol, Transport
 
 
 class RecordingTransport(Transport):
@@ -65,6 +66,16 @@ class RecordingTransport(Transport):
         if count is None:
             count = os.fstat(fd).st_size - offset
         self.chunks.append(os.pread(fd, count, offset))
+
+    def offload(self, job: Callable[[Port], None]) -> None:
+        """Run *job* at once, as a blocking driver does; its port writes here and reads nothing more.
+
+        Input a job waits for must be fed before (its ``wait_until`` gives up
+        at once when the condition does not hold yet).
+        """
+        from framework.drivers.offload import DirectPort
+
+        job(DirectPort(lambda: False, self.write, self.sendfile, self.is_closing))
 
     def close(self, *, linger: float = 0.0) -> None:
         """Mark the transport closed."""
