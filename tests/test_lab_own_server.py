@@ -280,7 +280,7 @@ def test_bench_wsgi_measures_the_four_bundled_apps_beside_a_wsgi_peer(folder):
     for report in reports.values():
         rows = measured(report)
         assert rows["waitress"]["kind"] == "peer" and rows["waitress"]["metrics"]["errors"] == 0
-        assert "threading" in rows or any(note.startswith("threading: skipped:") for note in report["notes"])
+        assert rows["threading"]["kind"] == "forkthread" and rows["threading"]["metrics"]["errors"] == 0
         assert report["summary"].splitlines()[-1].startswith("- at 10 connections: use ")
     assert "waiting" in reports["wsgi sleep"]["summary"].splitlines()[0]
     assert "computing" in reports["wsgi cpu"]["summary"].splitlines()[0]
@@ -293,7 +293,8 @@ def test_bench_wsgi_with_your_app_and_a_bad_app(folder):
                  "--servers", "gunicorn-gthread", "--client", "builtin", "--out", str(out))
     assert done.returncode == 0, done.stderr
     report = report_of(out, "wsgi")
-    assert measured(report)["gunicorn gthread"]["metrics"]["errors"] == 0
+    rows = measured(report)
+    assert rows["gunicorn gthread"]["metrics"]["errors"] == 0 and rows["threading"]["metrics"]["errors"] == 0
     done = bench(folder, "wsgi", "--app", "myapp:nosuch", "--quick", "--out", str(out / "bad"), timeout=60.0)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
