@@ -19,6 +19,7 @@ from typing import Any
 from framework.bench.config import FULL, KIB, MIB, QUICK, BenchConfig, OwnServer, Scale
 from framework.bench.machine import describe_machine, machine_summary
 from framework.bench.report import Results
+from framework.cli import CommandParser
 
 WORKLOAD_NAMES = ["stevens", "echo-rr", "http", "idle", "work", "all", "wsgi"]
 #: What ``all`` runs: the cost-of-the-model workloads.  ``work`` is about using the cores, so it runs on
@@ -30,8 +31,11 @@ LOAD_CLIENTS = ("auto", "wrk", "builtin")
 LAB_SERVE_OPTIONS = ("--bind", "-b", "--strategy", "--inetd", "--log-level")
 
 
-class BenchParser(argparse.ArgumentParser):
-    """The ``bench`` parser: what it does not know is kept as ``serve_options`` (passed to MODULE:CLASS)."""
+class BenchParser(CommandParser):
+    """The ``bench`` parser: what it does not know is kept as ``serve_options`` (passed to MODULE:CLASS).
+
+    Its errors are one line, as every ``forkthread`` parser's.
+    """
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         """Parse, keeping unknown arguments in ``namespace.serve_options`` (:func:`run_bench` checks them)."""
@@ -293,7 +297,7 @@ def check_servers(names: list[str] | None) -> None:
 
     if names is None or [name.lower() for name in names] == ["none"]:
         return
-    keys = [peer_key(peer.name) for peer in PEERS]
+    keys = list(dict.fromkeys(peer_key(peer.name) for peer in PEERS))
     unknown = [name for name in names if not any(key.startswith(peer_key(name)) for key in keys)]
     if unknown:
         raise UsageError(f"--servers: no peer named {', '.join(unknown)} (choose from {', '.join(keys)}, or none)")
