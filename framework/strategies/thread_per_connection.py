@@ -25,6 +25,7 @@ import dataclasses
 import socket
 
 from framework.drivers.datagram import DATAGRAM_THREADS, serve_datagrams_in_threads
+from framework.limits import MAX_THREADS
 from framework.strategies.base import Host, StrategyOptions
 from framework.strategies.dispatching import FORCE_GRACE, DispatchingRun, DispatchingStrategy, LiveThreads
 
@@ -68,10 +69,12 @@ class ThreadingRun(DispatchingRun):
     def serve_datagrams(self) -> None:
         """UDP has no connections to give threads to: a fixed set of threads shares the socket.
 
-        As many as ``--max-connections`` (default :data:`~framework.drivers.datagram.DATAGRAM_THREADS`).
+        As many as ``--max-connections`` (default :data:`~framework.drivers.datagram.DATAGRAM_THREADS`),
+        and no more than :data:`~framework.limits.MAX_THREADS`: a bound on connections is no reason
+        to start a hundred thousand threads.
         """
         serve_datagrams_in_threads(self.host.listener, self.host.datagram_service(),
-                                   self.max_connections or DATAGRAM_THREADS)
+                                   min(self.max_connections or DATAGRAM_THREADS, MAX_THREADS))
 
     def live(self) -> int:
         """Threads serving a connection now."""
