@@ -179,7 +179,7 @@ def test_access_log_file(serve, root, tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--root", "/nonexistent/dir"], "not a directory"),
-    (["--header-timeout", "0"], "must be a finite number > 0"),
+    (["--header-timeout", "0"], "must be a number of seconds > 0"),
     (["--access-log", "/nonexistent/dir/log"], "cannot open access log"),
 ])
 def test_cli_misuse_is_one_line_no_traceback(args, message):
