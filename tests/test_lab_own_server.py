@@ -282,6 +282,8 @@ def test_bench_wsgi_measures_the_four_bundled_apps_beside_a_wsgi_peer(folder):
         assert rows["waitress"]["kind"] == "peer" and rows["waitress"]["metrics"]["errors"] == 0
         assert rows["threading"]["kind"] == "forkthread" and rows["threading"]["metrics"]["errors"] == 0
         assert report["summary"].splitlines()[-1].startswith("- at 10 connections: use ")
+    plots = [plot for report in reports.values() for plot in report["plots"]]
+    assert len(plots) == len(set(plots)) == 8 and all((out / plot).exists() for plot in plots)  # none overwritten
     assert "waiting" in reports["wsgi sleep"]["summary"].splitlines()[0]
     assert "computing" in reports["wsgi cpu"]["summary"].splitlines()[0]
 

@@ -153,14 +153,18 @@ def plot_idle(config: BenchConfig, report: WorkloadReport) -> None:
 
 
 def plot_own(config: BenchConfig, report: WorkloadReport) -> None:
-    """Exchanges per second against concurrency (bars at one concurrency); cores used per model at the highest."""
+    """Exchanges per second against concurrency (bars at one concurrency); cores used per model at the highest.
+
+    Files are named after the report (``server.png``, ``wsgi_hello.png``): one run may hold several.
+    """
+    stem = report.name.replace(" ", "_")
     measured = [row for row in report.rows if row.metrics.get("req_per_s") is not None]
-    lines(config, report, measured, "connections", "req_per_s", None, "server.png",
-          "your server: throughput", "exchanges per second")
+    lines(config, report, measured, "connections", "req_per_s", None, f"{stem}.png",
+          f"{report.name}: throughput", "exchanges per second")
     top = max((int(row.params["connections"]) for row in measured), default=0)
     bars(config, report, [row for row in measured if row.params["connections"] == top],
          [("cores_used", "cores used"), ("cpu_us_per_req", "server CPU µs per exchange")],
-         "server_cores.png", f"your server, {top} connections: cores used and CPU per exchange")
+         f"{stem}_cores.png", f"{report.name}, {top} connections: cores used and CPU per exchange")
 
 
 def plot_work(config: BenchConfig, report: WorkloadReport) -> None:
