@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable
 from typing import NoReturn, Protocol
 
 from framework import subinterpreters
-from framework.signals import SERVER_SIGNALS
+from framework.signals import SERVER_SIGNALS, raw_sigmask
 
 #: Looked up once, in the parent: a child leaving through exit_child() only reads it.
 _LOG = logging.getLogger("forkthread")
@@ -64,8 +64,8 @@ _LOG = logging.getLogger("forkthread")
 # wrappers turn every signal number into a ``Signals`` member and back.  On
 # the fork path (once per connection under ``forking``) that is a dozen enum
 # calls in the parent and as many in the child, whose every object touched
-# is a page copied from the parent.
-_sigmask = _signal.pthread_sigmask
+# is a page copied from the parent.  (The first is shared: framework.signals.)
+_sigmask = raw_sigmask
 _setsignal = _signal.signal
 _SIG_DFL = int(signal.SIG_DFL)
 #: What the direct fork holds across the call: every signal, so that none caught by the

@@ -23,6 +23,7 @@ The rules this module enforces for the whole framework:
 
 from __future__ import annotations
 
+import _signal
 import collections
 import enum
 import errno
@@ -48,6 +49,11 @@ SERVER_SIGNALS = frozenset({
     signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
     signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU,
 })
+
+#: ``signal.pthread_sigmask`` without its wrapper, which turns every signal number into a
+#: ``Signals`` member and back: some forty Python calls per use, where a thread is started
+#: per connection (``threading``) or a process forked (``forking``).
+raw_sigmask = _signal.pthread_sigmask
 
 #: Signals that belong to a pre-forked master; a worker ignores them (TTIN/TTOU would
 #: stop it, HUP end it).
@@ -324,8 +330,8 @@ def start_thread_without_signals(start: Callable[[], _T]) -> _T:
     system calls from being interrupted by a signal storm meant for the
     main thread.  Safe in a signal handler.  Returns what *start* returns.
     """
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
+    previous = raw_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
     try:
         return start()
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        raw_sigmask(signal.SIG_SETMASK, previous)

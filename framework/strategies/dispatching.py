@@ -41,6 +41,9 @@ FORCE_GRACE = 5.0
 #: How often forced ends are repeated meanwhile (a worker may register its socket late).
 FORCE_INTERVAL = 0.1
 
+#: Ended threads a :class:`LiveThreads` lists for :meth:`LiveThreads.join` before it forgets the finished ones.
+ENDING_KEPT = 64
+
 
 class AcceptLoop:
     """One ``poll`` over a wake-up descriptor and, when wanted, the listener.
@@ -250,9 +253,11 @@ class LiveThreads:
             with self._lock:
                 self._threads.discard(current)
                 alive = len(self._threads)
-                # Still running for a few instructions: keep it for join(), and
-                # forget the ones that have finished meanwhile (the list stays short).
-                self._ending = [thread for thread in self._ending if thread.is_alive()]
+                # Still running for a few instructions: keep it for join().  The ones that
+                # have finished meanwhile are forgotten in batches, not at every end (an
+                # is_alive() per thread listed, per connection under threading).
+                if len(self._ending) >= ENDING_KEPT:
+                    self._ending = [thread for thread in self._ending if thread.is_alive()]
                 self._ending.append(current)
             self._on_exit(alive)
 
