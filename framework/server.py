@@ -179,6 +179,12 @@ class Server:
             self._acceptor = Acceptor(listener)
         self._check_datagram_support()
         self._check_handler_support()
+        # Admission calls a hook only when the class overrides it: the defaults
+        # do nothing, and a call per connection is a frame per connection.
+        # (Asked once, here: a class is not expected to change its methods once serving.)
+        server_class = type(self)
+        self._verifies = server_class.verify_request is not Server.verify_request
+        self._configures = server_class.configure_connection is not Server.configure_connection
         if listener is None and bind:
             self.server_activate()
 
@@ -325,9 +331,9 @@ class Server:
 
     def _apply_socket_options(self, sock: socket.socket) -> None:
         """``nodelay`` (TCP_NODELAY) and ``keepalive`` (SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT) on TCP."""
-        # The options first: ``sock.family`` converts to an enum, work a forked
-        # child (one per connection) need not do when there is nothing to set.
-        if (not self.nodelay and self.keepalive is None) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        # Called only when there is something to set (see _admit): ``sock.family``
+        # converts to an enum, work a connection need not do otherwise.
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
             return
         if self.nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -357,11 +363,13 @@ class Server:
     def _admit(self, sock: socket.socket, peer: str, make: Callable[[], _Made]) -> _Made | None:
         """:meth:`admit`, ending in ``make()``: the protocol, or the blocking handler to run."""
         try:
-            if not self.verify_request(sock, peer):
+            if self._verifies and not self.verify_request(sock, peer):
                 sock.close()
                 return None
-            self._apply_socket_options(sock)
-            self.configure_connection(sock)
+            if self.nodelay or self.keepalive is not None:
+                self._apply_socket_options(sock)
+            if self._configures:
+                self.configure_connection(sock)
             return make()
         except Exception as exc:
             self.handle_error(exc, peer)
@@ -407,7 +415,8 @@ class Server:
             self._connection_ended_by(exc, peer)
         finally:
             self.connections.discard(sock)
-            sock.close()
+            if sock.fileno() != -1:  # the driver closes it, unless it ended early
+                sock.close()
 
     def _serve_with_handler(self, sock: socket.socket, peer: str, main_thread: bool) -> None:
         """:meth:`serve_connection` for a blocking handler (:mod:`framework.drivers.handler`)."""
