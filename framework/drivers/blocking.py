@@ -71,6 +71,7 @@ from framework.drivers.common import (
     OutOfDescriptors,
     ShortFileError,
     ends_quietly,
+    has_unread_input,
     is_tls_socket,
     poll_timeout_ms,
     sendfile_some,
@@ -679,6 +680,8 @@ class BlockingConnection(Transport):
 
     def _drain_input(self) -> None:
         """Read what the peer still sends so closing sends FIN, not RST."""
+        if self._linger <= 0 and not has_unread_input(self._fd):
+            return  # nothing to read, and no wait for the peer's end-of-file
         deadline = -_INF
         budget = LINGER_MAX_BYTES
         poller = None

@@ -28,7 +28,8 @@ protocol writes to.  The contract is the blocking driver's
   deletion) unless they outnumber the live ones, when the heap is rebuilt.
   The idle timer is not re-armed on every read: a connection only records
   the time of its last progress, and when its timer comes up it either
-  times out or sets the next one from that time.
+  times out or sets the next one from that time.  Nor is it armed for a
+  connection that ends in its first turn (served at once).
 * A protocol's exception ends its own connection only: ``connection_lost``
   gets the exception, then the loop's error handler (the server's
   ``handle_error``).  A vanished peer ends its connection quietly.
@@ -73,6 +74,7 @@ from framework.drivers.common import (
     OutOfDescriptors,
     ShortFileError,
     ends_quietly,
+    has_unread_input,
     sendfile_some,
     socket_extra_info,
 )
@@ -653,13 +655,16 @@ class NonBlockingConnection(Transport):
         return self._tls is not None and self._tls.pending > 0
 
     def _start(self) -> None:
-        loop = self._loop
-        if loop.idle_timeout is not None:
-            self._idle_timer = loop.call_at(loop.now + loop.idle_timeout, self._idle_check)
         if self._handshaking:
             self._on_handshake_events(READ)
-            return
-        self._begin()
+        else:
+            self._begin()
+        loop = self._loop
+        # Armed once the first turn is over, due from the accept all the same (loop.now
+        # has not moved): a connection served and closed in its first turn -- a short
+        # one -- never puts a timer in the heap.
+        if loop.idle_timeout is not None and self._state != _CLOSED:
+            self._idle_timer = loop.call_at(loop.now + loop.idle_timeout, self._idle_check)
 
     def _on_handshake_events(self, events: int) -> None:
         """Advance the TLS handshake; start the protocol once it is complete."""
@@ -875,8 +880,8 @@ class NonBlockingConnection(Transport):
             self._tls.close_notify()
             # From here on input is only discarded: read the socket itself.
             self._recv = self.sock.recv
-        if self._eof:
-            self._teardown(None)
+        if self._eof or (self._linger <= 0 and not has_unread_input(self._fd)):
+            self._teardown(None)  # nothing to discard: a close sends FIN
             return
         sock = self.sock
         try:

@@ -1,0 +1,184 @@
+"""What a short connection costs: work that is not the model stays off its path (issue 23).
+
+Each test pins one cut of the per-connection path down by what it changed,
+so that it fails if the work comes back: a default hook called anyway, a
+timer pushed for a connection that ended at once, a thread started through
+the enum wrappers of :mod:`signal`, a ``recv`` that raises to learn that
+nothing is left to drain.  (Figures: ``docs/lab.md``, "What a short
+connection costs".)
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from framework import Protocol
+from framework.drivers.common import has_unread_input
+from framework.drivers.nonblocking import EventLoop
+from framework.signals import SERVER_SIGNALS, raw_sigmask, start_thread_without_signals
+from servers.nbytes import NBytesServer
+from tests.support import open_fds_unchanged, recv_all
+
+HOOKS = ("verify_request", "configure_connection", "_apply_socket_options")
+
+
+def calls_during(action: Any, names: tuple[str, ...]) -> dict[str, int]:
+    """How often functions named *names* are called (as Python frames) while *action()* runs."""
+    counts = dict.fromkeys(names, 0)
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_name in counts:
+            counts[frame.f_code.co_name] += 1
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return counts
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    with open_fds_unchanged():
+        server_side, client = socket.socketpair()
+        yield server_side, client
+        server_side.close()
+        client.close()
+
+
+class Verifying(NBytesServer):
+    def verify_request(self, sock: socket.socket, peer: str) -> bool:
+        return True
+
+
+class Configuring(NBytesServer):
+    def configure_connection(self, sock: socket.socket) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("server_class", "options", "called"), [
+    (NBytesServer, {}, set()),
+    (Verifying, {}, {"verify_request"}),
+    (Configuring, {}, {"configure_connection"}),
+    (NBytesServer, {"nodelay": True}, {"_apply_socket_options"}),
+    (NBytesServer, {"keepalive": (30, 5, 3)}, {"_apply_socket_options"}),
+])
+def test_admission_calls_only_the_hooks_a_class_overrides_and_options_only_when_set(pair, server_class, options,
+                                                                                    called):
+    # The one admission rule of every strategy: a default hook does nothing, so it is not called at all.
+    server = server_class("127.0.0.1:0", bind=False, handle_signals=False, **options)
+    try:
+        protocols = []
+        counts = calls_during(lambda: protocols.append(server.admit(pair[0], "peer")), HOOKS)
+    finally:
+        server.server_close()
+    assert protocols[0] is not None
+    assert {name for name, count in counts.items() if count} == called
+    assert all(count <= 1 for count in counts.values())
+
+
+def test_a_refusing_verify_request_still_closes_the_connection(pair):
+    class Refusing(NBytesServer):
+        def verify_request(self, sock: socket.socket, peer: str) -> bool:
+            return False
+
+    server = Refusing("127.0.0.1:0", bind=False, handle_signals=False)
+    try:
+        assert server.admit(pair[0], "peer") is None
+    finally:
+        server.server_close()
+    assert pair[0].fileno() == -1
+
+
+class AnswerAndClose(Protocol):
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.transport.close()
+
+
+class Answer(Protocol):
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+@pytest.mark.parametrize(("protocol_class", "timers"), [(AnswerAndClose, 0), (Answer, 1)])
+def test_the_idle_timer_is_armed_only_for_a_connection_that_outlives_its_first_turn(pair, protocol_class, timers):
+    server_side, client = pair
+    loop = EventLoop(idle_timeout=60.0)
+    try:
+        client.sendall(b"ping")  # the request comes with the connection, as a short client's does
+        connection = loop.add_connection(server_side, "peer", protocol_class())
+        assert client.recv(4) == b"ping"
+        assert len(loop._timers) == timers
+        assert connection.is_closing() == (timers == 0)
+    finally:
+        loop.close()
+    assert loop.served == 1
+
+
+def test_an_idle_connection_still_times_out(pair):
+    server_side, client = pair
+    loop = EventLoop(idle_timeout=0.05)
+    try:
+        connection = loop.add_connection(server_side, "peer", Answer())
+        for _ in range(200):  # bounded: each turn waits for the next timer at most
+            if connection.is_closing():
+                break
+            loop.run_once(1.0)
+        assert connection.is_closing()
+        client.settimeout(10)
+        assert recv_all(client) == b""
+    finally:
+        loop.close()
+
+
+def test_a_thread_is_started_with_the_server_signals_blocked_without_the_enum_wrappers(monkeypatch):
+    # signal.pthread_sigmask turns every number into a Signals member and back (some forty Python
+    # calls); the C function under it takes and gives plain numbers.
+    def wrapper_used(*args: object) -> None:
+        raise AssertionError("signal.pthread_sigmask's wrapper on the per-thread path")
+
+    monkeypatch.setattr(signal, "pthread_sigmask", wrapper_used)
+    seen: list[frozenset[int]] = []
+    thread = threading.Thread(target=lambda: seen.append(frozenset(raw_sigmask(signal.SIG_BLOCK, ()))))
+    before = frozenset(raw_sigmask(signal.SIG_BLOCK, ()))
+    start_thread_without_signals(thread.start)
+    thread.join(10)
+    assert frozenset(raw_sigmask(signal.SIG_BLOCK, ())) == before  # the caller's mask is back
+    assert {int(signum) for signum in SERVER_SIGNALS} <= seen[0]
+
+
+def test_has_unread_input_tells_whether_a_close_would_reset(pair):
+    server_side, client = pair
+    assert not has_unread_input(server_side.fileno())
+    client.sendall(b"left unread")
+    assert has_unread_input(server_side.fileno())
+    assert server_side.recv(100) == b"left unread"
+    assert not has_unread_input(server_side.fileno())
+    client.close()  # end-of-file is not input
+    assert not has_unread_input(server_side.fileno())
+
+
+def test_has_unread_input_says_yes_when_it_cannot_tell():
+    sock = socket.socket()
+    fd = sock.fileno()
+    sock.close()
+    assert has_unread_input(fd)  # the caller's recv will say what is wrong
+
+
+def test_short_connections_are_served_whole_under_a_real_server(strategy, serve):
+    # End to end: every connection gets its bytes and a FIN (no reset) after the cuts above.
+    server = serve("nbytes", strategy=strategy)
+    for count in (0, 100, 4000):
+        with server.connect() as sock:
+            sock.sendall(b"%d\n" % count)
+            assert len(recv_all(sock)) == count
