@@ -148,9 +148,13 @@ class BlockingConnection(Transport):
         self._protocol_deadline: float | None = None
         #: Waiting in recv (the socket blocking, the kernel keeping the time limits); see the module docstring.
         self._in_recv = False
+        #: The kernel's time limits are set (in recv, once a call would wait: see _enter_recv).
+        self._limits_armed = idle_timeout is None
         #: Main thread: requests still to serve waiting in poll before it waits in recv (0: not, or never).
         self._requests_before_recv = 0
         self._tls = is_tls_socket(sock)
+        #: Flags of the first try of a send: never wait there (an SSLSocket takes no flags; it never waits in recv).
+        self._try_flags = 0 if self._tls else socket.MSG_DONTWAIT
         #: What means "try again when the socket is ready" (OpenSSL's want read/write too).
         self._would_block: tuple[type[Exception], ...] = (BlockingIOError,)
         #: Of those, what means "wait until readable" even while sending (OpenSSL's want read).
@@ -199,13 +203,15 @@ class BlockingConnection(Transport):
             data = memoryview(data).cast("B")
         # Most writes fit in the socket buffer: one send, no copy, no wait.
         try:
-            sent = self.sock.send(data)
+            sent = self.sock.send(data, self._try_flags)
         except self._would_block:
             sent = 0
         except OSError as exc:
             self._fail(exc)
             return
         if sent < len(data):
+            if not self._limits_armed and self._in_recv:
+                self._arm_limits()  # the rest waits in send, as long as the kernel's limit allows
             try:
                 self._send_all(memoryview(data)[sent:])
             except OSError as exc:
@@ -229,6 +235,8 @@ class BlockingConnection(Transport):
         file_fd = file.fileno()
         if count is None:
             count = os.fstat(file_fd).st_size - offset
+        if not self._limits_armed and self._in_recv:
+            self._arm_limits()  # sendfile(2) may wait, and takes no flags
         try:
             while count > 0:
                 if self._copy_files:
@@ -503,16 +511,26 @@ class BlockingConnection(Transport):
         self._requests_before_recv = REQUESTS_BEFORE_RECV if may_wait_in_recv and self._watch_wakeup else 0
 
     def _enter_recv(self) -> None:
-        """From now on wait in recv: the socket blocks, with the idle limit as the kernel's time limits."""
+        """From now on wait in recv: the socket blocks, with the idle limit as the kernel's time limits.
+
+        The limits are set by :meth:`_arm_limits` before the first call that
+        would wait: until then every call is tried with ``MSG_DONTWAIT``, and a
+        short connection -- its request in at once, its answer fitting in the
+        socket buffer -- makes no ``setsockopt`` at all.
+        """
         sock = self.sock
-        if self._idle_timeout is not None:
-            seconds, fraction = divmod(self._idle_timeout, 1)
-            limit = struct.pack("ll", int(seconds), int(fraction * 1_000_000))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
         if sock.gettimeout() is not None:  # a socket from our acceptor is blocking already
             sock.setblocking(True)
         self._in_recv = True
+
+    def _arm_limits(self) -> None:
+        """Set the idle limit as the kernel's receive and send time limits (once, before a call that would wait)."""
+        self._limits_armed = True
+        assert self._idle_timeout is not None
+        seconds, fraction = divmod(self._idle_timeout, 1)
+        limit = struct.pack("ll", int(seconds), int(fraction * 1_000_000))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
 
     def _serve_in_recv(self, protocol: Protocol) -> None:
         """Read and hand over, waiting in recv, while only the peer and the time limits can end a wait.
@@ -531,9 +549,12 @@ class BlockingConnection(Transport):
         try:
             while self._in_recv and not self._closing and self._error is None:
                 try:
-                    data = recv(RECV_SIZE)
-                except BlockingIOError:  # SO_RCVTIMEO ran out
-                    self._error = ConnectionTimeout(f"idle for {self._idle_timeout:g} s")
+                    data = recv(RECV_SIZE) if self._limits_armed else recv(RECV_SIZE, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if not self._limits_armed:  # nothing yet: wait, within the limits
+                        self._arm_limits()
+                        continue
+                    self._error = ConnectionTimeout(f"idle for {self._idle_timeout:g} s")  # SO_RCVTIMEO ran out
                     return
                 except OSError as exc:
                     self._fail(exc)
