@@ -106,6 +106,10 @@ def test_small_stevens_run_structure(tmp_path):
     assert results["machine"]["cpus"] == os.cpu_count() and results["machine"]["kernel"].startswith("Linux")
     report = workload(results, "stevens")
     assert [row["target"] for row in report["rows"]] == ["iterative", "socketserver threading"]
+    # The servers take turns within each repeat (a burst of other load lands on one repeat of each).
+    turns = re.findall(r"stevens: (iterative|socketserver threading) +run (\d)/2", done.stderr)
+    assert turns == [("iterative", "1"), ("socketserver threading", "1"), ("iterative", "2"),
+                     ("socketserver threading", "2")]
     iterative = report["rows"][0]
     assert iterative["repeats"] == 2 and iterative["metrics"]["connections"] == 10
     assert set(iterative["spread"]["cpu_s"]) == {"median", "min", "max"}

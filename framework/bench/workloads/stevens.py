@@ -151,35 +151,43 @@ def run(config: BenchConfig) -> WorkloadReport:
                      " tree's too: a forked child's are mostly pages of its parent's copied on first write."
                      "  The main process's share (its own threads, over the load) leaves the rest of the tree's"
                      " to its children or workers."
-                     f"  Median of {scale.repeat} runs, (min-max)."),
+                     f"  Servers take turns within each repeat; median of {scale.repeat} runs, (min-max)."),
         columns=COLUMNS, ratio_metric="conn_per_s")
     context = Context(server="nbytes", protocol="nbytes")
     total = scale.clients * scale.connections
-    for target in session.runnable(config, report, context, variants=True):
-        samples = []
-        notes: list[str] = []
-        for repeat in range(scale.repeat):
+    targets = list(session.runnable(config, report, context, variants=True))
+    samples: dict[str, list[dict[str, float | None]]] = {target.name: [] for target in targets}
+    notes: dict[str, list[str]] = {target.name: [] for target in targets}
+    failed: set[str] = set()
+    # Servers take turns within each repeat (as in http): a burst of other work on the
+    # machine lands on one repeat of every server, not on every repeat of one.
+    for repeat in range(scale.repeat):
+        for target in targets:
+            if target.name in failed:
+                continue
             try:
                 with session.start(config, target, context) as server:
                     sample = measure_once(config, server)
             except session.MEASUREMENT_ERRORS as exc:
-                notes.append(f"run {repeat + 1} failed: {exc}")
+                notes[target.name].append(f"run {repeat + 1} failed: {exc}")
                 if isinstance(exc, session.ServerStartError):
-                    break  # it will not start next time either
+                    failed.add(target.name)  # it will not start next time either
                 config.progress(f"stevens: {target.name}: run {repeat + 1} failed: {exc}")
                 continue
-            samples.append(sample)
+            samples[target.name].append(sample)
             config.progress(
                 f"stevens: {target.name:<26} run {repeat + 1}/{scale.repeat}: {sample['connections']:.0f}/{total}"
                 f" connections, {sample['conn_per_s']:.0f}/s, server CPU {sample['cpu_s']:.3f}s")
-        if samples:
-            row: Row = session.add_row(report, target, {}, samples, notes)
+    for target in targets:  # rows in the usual order
+        taken = samples[target.name]
+        if taken:
+            row: Row = session.add_row(report, target, {}, taken, notes[target.name])
             if row.metrics.get("errors"):
                 row.notes.append(f"{row.metrics['errors']:.0f} failed connections (median)")
-            if any(sample["killed"] for sample in samples):
+            if any(sample["killed"] for sample in taken):
                 row.notes.append("did not stop gracefully: killed, so its children's CPU may be missing")
         else:
-            session.skip(config, report, target, "; ".join(notes))
+            session.skip(config, report, target, "; ".join(notes[target.name]))
     add_process_control(report)
     report.summary = recommend(report)
     from framework.bench.plots import plot_stevens
