@@ -298,3 +298,21 @@ def test_wsgi_errors_go_to_the_log(app_server):
 
 def test_server_tree_memory_helper_is_sane(app_server):
     assert tree_total(app_server.pid, rss_kib) > 0
+
+
+def _corpus_cases() -> list:
+    from pathlib import Path
+
+    from tests.test_http_corpus import CORPUS, load
+
+    return [load(path) for path in sorted(Path(CORPUS).glob("*.http"))
+            if set(path.stem.split("--")[0].split("-")) == {"200"}]
+
+
+@pytest.mark.parametrize("case", _corpus_cases(), ids=lambda case: case.name)
+def test_the_valid_requests_of_the_corpus_reach_the_app(app_server, case):
+    """The requests of tests/http_corpus/ the static server answers 200 reach the application too."""
+    replies, closed = ask(app_server, case.data, case.methods)
+    assert [reply.status for reply in replies] == case.statuses
+    if case.then == "close":
+        assert closed

@@ -133,6 +133,8 @@ def test_close_is_called_when_the_app_raises_mid_body():
 
 @pytest.mark.parametrize(("target", "path", "query"), [
     (b"/a%20b?x=1", b"/a%20b", b"x=1"),
+    (b"/forums/1/topics/2375?page=1#posts-17408", b"/forums/1/topics/2375", b"page=1"),  # gunicorn's 005
+    (b"/p#f?not-a-query", b"/p", b""),
     (b"http://h:1/p/q?z", b"/p/q", b"z"),
     (b"http://h", b"/", b""),
     (b"*", b"*", b""),

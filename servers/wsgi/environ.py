@@ -65,7 +65,12 @@ def _split_host(host: str, default_port: str) -> tuple[str, str]:
 
 
 def path_of(target: bytes) -> tuple[bytes, bytes]:
-    """The path and query of a request target (origin form, absolute form, ``*``, authority form)."""
+    """The path and query of a request target (origin form, absolute form, ``*``, authority form).
+
+    A fragment (``#...``, which clients should not send but some do) is neither.
+    """
+    if b"#" in target:
+        target = target.partition(b"#")[0]
     path, _, query = target.partition(b"?")
     if not path.startswith(b"/"):
         scheme, sep, rest = path.partition(b"://")
