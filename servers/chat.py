@@ -156,16 +156,16 @@ class ChatRoom:
 
     def rename(self, member: ChatProtocol, new: str) -> str | None:
         """Give *member* the name *new*; None when done, else why not (taken, or mixing scripts)."""
-        scripts = scripts_of(new)
-        if len(scripts) > 1:
-            return f"a nick may not mix scripts ({' and '.join(sorted(s.title() for s in scripts))})"
         key = nick_key(new)
         with self._lock:
             holder = self._names.get(key)
             if holder is not None and holder is not member:
                 if holder.name.casefold() == new.casefold():
-                    return f"the nick {new} is taken"
-                return f"the nick {new} is taken: it reads as {holder.name}"
+                    return f"nick refused: {new} is taken"
+                return f"nick refused: {new} looks like {holder.name}, which is taken"
+            scripts = scripts_of(new)
+            if len(scripts) > 1:
+                return f"nick refused: {new} mixes scripts ({' and '.join(sorted(s.title() for s in scripts))})"
             old = member.name
             self._names.pop(nick_key(old), None)
             self._names[key] = member

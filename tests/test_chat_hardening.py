@@ -83,12 +83,13 @@ def test_nick_keys_fold_case_width_and_look_alikes():
 
 
 @pytest.mark.parametrize(("wanted", "refusal"), [
-    ("admin", "* the nick admin is taken\n"),
-    ("ADMIN", "* the nick ADMIN is taken\n"),
-    ("\u0430dmin", "* a nick may not mix scripts (Cyrillic and Latin)\n"),
-    ("\u0430\u0501\u043c\u0456\u043f", "* the nick \u0430\u0501\u043c\u0456\u043f is taken: it reads as admin\n"),
-    ("\uff41\uff44\uff4d\uff49\uff4e", "* the nick \uff41\uff44\uff4d\uff49\uff4e is taken: it reads as admin\n"),
-    ("adm1n", "* the nick adm1n is taken: it reads as admin\n"),
+    ("admin", "* nick refused: admin is taken\n"),
+    ("ADMIN", "* nick refused: ADMIN is taken\n"),
+    ("\u0430dmin", "* nick refused: \u0430dmin looks like admin, which is taken\n"),
+    *[(name, f"* nick refused: {name} looks like admin, which is taken\n")
+      for name in ("\u0430\u0501\u043c\u0456\u043f", "\uff41\uff44\uff4d\uff49\uff4e")],
+    ("adm1n", "* nick refused: adm1n looks like admin, which is taken\n"),
+    ("b\u043eb", "* nick refused: b\u043eb mixes scripts (Cyrillic and Latin)\n"),
 ])
 def test_a_taken_or_confusable_nick_is_refused(wanted, refusal):
     room = ChatRoom()
@@ -187,9 +188,11 @@ def test_a_confusable_nick_is_refused_over_the_wire(pair):
     a.say("/nick admin")
     assert a.read_line() == b.read_line() == "* guest1 is now admin"
     b.say("/nick \u0430\u0501\u043c\u0456\u043f")
-    assert b.read_line() == "* the nick \u0430\u0501\u043c\u0456\u043f is taken: it reads as admin"
+    assert b.read_line() == "* nick refused: \u0430\u0501\u043c\u0456\u043f looks like admin, which is taken"
+    b.say("/nick \u0430dmin")
+    assert b.read_line() == "* nick refused: \u0430dmin looks like admin, which is taken"
     b.say("/nick Admin")
-    assert b.read_line() == "* the nick Admin is taken"
+    assert b.read_line() == "* nick refused: Admin is taken"
     b.say("still guest2")
     assert a.read_line() == "guest2: still guest2"
 
