@@ -316,3 +316,17 @@ def test_the_valid_requests_of_the_corpus_reach_the_app(app_server, case):
     assert [reply.status for reply in replies] == case.statuses
     if case.then == "close":
         assert closed
+
+
+def test_expect_continue_with_a_body_sent_at_once(app_server):
+    # A client need not wait for the 100: a large body sent at once must still reach the application.
+    body = os.urandom(1 << 20)
+    with app_server.connect(timeout=30) as sock:
+        sock.sendall(request("POST", "/digest", "Expect: 100-continue", f"Content-Length: {len(body)}") + body)
+        data = b""
+        while b"\r\n\r\n" not in data.partition(b"100 Continue\r\n\r\n")[2]:
+            data += sock.recv(65536)
+        while not data.endswith(hashlib.sha256(body).hexdigest().encode()):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk

@@ -154,6 +154,8 @@ class Exchange:
             return
         connection.transport.write(responses.CONTINUE)
         connection.on_input = self._gather
+        # A client may send the body without waiting for the 100: what came may have paused reading.
+        connection.transport.resume_reading()
         self._gather()
 
     def _end(self, keep_alive: bool, response: Response) -> None:
