@@ -205,6 +205,7 @@ def test_close_is_called_when_the_client_goes_away(app_server, marks):
 SMUGGLING = {
     "te-and-cl": request("POST", "/echo", "Content-Length: 5", "Transfer-Encoding: chunked") + b"0\r\n\r\n",
     "two-lengths": request("POST", "/echo", "Content-Length: 5", "Content-Length: 6") + b"hello!",
+    "same-length-twice": request("POST", "/echo", "Content-Length: 5", "Content-Length: 5") + b"hello",
     "obs-fold": request("POST", "/echo", "Content-Length: 5", "X-Folded: a", " b") + b"hello",
     "bare-cr": b"POST /echo HTTP/1.1\r\nHost: test\r\nX-Cr: a\rb\r\nContent-Length: 5\r\n\r\nhello",
     "0x-chunk": request("POST", "/echo", "Transfer-Encoding: chunked") + b"0x5\r\nhello\r\n0\r\n\r\n",

@@ -101,11 +101,18 @@ def _connection_tokens(value: bytes) -> set[bytes]:
 
 
 def _content_length(value: bytes) -> int:
-    """The one length a (possibly repeated, comma-joined) Content-Length states; 400 otherwise."""
-    lengths = {part.strip() for part in value.split(b",")}
-    if len(lengths) != 1:
-        raise RequestError(400, "conflicting Content-Length values")
-    (length,) = lengths
+    """The length a Content-Length field states; 400 for anything but one field of digits.
+
+    A repeated field (joined with ``,`` by :func:`parse_fields`) or a list is
+    refused even when its values agree, as llhttp and gunicorn refuse it:
+    RFC 9112 section 6.3 allows that, and a front end that took the first of
+    two and a server that took the second would frame the body differently.
+    """
+    if b"," in value:
+        lengths = {part.strip() for part in value.split(b",")}
+        raise RequestError(400, "conflicting Content-Length values" if len(lengths) > 1
+                           else "more than one Content-Length")
+    length = value.strip()
     if not length or not _DIGITS.issuperset(length) or len(length) > 18:
         raise RequestError(400, "invalid Content-Length")
     return int(length)
