@@ -88,7 +88,9 @@ def run_clients(specs: Sequence[dict[str, Any]], time_limit: float,
         started = time.monotonic()
         for proc in procs:
             assert proc.stdin is not None
-            proc.stdin.write("go\n")
+            # The start time goes along (CLOCK_MONOTONIC is one clock for every process on Linux), so
+            # generators that keep a deadline all keep the same one, however late their "go" arrives.
+            proc.stdin.write(f"go {started!r}\n")
             proc.stdin.flush()
         if on_go is not None:
             on_go()

@@ -3,7 +3,8 @@
 The lab starts K of these so that the load is made by several processes
 (as in UNP ch. 30), not by threads sharing one interpreter lock.  Each
 prints ``ready``, waits for ``go`` on standard input (so all start
-together), runs its load, and prints one JSON result line.  Every load is
+together; ``go T`` also hands over the lab's start time, so that the
+``exchange`` kind ends at one deadline for all), runs its load, and prints one JSON result line.  Every load is
 bounded both in count and in time.
 
 Kinds (``spec["kind"]``):
@@ -287,10 +288,10 @@ def run_exchange(spec: dict[str, Any]) -> dict[str, Any]:
     threads = [threading.Thread(target=connection, args=(index,), daemon=True) for index in range(spec["connections"])]
     for thread in threads:
         thread.start()
-    started = time.monotonic()
+    started = spec.get("started_at") or time.monotonic()
     deadline[0] = started + spec["duration"]
     go.set()
-    over.wait(spec["duration"])
+    over.wait(max(0.0, deadline[0] - time.monotonic()))
     with lock:
         over.set()
         elapsed = time.monotonic() - started
@@ -396,8 +397,11 @@ def main() -> int:
         os.sched_setaffinity(0, spec["cpus"])
     run = KINDS[spec["kind"]]
     print("ready", flush=True)
-    if sys.stdin.readline().strip() != "go":
+    words = sys.stdin.readline().split()
+    if not words or words[0] != "go":
         return 1
+    if len(words) > 1:
+        spec["started_at"] = float(words[1])  # the lab's start: one deadline for every generator
     result = run(spec)
     print(json.dumps(result), flush=True)
     return 0
