@@ -8,8 +8,9 @@ terminal is reopened through ``/proc/self/fd`` so that the flag is ours
 alone, not that of whoever shares the descriptor; a socket is sent to with
 ``MSG_DONTWAIT``), lines the descriptor cannot take now wait in a bounded
 buffer, and once that is full lines are dropped and counted.  A failing log
-(a full disk, EPIPE) loses its lines, counted too.  Both conditions are
-reported at most once per interval (:class:`~framework.logthrottle.LogThrottle`)
+(a full disk, EPIPE) loses its lines, counted too.  A descriptor that
+takes nothing for :data:`STALL_REPORT` seconds, the lines it refused
+dropped, and the errors are reported at most once per interval (:class:`~framework.logthrottle.LogThrottle`)
 and counted in :meth:`LineSink.status` for the status line.
 
 Lines go out in writes of whole lines of at most ``PIPE_BUF`` bytes, which
@@ -28,6 +29,7 @@ import select
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable
 
 from framework.logthrottle import LogThrottle
@@ -35,6 +37,8 @@ from framework.processes import at_child_exit
 
 #: Bytes of lines held while the descriptor takes nothing (a stalled pipe): beyond, lines are dropped.
 DEFAULT_BUFFER = 256 * 1024
+#: Seconds a descriptor may take nothing before that is reported (lines are held meanwhile).
+STALL_REPORT = 5.0
 
 # The most a pipe takes in one atomic write (POSIX: at least 512; Linux: 4096).
 _ATOMIC = getattr(select, "PIPE_BUF", 512)
@@ -66,6 +70,8 @@ class LineSink:
         #: Writes that failed with an error other than "would block" (ENOSPC, EPIPE, EIO...).
         self.errors = 0
         self._told_dropped = 0
+        #: When the descriptor first refused the held lines (None: it takes what it is given).
+        self._blocked_since: float | None = None
         at_child_exit(self)  # a forked child leaves by os._exit: its held lines get one last try
 
     @classmethod
@@ -141,7 +147,15 @@ class LineSink:
             try:
                 written = self._send(b"".join(batch))
             except BlockingIOError:
-                return  # full for now: the lines wait for the next write or flush
+                # Full for now: the lines wait for the next write or flush.  A reader gone
+                # quiet for long is worth a word before any line is lost.
+                now = time.monotonic()
+                if self._blocked_since is None:
+                    self._blocked_since = now
+                elif now - self._blocked_since > STALL_REPORT:
+                    self._throttle.warning(f"{self.name}: not being read for {now - self._blocked_since:.0f} s:"
+                                           f" {len(pending)} line(s) held, {self.dropped} dropped so far")
+                return
             except OSError as exc:
                 # Full disk, EPIPE, EIO: these lines are lost; say so, not once per line.
                 self.errors += 1
@@ -152,6 +166,7 @@ class LineSink:
                 self._throttle.warning(f"{self.name}: cannot write ({os.strerror(exc.errno or 0)}): "
                                        f"{self.dropped} line(s) dropped so far")
                 return
+            self._blocked_since = None
             while written > 0:
                 head = pending[0]
                 if written >= len(head):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from framework import linesink
 from framework.linesink import LineSink
 from tests.http_support import exchange, make_root
 from tests.support import wait_for
@@ -62,6 +63,19 @@ def test_a_pipe_nobody_reads_holds_then_drops_and_counts(pipe, caplog):
     assert written and written.endswith(b"\n")
     assert set(written.splitlines(keepends=True)) == {LINE}, "only whole lines"
     assert len(written) // len(LINE) + sink.dropped == 2000
+
+
+def test_a_reader_gone_quiet_is_reported_before_any_line_is_lost(pipe, caplog, monkeypatch):
+    _, write_end = pipe
+    monkeypatch.setattr(linesink, "STALL_REPORT", 0.0)
+    sink = LineSink(write_end, name="test log", owned=False)
+    with caplog.at_level(logging.WARNING, logger="forkthread"):
+        for _ in range(200):  # 4 KiB of pipe, then held: nothing dropped
+            sink.write_line(LINE)
+            time.sleep(0.001)
+    assert sink.dropped == 0
+    reports = [r.getMessage() for r in caplog.records]
+    assert len(reports) == 1 and "not being read for" in reports[0] and "0 dropped" in reports[0]
 
 
 def test_a_full_disk_is_reported_once_and_counted(caplog):
