@@ -178,7 +178,7 @@ class Server:
             self.requested_address = local_address(listener)
             self._acceptor = Acceptor(listener)
         self._check_datagram_support()
-        self._check_handler_support()
+        self._check_strategy_support()
         # Admission calls a hook only when the class overrides it: the defaults
         # do nothing, and a call per connection is a frame per connection.
         # (Asked once, here: a class is not expected to change its methods once serving.)
@@ -195,12 +195,6 @@ class Server:
 
         if strategy is None or isinstance(strategy, str):
             strategy = create_strategy(strategy or self.default_strategy)
-        allowed = self.supported_strategies
-        if allowed is not None and strategy.name not in allowed:
-            raise ValueError(
-                f"server {self.name or type(self).__name__!r} does not run under strategy {strategy.name!r}"
-                f" (supported: {', '.join(sorted(allowed))})"
-            )
         return strategy
 
     def _check_datagram_support(self) -> None:
@@ -214,11 +208,9 @@ class Server:
         if not self.strategy.can_serve_datagrams():
             raise ValueError(f"strategy {self.strategy.name!r} cannot serve datagrams (UDP)")
 
-    def _check_handler_support(self) -> None:
-        """Refuse a blocking handler that the strategy cannot carry, or one set beside a protocol."""
-        if self.handler is None:
-            return
-        if self.protocol is not None:
+    def _check_strategy_support(self) -> None:
+        """Refuse a strategy this server cannot run under (:meth:`refusal`), or a handler set beside a protocol."""
+        if self.handler is not None and self.protocol is not None:
             raise ValueError(f"server {self.name or type(self).__name__!r} sets both `protocol` and `handler`")
         refusal = self.refusal(self.strategy)
         if refusal is not None:
@@ -228,10 +220,17 @@ class Server:
     def refusal(cls, strategy: Strategy) -> str | None:
         """Why *strategy* cannot carry this server class, or None when it can.
 
-        The one rule for it: a blocking handler needs a strategy that gives every
-        connection a thread of its own (:meth:`Strategy.carries_blocking_handlers`).
-        Asked before binding, and by the lab to choose the models it measures.
+        The rules in one place, asked at construction (a clear error), by the
+        lab to choose the models it measures, and by the pytest plugin (a skip
+        with this reason): a server that lists its :attr:`supported_strategies`
+        runs under those only, and a blocking handler needs a strategy that
+        gives each connection a thread of its own
+        (:meth:`Strategy.carries_blocking_handlers`).
         """
+        allowed = cls.supported_strategies
+        if allowed is not None and strategy.name not in allowed:
+            return (f"server {cls.name or cls.__name__!r} does not run under strategy {strategy.name!r}"
+                    f" (supported: {', '.join(sorted(allowed))})")
         if cls.handler is None or strategy.carries_blocking_handlers():
             return None
         return (f"server {cls.name or cls.__name__!r} runs a blocking handler, which strategy"

@@ -189,3 +189,27 @@ def test_status_line_names_strategy_and_counts():
     with EchoServer("127.0.0.1:0", handle_signals=False) as server:
         status = server.status()
     assert "strategy=threading" in status and "served=0" in status and f"pid={os.getpid()}" in status
+
+
+def test_refusal_is_asked_of_the_class_before_anything_binds():
+    """One rule for the constructor and the pytest plugin: which strategies can carry a server class."""
+    import socketserver
+
+    from framework.strategies import StrategyOptions, create_strategy
+
+    class Handled(Server):
+        handler = socketserver.StreamRequestHandler
+
+    class OnlyIterative(EchoServer):
+        supported_strategies = frozenset({"iterative"})
+
+    poll = create_strategy("poll")
+    assert "runs a blocking handler, which strategy poll cannot carry" in (Handled.refusal(poll) or "")
+    assert Handled.refusal(create_strategy("threading")) is None
+    pool_of_loops = create_strategy("preforked", StrategyOptions(worker="poll"))
+    assert Handled.refusal(pool_of_loops) is not None  # a pool of event loops: as its inner strategy
+    assert Handled.refusal(create_strategy("preforked")) is None
+    assert EchoServer.refusal(poll) is None
+    assert "does not run under strategy 'poll'" in (OnlyIterative.refusal(poll) or "")
+    with pytest.raises(ValueError, match="cannot carry"):
+        Handled("127.0.0.1:0", strategy=poll, handle_signals=False)
