@@ -8,6 +8,12 @@ at a time, and looking at what it wrote::
     protocol.connection_made(transport)
     feed(protocol, b"hello", chunk_size=1)
     assert transport.output() == b"hello"
+
+and at random points, the same for the same seed (:func:`random_chunks`)::
+
+    for seed in range(100):
+        ...
+        feed(protocol, request, seed=seed)
 """
 
 from __future__ import annotations
@@ -99,17 +105,42 @@ class RecordingTransport(Transport):
         return b"".join(self.chunks)
 
 
-def feed(protocol: Protocol, data: bytes, chunk_size: int | None = None, eof: bool = False) -> bool | None:
+def random_chunks(data: bytes, seed: int) -> list[bytes]:
+    """*data* cut at random points, the same for the same *seed*: between one piece and one byte a piece.
+
+    The habit that finds framing bugs (a header split in two, a delimiter
+    across reads), made reproducible: a failing seed is the whole test case.
+    """
+    import random  # here, not at the top: importing random adds an at-fork hook to every process
+
+    if len(data) < 2:
+        return [data] if data else []
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(data)), rng.randint(0, len(data) - 1)))
+    return [data[start:end] for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+def feed(protocol: Protocol, data: bytes, chunk_size: int | None = None, eof: bool = False, *,
+         seed: int | None = None) -> bool | None:
     """Deliver *data* to *protocol* in chunks of *chunk_size* (all at once when None).
 
-    With *eof*, finish with ``eof_received()`` and return what it returned.
-    Stops early when the protocol closed its transport.
+    With *seed*, the chunks are :func:`random_chunks` of that seed instead
+    (``for seed in range(100): ...`` tries a hundred splits, and the one that
+    fails names itself).  With *eof*, finish with ``eof_received()`` and
+    return what it returned.  Stops early when the protocol closed its
+    transport.
     """
-    size = chunk_size or max(1, len(data))
-    for start in range(0, len(data), size):
+    if seed is not None and chunk_size is not None:
+        raise ValueError("feed: give chunk_size or seed, not both")
+    if seed is not None:
+        chunks = random_chunks(data, seed)
+    else:
+        size = chunk_size or max(1, len(data))
+        chunks = [data[start:start + size] for start in range(0, len(data), size)]
+    for chunk in chunks:
         if protocol.transport.is_closing():
             break
-        protocol.data_received(data[start:start + size])
+        protocol.data_received(chunk)
     if eof:
         return protocol.eof_received()
     return None
