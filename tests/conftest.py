@@ -10,25 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from framework.harness.checks import leftover_problems, stop_problems
-from framework.strategies import STRATEGIES
+from framework.harness.servers import ServerGroup
 from tests.support import ServerProcess, become_subreaper, missing_requirement
 
+# The plugin the package installs (entry point ``framework.pytest_plugin``), named here too so the
+# suite has it where the package is not installed (PYTHONPATH=.); loaded once either way.
+pytest_plugins = ("framework.pytest_plugin",)
 
-def selected_strategies() -> list[str]:
-    """The strategies to test: FORKTHREAD_STRATEGIES (comma-separated) or every registered one.
 
-    tox sets it per environment (py3-iterative, py3-poll, ...); a plain
-    ``pytest`` runs the whole matrix.
+def selected_strategies(config: pytest.Config) -> list[str]:
+    """The plugin's selection (``--forkthread-strategies``, else FORKTHREAD_STRATEGIES, else all), for ``strategy``.
+
+    Imported here, not at the top: pytest must load the plugin first (assertion rewriting).
     """
-    chosen = os.environ.get("FORKTHREAD_STRATEGIES", "").strip()
-    if not chosen:
-        return list(STRATEGIES)
-    names = [name.strip() for name in chosen.split(",") if name.strip()]
-    unknown = [name for name in names if name not in STRATEGIES]
-    if unknown:
-        raise pytest.UsageError(f"FORKTHREAD_STRATEGIES names unknown strategies: {unknown}")
-    return names
+    from framework.pytest_plugin import selected_strategies as plugin_selection
+
+    return plugin_selection(config)
 
 
 TESTS = Path(__file__).resolve().parent
@@ -72,7 +69,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "strategy" in metafunc.fixturenames:
         # Module scope, so a module-scoped fixture (one server per strategy for a whole
         # corpus) can take ``strategy`` too, and is then a matrix test like any other.
-        metafunc.parametrize("strategy", selected_strategies(), scope="module")
+        metafunc.parametrize("strategy", selected_strategies(metafunc.config), scope="module")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -91,24 +88,16 @@ def serve() -> Iterator[Callable[..., ServerProcess]]:
     process the server created survives it (this test process is a
     subreaper, so orphans would be adopted here and seen).
     """
-    started: list[ServerProcess] = []
+    group = ServerGroup()  # the plugin's: the same stop and leftover checks as forkthread_server's
     threads_before = set(threading.enumerate())
 
     def start(server: str, *args: str, **kwargs: object) -> ServerProcess:
-        process = ServerProcess(server, *args, **kwargs)  # type: ignore[arg-type]
-        started.append(process)
-        return process
+        # Beyond the default 30 s graceful timeout: a slow stop fails on its status, not a hang.
+        return group.add(ServerProcess(server, *args, **kwargs), stop_timeout=60)  # type: ignore[arg-type]
 
     yield start
 
-    problems = []
-    for process in started:
-        try:
-            # Beyond the default 30 s graceful timeout: a slow stop fails on its status, not a hang.
-            problems += stop_problems(process, timeout=60)
-        finally:
-            process.close()
-    problems += leftover_problems()
+    problems = group.finish()
     leaked_threads = set(threading.enumerate()) - threads_before
     if any(thread.is_alive() for thread in leaked_threads):
         problems.append(f"threads left behind: {leaked_threads}")
@@ -116,8 +105,12 @@ def serve() -> Iterator[Callable[..., ServerProcess]]:
         pytest.fail("\n".join(problems))
 
 
+#: A test that takes one of these runs once per strategy: the suite's own, or the plugin's.
+MATRIX_FIXTURES = frozenset({"strategy", "forkthread_strategy"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With FORKTHREAD_MATRIX_ONLY set, keep only tests that take the ``strategy`` fixture.
+    """With FORKTHREAD_MATRIX_ONLY set, keep only tests that run per strategy (:data:`MATRIX_FIXTURES`).
 
     tox sets it in every strategy environment but py3-iterative, so the
     strategy-independent tests (unit tests, the lab, the CLI) run once, not
@@ -127,7 +120,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     pre-forked pool...) count as matrix tests, and run only when one of their strategies is selected.
     Tests from the lab's files are marked ``lab`` (``-m lab`` / ``-m "not lab"``).
     """
-    selected = set(selected_strategies())
+    selected = set(selected_strategies(config))
     matrix_only = bool(os.environ.get("FORKTHREAD_MATRIX_ONLY"))
     kept, dropped = [], []
     for item in items:
@@ -137,7 +130,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if marker is not None:
             keep = bool(selected & set(marker.args))
         else:
-            keep = not matrix_only or "strategy" in getattr(item, "fixturenames", ())
+            keep = not matrix_only or bool(MATRIX_FIXTURES & set(getattr(item, "fixturenames", ())))
         (kept if keep else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

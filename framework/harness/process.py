@@ -19,10 +19,16 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 from framework.address import connect as connect_to
-from framework.harness.proctree import descendants, thread_count
+from framework.harness.proctree import descendants, task_children, thread_count
 
+#: The signals that ask a server to stop gracefully.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+#: Seconds a stopping server may live on with nothing left to serve (no socket, no child) before it
+#: counts as stuck: its main thread ended and something else (a non-daemon thread) holds it.
+LINGER_LIMIT = 3.0
 #: Seconds the server gets to write faulthandler's thread dump after SIGABRT.
 DUMP_WAIT = 5.0
 
@@ -88,6 +94,9 @@ class ServerProcess:
         #: The exit status a test expects if the server ends before teardown
         #: (a test that SIGKILLs the master sets -SIGKILL); anything else fails the test.
         self.expected_status = 0
+        #: Whether a stop signal was sent already: :meth:`stop` then waits instead of sending
+        #: another, which could meet the default handler the server restored as it stopped.
+        self.stop_signal_sent = False
 
     def _wait_listening(self, timeout: float) -> str:
         assert self.proc.stdout is not None
@@ -123,24 +132,46 @@ class ServerProcess:
 
     def send_signal(self, signum: int) -> None:
         """Send *signum* to the server process."""
+        self.stop_signal_sent |= signum in STOP_SIGNALS
         self.proc.send_signal(signum)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send *signum*, wait for the exit, and return the exit status.
 
-        Past *timeout* the server is killed and :class:`ServerStopError` says
-        what kept it alive.
+        Past *timeout*, or once it has lived :data:`LINGER_LIMIT` seconds with
+        nothing left to serve, the server is killed and :class:`ServerStopError`
+        says what kept it alive.
         """
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
+        if self.proc.poll() is None and not (signum in STOP_SIGNALS and self.stop_signal_sent):
+            self.send_signal(signum)
+        deadline = time.monotonic() + timeout
+        idle_since: float | None = None
+        while True:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return self.proc.wait(0.1)
+            now = time.monotonic()
+            idle_since = (idle_since or now) if self._serves_nothing() else None
+            if idle_since is not None and now - idle_since >= LINGER_LIMIT:
+                when = f"server did not exit after signal {signum}: it holds no socket and no child, yet lives on"
+                break
+            if now >= deadline:
+                when = f"server did not stop within {timeout}s after signal {signum}"
+                break
+        cause = self._why_alive()
+        self.kill()
+        raise ServerStopError(f"{when}: {cause}\n{self.log()}")
+
+    def _serves_nothing(self) -> bool:
+        """True when the server holds no socket and has no child: what it lives on for is not serving."""
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            cause = self._why_alive()
-            self.kill()
-            raise ServerStopError(
-                f"server did not stop within {timeout}s after signal {signum}: {cause}\n{self.log()}"
-            ) from None
+            fds = os.listdir(f"/proc/{self.pid}/fd")
+        except OSError:
+            return False
+        for fd in fds:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                if os.readlink(f"/proc/{self.pid}/fd/{fd}").startswith("socket:"):
+                    return False
+        return not task_children(self.pid)
 
     def _why_alive(self) -> str:
         """What keeps the server running: its threads, and with faulthandler on, their stacks (then it ends)."""

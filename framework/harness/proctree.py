@@ -82,7 +82,7 @@ def zombies_of(pid: int) -> set[int]:
 
 
 def task_children(pid: int) -> set[int]:
-    """Direct children of *pid* from /proc/PID/task/*/children: much cheaper than scanning /proc.
+    """Direct children of *pid* from ``/proc/PID/task/*/children``: much cheaper than scanning /proc.
 
     Zombies are included.  Falls back to :func:`proc_children` on kernels without the file.
     """
