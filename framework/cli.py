@@ -221,6 +221,34 @@ def ignored_options(strategy_name: str, options: StrategyOptions, given: frozens
     return [f"--{name.replace('_', '-')}" for name in sorted(given - honoured)]
 
 
+class _Refusing(argparse.ArgumentParser):
+    """A serve parser that raises instead of exiting: a bad pass-through option is the caller's one line."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise ValueError(*message*)."""
+        raise ValueError(message)
+
+
+def serve_arguments(cls: type[Server], options: Sequence[str]) -> argparse.Namespace:
+    """*options* parsed as ``forkthread serve`` parses them for server class *cls* (ValueError when they are bad)."""
+    parser = _Refusing(prog="forkthread serve", add_help=False)
+    add_server_options(parser, cls)
+    return parser.parse_args(options)
+
+
+def strategy_refusal(cls: type[Server], strategy: str, options: Sequence[str]) -> str | None:
+    """Why *strategy*, with these serve *options*, cannot carry server class *cls* (:meth:`Server.refusal`), or None.
+
+    The options are parsed as ``serve`` parses them (``--worker poll`` makes
+    a pre-forked pool an event loop per worker).  Raises ValueError for
+    options that do not parse, and whatever building the strategy raises
+    (an interpreter that cannot run it).  Asked by the lab and by the
+    pytest plugin before they start a server.
+    """
+    args = serve_arguments(cls, ["--strategy", strategy, *options])
+    return cls.refusal(create_strategy(strategy, strategy_options(args)))
+
+
 def add_server_options(parser: argparse.ArgumentParser, cls: type[Server]) -> None:
     """Add the options of ``forkthread serve`` for server class *cls* to *parser*."""
     parser.add_argument("--bind", "-b", default=f"127.0.0.1:{cls.default_port}", metavar="ADDR",

@@ -226,8 +226,8 @@ def own_servers(config: BenchConfig) -> list[OwnServer]:
 def own_server(args: argparse.Namespace) -> OwnServer:
     """``bench MODULE:CLASS`` (or ``wsgi``): the server class loaded, exchange and serve options checked; UsageError."""
     from framework.bench.exchange import ExchangeSpec, load_function
-    from framework.bench.workloads.own import own_class, serve_arguments
-    from framework.cli import UsageError
+    from framework.bench.workloads.own import own_class
+    from framework.cli import UsageError, serve_arguments
 
     wsgi = args.workload == "wsgi"
     cls = own_class(args.workload)

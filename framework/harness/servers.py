@@ -12,10 +12,7 @@ as ``forkthread serve`` parses them.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import functools
-import io
 import os
 import shutil
 import socket
@@ -86,32 +83,25 @@ def runnable(strategy: str) -> bool:
 def refusal(target: type[Server] | str, strategy: str, words: list[str]) -> str | None:
     """Why *strategy*, with the options in *words*, cannot carry *target*; None when it can (or it cannot be told).
 
-    A target that does not load or options that do not parse are left to the
-    server process, whose own standard error then says what is wrong.
+    The framework's rule (:func:`framework.cli.strategy_refusal`).  A target
+    that does not load or options that do not parse are left to the server
+    process, whose own standard error then says what is wrong.
     """
-    from framework.cli import UsageError, add_server_options, load_server_target, strategy_options
+    from framework.cli import UsageError, load_server_target, serve_arguments, strategy_refusal
     from framework.registry import UnknownServerError, server_class
-    from framework.strategies import create_strategy
 
     try:
         if isinstance(target, type):
             cls = target
         else:
             cls = load_server_target(target) if ":" in target else server_class(target)
-    except (UsageError, UnknownServerError):
-        return None
-    parser = argparse.ArgumentParser(add_help=False)
-    add_server_options(parser, cls)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            args, _ = parser.parse_known_args(words)
-    except SystemExit:
+        serve_arguments(cls, words)
+    except (UsageError, UnknownServerError, ValueError):
         return None
     try:
-        built = create_strategy(strategy, strategy_options(args))
+        return strategy_refusal(cls, strategy, words)
     except Exception as exc:  # a strategy this Python cannot run (its module or options refuse)
         return f"strategy {strategy!r} cannot run here: {exc}"
-    return cls.refusal(built)
 
 
 class ServerHandle:

@@ -20,7 +20,6 @@ start becomes a row with the reason: the run goes on.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import functools
@@ -39,6 +38,7 @@ from framework.bench.report import Column, Row, WorkloadReport
 from framework.bench.targets import Context, Target, serve_command
 from framework.bench.workloads.work import FORMS, MAX_CLIENT_PROCESSES, Probe, measure_load, point_figures
 from framework.bench.wsgi_apps import APPS as WSGI_APPS
+from framework.cli import strategy_refusal
 from framework.server import Server
 from framework.strategies import STRATEGIES
 from servers.work import WorkSpec, calibrate
@@ -60,31 +60,6 @@ COLUMNS = [
 MINOR_SHARE = 0.25
 
 
-class _Refusing(argparse.ArgumentParser):
-    """A serve parser that raises instead of exiting: a bad pass-through option is the caller's one line."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(message)
-
-
-def serve_arguments(cls: type[Server], options: list[str]) -> argparse.Namespace:
-    """*options* parsed as ``forkthread serve`` parses them for server class *cls* (ValueError when they are bad)."""
-    from framework.cli import add_server_options
-
-    parser = _Refusing(prog="forkthread serve", add_help=False)
-    add_server_options(parser, cls)
-    return parser.parse_args(options)
-
-
-def refusal(cls: type[Server], strategy: str, options: list[str]) -> str | None:
-    """Why the server class refuses *strategy* with *options* (the serve options included), or None."""
-    from framework.cli import strategy_options
-    from framework.strategies import create_strategy
-
-    args = serve_arguments(cls, ["--strategy", strategy, *options])
-    return cls.refusal(create_strategy(strategy, strategy_options(args)))
-
-
 #: Why the forkthread rows of ``bench wsgi`` are missing when this checkout has no WSGI server.
 NO_WSGI = "this forkthread has no `serve wsgi` server (forkthread serve wsgi --app MODULE:CALLABLE)"
 
@@ -103,7 +78,7 @@ def own_targets(config: BenchConfig, cls: type[Server] | None, own: OwnServer, c
                 return serve_command(context.server, strategy, options, context.server_options, context.env)
 
             try:
-                skip = NO_WSGI if cls is None else refusal(cls, strategy, [*options, *own.serve_options])
+                skip = NO_WSGI if cls is None else strategy_refusal(cls, strategy, [*options, *own.serve_options])
             except ValueError as exc:  # a strategy this interpreter cannot build (or options it refuses)
                 skip = f"cannot be built here: {exc}"
             targets.append(Target(name=label, kind="forkthread", command=command, strategy=strategy, traits=traits,
