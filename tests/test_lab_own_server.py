@@ -166,8 +166,9 @@ def test_a_waiting_handler_server_is_not_measured_under_poll_and_says_why(folder
 
 def test_a_client_function_that_raises_is_counted_and_the_run_completes(folder):
     out = folder / "out"
+    # 1.5 s: each load-generator process (the counter is its own) does well over ten exchanges, even on a busy machine
     done = bench(folder, "sleepserver:SleepServer", "--client", "myclient:every_tenth_fails", "--quick",
-                 "--strategies", "threading", "--threads", "4", "--out", str(out))
+                 "--duration", "1.5", "--strategies", "threading", "--threads", "4", "--out", str(out))
     assert done.returncode == 0, done.stderr
     row = measured(report_of(out))["threading"]
     assert row["metrics"]["failed_exchanges"] > 0
