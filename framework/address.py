@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import os
 import select
 import socket
@@ -186,6 +187,7 @@ def _replace_stale_unix_socket(path: str) -> None:
     state = _unix_socket_state(path)
     if state == STALE:
         os.unlink(path)  # left behind by a server that did not clean up
+        logging.getLogger("forkthread").info("unix:%s: replaced a stale socket file (nothing listened on it)", path)
         return
     raise OSError(errno.EADDRINUSE, "Address already in use" if state == IN_USE else
                   "Address already in use (by a server that is not accepting connections)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 
@@ -74,12 +75,14 @@ def test_busy_port_is_refused():
         assert info.value.errno == errno.EADDRINUSE
 
 
-def test_stale_unix_socket_is_replaced_and_live_one_refused(tmp_path):
+def test_stale_unix_socket_is_replaced_and_live_one_refused(tmp_path, caplog):
     path = str(tmp_path / "s.sock")
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(path)
     stale.close()  # the file stays: a crashed server's leftover
-    live = bind_socket(parse_address(f"unix:{path}"))
+    with caplog.at_level(logging.INFO, logger="forkthread"):
+        live = bind_socket(parse_address(f"unix:{path}"))
+    assert "replaced a stale socket file" in caplog.text
     try:
         with pytest.raises(OSError) as info:
             bind_socket(parse_address(f"unix:{path}"))
