@@ -194,19 +194,22 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
                        help="prethreaded: threads take turns in accept (lock) or the main thread accepts (handoff)")
     group.add_argument("--workers", type=count_up_to(MAX_WORKERS), default=defaults.workers, metavar="N",
                        action=StrategyOption,
-                       help="preforked: worker processes (default: the CPU count, here %(default)s;"
+                       help="preforked, interpreters: worker processes or sub-interpreters (default: the CPU"
+                            " count, here %(default)s;"
                             f" at most {MAX_WORKERS})")
     group.add_argument("--accept", choices=("shared", "lock", "reuseport", "passfd"), default=defaults.accept,
                        action=StrategyOption, help="preforked: how workers get connections (default: %(default)s)")
     group.add_argument("--worker", choices=("iterative", "threads", "poll"), default=defaults.worker,
-                       action=StrategyOption, help="preforked: each worker's inner strategy (default: %(default)s)")
+                       action=StrategyOption,
+                       help="preforked, interpreters: each worker's inner strategy (default: %(default)s)")
     group.add_argument("--selector", choices=("poll", "epoll", "select"), default=defaults.selector,
                        action=StrategyOption, help="poll: the selector (default: %(default)s)")
     group.add_argument("--max-requests", type=non_negative_int, default=defaults.max_requests, metavar="N",
-                       action=StrategyOption, help="preforked: recycle a worker after N connections (0: never)")
+                       action=StrategyOption,
+                       help="preforked, interpreters: recycle a worker after N connections (0: never)")
     group.add_argument("--max-requests-jitter", type=non_negative_int, default=defaults.max_requests_jitter,
                        metavar="N", action=StrategyOption,
-                       help="preforked: add 0..N to each worker's --max-requests")
+                       help="preforked, interpreters: add 0..N to each worker's --max-requests")
 
 
 def strategy_options(args: argparse.Namespace) -> StrategyOptions:

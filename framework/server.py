@@ -28,7 +28,7 @@ import socket
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from framework.accepting import Acceptor
 from framework.activation import sd_notify
@@ -118,6 +118,15 @@ class Server:
     datagram_protocol: ClassVar[type[DatagramProtocol] | None] = None
     #: The ALPN protocol names offered over TLS (http: ``("http/1.1",)``); empty: no ALPN.
     alpn_protocols: ClassVar[tuple[str, ...]] = ()
+
+    #: The arguments the server was made with (:meth:`construction`).
+    _construction: tuple[tuple[Any, ...], dict[str, Any]]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        """Note the arguments the server is made with: see :meth:`construction`."""
+        server = super().__new__(cls)
+        server._construction = (args, kwargs)
+        return server
 
     def __init__(
         self,
@@ -484,6 +493,15 @@ class Server:
             self.worker_init()
         return self._run
 
+    def construction(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments this server was made with, as given: ``(args, kwargs)``.
+
+        A strategy whose workers are other interpreters makes the same server
+        again in each of them from these.  (A subclass that overrides
+        ``__new__`` passes its arguments on to ``Server.__new__``.)
+        """
+        return self._construction
+
     def counts(self) -> tuple[int, int]:
         """``(connections served, connections active)`` of this process's run (a master: its pool's)."""
         if self._run is not None:
@@ -503,9 +521,9 @@ class Server:
         """
         self.server_activate()
         ignore_sigpipe()
+        run = self._run = self.strategy.start(self)  # may refuse this server (ServeError), before anything starts
         self._stopped.clear()
         self._serving_thread = threading.current_thread()
-        run = self._run = self.strategy.start(self)
         if self.handle_signals:
             self.lifecycle.install_default_signals(self.status)
             self.lifecycle.install_signals(run.signal_actions())

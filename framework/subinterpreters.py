@@ -44,6 +44,29 @@ def _backend() -> tuple[str, Any]:
     return "public", public
 
 
+def gil_state() -> str:
+    """``enabled``, or ``disabled`` on a free-threaded build running without it (``sys._is_gil_enabled()``)."""
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    return "enabled" if is_enabled is None or is_enabled() else "disabled"
+
+
+def in_main_interpreter() -> bool:
+    """Whether this code runs in the process's main interpreter (the one that handles signals)."""
+    if sys.version_info < MINIMUM:
+        return True
+    try:
+        private = _backend_private()
+    except ImportError:
+        return True
+    return bool(private.get_current()[0] == private.get_main()[0])
+
+
+def _backend_private() -> Any:
+    import _interpreters  # type: ignore[import-not-found,unused-ignore]
+
+    return _interpreters
+
+
 def exist() -> bool:
     """Whether a sub-interpreter exists in this process now (False when the machinery was never imported).
 

@@ -20,7 +20,9 @@ a server without TLS never loads OpenSSL.
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
+import weakref
 from collections.abc import Sequence
 
 #: The oldest protocol a server accepts.
@@ -83,7 +85,37 @@ def server_context(
         context.verify_mode = ssl.CERT_REQUIRED
     if alpn_protocols:
         context.set_alpn_protocols(list(alpn_protocols))
+    _recipes[context] = ContextRecipe(cert, key, password_file, client_ca, tuple(alpn_protocols))
     return context
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextRecipe:
+    """How a :func:`server_context` was made: another interpreter makes the same context from it.
+
+    An :class:`ssl.SSLContext` cannot cross interpreters (nor be pickled);
+    its files can be loaded again (the ``interpreters`` strategy's workers).
+    """
+
+    cert: str
+    key: str | None
+    password_file: str | None
+    client_ca: str | None
+    alpn_protocols: tuple[str, ...]
+
+    def make(self) -> ssl.SSLContext:
+        """The context again (:class:`TlsConfigError` if a file no longer loads)."""
+        return server_context(self.cert, self.key, password_file=self.password_file, client_ca=self.client_ca,
+                              alpn_protocols=self.alpn_protocols)
+
+
+#: The recipe of every context server_context() made (and only those).
+_recipes: weakref.WeakKeyDictionary[ssl.SSLContext, ContextRecipe] = weakref.WeakKeyDictionary()
+
+
+def context_recipe(context: ssl.SSLContext) -> ContextRecipe | None:
+    """How *context* was made, when :func:`server_context` made it (None: a context made elsewhere)."""
+    return _recipes.get(context)
 
 
 def client_context(cafile: str | None = None, *, insecure: bool = False) -> ssl.SSLContext:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from framework import Protocol, Server
 from framework.address import peer_credentials
 from framework.argtypes import positive_int
+from framework.subinterpreters import in_main_interpreter
 
 log = logging.getLogger("forkthread")
 
@@ -151,11 +152,11 @@ class MessageServer(Server):
 
     def request_quit(self) -> None:
         """Stop the whole server gracefully, from whichever process or thread serves the connection."""
-        if os.getpid() == self._master_pid:
+        if os.getpid() == self._master_pid and in_main_interpreter():
             self.shutdown(wait=False)
         else:
-            # A forked child or pre-forked worker: the master owns the lifecycle; tell it as a
-            # service manager would.  It stops gracefully and reaps us.
+            # A forked child, a pre-forked worker or a sub-interpreter: the master (the main
+            # interpreter) owns the lifecycle; tell it as a service manager would.
             os.kill(self._master_pid, signal.SIGTERM)
 
     @classmethod

@@ -197,7 +197,8 @@ class WorkServer(Server):
             if style not in STYLES:
                 raise ValueError(f"unknown style {style!r} (choose from {', '.join(STYLES)})")
             cls = WorkHandlerServer if style == "handler" else WorkProtocolServer
-        return super().__new__(cls)
+        # The arguments go on: Server.__new__ notes them (Server.construction).
+        return super().__new__(cls, *args, style=style, **kwargs)
 
     def __init__(self, *args: Any, work: WorkSpec | str = WorkSpec(cpu_ms=1.0), calibration: int | None = None,
                  style: str = "protocol", **kwargs: Any) -> None:

@@ -138,10 +138,11 @@ def workers_ready(server: ServerProcess, workers: int = 2, timeout: float = 20.0
     ``listening on`` comes before the workers are up; a test that counts on
     the pool's size (or lowers its descriptor limit) waits for them.
     """
-    if "preforked" not in server.argv:
+    if "preforked" not in server.argv and "interpreters" not in server.argv:
         return
-    assert wait_for(lambda: count_lines(server.log(), r"worker \d+ \(pid \d+\) ready") >= workers, timeout=timeout), \
-        server.log()
+    # "worker 3 (pid 1234) ready" in a pre-forked pool, "worker 3 (lane 0) ready" among sub-interpreters.
+    assert wait_for(lambda: count_lines(server.log(), r"worker \d+ \((pid|lane) \d+\) ready") >= workers,
+                    timeout=timeout), server.log()
 
 
 def open_clients(server: ServerProcess, count: int, template: bytes, into: list[socket.socket]) -> None:

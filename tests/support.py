@@ -268,3 +268,14 @@ def serving_in_thread(server) -> Iterator[threading.Thread]:  # type: ignore[no-
     finally:
         server.shutdown()
         runner.join(30)
+
+
+#: Strategies whose workers start after "listening on" (processes forked, sub-interpreters made).
+POOLS = ("preforked", "interpreters")
+
+
+def pool_ready(server: ServerProcess, strategy: str, workers: int | None = None) -> None:
+    """Wait until a pool has all its workers up ("listening on" comes before they are)."""
+    if strategy in POOLS:
+        wanted = workers or os.cpu_count() or 1  # the default --workers, as the server computes it
+        assert wait_for(lambda: server.log().count(") ready") >= wanted, timeout=30), server.log()

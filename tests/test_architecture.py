@@ -13,7 +13,7 @@ import pytest
 from framework.strategies import STRATEGIES, create_strategy
 from framework.strategies.base import StrategyOptions
 from servers.echo import EchoServer
-from tests.support import child_env, echo_exchange, serving_in_thread, wait_for
+from tests.support import child_env, echo_exchange, pool_ready, serving_in_thread, wait_for
 
 
 def http_get(sock: socket.socket, path: str = "/", keep_alive: bool = True) -> bytes:
@@ -45,6 +45,7 @@ def site(tmp_path):
 def test_http_keepalive_option_reaches_accepted_sockets(serve, strategy, site):
     """``serve http --keepalive`` used to be dropped: the server overrode configure_connection."""
     server = serve("http", "--root", str(site), "--keepalive", "7,3,2", strategy=strategy)
+    pool_ready(server, strategy)  # a connection waiting in the backlog for a worker ages its timer
     port = server.address.rpartition(":")[2]
     with server.connect() as sock:
         assert http_get(sock).startswith(b"HTTP/1.1 200")

@@ -10,9 +10,9 @@ from tests.support import recv_all
 def test_sigterm_closes_idle_keepalive_connections_promptly(serve, strategy, tmp_path):
     (tmp_path / "f.txt").write_text("hello\n")
     server = serve("http", "--root", str(tmp_path), "--graceful-timeout", "3600", strategy=strategy)
-    # Iterative serves one connection at a time, and a pre-forked pool of iterative
-    # workers may hand two connections to the same worker: one idle client there.
-    count = 1 if strategy in ("iterative", "preforked") else 3
+    # Iterative serves one connection at a time, and a pool of iterative workers (processes or
+    # sub-interpreters) may hand two connections to the same worker: one idle client there.
+    count = 1 if strategy in ("iterative", "preforked", "interpreters") else 3
     idle = [server.connect(timeout=30) for _ in range(count)]
     try:
         for sock in idle:

@@ -168,7 +168,7 @@ HANDLERS = textwrap.dedent('''
 ''')
 
 #: Options that let every strategy serve three clients at once (pre-forked default: one worker per CPU).
-CONCURRENT = {"preforked": ("--workers", "3")}
+CONCURRENT = {"preforked": ("--workers", "3"), "interpreters": ("--workers", "3")}
 
 #: What poll-like configurations are refused with.
 REFUSAL = "runs a blocking handler"
@@ -520,6 +520,11 @@ def test_tutorial_handler_example_under_every_strategy(serve, strategy):
         result = subprocess.run([*program, "--bind", "127.0.0.1:0", "--strategy", "poll"], capture_output=True,
                                 text=True, env=child_env(), timeout=30, stdin=subprocess.DEVNULL)
         assert result.returncode == 2 and REFUSAL in result.stderr, result
+        return
+    if strategy == "interpreters":  # the example's server is defined in __main__: a worker cannot import it
+        result = subprocess.run([*program, "--bind", "127.0.0.1:0", "--strategy", "interpreters"],
+                                capture_output=True, text=True, env=child_env(), timeout=30, stdin=subprocess.DEVNULL)
+        assert result.returncode == 2 and "__main__" in result.stderr, result
         return
     server = serve("upper", strategy=strategy, program=program)
     with server.connect() as sock:

@@ -199,6 +199,7 @@ SLOWLORIS: dict[str, tuple[list[str], int | None]] = {
     "prethreaded": (["--threads", "4"], 4),
     "preforked": (["--worker", "poll"], None),
     "poll": ([], None),
+    "interpreters": (["--worker", "poll"], None),
 }
 
 

@@ -13,6 +13,13 @@ from tests.support import ROOT, recv_all, tree_zombies, wait_for
 
 FAULTY = [sys.executable, str(ROOT / "tests" / "faulty_server.py")]
 
+
+def start_faulty(serve, strategy: str):  # type: ignore[no-untyped-def]
+    """The faulty server as a script; by its import path under interpreters (a worker imports it)."""
+    if strategy == "interpreters":
+        return serve("tests.faulty_server:FaultyServer", "--workers", "2", strategy=strategy)
+    return serve("faulty", "--workers", "2", strategy=strategy, program=FAULTY)
+
 #: magic word -> the exception the log must show once per fault.
 FAULTS = {
     b"raise-in-data": "ValueError: fault injected in data_received",
@@ -35,7 +42,7 @@ def provoke(server, word: bytes) -> None:
 
 
 def faults_survived(serve, strategy: str, rounds: int) -> None:
-    server = serve("faulty", "--workers", "2", strategy=strategy, program=FAULTY)
+    server = start_faulty(serve, strategy)
     workers_ready(server)
     assert echo_roundtrip(server, b"warm") == b"warm"
     time.sleep(0.2)
@@ -77,7 +84,7 @@ def test_many_protocol_faults(serve, strategy):
 def test_fault_does_not_disturb_concurrent_connection(serve, strategy):
     if strategy == "iterative":
         pytest.skip("iterative serves one connection at a time")
-    server = serve("faulty", "--workers", "2", strategy=strategy, program=FAULTY)
+    server = start_faulty(serve, strategy)
     workers_ready(server)
     with server.connect(timeout=10) as bystander:
         bystander.sendall(b"first;")
@@ -107,7 +114,7 @@ def test_process_crash_costs_one_connection(serve, strategy):
     # process may die outright; the server reaps it, replaces it if it is a worker, and serves on.
     if strategy not in ("forking", "preforked"):
         pytest.skip("the connection is served in the server's own process")
-    server = serve("faulty", "--workers", "2", strategy=strategy, program=FAULTY)
+    server = start_faulty(serve, strategy)
     crashes = 8
     started = time.monotonic()
     for _ in range(crashes):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.reliability_support import Bounded, bytes_wrong, echo_roundtrip, open_clients, report, run_threads
-from tests.support import ServerProcess, echo_exchange, process_state, recv_all, wait_for
+from tests.support import ServerProcess, echo_exchange, pool_ready, process_state, recv_all, wait_for
 
 
 def signal_storm(server: ServerProcess, signums: list[int], stop: threading.Event, bound: Bounded,
@@ -124,6 +124,7 @@ def graceful_under_load(serve, strategy: str, clients: int, *options: str) -> No
     graceful = 10.0
     server = serve("echo", "--workers", "2", "--graceful-timeout", str(graceful), "--timeout", "30", *options,
                    strategy=strategy)
+    pool_ready(server, strategy, workers=2)
     socks = []
     try:
         open_clients(server, clients, b"first half %d;", into=socks)
@@ -234,6 +235,7 @@ def test_stalled_clients_cannot_hold_a_stop_beyond_the_graceful_timeout(serve, s
     graceful = 2.0
     server = serve("echo", "--workers", "2", "--graceful-timeout", str(graceful), "--timeout", "3600",
                    strategy=strategy)
+    pool_ready(server, strategy, workers=2)
     socks = []
     try:
         open_clients(server, 10, b"never finished %d", into=socks)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
 
 from framework.testing import RecordingTransport, feed
-from tests.support import ROOT, echo_exchange
+from tests.support import ROOT, child_env, echo_exchange
 
 sys.path.insert(0, str(ROOT / "docs" / "examples"))
 from upper import UpperProtocol
@@ -27,6 +28,12 @@ def test_upper_protocol_any_chunking(chunk_size):
 
 
 def test_upper_server_under_every_strategy(serve, strategy):
+    if strategy == "interpreters":  # the tutorial's server is defined in __main__: one clear line, exit 2
+        done = subprocess.run([sys.executable, str(EXAMPLE), "--bind", "127.0.0.1:0", "--strategy", strategy],
+                              capture_output=True, text=True, env=child_env(), timeout=30, stdin=subprocess.DEVNULL)
+        assert done.returncode == 2 and "__main__" in done.stderr and "Traceback" not in done.stderr, done
+        assert done.stdout == ""  # refused before it announced itself
+        return
     server = serve("upper", strategy=strategy, program=[sys.executable, str(EXAMPLE)])
     with server.connect() as sock:
         assert echo_exchange(sock, TEXT, chunk=2) == EXPECTED

@@ -11,6 +11,7 @@ import time
 
 from framework import __version__
 from framework.bench.procfs import mem_total_kib
+from framework.subinterpreters import gil_state
 
 
 def _cpu_model() -> str:
@@ -56,6 +57,7 @@ def describe_machine() -> dict[str, object]:
         "memory_gib": round(mem_total_kib() / (1 << 20), 1),
         "kernel": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "gil": gil_state(),
         "python_executable": sys.executable,
         "forkthread": __version__,
         "load_average": f"{load1:.2f} {load5:.2f}",
@@ -70,6 +72,7 @@ def machine_summary(machine: dict[str, object]) -> str:
     """One line for the terminal and the report header."""
     return (
         f"{machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB, {machine['kernel']},"
-        f" {machine['python']}, load average {machine['load_average']} at the start"
+        f" {machine['python']} (GIL {machine.get('gil', 'enabled')}),"
+        f" load average {machine['load_average']} at the start"
         + (f", {machine['load_average_end']} at the end" if machine.get("load_average_end") else "")
     )

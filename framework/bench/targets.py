@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from framework.bench.processes import ServerCommand
-from framework.strategies import STRATEGIES
+from framework.strategies import STRATEGIES, strategy_class
 
 #: The checkout (or site-packages) directory holding ``framework`` and ``servers``.
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -121,5 +121,7 @@ def strategy_targets(variants: bool, chosen: list[str] | None) -> list[Target]:
             def command(context: Context, strategy: str = strategy, options: list[str] = options) -> ServerCommand:
                 return serve_command(context.server, strategy, options, context.server_options)
 
-            targets.append(Target(name=name, kind="forkthread", command=command, strategy=strategy))
+            # A strategy this Python cannot run (interpreters before 3.13) keeps its row, skipped with the reason.
+            targets.append(Target(name=name, kind="forkthread", command=command, strategy=strategy,
+                                  skip=strategy_class(strategy).unavailable()))
     return targets

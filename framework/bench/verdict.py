@@ -3,9 +3,9 @@
 Nothing here is a hand-written conclusion about a model.  Each reason is
 picked by a rule over measured figures (below, with its thresholds), and
 names a mechanism only from what the rule saw plus the model's structure
-(its *traits*: ``threads`` in one interpreter, ``processes``, an event
-``loop``, ``one-at-a-time``), which is how the model is built, not how it
-performed.  The figures a rule uses, per row:
+(its *traits*: ``threads`` in one interpreter, ``processes``,
+``interpreters`` each with its own GIL, an event ``loop``,
+``one-at-a-time``), which is how the model is built, not how it performed.  The figures a rule uses, per row:
 
 * *cores used* = server tree CPU seconds / wall seconds of the point;
 * *requests in flight* = throughput x the work's own time (cpu + sleep
@@ -141,13 +141,14 @@ def figures(row: Row, spec_of: Callable[[Row], WorkSpec] = work_spec) -> Figures
 
 
 def _single_core_mechanism(item: Figures) -> str:
-    if "processes" in item.traits:
-        if item.busiest_share is not None and item.busiest_share >= BUSIEST:
+    workers = "sub-interpreters" if "interpreters" in item.traits else "processes" if "processes" in item.traits else ""
+    if workers:  # interpreters before threads: each sub-interpreter has a GIL of its own
+        if workers == "processes" and item.busiest_share is not None and item.busiest_share >= BUSIEST:
             return f"one process did {item.busiest_share:.0%} of the work"
         if item.other_cores + item.client_cores >= SHARED:
             return (f"the CPUs were shared: other processes used {item.other_cores:.1f} cores,"
                     f" the load generators {item.client_cores:.1f}")
-        return "one core's worth of work reached the processes"
+        return f"one core's worth of work reached the {workers}"
     if "loop" in item.traits:
         return "one event loop"
     if "threads" in item.traits:

@@ -18,6 +18,7 @@ STRATEGIES: dict[str, str] = {
     "prethreaded": "framework.strategies.prethreaded:PrethreadedStrategy",
     "preforked": "framework.strategies.preforked:PreforkedStrategy",
     "poll": "framework.strategies.poll:PollStrategy",
+    "interpreters": "framework.strategies.interpreters:InterpretersStrategy",
 }
 
 
@@ -38,9 +39,15 @@ def strategy_class(name: str) -> type[Strategy]:
     return cls
 
 
+def available_strategies() -> list[str]:
+    """The registered strategies this Python can run (``interpreters`` needs 3.13), in registry order."""
+    return [name for name in STRATEGIES if strategy_class(name).unavailable() is None]
+
+
 def create_strategy(name: str, options: StrategyOptions | None = None) -> Strategy:
     """Build the strategy *name* from *options* (defaults when None)."""
     return strategy_class(name).from_options(options or StrategyOptions())
 
 
-__all__ = ["STRATEGIES", "Strategy", "StrategyOptions", "UnknownStrategyError", "create_strategy", "strategy_class"]
+__all__ = ["STRATEGIES", "Strategy", "StrategyOptions", "UnknownStrategyError", "available_strategies",
+           "create_strategy", "strategy_class"]

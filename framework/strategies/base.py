@@ -24,7 +24,7 @@ import abc
 import dataclasses
 import os
 import socket
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from framework.accepting import Acceptor
 from framework.address import Address
@@ -137,6 +137,11 @@ class Host(Protocol):
     def status(self) -> str:
         """The status line (SIGUSR1)."""
 
+    def construction(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments the server was made with, ``(args, kwargs)``: a strategy whose workers
+        are other interpreters makes the same server again in each (``type(host)`` is its class).
+        """
+
     def enter_child(self, role: ChildRole) -> Run | None:
         """In a freshly forked process: become *role* (the one call a child makes).
 
@@ -213,6 +218,11 @@ class Strategy(abc.ABC):
         A composed strategy adds its inner strategy's, which may depend on *options*.
         """
         return cls.option_names
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this strategy cannot run on this Python (one line), or None when it can (default)."""
+        return None
 
     @abc.abstractmethod
     def start(self, host: Host) -> Run:

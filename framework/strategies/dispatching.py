@@ -229,8 +229,11 @@ class LiveThreads:
     def start(self, target: Callable[..., object], *args: object) -> bool:
         """Run ``target(*args)`` in a new thread; False when the thread could not start."""
         self._started += 1
+        # Daemon, unless this interpreter refuses them (an isolated sub-interpreter: the
+        # interpreters strategy's workers); the owner joins its threads either way.
+        daemon = getattr(threading, "_daemon_threads_allowed", lambda: True)()
         thread = threading.Thread(target=self._run, args=(target, args), name=f"{self._name}-{self._started}",
-                                  daemon=True)
+                                  daemon=daemon)
         with self._lock:
             self._threads.add(thread)
         try:

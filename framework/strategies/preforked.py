@@ -27,6 +27,33 @@ from framework.strategies.supervisor import PoolConfig, Supervisor, describe_poo
 WORKER_KINDS: dict[str, str] = {"iterative": "iterative", "threads": "prethreaded", "poll": "poll"}
 
 
+def check_pool(workers: int, max_requests: int, max_requests_jitter: int) -> None:
+    """:class:`ValueError` for a pool's size or recycling out of range (pre-forked processes, interpreters)."""
+    check_count(workers, "--workers", MAX_WORKERS)
+    if max_requests < 0 or max_requests_jitter < 0:
+        raise ValueError("--max-requests and --max-requests-jitter must not be negative")
+
+
+def worker_kind_options(options: StrategyOptions) -> frozenset[str]:
+    """The options the ``--worker`` kind's strategy honours (none for an unknown kind)."""
+    from framework.strategies import STRATEGIES, strategy_class
+
+    inner_name = WORKER_KINDS.get(options.worker)
+    return strategy_class(inner_name).honoured_options(options) if inner_name in STRATEGIES else frozenset()
+
+
+def worker_kind_strategy(options: StrategyOptions) -> Strategy:
+    """The inner strategy each worker of a pool runs for ``--worker`` (pre-forked processes, interpreters)."""
+    from framework.strategies import STRATEGIES, create_strategy
+
+    inner_name = WORKER_KINDS.get(options.worker)
+    if inner_name is None:
+        raise ValueError(f"unknown worker kind {options.worker!r} (choose from {', '.join(WORKER_KINDS)})")
+    if inner_name not in STRATEGIES:
+        raise ValueError(f"--worker {options.worker} needs the {inner_name!r} strategy, which is not available")
+    return create_strategy(inner_name, options)
+
+
 @dataclasses.dataclass(frozen=True)
 class PreforkedStrategy(Strategy):
     """A master supervising pre-forked workers, each running an inner strategy."""
@@ -43,33 +70,20 @@ class PreforkedStrategy(Strategy):
     max_requests_jitter: int = 0
 
     def __post_init__(self) -> None:
-        check_count(self.workers, "--workers", MAX_WORKERS)
+        check_pool(self.workers, self.max_requests, self.max_requests_jitter)
         if self.accept not in ACCEPT_MODES:
             raise ValueError(f"unknown accept mode {self.accept!r} (choose from {', '.join(ACCEPT_MODES)})")
-        if self.max_requests < 0 or self.max_requests_jitter < 0:
-            raise ValueError("--max-requests and --max-requests-jitter must not be negative")
 
     @classmethod
     def from_options(cls, options: StrategyOptions) -> Strategy:
         """Build the pool from ``--workers``, ``--accept``, ``--worker`` and ``--max-requests[-jitter]``."""
-        from framework.strategies import STRATEGIES, create_strategy
-
-        inner_name = WORKER_KINDS.get(options.worker)
-        if inner_name is None:
-            raise ValueError(f"unknown worker kind {options.worker!r} (choose from {', '.join(WORKER_KINDS)})")
-        if inner_name not in STRATEGIES:
-            raise ValueError(f"--worker {options.worker} needs the {inner_name!r} strategy, which is not available")
-        return cls(options.workers, options.accept, options.worker, create_strategy(inner_name, options),
+        return cls(options.workers, options.accept, options.worker, worker_kind_strategy(options),
                    max_requests=options.max_requests, max_requests_jitter=options.max_requests_jitter)
 
     @classmethod
     def honoured_options(cls, options: StrategyOptions) -> frozenset[str]:
         """The pool's own options and those of the ``--worker`` kind's strategy."""
-        from framework.strategies import STRATEGIES, strategy_class
-
-        inner_name = WORKER_KINDS.get(options.worker)
-        inner = strategy_class(inner_name).honoured_options(options) if inner_name in STRATEGIES else frozenset()
-        return cls.option_names | inner
+        return cls.option_names | worker_kind_options(options)
 
     def start(self, host: Host) -> Supervisor:
         """The master of one serve: it forks the workers when it serves."""

@@ -12,6 +12,7 @@ one is harmless.
 from __future__ import annotations
 
 import mmap
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -27,10 +28,30 @@ MAX_SLOTS = 4096
 class Scoreboard:
     """A shared table of per-worker ``(served, active)`` counters."""
 
-    def __init__(self, slots: int = MAX_SLOTS) -> None:
+    def __init__(self, slots: int = MAX_SLOTS, *, memory_file: int | None = None) -> None:
+        """*memory_file*: map that file (see :meth:`shared_file`) instead of fresh anonymous memory."""
         self.slots = slots
-        self._map = mmap.mmap(-1, slots * _SLOT.size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        size = slots * _SLOT.size
+        if memory_file is None:
+            self._map = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        else:
+            self._map = mmap.mmap(memory_file, size, flags=mmap.MAP_SHARED)
         self._free = list(range(slots - 1, -1, -1))
+
+    @classmethod
+    def in_memory_file(cls, slots: int = MAX_SLOTS) -> tuple[Scoreboard, int]:
+        """A board whose table is a memory file, and that file's descriptor (the caller closes it).
+
+        Another interpreter of this process, which cannot share Python objects
+        with this one, maps the same table from a duplicate of the descriptor.
+        """
+        memory_file = os.memfd_create("forkthread-scoreboard", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(memory_file, slots * _SLOT.size)
+            return cls(slots, memory_file=memory_file), memory_file
+        except BaseException:
+            os.close(memory_file)
+            raise
 
     def allocate(self) -> int | None:
         """Take a zeroed slot for a new worker (None when all are in use)."""

@@ -81,6 +81,23 @@ class Worker:
     channel_open: bool = True
 
 
+def respawn_delay(crashes: collections.deque[float], now: float) -> float:
+    """Note a worker crash at *now* in *crashes*; how long to wait before the next respawn (0: none).
+
+    More than :data:`CRASH_BURST` crashes within :data:`CRASH_WINDOW` seconds
+    and the delay doubles with each, up to :data:`RESPAWN_BACKOFF_MAX` (logged).
+    """
+    crashes.append(now)
+    while crashes and crashes[0] < now - CRASH_WINDOW:
+        crashes.popleft()
+    burst = len(crashes) - CRASH_BURST
+    if burst <= 0:
+        return 0.0
+    delay = min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_START * 2.0 ** (burst - 1))
+    log.warning("%d worker crashes in %.0fs: next respawn in %.1fs", len(crashes), CRASH_WINDOW, delay)
+    return delay
+
+
 def describe_pool(workers: int, accept: str, inner: Strategy) -> str:
     """``preforked(workers=4,accept=shared,worker=iterative)``: the pool on a status line."""
     return f"preforked(workers={workers},accept={accept},worker={inner.describe()})"
@@ -409,14 +426,9 @@ class Supervisor(Run):
 
     def _crashed(self) -> None:
         now = time.monotonic()
-        self._crashes.append(now)
-        while self._crashes and self._crashes[0] < now - CRASH_WINDOW:
-            self._crashes.popleft()
-        burst = len(self._crashes) - CRASH_BURST
-        if burst > 0:
-            delay = min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_START * 2 ** (burst - 1))
+        delay = respawn_delay(self._crashes, now)
+        if delay:
             self._next_spawn_at = now + delay
-            log.warning("%d worker crashes in %.0fs: next respawn in %.1fs", len(self._crashes), CRASH_WINDOW, delay)
 
     def _kill_and_reap_all(self) -> None:
         """The last resort on any way out: SIGKILL what is left and wait for it."""

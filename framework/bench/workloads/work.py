@@ -34,7 +34,7 @@ from framework.bench.config import BenchConfig
 from framework.bench.processes import RunningServer, ServerCommand
 from framework.bench.report import Column, WorkloadReport
 from framework.bench.targets import Context, Target, serve_command
-from framework.strategies import STRATEGIES
+from framework.strategies import STRATEGIES, strategy_class
 from servers.work import STYLES, calibrate, handler_supported, parse_spec
 
 COLUMNS = [
@@ -67,6 +67,11 @@ FORMS: dict[str, list[tuple[str, list[str], frozenset[str]]]] = {
         ("preforked worker=poll", ["--worker", "poll"], frozenset({"processes", "loop"})),
     ],
     "poll": [("poll", [], frozenset({"loop"}))],
+    "interpreters": [
+        ("interpreters worker=iterative", ["--worker", "iterative"], frozenset({"interpreters", "one-at-a-time"})),
+        ("interpreters worker=threads", ["--worker", "threads"], frozenset({"interpreters", "threads"})),
+        ("interpreters worker=poll", ["--worker", "poll"], frozenset({"interpreters", "loop"})),
+    ],
 }
 #: Peer name -> traits (how each is built; see :mod:`framework.bench.verdict`).
 PEER_TRAITS: dict[str, frozenset[str]] = {
@@ -93,7 +98,9 @@ def work_targets(config: BenchConfig, context: Context) -> list[Target]:
         for label, options, traits in FORMS.get(strategy, [(strategy, [], frozenset())]):
             for style in STYLES:
                 name = label if style == "protocol" else f"{label} {style}"
-                skip = HANDLER_MISSING if style == "handler" and not handler_supported() else None
+                skip = strategy_class(strategy).unavailable()  # interpreters before Python 3.13
+                if style == "handler" and not handler_supported():
+                    skip = HANDLER_MISSING
                 command = functools.partial(_command, strategy, [*options, "--style", style])
                 targets.append(Target(name=name, kind="forkthread", command=command, strategy=strategy, skip=skip,
                                       traits=traits))
