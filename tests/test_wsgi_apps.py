@@ -19,7 +19,7 @@ import time
 import pytest
 
 from tests.http_support import exchange
-from tests.support import child_env, wait_for
+from tests.support import child_env, pool_ready, wait_for
 from tests.test_wsgi import PLAIN, ask, request
 from tests.tls_support import make_tls_files, tls_connect
 
@@ -103,6 +103,7 @@ def test_a_stop_waits_for_a_running_app_then_ends_its_connection(serve, strategy
     # still end once it is out, well before the graceful timeout (the socket's timeout is less).
     server = serve("wsgi", "--app", PLAIN, "--graceful-timeout", "25", strategy=strategy,
                    env=child_env(WSGI_TEST_MARKS=str(tmp_path)))
+    pool_ready(server, strategy)  # a request still in the backlog would be refused by the stop
     with server.connect(timeout=15) as sock:
         sock.sendall(request("GET", "/block?mark=go"))
         time.sleep(0.5)  # let the request reach the application (no assertion rests on this)

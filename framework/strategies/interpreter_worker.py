@@ -49,6 +49,8 @@ STOP_QUICKLY = b"Q"
 STATUS = b"U"
 #: At the end, how long the worker waits for the threads of its interpreter to leave.
 THREADS_GRACE = 5.0
+#: ... and then for the last one's state to be deleted (it leaves the count just before).
+THREAD_TEARDOWN = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,3 +180,6 @@ def _wait_for_threads() -> None:
     deadline = time.monotonic() + THREADS_GRACE
     while _thread._count() > 0 and time.monotonic() < deadline:
         time.sleep(0.01)
+    # A thread leaves the count just before its state is cleared and deleted; destroying the
+    # interpreter before that is fatal ("Py_EndInterpreter: not the last thread"): let it finish.
+    time.sleep(THREAD_TEARDOWN)
