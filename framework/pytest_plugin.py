@@ -69,9 +69,9 @@ def selected_strategies(config: pytest.Config) -> list[str]:
     """The strategies to run: ``--forkthread-strategies``, else ``FORKTHREAD_STRATEGIES``, else every one
     this Python runs (``interpreters`` from Python 3.13 on).
 
-    An unknown name, or one this Python cannot run, is a usage error, said once, before any test runs.
+    An unknown name is a usage error, said once, before any test runs.
     """
-    from framework.strategies import STRATEGIES, available_strategies, strategy_class
+    from framework.strategies import STRATEGIES, available_strategies
 
     names = _chosen(config)
     if not names:
@@ -80,10 +80,6 @@ def selected_strategies(config: pytest.Config) -> list[str]:
     if unknown:
         raise pytest.UsageError(f"unknown strategies {', '.join(unknown)} in --forkthread-strategies or"
                                 f" {STRATEGIES_VARIABLE} (choose from {', '.join(STRATEGIES)})")
-    unrunnable = [f"{name} {strategy_class(name).unavailable()}" for name in names
-                  if strategy_class(name).unavailable() is not None]
-    if unrunnable:
-        raise pytest.UsageError(f"this Python cannot run: {'; '.join(unrunnable)}")
     return names
 
 
