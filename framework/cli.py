@@ -396,6 +396,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
     if args.inetd:
         return _serve_inetd(server, prog)
+    server.exit_past_deadline()  # this process is the server's: nothing may keep it past a stop's deadline
     with server:
         try:
             # Announced only once SIGTERM/SIGINT are handled: a test or supervisor may signal at once.

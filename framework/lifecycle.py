@@ -9,18 +9,31 @@ may be called from any thread or signal action and only records and wakes.
 
 from __future__ import annotations
 
+import _thread
 import enum
 import logging
 import math
+import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 
-from framework.signals import Latch, SignalAction, SignalDispatcher, Wakeup
+from framework.address import format_peer
+from framework.signals import Latch, SignalAction, SignalDispatcher, Wakeup, start_thread_without_signals
 
 log = logging.getLogger("forkthread")
+
+#: How long past the graceful deadline a process that owns its server (the command line)
+#: may take to end by itself before :class:`LastResort` ends it.
+LAST_RESORT_MARGIN = 3.0
+#: How long a recorded signal may wait for the serving thread before :class:`LastResort`
+#: runs its action in another thread (the serving thread is stuck in a callback).
+UNHEARD_GRACE = 1.0
+#: The signals that stop a server (gracefully or quickly).
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
 class State(enum.Enum):
@@ -46,6 +59,10 @@ class Lifecycle:
         self.deadline = math.inf
         self._lock = threading.Lock()
         self._on_stopping: list[Callable[[], None]] = []
+        #: time.monotonic() when the stop began (None while running).
+        self.stop_began: float | None = None
+        #: Connections this process ended at the graceful deadline (see :meth:`forced_end`).
+        self.forced = 0
 
     @property
     def stopping(self) -> bool:
@@ -68,6 +85,7 @@ class Lifecycle:
             starting = self.state is State.RUNNING
             if starting:
                 self.state = State.STOPPING
+                self.stop_began = time.monotonic()
         if starting:
             for callback in self._on_stopping:
                 callback()
@@ -83,6 +101,34 @@ class Lifecycle:
         the use it was made for.  A forked child forgets these callbacks.
         """
         self._on_stopping.append(callback)
+
+    def stop_started(self, active: int) -> None:
+        """Log, once per stop, what the stop waits for: the one wording every server and strategy uses."""
+        remaining = self.remaining()
+        log.info("stopping: waiting up to %.3g s for %d connection(s)", 0.0 if remaining is None else remaining,
+                 active)
+
+    def forced_end(self, running: list[str], count: int | None = None) -> None:
+        """Log the connections this process ends at the graceful deadline (the one place that says so).
+
+        *running* describes them (``PEER (N s)``; a pre-forked master: its
+        workers); *count* is how many connections that is (default: one each).
+        """
+        count = len(running) if count is None else count
+        with self._lock:
+            self.forced += count
+        log.warning("graceful timeout passed: ending %d connection(s) still in progress: %s", count,
+                    ", ".join(running) or "?")
+
+    def stopped(self) -> None:
+        """Log the end of a stop, in one wording for every server and strategy."""
+        if self.stop_began is None:
+            return
+        took = time.monotonic() - self.stop_began
+        if self.forced:
+            log.warning("stopped after %.1f s: %d connection(s) ended at the graceful deadline", took, self.forced)
+        else:
+            log.info("stopped after %.1f s: every connection finished", took)
 
     def remaining(self) -> float | None:
         """Seconds until the graceful deadline (>= 0), or None while running."""
@@ -127,6 +173,7 @@ class Lifecycle:
         self.signals.reset_in_child()
         self._lock = threading.Lock()
         self._on_stopping = []  # the parent's resources are not the child's to stop
+        self.forced = 0
         if self.signals.installed:
             signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
         old.close()
@@ -145,18 +192,19 @@ class ActiveConnections:
 
     Thread-safe.  :meth:`abort_all` shuts every socket down, which wakes a
     thread blocked on it: that is how a graceful deadline is enforced on
-    threads without a poll interval.
+    threads without a poll interval.  Each socket is kept with the time it
+    was added, so that what a stop cuts short can be told (:meth:`running`).
     """
 
     def __init__(self) -> None:
-        self._sockets: set[socket.socket] = set()
+        self._sockets: dict[socket.socket, float] = {}
         self._lock = threading.Lock()
         self.served = 0
 
     def add(self, sock: socket.socket) -> None:
         """Register a connection being served."""
         with self._lock:
-            self._sockets.add(sock)
+            self._sockets[sock] = time.monotonic()
             self.served += 1
 
     def note_served(self) -> None:
@@ -167,10 +215,28 @@ class ActiveConnections:
     def discard(self, sock: socket.socket) -> None:
         """Forget a connection whose serving is over."""
         with self._lock:
-            self._sockets.discard(sock)
+            self._sockets.pop(sock, None)
 
     def __len__(self) -> int:
         return len(self._sockets)
+
+    def running(self) -> list[str]:
+        """The connections served now, each as ``PEER (N s)``: how long it has been served."""
+        with self._lock:
+            sockets = list(self._sockets.items())
+        now = time.monotonic()
+        return [f"{describe_peer(sock)} ({now - since:.1f} s)" for sock, since in sockets]
+
+    def each_waiting_in_recv(self, visit: Callable[[socket.socket], object]) -> None:
+        """Call *visit* with every registered socket in blocking mode (a connection waiting in recv).
+
+        The lock is held meanwhile: a connection is discarded before its
+        socket is closed, so none is closed under *visit*.
+        """
+        with self._lock:
+            for sock in self._sockets:
+                if sock.gettimeout() is None:
+                    visit(sock)
 
     def abort_all(self) -> int:
         """Shut down every registered connection in both directions; return how many."""
@@ -182,3 +248,89 @@ class ActiveConnections:
             except OSError:
                 pass  # already closed or never connected
         return len(sockets)
+
+
+def describe_peer(sock: socket.socket) -> str:
+    """The peer of a connected socket as text, or ``?`` once it is gone."""
+    try:
+        return format_peer(sock.family, sock.getpeername())
+    except OSError:
+        return "?"
+
+
+class LastResort:
+    """Ends a process whose stop outlives the graceful deadline: says what still runs, then exits.
+
+    A blocking handler that never returns keeps the serving thread (iterative)
+    or a worker thread, and a handler's non-daemon thread keeps the interpreter
+    from exiting, whatever the strategy enforces.  Armed (:meth:`arm`) by a
+    program whose process is the server's (the command line), a daemon thread
+    started when a stop begins waits until :data:`LAST_RESORT_MARGIN` seconds
+    past the graceful deadline; if the process is still there, it logs
+    *running()* and the threads left, runs *before_exit* (remove a socket
+    file) and ends the process with exit status 1 (``os._exit``).  A serving
+    thread stuck in a protocol callback never runs the signal actions, so
+    the stop would not even begin: a signal still waiting for them after
+    :data:`UNHEARD_GRACE` seconds has them run by a helper thread.  Costs
+    nothing while serving.
+    """
+
+    def __init__(self, lifecycle: Lifecycle, running: Callable[[], list[str]],
+                 before_exit: Callable[[], None] = lambda: None) -> None:
+        self._lifecycle = lifecycle
+        self._running = running
+        self._before_exit = before_exit
+        self._pid = -1
+        self._helping = False
+
+    def arm(self) -> None:
+        """Start watching when this process's next stop begins; see that its signals are heard."""
+        self._pid = os.getpid()
+        self._lifecycle.call_when_stopping(self._stop_began)
+        self._lifecycle.signals.unheard = self._signal_recorded
+
+    def _signal_recorded(self, signum: int) -> None:
+        """In the main thread's signal handler: make sure a stop signal's action runs (no lock taken here)."""
+        if signum in STOP_SIGNALS and not self._helping and os.getpid() == self._pid:
+            self._helping = True
+            start_thread_without_signals(lambda: _thread.start_new_thread(self._run_unheard, ()))
+
+    def _run_unheard(self) -> None:
+        time.sleep(UNHEARD_GRACE)  # the serving thread runs them within microseconds when it can
+        self._helping = False
+        lifecycle = self._lifecycle
+        if lifecycle.signals.pending():
+            log.warning("the serving thread has not run its signal actions for %g s (stuck in a callback?):"
+                        " running them in another thread", UNHEARD_GRACE)
+            lifecycle.dispatch()
+
+    def _stop_began(self) -> None:
+        if os.getpid() == self._pid:  # never in a forked child: it has its own ends
+            thread = threading.Thread(target=self._wait, name="forkthread-last-resort", daemon=True)
+            start_thread_without_signals(thread.start)
+
+    def _wait(self) -> None:
+        lifecycle = self._lifecycle
+        while True:
+            left = lifecycle.deadline + LAST_RESORT_MARGIN - time.monotonic()  # a quick stop moves it closer
+            if left <= 0:
+                break
+            time.sleep(min(left, 0.5))
+        self.end()
+
+    def end(self) -> None:
+        """Log what still runs and end the process now."""
+        threads = [thread.name for thread in threading.enumerate()
+                   if thread not in (threading.current_thread(), threading.main_thread()) and thread.is_alive()
+                   and not thread.daemon]
+        running = self._running()
+        log.error("graceful timeout passed %g s ago and the server has not ended: still running: %s;"
+                  " non-daemon threads: %s; exiting now", LAST_RESORT_MARGIN, ", ".join(running) or "nothing",
+                  ", ".join(threads) or "none")
+        try:
+            self._before_exit()
+        finally:
+            for handler in logging.getLogger().handlers + log.handlers:
+                handler.flush()
+            sys.stderr.flush()
+            os._exit(1)

@@ -178,14 +178,32 @@ class Protocol:
         """
         self.transport.close()
 
-    def server_stopping(self) -> None:
-        """Called once when the server begins a graceful stop while this connection is open.
+    def between_messages(self) -> bool:
+        """True when the connection is idle between messages: nothing half received, nothing being answered.
 
-        A protocol between exchanges (an idle keep-alive connection) should
-        close now; one in the middle of an exchange should finish it, then
-        close.  The default does nothing: the connection runs on until it
-        ends by itself or the graceful deadline passes.
+        A graceful stop closes such a connection (:meth:`server_stopping`), as
+        nginx closes idle keep-alive connections, instead of waiting for the
+        client to leave.  The default, True, fits a protocol that deals with
+        every chunk as it comes (echo); one that keeps part of a message
+        between calls of :meth:`data_received` (a line still without its
+        newline, a length-prefixed message not complete yet) says False then.
         """
+        return True
+
+    def server_stopping(self) -> None:
+        """Called once when a graceful stop began while this connection is open.
+
+        The driver calls it between exchanges, once nothing the peer sent is
+        left unread and the connection has been quiet (nothing received or
+        sent) for :data:`~framework.drivers.common.STOP_IDLE_GRACE` seconds
+        -- at once if it already was -- so a request already on its way is
+        answered.  The default closes the connection when
+        :meth:`between_messages` says so; otherwise it runs on until it ends
+        by itself or the graceful deadline passes.  Override to do more (an
+        HTTP server also answers a request in progress with ``Connection: close``).
+        """
+        if self.between_messages():
+            self.transport.close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Called once when the connection is over.

@@ -47,7 +47,7 @@ from framework.drivers.common import HandlerError, ends_quietly
 from framework.drivers.datagram import DatagramService
 from framework.drivers.handler import close_request, run_handler
 from framework.drivers.watch import ConnectionWatch
-from framework.lifecycle import ActiveConnections, Lifecycle
+from framework.lifecycle import ActiveConnections, LastResort, Lifecycle
 from framework.limits import check_duration
 from framework.protocol import Protocol
 from framework.signals import ignore_sigpipe
@@ -182,6 +182,7 @@ class Server:
         self._watch = ConnectionWatch(self.lifecycle)
         # New connections are refused as soon as a stop starts, not when the last one ends.
         self.lifecycle.call_when_stopping(self._stop_listening)
+        self.lifecycle.call_when_stopping(self._stop_began)
         if listener is not None:
             listener.setblocking(False)
             self.requested_address = local_address(listener)
@@ -312,6 +313,35 @@ class Server:
         if self._acceptor is not None:
             self._acceptor.stop()
 
+    def _stop_began(self) -> None:
+        self.lifecycle.stop_started(self.counts()[1])
+        self._end_idle_connections()
+
+    def _end_idle_connections(self) -> None:
+        """A stop began: connections waiting in recv in worker threads join the watch, which ends
+        their input once idle (the blocking driver then tells the protocol); see :meth:`serve_connection`."""
+        watch = self._watch
+        self.connections.each_waiting_in_recv(lambda sock: watch.attach(sock, False))
+
+    def running(self) -> list[str]:
+        """What this process serves now, for a stop that cuts it short: ``PEER (N s)``, a master's workers."""
+        if self._run is not None:
+            return self._run.running()
+        return self.connections.running()
+
+    def exit_past_deadline(self) -> None:
+        """End this process, whatever still runs, once a stop is :data:`~framework.lifecycle.LAST_RESORT_MARGIN`
+        seconds past its graceful deadline (:class:`~framework.lifecycle.LastResort`).
+
+        For a program whose process is the server's (``forkthread serve`` calls it): a
+        blocking handler that never returns, or its non-daemon threads, cannot keep it alive.
+        """
+        LastResort(self.lifecycle, self.running, self._remove_socket_file).arm()
+
+    def _remove_socket_file(self) -> None:
+        if self._listener is not None and self.requested_address.is_unix:
+            remove_unix_socket(self.requested_address.path, self._unix_inode)
+
     # -- what a connection says --------------------------------------------------
 
     def protocol_factory(self) -> Protocol:
@@ -422,7 +452,7 @@ class Server:
         except Exception as exc:
             self._connection_ended_by(exc, peer)
         finally:
-            self.connections.discard(sock)
+            self._forget(sock)
             if sock.fileno() != -1:  # the driver closes it, unless it ended early
                 sock.close()
 
@@ -449,8 +479,14 @@ class Server:
         except Exception as exc:  # the handler's own I/O meets the vanished peers and time limits
             self._connection_ended_by(exc, peer)
         finally:
-            self.connections.discard(sock)
+            self._forget(sock)
             close_request(sock)
+
+    def _forget(self, sock: socket.socket) -> None:
+        """A connection is over: no longer counted, nor watched (a stop may have handed it to the watch)."""
+        self.connections.discard(sock)
+        if self.lifecycle.stopping:
+            self._watch.detach(sock, False)
 
     def _wrap_tls(self, sock: socket.socket, peer: str) -> socket.socket | None:
         """*sock* as a server-side TLS socket whose handshake is still to come; None (closed) on failure."""
@@ -488,6 +524,8 @@ class Server:
             self.requested_address = self.address
             self._listener.close()
             self._listener = None
+        # The parent's stop callbacks stay behind: a child's stop ends its own idle connections.
+        self.lifecycle.call_when_stopping(self._end_idle_connections)
         self._run = role.strategy.start(self) if role.strategy is not None else None
         if role.worker:
             self.worker_init()
@@ -541,6 +579,7 @@ class Server:
                 self.lifecycle.signals.restore()
             self._run = None
             self._serving_thread = None
+            self.lifecycle.stopped()
             self._stopped.set()
 
     def serve_connected(self, sock: socket.socket, peer: str) -> None:

@@ -253,6 +253,10 @@ class SignalDispatcher:
         #: wakeup byte, which the C-level handler writes first, this comes after the
         #: signal is in the queue.  It must only record or wake (it runs in a signal handler).
         self.on_record: Callable[[], None] | None = None
+        #: Called instead, when no *on_record* listens: a program that must hear its signals even
+        #: while the main thread is stuck in user code (a protocol callback that never returns)
+        #: starts a helper there (:class:`framework.lifecycle.LastResort`).  The same rules apply.
+        self.unheard: Callable[[int], None] | None = None
 
     @property
     def installed(self) -> bool:
@@ -280,6 +284,8 @@ class SignalDispatcher:
         on_record = self.on_record
         if on_record is not None:
             on_record()
+        elif self.unheard is not None:
+            self.unheard(signum)
 
     def pending(self) -> bool:
         """True when a recorded signal waits for :meth:`dispatch`."""

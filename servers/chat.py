@@ -278,6 +278,10 @@ class ChatProtocol(Protocol):
         self.transport.resume_reading()
         self._relay()
 
+    def between_messages(self) -> bool:
+        """No line half sent, none waiting for the room: a graceful stop may close the connection."""
+        return not self._input and not self._holding
+
     def line_received(self, raw: bytes) -> None:
         """Handle one line: a ``/nick NAME`` command or a message for the room."""
         text = printable(raw.decode("utf-8", errors="replace"))

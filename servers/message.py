@@ -81,6 +81,10 @@ class MessageProtocol(Protocol):
             del self._buffer[:HEADER.size + length]
             self.message_received(body)
 
+    def between_messages(self) -> bool:
+        """No message half received."""
+        return not self._buffer
+
     def message_received(self, body: bytes) -> None:
         """Log one message and answer it."""
         try:

@@ -58,6 +58,10 @@ class NBytesProtocol(Protocol):
         self._send(count)
         self.transport.close()
 
+    def between_messages(self) -> bool:
+        """No request line half sent (once answered, the connection is closing anyway)."""
+        return not self._line
+
     def _send(self, count: int) -> None:
         view = memoryview(_CHUNK)
         while count > 0:

@@ -153,6 +153,10 @@ class WorkProtocol(Protocol):
             self.work.do()
             self.transport.write(ANSWER)
 
+    def between_messages(self) -> bool:
+        """No line half sent."""
+        return not self._buffer
+
 
 class WorkRequestHandler(socketserver.StreamRequestHandler):
     """Blocking style, as a socketserver user writes it: ``readline``, work, ``wfile.write``, repeat.

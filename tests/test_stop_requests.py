@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 
 import pytest
 
@@ -77,3 +78,53 @@ def test_preforked_worker_answers_a_request_that_arrived_with_the_stop(serve, tm
     server = serve("http", "--root", str(tmp_path), "--workers", "1", "--worker", worker, "--accept", accept,
                    "--threads", "2", strategy="preforked")
     request_with_the_stop(server)
+
+
+def fetch_once(server: ServerProcess) -> bytes:
+    """One request on a connection of its own, as curl makes it; the whole answer."""
+    with server.connect(timeout=30) as sock:
+        sock.sendall(b"GET /f.txt HTTP/1.0\r\n\r\n")
+        return recv_all(sock)
+
+
+def requests_during(server: ServerProcess, disturb: Callable[[], bool], least: int) -> list[bytes]:
+    """Requests one after another while *disturb()* (called between them) says go on, and at least *least*."""
+    answers: list[bytes] = []
+    going = True
+    while (going or len(answers) < least) and len(answers) < 2000:
+        if going:
+            going = disturb()
+        answers.append(fetch_once(server))
+    return answers
+
+
+def lost(answers: list[bytes]) -> list[bytes]:
+    return [answer for answer in answers if not (answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello\n"))]
+
+
+@pytest.mark.only_strategies("preforked")
+@pytest.mark.parametrize(("worker", "accept"), preforked_variants())
+def test_no_request_is_lost_to_reloads(serve, tmp_path, worker, accept):
+    (tmp_path / "f.txt").write_text("hello\n")
+    server = serve("http", "--root", str(tmp_path), "--workers", "2", "--worker", worker, "--accept", accept,
+                   "--threads", "2", "--log-level", "warning", strategy="preforked")
+    hups = iter(range(50))
+
+    def reload() -> bool:
+        if next(hups, None) is None:
+            return False
+        server.send_signal(signal.SIGHUP)
+        return True
+
+    answers = requests_during(server, reload, least=100)
+    assert not lost(answers), (len(lost(answers)), len(answers), lost(answers)[:3], server.log()[-3000:])
+
+
+@pytest.mark.only_strategies("preforked")
+@pytest.mark.parametrize(("worker", "accept"), preforked_variants())
+def test_no_request_is_lost_to_recycling(serve, tmp_path, worker, accept):
+    (tmp_path / "f.txt").write_text("hello\n")
+    server = serve("http", "--root", str(tmp_path), "--workers", "2", "--worker", worker, "--accept", accept,
+                   "--threads", "2", "--max-requests", "3", "--log-level", "warning", strategy="preforked")
+    answers = requests_during(server, lambda: False, least=150)
+    assert not lost(answers), (len(lost(answers)), len(answers), lost(answers)[:3], server.log()[-3000:])

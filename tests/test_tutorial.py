@@ -37,3 +37,16 @@ def test_upper_server_under_every_strategy(serve, strategy):
     server = serve("upper", strategy=strategy, program=[sys.executable, str(EXAMPLE)])
     with server.connect() as sock:
         assert echo_exchange(sock, TEXT, chunk=2) == EXPECTED
+
+
+def test_upper_protocol_is_between_messages_only_without_half_a_line():
+    transport = RecordingTransport()
+    protocol = UpperProtocol()
+    protocol.connection_made(transport)
+    assert protocol.between_messages()
+    protocol.data_received(b"half a li")
+    protocol.server_stopping()
+    assert not transport.closed  # the line may still come
+    protocol.data_received(b"ne\n")
+    protocol.server_stopping()
+    assert transport.closed

@@ -7,14 +7,17 @@ Two ways to wait for the peer:
   connection waits in a blocking ``recv`` while nothing but the peer, the
   idle timeout or the graceful deadline can end the wait: on plain TCP or
   Unix (not TLS), with no protocol deadline running, for a protocol that
-  leaves :meth:`~framework.protocol.Protocol.server_stopping` the no-op it
-  is by default (a stop has nothing to tell it).  The kernel keeps the
-  idle and send timeouts (``SO_RCVTIMEO``, ``SO_SNDTIMEO``); the graceful
-  deadline reaches the thread as a shutdown of its socket, from
-  :meth:`framework.lifecycle.ActiveConnections.abort_all` for a worker
-  thread, from the :class:`~framework.drivers.watch.ConnectionWatch` for
-  the main thread (iterative, a forking child), whose signal actions the
-  watch runs meanwhile.  The main thread moves to recv only after a few
+  leaves :meth:`~framework.protocol.Protocol.server_stopping` and
+  :meth:`~framework.protocol.Protocol.between_messages` as they are by
+  default (always between messages: a stop only has to close it once it
+  is idle).  The kernel keeps the idle and send timeouts (``SO_RCVTIMEO``,
+  ``SO_SNDTIMEO``); a stop reaches the thread as the end of its input once
+  the connection is idle, and the graceful deadline as a shutdown of its
+  socket, from the :class:`~framework.drivers.watch.ConnectionWatch` (which
+  a stop hands every connection waiting in recv in a worker thread, and
+  which watches the main thread's: iterative, a forking child, whose
+  signal actions it runs meanwhile) and from
+  :meth:`framework.lifecycle.ActiveConnections.abort_all`.  The main thread moves to recv only after a few
   requests (:data:`REQUESTS_BEFORE_RECV`): a forked child serving one
   request would pay the setup for nothing.  Once the protocol sets a
   deadline or takes the socket, the connection waits in poll from then on.
@@ -29,8 +32,11 @@ Waiting in poll buys what a plain blocking ``recv`` cannot give:
 * signals handled while a connection is in flight (SIGUSR1's status line,
   SIGTERM starting a graceful stop) without interrupting the transfer;
 * a graceful stop told to the protocol between exchanges, in any thread
-  (the lifecycle's stop latch), and its deadline enforced in the main
-  thread; in other threads :meth:`framework.lifecycle.ActiveConnections.abort_all`
+  (the lifecycle's stop latch), once what the peer sent is read and the
+  connection has been quiet for
+  :data:`~framework.drivers.common.STOP_IDLE_GRACE` (a request on its way
+  to a connection just accepted is answered), and its deadline enforced in
+  the main thread; in other threads :meth:`framework.lifecycle.ActiveConnections.abort_all`
   shuts the socket down, which ends the wait;
 
 and pays for little of it on an exchange that does not wait: between two
@@ -76,6 +82,7 @@ from framework.drivers.common import (
     poll_timeout_ms,
     sendfile_some,
     socket_extra_info,
+    stop_grace_left,
 )
 from framework.drivers.watch import ConnectionWatch
 from framework.lifecycle import Lifecycle
@@ -344,7 +351,7 @@ class BlockingConnection(Transport):
             self._latch_polled = watch_latch
         return poller
 
-    def _wait(self, events: int, *, between: bool = False, stoppable: bool = False) -> bool:
+    def _wait(self, events: int, *, between: bool = False, stoppable: bool = False, until: float = _INF) -> bool:
         """Wait until the socket is ready for *events*; run signal actions meanwhile.
 
         True when the socket is ready (or failed: the next call will say how).
@@ -354,7 +361,9 @@ class BlockingConnection(Transport):
         or a *stoppable* one (the TLS handshake), a graceful stop began, or,
         between exchanges, the protocol's deadline came.  A wait inside an
         exchange (a write) goes on through a stop: the stop is told when the
-        exchange is done (in _serve).
+        exchange is done (in _serve).  Given *until*, a stop that began is not
+        a reason to return: the wait for input goes on until then (the stop is
+        told once the connection has been quiet a while: see _serve).
         """
         if self._in_recv:
             # A blocking socket only says "would block" when SO_SNDTIMEO ran out.
@@ -362,7 +371,7 @@ class BlockingConnection(Transport):
             return False
         # The latch is never drained: watch it only until the protocol has been
         # told, or every poll would return at once.
-        watch_stop = (between or stoppable) and not self._stop_told
+        watch_stop = (between or stoppable) and not self._stop_told and until == _INF
         poller = self._poller
         watch_latch = self._poll_latch and watch_stop
         if poller is None or events != self._polled or self._latch_polled != watch_latch:
@@ -375,7 +384,7 @@ class BlockingConnection(Transport):
         while True:
             # The protocol's deadline counts while waiting for the peer or idling
             # after its EOF, not while the peer is slow to read our output.
-            deadline = min(idle_deadline, lifecycle.deadline)  # the graceful deadline is inf until a stop
+            deadline = min(idle_deadline, lifecycle.deadline, until)  # the graceful deadline is inf until a stop
             protocol_deadline = self._protocol_deadline if between else None
             if protocol_deadline is not None and protocol_deadline < deadline:
                 deadline = protocol_deadline
@@ -390,10 +399,12 @@ class BlockingConnection(Transport):
                 return False  # a stop began: _serve tells the protocol
             now = time.monotonic()
             if now >= lifecycle.deadline:
-                self._error = ConnectionTimeout("server stopping: graceful timeout passed")
+                self._past_graceful_deadline()
                 return False
             if protocol_deadline is not None and now >= protocol_deadline:
                 return False  # _serve calls the protocol's deadline_expired
+            if now >= until:
+                return False
             if now >= idle_deadline:
                 self._error = ConnectionTimeout(f"idle for {idle_timeout:g} s")
                 return False
@@ -502,8 +513,10 @@ class BlockingConnection(Transport):
         after :data:`REQUESTS_BEFORE_RECV` requests, once the connection has
         shown that it stays.
         """
+        kind = type(protocol)
         may_wait_in_recv = ((not self._watch_wakeup or self._watch is not None) and not self._tls
-                            and type(protocol).server_stopping is Protocol.server_stopping)
+                            and kind.server_stopping is Protocol.server_stopping
+                            and kind.between_messages is Protocol.between_messages)
         if may_wait_in_recv and not self._watch_wakeup:
             self._enter_recv()
         elif self.sock.gettimeout() is None:  # blocking, as our acceptor hands it over
@@ -545,7 +558,7 @@ class BlockingConnection(Transport):
         data_received = protocol.data_received
         watch = self._watch if self._watch_wakeup else None
         if watch is not None:  # the main thread: the watch runs signal actions and the deadline meanwhile
-            watch.attach(self.sock, True, ends_idle=False)
+            watch.attach(self.sock, True)  # a plain protocol: its input ends once idle at a stop
         try:
             while self._in_recv and not self._closing and self._error is None:
                 try:
@@ -561,7 +574,13 @@ class BlockingConnection(Transport):
                     return
                 if not data:
                     if self._lifecycle.past_deadline():  # abort_all shut the socket down
-                        self._error = ConnectionTimeout("server stopping: graceful timeout passed")
+                        self._past_graceful_deadline()
+                    elif self._latch.is_set() and not self._stop_told:
+                        # The watch ended the input of a connection idle at a stop (or the
+                        # peer closed meanwhile): the protocol hears of the stop.
+                        self._tell_stop(protocol)
+                        if not self._closing:
+                            self._end_of_input(protocol)
                     else:
                         self._end_of_input(protocol)
                     return
@@ -611,12 +630,14 @@ class BlockingConnection(Transport):
         # one read takes; no once a read found nothing (a failed recv raises,
         # which costs more than the poll it would have saved).
         optimistic = True
+        # Once a stop began: when the protocol is told of it, if nothing more comes (see below).
+        tell_at = _INF
         while not self._closing and self._error is None:
             if signals_pending is not None and signals_pending():
                 lifecycle.dispatch()
             if latch.is_set():
                 if time.monotonic() >= lifecycle.deadline:
-                    self._error = ConnectionTimeout("server stopping: graceful timeout passed")
+                    self._past_graceful_deadline()
                     break
                 if not self._stop_told:
                     # What the peer sent before the stop is read first: the stop is told
@@ -640,7 +661,15 @@ class BlockingConnection(Transport):
                 data = recv(RECV_SIZE)
             except self._would_block:
                 if not self._stop_told and latch.is_set():
-                    self._tell_stop(protocol)  # nothing is left unread
+                    # Nothing is left unread.  A connection quiet for a moment is told now; one
+                    # that was just accepted, or just answered, may have a request on its way.
+                    now = time.monotonic()
+                    if tell_at == _INF:
+                        tell_at = now + stop_grace_left(self.sock)
+                    if now >= tell_at:
+                        self._tell_stop(protocol)
+                    else:
+                        self._wait(_READ, between=True, until=tell_at)
                     continue
                 if optimistic:
                     optimistic = False
@@ -666,6 +695,12 @@ class BlockingConnection(Transport):
                         self._serve_in_recv(protocol)
             else:
                 self._end_of_input(protocol)
+
+    def _past_graceful_deadline(self) -> None:
+        """The graceful deadline ends the connection (the main thread says so: nobody else serves here)."""
+        self._error = ConnectionTimeout("server stopping: graceful timeout passed")
+        if self._watch_wakeup:
+            self._lifecycle.forced_end([self._peer])
 
     def _tell_stop(self, protocol: Protocol) -> None:
         """Tell the protocol, once, that a stop began: between exchanges, with nothing left unread."""

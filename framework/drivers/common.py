@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import array
 import fcntl
 import math
 import os
 import socket
+import struct
 import sys
 import termios
 import time
@@ -23,6 +25,11 @@ SENDFILE_CHUNK = 1 << 30
 #: How long a closing connection waits for the peer's end-of-file after an
 #: error response, so that unread input does not turn into a reset.
 DEFAULT_LINGER = 2.0
+
+#: At a graceful stop, a connection quiet this long (nothing received or sent) is idle: a
+#: protocol between messages is told of the stop (and closes), a handler's input ends.
+#: Quiet for less, a request may be on its way (the connection was just accepted).
+STOP_IDLE_GRACE = 1.0
 
 #: A lingering close reads and discards at most this much.
 LINGER_MAX_BYTES = 1 << 20
@@ -127,3 +134,42 @@ def socket_extra_info(sock: socket.socket, name: str, default: Any = None) -> An
     except OSError:
         return default
     return default
+
+
+def bytes_queued(sock: socket.socket) -> bool:
+    """True when *sock* holds unread input or unsent (or unacknowledged) output: not idle."""
+    for request in (termios.FIONREAD, termios.TIOCOUTQ):  # SIOCINQ, SIOCOUTQ
+        count = array.array("i", [0])
+        fcntl.ioctl(sock.fileno(), request, count)
+        if count[0]:
+            return True
+    return False
+
+
+def tcp_idle_for(sock: socket.socket) -> float:
+    """Seconds since *sock* last received or sent data, from the kernel's ``TCP_INFO``."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    last_data_sent: int
+    last_data_recv: int
+    last_data_sent, _, last_data_recv = struct.unpack_from("<III", info, _TCP_INFO_LAST_DATA_SENT)
+    return min(last_data_sent, last_data_recv) / 1000
+
+
+#: struct tcp_info (linux/tcp.h): its size up to tcpi_total_retrans, and where tcpi_last_data_sent,
+#: tcpi_last_ack_sent and tcpi_last_data_recv (milliseconds ago) are.
+_TCP_INFO_SIZE = 104
+_TCP_INFO_LAST_DATA_SENT = 44
+
+
+def stop_grace_left(sock: socket.socket) -> float:
+    """Seconds until *sock* has been quiet for :data:`STOP_IDLE_GRACE` (0.0: it has).
+
+    Bytes queued either way make it busy (a full grace from now); a Unix socket,
+    which has no kernel clock to ask, also waits a full grace from now.
+    """
+    try:
+        if bytes_queued(sock) or sock.family == socket.AF_UNIX:
+            return STOP_IDLE_GRACE
+        return max(0.0, STOP_IDLE_GRACE - tcp_idle_for(sock))
+    except OSError:
+        return 0.0  # no longer connected: nothing to wait for

@@ -20,7 +20,7 @@ The framework keeps its promises around the handler, not inside it:
 * **The graceful stop** (:class:`~framework.drivers.watch.ConnectionWatch`:
   a helper thread of the process, started only when a stop begins while
   handlers run).  Once a
-  stop began, a connection idle for :data:`~framework.drivers.watch.STOP_IDLE_GRACE` seconds (nothing
+  stop began, a connection idle for :data:`~framework.drivers.common.STOP_IDLE_GRACE` seconds (nothing
   received or sent, nothing queued: see the watch) sees
   end-of-input: its reading side is shut down, so a
   handler waiting in ``readline`` for the next request gets ``b""`` and

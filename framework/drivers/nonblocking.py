@@ -70,6 +70,7 @@ from typing import IO, TYPE_CHECKING, Any
 from framework.drivers.common import (
     LINGER_MAX_BYTES,
     RECV_SIZE,
+    STOP_IDLE_GRACE,
     ConnectionTimeout,
     OutOfDescriptors,
     ShortFileError,
@@ -852,13 +853,20 @@ class NonBlockingConnection(Transport):
     def notify_stopping(self) -> None:
         """Tell the protocol that a graceful stop began (once), unless it is already closing.
 
-        A connection still in its TLS handshake has said nothing yet, like an
-        idle keep-alive one: it ends now.
+        Told once the connection has been quiet (nothing received or sent) for
+        :data:`~framework.drivers.common.STOP_IDLE_GRACE`, so a request on its
+        way to a connection just accepted (or just answered) is read first;
+        until then a timer asks again.  A connection still in its TLS
+        handshake by then has said nothing, like an idle keep-alive one: it ends.
         """
+        if self.is_closing():
+            return
+        quiet_at = self._last_active + STOP_IDLE_GRACE
+        if quiet_at > self._loop.now:
+            self._loop.call_at(quiet_at, self.notify_stopping)
+            return
         if self._handshaking:
             self._teardown(ConnectionAbortedError("server stopping during the TLS handshake"))
-            return
-        if self.is_closing():
             return
         try:
             self.protocol.server_stopping()

@@ -24,27 +24,19 @@ still happen meanwhile, and :class:`ConnectionWatch` does them:
 from __future__ import annotations
 
 import _thread
-import array
 import contextlib
-import fcntl
 import logging
 import os
 import select
 import socket
-import struct
-import termios
 import threading
 import time
 
-from framework.drivers.common import earliest, poll_timeout_ms
+from framework.drivers.common import STOP_IDLE_GRACE, bytes_queued, earliest, poll_timeout_ms, tcp_idle_for
 from framework.lifecycle import Lifecycle
 from framework.signals import Wakeup, start_thread_without_signals
 
 log = logging.getLogger("forkthread")
-
-#: At a graceful stop, a connection idle this long (nothing received or sent) sees
-#: end-of-input: an idle handler waiting for the next request returns.
-STOP_IDLE_GRACE = 1.0
 
 #: After the watch saw input arrive on a connection, how long it looks away while the
 #: handler reads it (unread input keeps a socket readable: looking again at once would spin).
@@ -225,31 +217,6 @@ class ConnectionWatch:
                     return True
 
 
-def _bytes_queued(sock: socket.socket) -> bool:
-    """True when *sock* holds unread input or unsent (or unacknowledged) output: not idle."""
-    for request in (termios.FIONREAD, termios.TIOCOUTQ):  # SIOCINQ, SIOCOUTQ
-        count = array.array("i", [0])
-        fcntl.ioctl(sock.fileno(), request, count)
-        if count[0]:
-            return True
-    return False
-
-
-def _tcp_idle_for(sock: socket.socket) -> float:
-    """Seconds since *sock* last received or sent data, from the kernel's ``TCP_INFO``."""
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
-    last_data_sent: int
-    last_data_recv: int
-    last_data_sent, _, last_data_recv = struct.unpack_from("<III", info, _TCP_INFO_LAST_DATA_SENT)
-    return min(last_data_sent, last_data_recv) / 1000
-
-
-#: struct tcp_info (linux/tcp.h): its size up to tcpi_total_retrans, and where tcpi_last_data_sent,
-#: tcpi_last_ack_sent and tcpi_last_data_recv (milliseconds ago) are.
-_TCP_INFO_SIZE = 104
-_TCP_INFO_LAST_DATA_SENT = 44
-
-
 class _StopRules:
     """The graceful-stop rules for watched connections, as the watch thread applies them.
 
@@ -312,11 +279,11 @@ class _StopRules:
 
     def _idle_for(self, sock: socket.socket, now: float) -> float:
         try:
-            if _bytes_queued(sock):
+            if bytes_queued(sock):
                 self._seen[sock] = now
                 return 0.0
             if sock.family != socket.AF_UNIX:
-                return _tcp_idle_for(sock)
+                return tcp_idle_for(sock)
         except OSError:
             return STOP_IDLE_GRACE  # no longer connected: ending its input harms nothing
         return 0.0 if sock in self._resting else now - self._seen[sock]

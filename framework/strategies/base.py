@@ -295,6 +295,10 @@ class Run(abc.ABC):
         connections = self.host.connections
         return connections.served, len(connections)
 
+    def running(self) -> list[str]:
+        """What is served now, for a stop that cuts it short: each connection as ``PEER (N s)``."""
+        return self.host.connections.running()
+
     def describe(self) -> str:
         """The run's strategy and options for the status line (a worker says which worker it is)."""
         return self.strategy.describe()

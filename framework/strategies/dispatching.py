@@ -92,13 +92,14 @@ class AcceptLoop:
 
 
 def wind_down(lifecycle: Lifecycle, loop: AcceptLoop, live: Callable[[], int], force: Callable[[], object],
-              collect: Callable[[], None] = lambda: None, interval: float | None = None) -> None:
+              running: Callable[[], list[str]], collect: Callable[[], None] = lambda: None,
+              interval: float | None = None) -> None:
     """The stop phase: wait while ``live()`` workers remain, until the graceful deadline.
 
     Workers (or SIGCHLD) wake *loop* as they end; *collect* runs after every
-    wakeup (or every *interval* seconds).  At the deadline *force* ends the
-    rest, and is repeated every :data:`FORCE_INTERVAL` for up to
-    :data:`FORCE_GRACE` seconds while workers remain.
+    wakeup (or every *interval* seconds).  At the deadline what *running()*
+    describes is logged and *force* ends it, repeated every
+    :data:`FORCE_INTERVAL` for up to :data:`FORCE_GRACE` seconds while workers remain.
     """
     while live() and not lifecycle.past_deadline():
         remaining = lifecycle.remaining()
@@ -107,7 +108,7 @@ def wind_down(lifecycle: Lifecycle, loop: AcceptLoop, live: Callable[[], int], f
         collect()
     if not live():
         return
-    log.warning("graceful timeout passed: ending %d connection(s) still in progress", live())
+    lifecycle.forced_end(running(), live())
     give_up = time.monotonic() + FORCE_GRACE
     while live() and time.monotonic() < give_up:
         force()
@@ -197,7 +198,7 @@ class DispatchingRun(Run):
                         self.start_worker(sock, peer)
                 self.collect()
             self.begin_stop()
-            wind_down(lifecycle, loop, self.live, self.force_stop, self.collect, self.poll_interval())
+            wind_down(lifecycle, loop, self.live, self.force_stop, self.running, self.collect, self.poll_interval())
         finally:
             self.end()
 

@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import NoReturn
 
 from framework.logthrottle import LogThrottle
@@ -68,8 +69,8 @@ class ForkingRun(DispatchingRun):
 
     def __init__(self, strategy: ForkingStrategy, host: Host, max_connections: int | None) -> None:
         super().__init__(strategy, host, max_connections)
-        #: Children forked by this run and not reaped yet.
-        self.children: set[int] = set()
+        #: Children forked by this run and not reaped yet: pid -> (peer, when forked).
+        self.children: dict[int, tuple[str, float]] = {}
         self._killed: set[int] = set()
         self._sigchld = False
         self._direct: DirectFork | None = None
@@ -83,6 +84,11 @@ class ForkingRun(DispatchingRun):
     def live(self) -> int:
         """Children alive (or exited and not yet reaped)."""
         return len(self.children)
+
+    def running(self) -> list[str]:
+        """Each child serving now: ``PEER (pid N, N s)``."""
+        now = time.monotonic()
+        return [f"{peer} (pid {pid}, {now - since:.1f} s)" for pid, (peer, since) in self.children.items()]
 
     def counts(self) -> tuple[int, int]:
         """``(connections accepted, children serving)``: each child counts (and admits) its own."""
@@ -125,7 +131,7 @@ class ForkingRun(DispatchingRun):
                 reaped, status = pid, 0
             if not reaped:
                 continue
-            self.children.discard(pid)
+            del self.children[pid]
             killed_by_us = pid in self._killed
             self._killed.discard(pid)
             code = os.waitstatus_to_exitcode(status)
@@ -144,7 +150,7 @@ class ForkingRun(DispatchingRun):
             self._run_child(sock, peer, forked)
         self._fork_failures.reset()
         sock.close()
-        self.children.add(forked.pid)
+        self.children[forked.pid] = (peer, time.monotonic())
 
     def _run_child(self, sock: socket.socket, peer: str, forked: Forked) -> NoReturn:
         """In the child: serve *sock* and exit, never returning into the parent's code.
@@ -185,7 +191,7 @@ class ForkingRun(DispatchingRun):
 
     def force_stop(self) -> None:
         """SIGKILL every child still alive (they are reaped by the loop)."""
-        for pid in self.children - self._killed:
+        for pid in self.children.keys() - self._killed:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -206,4 +212,4 @@ class ForkingRun(DispatchingRun):
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-            self.children.discard(pid)
+            del self.children[pid]

@@ -126,8 +126,8 @@ class PollRun(Run):
                     if not loop.connections:
                         break
                     if lifecycle.past_deadline():
-                        aborted = loop.abort_all(ConnectionTimeout("server stopping: graceful timeout passed"))
-                        log.info("graceful timeout passed: aborted %d connection(s)", aborted)
+                        lifecycle.forced_end(self.running(), len(loop.connections))
+                        loop.abort_all(ConnectionTimeout("server stopping: graceful timeout passed"))
                         break
                     timeout = lifecycle.remaining()
                 else:

@@ -126,7 +126,7 @@ class TakingTurnsRun(Run):
                     log.error("a pool thread ended unexpectedly; stopping the server")
                     lifecycle.request_stop()
             stop.set()
-            wind_down(lifecycle, loop, lambda: len(pool), host.connections.abort_all)
+            wind_down(lifecycle, loop, lambda: len(pool), host.connections.abort_all, self.running)
         finally:
             stop.set()
             pool.join(FORCE_GRACE)

@@ -160,6 +160,12 @@ class Supervisor(Run):
             active += worker_active
         return served, active
 
+    def running(self) -> list[str]:
+        """The workers serving now, each with how many connections."""
+        busy = [(worker, self.board.read(worker.slot)[1]) for worker in self.workers.values()]
+        return [f"worker {worker.number} (pid {worker.pid}): {active} connection(s)"
+                for worker, active in busy if active]
+
     def describe(self) -> str:
         """``preforked(workers=4,accept=shared,worker=iterative)``, with the pool's size now."""
         return describe_pool(self.target, self.pool.accept, self.pool.inner)
@@ -384,6 +390,10 @@ class Supervisor(Run):
         now = time.monotonic()
         for worker in self.workers.values():
             if worker.retiring and not worker.killed and now >= worker.kill_at:
+                active = self.board.read(worker.slot)[1]
+                if active and self.lifecycle.stopping:
+                    self.lifecycle.forced_end([f"worker {worker.number} (pid {worker.pid}): {active} connection(s)"],
+                                              active)
                 log.warning("worker %d (pid %d) did not stop in time: SIGKILL", worker.number, worker.pid)
                 self._signal(worker, signal.SIGKILL)
                 worker.killed = True
