@@ -210,6 +210,9 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-requests-jitter", type=non_negative_int, default=defaults.max_requests_jitter,
                        metavar="N", action=StrategyOption,
                        help="preforked, interpreters: add 0..N to each worker's --max-requests")
+    group.add_argument("--worker-timeout", type=optional_duration, default=defaults.worker_timeout, metavar="SECONDS",
+                       action=StrategyOption,
+                       help="preforked: kill and replace a worker silent (no heartbeat) this long (default: never)")
 
 
 def strategy_options(args: argparse.Namespace) -> StrategyOptions:

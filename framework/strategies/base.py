@@ -179,6 +179,8 @@ class StrategyOptions:
     max_requests: int = 0
     #: preforked: add up to this many to each worker's max_requests, so they do not all restart at once.
     max_requests_jitter: int = 0
+    #: preforked: kill and replace a worker whose heartbeat is this many seconds old (None: never).
+    worker_timeout: float | None = None
 
 
 class ServeError(RuntimeError):

@@ -23,11 +23,12 @@ import os
 import signal
 import socket
 import threading
+import time
 from typing import NoReturn
 
 from framework.accepting import Acceptor
 from framework.processes import Forked, exit_child
-from framework.signals import MASTER_ONLY_SIGNALS
+from framework.signals import MASTER_ONLY_SIGNALS, start_thread_without_signals
 from framework.strategies.accept_modes import AcceptMode
 from framework.strategies.base import ChildRole, Host, Run, Strategy
 from framework.strategies.scoreboard import Scoreboard, ScoredConnections
@@ -58,6 +59,8 @@ class WorkerPlan:
     board: Scoreboard
     max_requests: int
     master_pid: int
+    #: ``--worker-timeout``: the worker beats on the scoreboard (None: it does not).
+    worker_timeout: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +164,24 @@ class RetireRequest:
             self._channel.send(RETIRE_ME)
 
 
+def start_heartbeat(board: Scoreboard, slot: int, worker_timeout: float) -> None:
+    """Beat on the scoreboard, from a thread of its own, often enough for *worker_timeout*.
+
+    A thread, not the serving loop: a worker serving a long connection is not
+    silent.  What stops the heartbeat is what stops the whole process: SIGSTOP,
+    a freeze in the kernel, or code that holds the GIL without end.
+    """
+    interval = min(1.0, worker_timeout / 4)
+
+    def beat() -> None:
+        while True:
+            board.beat(slot, time.monotonic())
+            time.sleep(interval)
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    start_thread_without_signals(thread.start)
+
+
 def boot(host: Host, plan: WorkerPlan, forked: Forked) -> tuple[Acceptor, Run]:
     """Everything between ``fork()`` and "ready": any exception here is a boot failure."""
     die_with_parent(plan.master_pid)
@@ -175,6 +196,8 @@ def boot(host: Host, plan: WorkerPlan, forked: Forked) -> tuple[Acceptor, Run]:
     ))
     assert run is not None
     install_worker_signals(host)
+    if plan.worker_timeout is not None:
+        start_heartbeat(plan.board, plan.slot, plan.worker_timeout)
     forked.release_signals()
     return acceptor, run
 

@@ -17,6 +17,7 @@ worker they are that worker's own.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from framework.limits import MAX_WORKERS, check_count
 from framework.strategies.accept_modes import ACCEPT_MODES
@@ -60,7 +61,7 @@ class PreforkedStrategy(Strategy):
 
     name = "preforked"
     description = "a supervising master and N pre-forked workers (accept modes, inner strategies)"
-    option_names = frozenset({"workers", "accept", "worker", "max_requests", "max_requests_jitter"})
+    option_names = frozenset({"workers", "accept", "worker", "max_requests", "max_requests_jitter", "worker_timeout"})
 
     workers: int
     accept: str
@@ -68,17 +69,22 @@ class PreforkedStrategy(Strategy):
     inner: Strategy
     max_requests: int = 0
     max_requests_jitter: int = 0
+    worker_timeout: float | None = None
 
     def __post_init__(self) -> None:
         check_pool(self.workers, self.max_requests, self.max_requests_jitter)
         if self.accept not in ACCEPT_MODES:
             raise ValueError(f"unknown accept mode {self.accept!r} (choose from {', '.join(ACCEPT_MODES)})")
+        if self.worker_timeout is not None and not 0 < self.worker_timeout < math.inf:
+            raise ValueError(f"--worker-timeout must be a finite number of seconds > 0, not {self.worker_timeout}")
 
     @classmethod
     def from_options(cls, options: StrategyOptions) -> Strategy:
-        """Build the pool from ``--workers``, ``--accept``, ``--worker`` and ``--max-requests[-jitter]``."""
+        """Build the pool from ``--workers``, ``--accept``, ``--worker``, ``--max-requests[-jitter]``
+        and ``--worker-timeout``."""
         return cls(options.workers, options.accept, options.worker, worker_kind_strategy(options),
-                   max_requests=options.max_requests, max_requests_jitter=options.max_requests_jitter)
+                   max_requests=options.max_requests, max_requests_jitter=options.max_requests_jitter,
+                   worker_timeout=options.worker_timeout)
 
     @classmethod
     def honoured_options(cls, options: StrategyOptions) -> frozenset[str]:
@@ -87,7 +93,8 @@ class PreforkedStrategy(Strategy):
 
     def start(self, host: Host) -> Supervisor:
         """The master of one serve: it forks the workers when it serves."""
-        pool = PoolConfig(self.workers, self.accept, self.inner, self.max_requests, self.max_requests_jitter)
+        pool = PoolConfig(self.workers, self.accept, self.inner, self.max_requests, self.max_requests_jitter,
+                          self.worker_timeout)
         return Supervisor(self, host, pool)
 
     def can_serve_datagrams(self) -> bool:

@@ -3,7 +3,8 @@
 Each worker owns a slot of two 64-bit counters (connections served, connections
 active) in a ``MAP_SHARED`` page created by the master before it forks, so
 the master's status line can add up the whole pool without a message per
-connection.
+connection; beside them, the worker's last heartbeat (``--worker-timeout``), a
+``time.monotonic()`` reading, which is one clock for every process.
 A slot is written only by its worker and read by the master; a torn read of a
 counter is impossible on the 64-bit platforms Linux runs this on, and a stale
 one is harmless.
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from framework.lifecycle import ActiveConnections
 
 _SLOT = struct.Struct("=qq")  # served, active
+_BEAT = struct.Struct("=d")  # time.monotonic() of the last heartbeat, after the counters
+_STRIDE = _SLOT.size + _BEAT.size
 
 #: Most worker slots the board has; SIGTTIN beyond this is refused.
 MAX_SLOTS = 4096
@@ -31,7 +34,7 @@ class Scoreboard:
     def __init__(self, slots: int = MAX_SLOTS, *, memory_file: int | None = None) -> None:
         """*memory_file*: map that file (see :meth:`shared_file`) instead of fresh anonymous memory."""
         self.slots = slots
-        size = slots * _SLOT.size
+        size = slots * _STRIDE
         if memory_file is None:
             self._map = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         else:
@@ -47,7 +50,7 @@ class Scoreboard:
         """
         memory_file = os.memfd_create("forkthread-scoreboard", os.MFD_CLOEXEC)
         try:
-            os.ftruncate(memory_file, slots * _SLOT.size)
+            os.ftruncate(memory_file, slots * _STRIDE)
             return cls(slots, memory_file=memory_file), memory_file
         except BaseException:
             os.close(memory_file)
@@ -67,12 +70,21 @@ class Scoreboard:
 
     def write(self, slot: int, served: int, active: int) -> None:
         """Record a worker's counters (called by the worker)."""
-        _SLOT.pack_into(self._map, slot * _SLOT.size, served, active)
+        _SLOT.pack_into(self._map, slot * _STRIDE, served, active)
 
     def read(self, slot: int) -> tuple[int, int]:
         """A worker's ``(served, active)``."""
-        served, active = _SLOT.unpack_from(self._map, slot * _SLOT.size)
+        served, active = _SLOT.unpack_from(self._map, slot * _STRIDE)
         return int(served), int(active)
+
+    def beat(self, slot: int, now: float) -> None:
+        """Record a heartbeat of the slot's worker at *now* (``time.monotonic()``)."""
+        _BEAT.pack_into(self._map, slot * _STRIDE + _SLOT.size, now)
+
+    def last_beat(self, slot: int) -> float:
+        """When the slot's worker last beat (``time.monotonic()``)."""
+        (when,) = _BEAT.unpack_from(self._map, slot * _STRIDE + _SLOT.size)
+        return float(when)
 
     def close(self) -> None:
         """Unmap the table."""

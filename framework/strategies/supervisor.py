@@ -15,7 +15,10 @@ in the loop:
   first, old ones stopped gracefully once their successors are ready), a
   worker past ``--max-requests`` asks to be replaced the same way;
 * TERM stops gracefully within the graceful timeout (then SIGKILL), INT and
-  QUIT quickly; USR1 logs the master's status line and is forwarded.
+  QUIT quickly; USR1 logs the master's status line and is forwarded;
+* with ``--worker-timeout``, a worker whose heartbeat (on the scoreboard) is
+  that old -- stopped, or stuck where even its heartbeat thread cannot run --
+  is killed (SIGKILL) and replaced, as gunicorn's arbiter does.
 
 Every exit path reaps every worker.
 """
@@ -120,6 +123,8 @@ class PoolConfig:
     inner: Strategy
     max_requests: int = 0
     max_requests_jitter: int = 0
+    #: Kill and replace a worker whose heartbeat is this old (None: no heartbeat).
+    worker_timeout: float | None = None
 
 
 class Supervisor(Run):
@@ -231,6 +236,7 @@ class Supervisor(Run):
                     return
             else:
                 self._manage()
+                self._check_heartbeats()
             self._enforce_kill_deadlines()
             if self._pending:
                 self._pass_pending()
@@ -335,7 +341,9 @@ class Supervisor(Run):
         plan = WorkerPlan(
             number=self.spawned, lane=lane, slot=slot, channel=worker_end, mode=self.mode, inner=self.pool.inner,
             board=self.board, max_requests=max_requests, master_pid=os.getpid(),
+            worker_timeout=self.pool.worker_timeout,
         )
+        self.board.beat(slot, time.monotonic())  # booting counts as a sign of life
         # The other workers' channels and passed sockets, and other lanes' listeners:
         # closed at once in the worker, so its end-of-file really means its master is gone.
         foreign = [master_end.fileno(), *self._by_fd, *(sock.fileno() for sock, _ in self._pending),
@@ -397,6 +405,23 @@ class Supervisor(Run):
                 log.warning("worker %d (pid %d) did not stop in time: SIGKILL", worker.number, worker.pid)
                 self._signal(worker, signal.SIGKILL)
                 worker.killed = True
+
+    def _check_heartbeats(self) -> None:
+        """Kill (and so replace) every worker silent for longer than ``--worker-timeout``."""
+        timeout = self.pool.worker_timeout
+        if timeout is None:
+            return
+        now = time.monotonic()
+        for worker in self.workers.values():
+            silent = now - self.board.last_beat(worker.slot)
+            if worker.retiring or silent <= timeout:
+                continue  # a retiring worker has its own kill deadline
+            served, active = self.board.read(worker.slot)
+            log.warning("worker %d (pid %d) silent for %.1f s (--worker-timeout %g), serving %d connection(s)"
+                        " (%d served): SIGKILL, replacing it", worker.number, worker.pid, silent, timeout, active,
+                        served)
+            worker.retiring = worker.killed = True
+            self._signal(worker, signal.SIGKILL)
 
     def _signal(self, worker: Worker, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):  # already exited, not reaped yet
