@@ -212,10 +212,9 @@ def test_forking_child_finishes_its_connection_on_sigterm_within_the_graceful_ti
         idle.sendall(b"x")
         assert idle.recv(1) == b"x"
         (child,) = task_children(server.pid)
-        started = time.monotonic()
         os.kill(child, signal.SIGTERM)
-        assert recv_all(idle) == b""  # the child ends an idle connection at its graceful deadline
-        assert time.monotonic() - started >= 1.5
+        # Echo is always between messages: the child closes the idle connection once it is quiet.
+        assert recv_all(idle) == b""
     assert wait_for(lambda: not task_children(server.pid), timeout=5)
     assert "exited with status" not in server.log()
     assert server.proc.poll() is None  # the parent was not asked to stop
