@@ -230,15 +230,16 @@ def test_preforked_master_signals_right_after_start(serve, strategy):
 
 
 def test_stalled_clients_cannot_hold_a_stop_beyond_the_graceful_timeout(serve, strategy):
-    # Clients that never finish their request: the stop waits --graceful-timeout for them, no longer.
+    # Clients that never finish their request (an nbytes count without its newline: not between
+    # messages, so not closed as idle): the stop waits --graceful-timeout for them, no longer.
     # Their idle timeout is an hour, so only the graceful deadline can end them inside the 60 s wait.
     graceful = 2.0
-    server = serve("echo", "--workers", "2", "--graceful-timeout", str(graceful), "--timeout", "3600",
+    server = serve("nbytes", "--workers", "2", "--graceful-timeout", str(graceful), "--timeout", "3600",
                    strategy=strategy)
     pool_ready(server, strategy, workers=2)
     socks = []
     try:
-        open_clients(server, 10, b"never finished %d", into=socks)
+        open_clients(server, 10, b"1%d", into=socks)
         time.sleep(0.3)
         started = time.monotonic()
         server.send_signal(signal.SIGTERM)
