@@ -550,9 +550,10 @@ class BlockingConnection(Transport):
 
         Returns when the connection is over, or when it must wait in poll from
         now on (:meth:`_wait_in_poll`: the protocol set a deadline, or took the
-        socket); :meth:`_serve` carries on.  A stop changes nothing here (the
-        protocol wants no notice of it); its deadline ends the wait by shutting
-        the socket down.
+        socket); :meth:`_serve` carries on.  A stop reaches it as the end of
+        its input, which the watch makes once the connection is idle (the
+        protocol is then told of the stop); its deadline ends the wait by
+        shutting the socket down.
         """
         recv = self.sock.recv
         data_received = protocol.data_received
