@@ -27,8 +27,10 @@ from framework.signals import Latch, SignalAction, SignalDispatcher, Wakeup, sta
 log = logging.getLogger("forkthread")
 
 #: How long past the graceful deadline a process that owns its server (the command line)
-#: may take to end by itself before :class:`LastResort` ends it.
-LAST_RESORT_MARGIN = 3.0
+#: may take to end by itself before :class:`LastResort` ends it: longer than any strategy's
+#: own forced ends take (the dispatching strategies give up after 5 s, the interpreters
+#: master after 5.5 s), so they come first and say what they ended.
+LAST_RESORT_MARGIN = 6.0
 #: How long a recorded signal may wait for the serving thread before :class:`LastResort`
 #: runs its action in another thread (the serving thread is stuck in a callback).
 UNHEARD_GRACE = 1.0
