@@ -89,12 +89,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if any(STRATEGY_FIXTURE in marker.args[0] for marker in metafunc.definition.iter_markers("parametrize")):
         return  # the test chose its own strategies
+    # Unasked, a strategy this Python cannot run is left out; asked for, it skips with the reason.
     names = selected_strategies(metafunc.config)
-    if not _chosen(metafunc.config):
-        from framework.harness.servers import runnable
-
-        # Unasked, a strategy this Python cannot run at all is left out; asked for, it skips with the reason.
-        names = [name for name in names if runnable(name)]
     metafunc.parametrize(STRATEGY_FIXTURE, names, ids=names)
 
 

@@ -12,7 +12,6 @@ as ``forkthread serve`` parses them.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import socket
@@ -66,18 +65,6 @@ def option_words(options: Mapping[str, object]) -> list[str]:
         else:
             words += [flag, str(value)]
     return words
-
-
-@functools.cache
-def runnable(strategy: str) -> bool:
-    """Whether *strategy* can be built on this Python at all (a strategy may need a newer one)."""
-    from framework.strategies import create_strategy
-
-    try:
-        create_strategy(strategy)
-    except Exception:  # its module or its options refuse: refusal() says why where it is asked for
-        return False
-    return True
 
 
 def refusal(target: type[Server] | str, strategy: str, words: list[str]) -> str | None:
