@@ -109,6 +109,8 @@ class Acceptor:
             return None
         try:
             fd, addr = self.listener._accept()  # type: ignore[attr-defined]
+        except BlockingIOError:
+            return None  # the end of every batch: none waiting now (classified as RETRY, without the call)
         except OSError as exc:
             if exc.errno == errno.EINVAL and not self._listening():
                 # Another process sharing the listener (a pre-forked master) stopped it.

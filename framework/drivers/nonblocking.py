@@ -335,7 +335,7 @@ class EventLoop:
         The wait is shortened to the next timer.  Ready descriptors are
         handled, then due timers run, then ended connections are reported.
         """
-        due = self.next_timer()
+        due = self.next_timer() if self._timers else None  # no call per turn for an empty heap
         if due is not None:
             delay = max(0.0, due - time.monotonic())
             timeout = delay if timeout is None else min(timeout, delay)
@@ -343,7 +343,8 @@ class EventLoop:
         self.now = time.monotonic()
         for key, events in ready:
             key.data(events)
-        self._run_timers()
+        if self._timers:
+            self._run_timers()
         if self._ended:
             self.report_ended()
 
@@ -395,6 +396,31 @@ class NonBlockingConnection(Transport):
     starts once its handshake is complete.
     """
 
+    # The state every connection starts in, as class attributes: an instance
+    # gets its own value at the first change only, so a connection that ends in
+    # its first turn sets a third of them (each store, per connection, counts).
+    #: Bytes queued for sending.
+    buffered = 0
+    #: Our descriptors of the files with queued segments, by (device, inode) (made at the first).
+    _held: dict[tuple[int, int], _HeldFile] | None = None
+    _segments = 0
+    _state = _OPEN
+    _mask = 0
+    _eof = False
+    _paused = False
+    #: Reading held by the protocol (pause_reading): back-pressure from other connections.
+    _reading_held = False
+    _port: LoopPort | None = None  # the port of the job offloaded now, if any
+    _linger = 0.0
+    _linger_budget = LINGER_MAX_BYTES
+    _error: BaseException | None = None
+    _faulted = False
+    _idle_timer: Timer | None = None
+    _deadline_timer: Timer | None = None
+    _deadline_at: float | None = None  # when the protocol's deadline is due (None: no deadline)
+    _deadline_due = False  # the deadline passed while output was queued
+    _linger_timer: Timer | None = None
+
     def __init__(
         self, loop: EventLoop, sock: socket.socket, peer: str, protocol: Protocol, tls: TlsStream | None = None,
     ) -> None:
@@ -402,40 +428,17 @@ class NonBlockingConnection(Transport):
         self.sock = sock
         self._fd = sock.fileno()
         self._tls = tls
-        # What moves bytes: the socket's own calls, or the TLS stream's with the same meaning.
+        # What moves bytes: the socket's own calls, or the TLS stream's with the same meaning
+        # (sendmsg and sendfile, needed less often, are asked for when needed: _sendmsg, _sendfile).
         io: Any = sock if tls is None else tls
         self._recv = io.recv
         self._send = io.send
-        self._sendmsg = io.sendmsg
-        self._sendfile: Callable[[int, int, int], int] = (
-            functools.partial(sendfile_some, self._fd) if tls is None else tls.sendfile)
         #: True until the TLS handshake is complete (the protocol has not started yet).
         self._handshaking = tls is not None
         self._peer = peer
         self.protocol = protocol
         self._queue: collections.deque[memoryview | _FileSegment] = collections.deque()
-        #: Bytes queued for sending.
-        self.buffered = 0
-        #: Our descriptors of the files with queued segments, by (device, inode).
-        self._held: dict[tuple[int, int], _HeldFile] = {}
-        self._segments = 0
-        self._state = _OPEN
-        self._mask = 0
-        self._eof = False
-        self._paused = False
-        #: Reading held by the protocol (pause_reading): back-pressure from other connections.
-        self._reading_held = False
-        self._port: LoopPort | None = None  # the port of the job offloaded now, if any
-        self._linger = 0.0
-        self._linger_budget = LINGER_MAX_BYTES
-        self._error: BaseException | None = None
-        self._faulted = False
         self._last_active = loop.now
-        self._idle_timer: Timer | None = None
-        self._deadline_timer: Timer | None = None
-        self._deadline_at: float | None = None  # when the protocol's deadline is due (None: no deadline)
-        self._deadline_due = False  # the deadline passed while output was queued
-        self._linger_timer: Timer | None = None
         # One bound method for the selector's data, not one per modify().
         self._handler = self._on_events if tls is None else self._on_handshake_events
 
@@ -545,6 +548,16 @@ class NonBlockingConnection(Transport):
         self.buffered += count
         self._queued()
 
+    def _sendmsg(self, buffers: list[memoryview]) -> int:
+        """``sendmsg`` of *buffers* on the socket, or through TLS."""
+        return (self.sock if self._tls is None else self._tls).sendmsg(buffers)
+
+    def _sendfile(self, file_fd: int, offset: int, count: int) -> int:
+        """One ``sendfile(2)`` step (:func:`~framework.drivers.common.sendfile_some`), or its TLS stand-in."""
+        if self._tls is None:
+            return sendfile_some(self._fd, file_fd, offset, count)
+        return self._tls.sendfile(file_fd, offset, count)
+
     def _hold(self, file_fd: int, info: os.stat_result) -> _HeldFile | None:
         """Our own descriptor of *file_fd*'s file, since the caller may close its own as soon as we return.
 
@@ -553,6 +566,8 @@ class NonBlockingConnection(Transport):
         the process has none left, this connection ends (None), alone.
         """
         key = (info.st_dev, info.st_ino)
+        if self._held is None:
+            self._held = {}
         held = self._held.get(key)
         if held is None:
             try:
@@ -570,6 +585,7 @@ class NonBlockingConnection(Transport):
         held.segments -= 1
         self._segments -= 1
         if not held.segments:
+            assert self._held is not None
             del self._held[held.key]
             os.close(held.fd)
 
@@ -579,7 +595,7 @@ class NonBlockingConnection(Transport):
         if self._state != _OPEN:
             return
         self._state = _CLOSING
-        if self._queue or self._tls_pending():
+        if self._queue or (self._tls is not None and self._tls.pending > 0):
             self._update_mask()
         else:
             self._finish()
@@ -939,9 +955,10 @@ class NonBlockingConnection(Transport):
             if timer is not None:
                 loop.cancel(timer)
         self._idle_timer = self._deadline_timer = self._linger_timer = None
-        for held in self._held.values():
-            os.close(held.fd)
-        self._held.clear()
+        if self._held:
+            for held in self._held.values():
+                os.close(held.fd)
+            self._held.clear()
         self._segments = 0
         self._queue.clear()
         self.buffered = 0
