@@ -25,10 +25,15 @@ def lifecycle():
     life.close()
 
 
-def drive(protocol: Protocol, lifecycle: Lifecycle, *, idle_timeout=None, watch_wakeup=False, watch=None):
-    """Run *protocol* on one end of a socket pair in a thread; return (client socket, thread, result)."""
+def drive(protocol: Protocol, lifecycle: Lifecycle, *, idle_timeout=None, watch_wakeup=False, watch=None,
+          request: bytes = b""):
+    """Run *protocol* on one end of a socket pair in a thread; return (client socket, thread, result).
+
+    *request* is sent before the thread starts: in when the driver first reads, as a short client's is.
+    """
     server_end, client_end = socket.socketpair()
     server_end.setblocking(False)
+    client_end.sendall(request)
     result: dict[str, object] = {}
 
     def run() -> None:

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 
 from framework import Protocol
-from framework.drivers.blocking import BlockingConnection, HandlerError
 from framework.drivers.common import has_unread_input
 from framework.drivers.nonblocking import EventLoop
 from framework.lifecycle import Lifecycle
 from framework.signals import SERVER_SIGNALS, raw_sigmask, start_thread_without_signals
 from servers.nbytes import NBytesServer
 from tests.support import open_fds_unchanged, recv_all
+from tests.test_blocking_driver import drive
 
 HOOKS = ("verify_request", "configure_connection", "_apply_socket_options")
 
@@ -53,23 +53,6 @@ def lifecycle() -> Iterator[Lifecycle]:
     life = Lifecycle(graceful_timeout=5)
     yield life
     life.close()
-
-
-def drive_end(server_end: socket.socket, protocol: Protocol, lifecycle: Lifecycle,
-              idle_timeout: float | None) -> tuple[threading.Thread, dict[str, object]]:
-    """Serve *server_end* (blocking, as an acceptor hands it over) in a worker thread: it waits in recv."""
-    result: dict[str, object] = {}
-
-    def run() -> None:
-        connection = BlockingConnection(server_end, "pair", lifecycle=lifecycle, idle_timeout=idle_timeout)
-        try:
-            result["ended_by"] = connection.run(protocol)
-        except HandlerError as fault:
-            result["fault"] = fault.original
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, result
 
 
 @pytest.fixture
@@ -228,10 +211,8 @@ def test_a_thread_sets_no_time_limit_on_a_connection_that_never_waits(lifecycle)
     # The request is in when the thread starts and the answer fits in the socket buffer:
     # the kernel's time limits (two setsockopt) would never be used.
     protocol = AnswerWithLimits(100)
-    server_end, client = socket.socketpair()
+    client, thread, result = drive(protocol, lifecycle, idle_timeout=30, request=b"ping")
     with client:
-        client.sendall(b"ping")
-        thread, result = drive_end(server_end, protocol, lifecycle, idle_timeout=30)
         assert recv_all(client) == b"x" * 100
     thread.join(10)
     assert result["ended_by"] is None
@@ -239,19 +220,16 @@ def test_a_thread_sets_no_time_limit_on_a_connection_that_never_waits(lifecycle)
 
 
 def test_a_thread_waiting_for_its_request_still_times_out(lifecycle):
-    server_end, client = socket.socketpair()
+    client, thread, result = drive(AnswerWithLimits(100), lifecycle, idle_timeout=0.3)
     with client:
-        thread, result = drive_end(server_end, AnswerWithLimits(100), lifecycle, idle_timeout=0.3)
         assert recv_all(client) == b""  # silent: the limit, armed before the wait, ran out
     thread.join(10)
     assert isinstance(result["ended_by"], TimeoutError)
 
 
 def test_a_thread_writing_to_a_peer_that_never_reads_still_times_out(lifecycle):
-    server_end, client = socket.socketpair()
+    client, thread, result = drive(AnswerWithLimits(8 << 20), lifecycle, idle_timeout=0.3, request=b"ping")
     with client:
-        client.sendall(b"ping")
-        thread, result = drive_end(server_end, AnswerWithLimits(8 << 20), lifecycle, idle_timeout=0.3)
         thread.join(10)  # the send limit, armed when the first send could not take it all, ran out
         assert not thread.is_alive()
     assert isinstance(result["ended_by"], TimeoutError)
