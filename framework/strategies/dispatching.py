@@ -265,6 +265,22 @@ class LiveThreads:
                 self._ending.append(current)
             self._on_exit(alive)
 
+    def join_ending(self, timeout: float) -> None:
+        """Wait up to *timeout* seconds in all for the threads that ended their work to be gone.
+
+        A thread leaves the live set (and may wake its owner, which starts the
+        next one) a few instructions before the thread itself is over: the
+        owner of a bound calls this first, so that no more threads exist at
+        once than the bound, however slowly a descheduled thread finishes.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            ending = list(self._ending)
+        for thread in ending:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            self._ending = [thread for thread in self._ending if thread.is_alive()]
+
     def join(self, timeout: float) -> None:
         """Wait up to *timeout* seconds in all for the threads alive now, ending ones included."""
         deadline = time.monotonic() + timeout

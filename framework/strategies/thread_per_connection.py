@@ -81,7 +81,14 @@ class ThreadingRun(DispatchingRun):
         return len(self._threads)
 
     def start_worker(self, sock: socket.socket, peer: str) -> None:
-        """Serve *sock* in a new thread (closed at once if no thread can start)."""
+        """Serve *sock* in a new thread (closed at once if no thread can start).
+
+        Under a bound, the threads that ended their connection are waited for
+        first (:meth:`LiveThreads.join_ending`): the bound holds for threads, not
+        only for connections.
+        """
+        if self.max_connections is not None:
+            self._threads.join_ending(FORCE_GRACE)
         if not self._threads.start(self._serve, sock, peer):
             sock.close()
 
