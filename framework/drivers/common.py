@@ -171,5 +171,5 @@ def stop_grace_left(sock: socket.socket) -> float:
         if bytes_queued(sock) or sock.family == socket.AF_UNIX:
             return STOP_IDLE_GRACE
         return max(0.0, STOP_IDLE_GRACE - tcp_idle_for(sock))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: closed meanwhile (a fileno of -1)
         return 0.0  # no longer connected: nothing to wait for

@@ -284,7 +284,7 @@ class _StopRules:
                 return 0.0
             if sock.family != socket.AF_UNIX:
                 return tcp_idle_for(sock)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: closed meanwhile (a fileno of -1)
             return STOP_IDLE_GRACE  # no longer connected: ending its input harms nothing
         return 0.0 if sock in self._resting else now - self._seen[sock]
 
