@@ -295,7 +295,12 @@ class LastResort:
         """In the main thread's signal handler: make sure a stop signal's action runs (no lock taken here)."""
         if signum in STOP_SIGNALS and not self._helping and os.getpid() == self._pid:
             self._helping = True
-            start_thread_without_signals(lambda: _thread.start_new_thread(self._run_unheard, ()))
+            try:
+                start_thread_without_signals(lambda: _thread.start_new_thread(self._run_unheard, ()))
+            except RuntimeError:
+                # No thread to be had (RLIMIT_NPROC, address space): the serving thread still
+                # runs the actions when it can; a signal handler must never raise.
+                self._helping = False
 
     def _run_unheard(self) -> None:
         time.sleep(UNHEARD_GRACE)  # the serving thread runs them within microseconds when it can
@@ -309,7 +314,11 @@ class LastResort:
     def _stop_began(self) -> None:
         if os.getpid() == self._pid:  # never in a forked child: it has its own ends
             thread = threading.Thread(target=self._wait, name="forkthread-last-resort", daemon=True)
-            start_thread_without_signals(thread.start)
+            try:
+                start_thread_without_signals(thread.start)
+            except RuntimeError:
+                log.warning("cannot start the last-resort watch (no thread to be had): the stop relies on"
+                            " the graceful deadline alone")
 
     def _wait(self) -> None:
         lifecycle = self._lifecycle
