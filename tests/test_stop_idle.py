@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
+import time
 
 import pytest
 
@@ -51,3 +53,31 @@ def test_a_chat_line_half_sent_is_waited_for(serve):
     # The line was never finished: the graceful deadline ended it, and the stop says so.
     assert "graceful timeout passed: ending 1 connection(s) still in progress" in log, log
     assert re.search(r"stopped after [\d.]+ s: 1 connection\(s\) ended at the graceful deadline", log), log
+
+
+def test_half_a_request_unread_when_the_stop_is_seen_is_waited_for(serve):
+    """A stop seen before the loop read what had arrived must not take the connection for idle.
+
+    The event loop is held in one connection's work (``sleep:3000``) while a second,
+    quiet for longer than the stop's idle grace, gets half a request and SIGTERM
+    follows: the signal's action then runs in the last resort's helper thread
+    (the loop has not run it for ``UNHEARD_GRACE``), so the stop begins before the
+    loop has read the half.  Read first, the half makes the connection busy:
+    its request is answered.  Closed as idle, the half is discarded unanswered.
+    """
+    server = serve("work", "--work", "sleep:3000", "--graceful-timeout", GRACEFUL, "--log-level", "info",
+                   strategy="poll")
+    with server.connect(timeout=30) as busy, server.connect(timeout=30) as waiting:
+        waiting.sendall(b"\n")
+        assert recv_all(waiting, 3) == b"ok\n"  # served, then quiet past the idle grace while the loop sleeps
+        busy.sendall(b"\n")  # the loop sleeps 3 s in this line's work
+        # Let the loop take that line alone and fall asleep in its work: sent at once, the half
+        # could be read in the same turn (the test then passes whatever the loop's rule).
+        time.sleep(0.5)
+        waiting.sendall(b"first half;")  # arrives while the loop is held
+        server.send_signal(signal.SIGTERM)
+        waiting.sendall(b"second half\n")
+        waiting.shutdown(socket.SHUT_WR)
+        assert recv_all(waiting) == b"ok\n", server.log()
+        assert recv_all(busy, 3) == b"ok\n"
+        assert server.proc.wait(30) == 0, server.log()

@@ -872,12 +872,18 @@ class NonBlockingConnection(Transport):
         Told once the connection has been quiet (nothing received or sent) for
         :data:`~framework.drivers.common.STOP_IDLE_GRACE`, so a request on its
         way to a connection just accepted (or just answered) is read first;
-        until then a timer asks again.  A connection still in its TLS
-        handshake by then has said nothing, like an idle keep-alive one: it ends.
+        until then a timer asks again.  Input the kernel holds unread makes it
+        busy too: the loop's clock only knows what the loop read, and a stop
+        can be seen before the loop took what arrived (in the same turn, or
+        begun by another thread), which would be discarded with a connection
+        closed as idle.  A connection still in its TLS handshake by then has
+        said nothing, like an idle keep-alive one: it ends.
         """
         if self.is_closing():
             return
         quiet_at = self._last_active + STOP_IDLE_GRACE
+        if has_unread_input(self._fd):  # the loop reads it first, and the connection is active from then
+            quiet_at = max(quiet_at, self._loop.now + STOP_IDLE_GRACE)
         if quiet_at > self._loop.now:
             self._loop.call_at(quiet_at, self.notify_stopping)
             return
