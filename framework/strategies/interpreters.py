@@ -36,27 +36,26 @@ exists: the child would abort).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import logging
 import os
 import pickle
 import select
-import signal
 import socket
 import sys
 import threading
 import time
 
 from framework import subinterpreters
-from framework.signals import SignalAction, start_thread_without_signals
-from framework.strategies.base import Host, Run, ServeError, Strategy, StrategyOptions
+from framework.signals import start_thread_without_signals
+from framework.strategies.base import Host, ServeError, Strategy, StrategyOptions
 from framework.strategies.interpreter_worker import STATUS, STOP, STOP_QUICKLY, WorkerSpec, code_for
-from framework.strategies.prefork_worker import READY, RETIRE_ME, WORKER_BOOT_ERROR
+from framework.strategies.pool import PoolRun, PoolWorker, worker_max_requests
+from framework.strategies.prefork_worker import WORKER_BOOT_ERROR
 from framework.strategies.preforked import check_pool, worker_kind_options, worker_kind_strategy
 from framework.strategies.scoreboard import Scoreboard
-from framework.strategies.supervisor import KILL_MARGIN, TICK, respawn_delay
+from framework.strategies.supervisor import KILL_MARGIN, TICK
 
 log = logging.getLogger("forkthread")
 
@@ -121,24 +120,19 @@ def describe_pool(workers: int, inner: Strategy) -> str:
     return f"interpreters(workers={workers},worker={inner.describe()})"
 
 
-@dataclasses.dataclass(eq=False)
-class Worker:
-    """The main interpreter's record of one worker: its thread, channel and state."""
+@dataclasses.dataclass(eq=False, kw_only=True)
+class Worker(PoolWorker):
+    """The main interpreter's record of one worker (retiring: STOP or STOP_QUICKLY sent), and its thread."""
 
-    number: int
-    lane: int
-    slot: int
-    channel: socket.socket
     thread: threading.Thread | None = None
-    ready: bool = False
-    #: To be replaced once a successor is ready (HUP, max-requests).
-    superseded: bool = False
-    #: Told to stop (STOP or STOP_QUICKLY sent).
-    retiring: bool = False
     told_quickly: bool = False
     #: Set by the worker's thread when it ends: None, or the traceback that ended it.
     ended: bool = False
     failure: str | None = None
+
+    def ready_label(self) -> str:
+        """``worker 3 (lane 0)``."""
+        return f"{self.label()} (lane {self.lane})"
 
 
 def check_carriable(host: Host) -> tuple[str, bytes]:
@@ -172,40 +166,24 @@ def check_carriable(host: Host) -> tuple[str, bytes]:
     return f"{cls.__module__}:{name}", arguments
 
 
-class InterpretersRun(Run):
-    """The supervisor of one serve: the worker threads, their channels, the scoreboard."""
+class InterpretersRun(PoolRun[Worker]):
+    """The supervisor of one serve: the worker threads (by number), their channels, the scoreboard."""
 
     def __init__(self, strategy: InterpretersStrategy, host: Host, server: str, arguments: bytes) -> None:
         super().__init__(strategy, host)
         self.pool = strategy
-        self.lifecycle = host.lifecycle
         self.target = strategy.workers
-        self.workers: dict[int, Worker] = {}
-        self.spawned = 0
-        self.retired_served = 0
-        self.boot_failure: str | None = None
-        self.quick = False
         self._board: Scoreboard | None = None
         self._board_file = -1
         #: The server's import path and pickled construction, for the workers.
         self._server = server
         self._arguments = arguments
-        self._poller = select.poll()
-        self._by_fd: dict[int, Worker] = {}
-        self._crashes: collections.deque[float] = collections.deque()
-        self._next_spawn_at = 0.0
 
     # -- counting ---------------------------------------------------------------------
 
-    def counts(self) -> tuple[int, int]:
-        """Connections served by every worker so far (past ones included), and active now."""
-        served, active = self.retired_served, 0
-        if self._board is not None:
-            for worker in self.workers.values():
-                worker_served, worker_active = self._board.read(worker.slot)
-                served += worker_served
-                active += worker_active
-        return served, active
+    def scoreboard(self) -> Scoreboard | None:
+        """The board the workers publish their counts on (made when serving starts)."""
+        return self._board
 
     def describe(self) -> str:
         """``interpreters(workers=2,worker=iterative)``, with the pool's size now."""
@@ -218,16 +196,6 @@ class InterpretersRun(Run):
                 f" retiring={len(self.workers) - len(alive)} gil={subinterpreters.gil_state()}")
 
     # -- the loop ---------------------------------------------------------------------
-
-    def signal_actions(self) -> dict[int, SignalAction]:
-        """TERM, INT, QUIT, HUP and USR1 (installed by the server before it announces itself)."""
-        return {
-            signal.SIGTERM: lambda signum: self.lifecycle.request_stop(graceful=True),
-            signal.SIGINT: self._quick_stop,
-            signal.SIGQUIT: self._quick_stop,
-            signal.SIGHUP: self._replace_all,
-            signal.SIGUSR1: self._log_status,
-        }
 
     def serve(self) -> None:
         """Serve until stopped; every worker's thread has ended when this returns."""
@@ -254,9 +222,7 @@ class InterpretersRun(Run):
                 if fd == wakeup_fd:
                     self.lifecycle.dispatch()
                 else:
-                    worker = self._by_fd.get(fd)
-                    if worker is not None:
-                        self._read_channel(worker)
+                    self._channel_readable(fd)
 
     def _poll_timeout(self) -> int:
         now = time.monotonic()
@@ -266,10 +232,6 @@ class InterpretersRun(Run):
         return max(0, int((wake_at - now) * 1000) + 1)
 
     # -- signal actions (run in the loop) ---------------------------------------------------
-
-    def _quick_stop(self, signum: int) -> None:
-        self.quick = True
-        self.lifecycle.request_stop(graceful=False)
 
     def _replace_all(self, signum: int) -> None:
         if not self.lifecycle.stopping:
@@ -302,11 +264,7 @@ class InterpretersRun(Run):
             log.error("no scoreboard slot left for another worker")
             return
         self.spawned += 1
-        max_requests = self.pool.max_requests
-        if max_requests and self.pool.max_requests_jitter:
-            import random  # only here, as in the pre-forked master
-
-            max_requests += random.randint(0, self.pool.max_requests_jitter)
+        max_requests = worker_max_requests(self.pool.max_requests, self.pool.max_requests_jitter)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # Numbers the worker owns from now on: duplicates, so each side closes its own.
         spec = WorkerSpec(
@@ -320,8 +278,7 @@ class InterpretersRun(Run):
         worker.thread = threading.Thread(target=self._live, args=(worker, code_for(spec)),
                                          name=f"interpreter-worker-{worker.number}", daemon=True)
         self.workers[worker.number] = worker
-        self._by_fd[ours.fileno()] = worker
-        self._poller.register(ours.fileno(), select.POLLIN)
+        self._watch_channel(worker)
         # Born with the server's signals blocked, as every thread of the framework: they reach the main thread.
         start_thread_without_signals(worker.thread.start)
         log.info("booting worker %d (lane %d) in a sub-interpreter", worker.number, lane)
@@ -392,36 +349,6 @@ class InterpretersRun(Run):
         elif not expected:
             log.warning("worker %d ended unexpectedly: replacing it", worker.number)
             self._crashed()
-
-    def _crashed(self) -> None:
-        now = time.monotonic()
-        delay = respawn_delay(self._crashes, now)
-        if delay:
-            self._next_spawn_at = now + delay
-
-    def _read_channel(self, worker: Worker) -> None:
-        while True:
-            try:
-                message = worker.channel.recv(64)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                message = b""
-            if not message:
-                self._close_channel(worker)
-                return
-            if message == READY and not worker.ready:
-                worker.ready = True
-                log.info("worker %d (lane %d) ready", worker.number, worker.lane)
-            elif message == RETIRE_ME and not worker.superseded:
-                worker.superseded = True
-                log.info("worker %d reached max-requests: replacing it", worker.number)
-
-    def _close_channel(self, worker: Worker) -> None:
-        fd = worker.channel.fileno()
-        if fd >= 0 and self._by_fd.pop(fd, None) is not None:
-            self._poller.unregister(fd)
-        worker.channel.close()
 
     def _end(self) -> None:
         """The way out: every worker told to stop and, unless stuck, its thread joined; the board released."""

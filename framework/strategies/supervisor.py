@@ -40,16 +40,12 @@ from framework.accepting import ListenerWatch
 from framework.processes import exit_child, fork
 from framework.signals import SignalAction
 from framework.strategies.accept_modes import ACCEPT_MODES, PASSED_DONE, AcceptModeError, pass_connection
-from framework.strategies.base import Host, Run, ServeError, Strategy
-from framework.strategies.prefork_worker import READY, RETIRE_ME, WORKER_BOOT_ERROR, WorkerPlan, run_worker
+from framework.strategies.base import Host, ServeError, Strategy
+from framework.strategies.pool import RESPAWN_BACKOFF_MAX, PoolRun, PoolWorker, worker_max_requests
+from framework.strategies.prefork_worker import WORKER_BOOT_ERROR, WorkerPlan, run_worker
 from framework.strategies.scoreboard import Scoreboard
 
 log = logging.getLogger("forkthread")
-#: More than this many crashes within CRASH_WINDOW seconds and respawns back off.
-CRASH_BURST = 3
-CRASH_WINDOW = 10.0
-RESPAWN_BACKOFF_START = 0.1
-RESPAWN_BACKOFF_MAX = 5.0
 #: After a quick stop, workers get this long before SIGKILL.
 QUICK_STOP_GRACE = 2.0
 #: Grace beyond the graceful deadline before SIGKILL (lets a worker close and exit).
@@ -60,45 +56,21 @@ TICK = 1.0
 PASS_RETRY = 0.01
 
 
-@dataclasses.dataclass(eq=False)
-class Worker:
-    """The master's record of one worker process."""
+@dataclasses.dataclass(eq=False, kw_only=True)
+class Worker(PoolWorker):
+    """The master's record of one worker process (retiring: a stop signal was sent; SIGKILL at kill_at)."""
 
     pid: int
-    number: int
-    lane: int
-    slot: int
-    channel: socket.socket
-    #: Said "ready" (booted).
-    ready: bool = False
-    #: To be replaced once a successor is ready (HUP, max-requests).
-    superseded: bool = False
-    #: A stop signal was sent; SIGKILL at kill_at.
-    retiring: bool = False
     kill_at: float = math.inf
     killed: bool = False
     #: passfd: connections handed to this worker.
     passed: int = 0
     #: passfd: connections handed to this worker that it has not closed yet (it says PASSED_DONE).
     in_flight: int = 0
-    channel_open: bool = True
 
-
-def respawn_delay(crashes: collections.deque[float], now: float) -> float:
-    """Note a worker crash at *now* in *crashes*; how long to wait before the next respawn (0: none).
-
-    More than :data:`CRASH_BURST` crashes within :data:`CRASH_WINDOW` seconds
-    and the delay doubles with each, up to :data:`RESPAWN_BACKOFF_MAX` (logged).
-    """
-    crashes.append(now)
-    while crashes and crashes[0] < now - CRASH_WINDOW:
-        crashes.popleft()
-    burst = len(crashes) - CRASH_BURST
-    if burst <= 0:
-        return 0.0
-    delay = min(RESPAWN_BACKOFF_MAX, RESPAWN_BACKOFF_START * 2.0 ** (burst - 1))
-    log.warning("%d worker crashes in %.0fs: next respawn in %.1fs", len(crashes), CRASH_WINDOW, delay)
-    return delay
+    def label(self) -> str:
+        """``worker 3 (pid 1234)``."""
+        return f"worker {self.number} (pid {self.pid})"
 
 
 def describe_pool(workers: int, accept: str, inner: Strategy) -> str:
@@ -127,28 +99,18 @@ class PoolConfig:
     worker_timeout: float | None = None
 
 
-class Supervisor(Run):
-    """The master of one pre-forked serve: its workers, their lanes and channels, the scoreboard."""
+class Supervisor(PoolRun[Worker]):
+    """The master of one pre-forked serve: its workers (by pid), their lanes and channels, the scoreboard."""
 
     def __init__(self, strategy: Strategy, host: Host, pool: PoolConfig) -> None:
         super().__init__(strategy, host)
-        self.lifecycle = host.lifecycle
         self.pool = pool
         self.mode = ACCEPT_MODES[pool.accept]()
         self._datagrams = False  # serve_datagrams(): workers answer datagrams instead of accepting
         self.target = pool.workers
-        self.workers: dict[int, Worker] = {}
         self.board = Scoreboard()
-        self.retired_served = 0
-        self.spawned = 0
-        self.boot_failure: str | None = None
-        self.quick = False
         self._stop_sent: bool | None = None  # None: not yet; else whether it was a quick stop
-        self._crashes: collections.deque[float] = collections.deque()
-        self._next_spawn_at = 0.0
         self._pending: collections.deque[tuple[socket.socket, str]] = collections.deque()
-        self._poller = select.poll()
-        self._by_fd: dict[int, Worker] = {}
         #: passfd: most connections a worker is passed at once (its inner strategy's bound; None: no bound).
         self._capacity = pool.inner.capacity()
         self._listener = ListenerWatch(host.listener.fileno(), lambda fd: self._poller.register(fd, select.POLLIN),
@@ -156,14 +118,9 @@ class Supervisor(Run):
 
     # -- counting -----------------------------------------------------------------
 
-    def counts(self) -> tuple[int, int]:
-        """Connections served by every worker so far (past ones included), and active now."""
-        served, active = self.retired_served, 0
-        for worker in self.workers.values():
-            worker_served, worker_active = self.board.read(worker.slot)
-            served += worker_served
-            active += worker_active
-        return served, active
+    def scoreboard(self) -> Scoreboard:
+        """The board the workers publish their counts on (made with the master)."""
+        return self.board
 
     def running(self) -> list[str]:
         """The workers serving now, each with how many connections."""
@@ -214,15 +171,12 @@ class Supervisor(Run):
             raise ServeError(self.boot_failure, exit_status=WORKER_BOOT_ERROR)
 
     def signal_actions(self) -> dict[int, SignalAction]:
-        """The master's signal actions (installed by the server before it announces itself)."""
+        """The master's signal actions (installed by the server before it announces itself): the pool's, and
+        TTIN/TTOU to grow and shrink it."""
         return {
-            signal.SIGTERM: lambda signum: self.lifecycle.request_stop(graceful=True),
-            signal.SIGINT: self._quick_stop,
-            signal.SIGQUIT: self._quick_stop,
-            signal.SIGHUP: self._replace_all,
+            **super().signal_actions(),
             signal.SIGTTIN: self._add_worker,
             signal.SIGTTOU: self._remove_worker,
-            signal.SIGUSR1: self._log_status,
             signal.SIGCHLD: lambda signum: None,  # the wakeup is the point: the loop reaps
         }
 
@@ -247,9 +201,7 @@ class Supervisor(Run):
                 elif self._listener is not None and self._listener.watching and fd == self.host.listener.fileno():
                     self._accept_and_pass()
                 else:
-                    worker = self._by_fd.get(fd)
-                    if worker is not None:
-                        self._read_channel(worker)
+                    self._channel_readable(fd)
 
     def _poll_timeout(self) -> int:
         now = time.monotonic()
@@ -264,10 +216,6 @@ class Supervisor(Run):
         return max(0, math.ceil((wake_at - now) * 1000))
 
     # -- signal actions (run in the loop) ----------------------------------------------
-
-    def _quick_stop(self, signum: int) -> None:
-        self.quick = True
-        self.lifecycle.request_stop(graceful=False)
 
     def _replace_all(self, signum: int) -> None:
         if self.lifecycle.stopping:
@@ -324,13 +272,7 @@ class Supervisor(Run):
             return False
         master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.spawned += 1
-        max_requests = self.pool.max_requests
-        if max_requests and self.pool.max_requests_jitter:
-            # Imported here: importing random registers its reseed as an at-fork
-            # hook, run in every child a forking server makes (~20 pages copied).
-            import random
-
-            max_requests += random.randint(0, self.pool.max_requests_jitter)
+        max_requests = worker_max_requests(self.pool.max_requests, self.pool.max_requests_jitter)
         try:
             self.mode.before_spawn(self.host, lane)
         except OSError as exc:
@@ -367,8 +309,7 @@ class Supervisor(Run):
         master_end.setblocking(False)
         worker = Worker(pid=pid, number=self.spawned, lane=lane, slot=slot, channel=master_end)
         self.workers[pid] = worker
-        self._by_fd[master_end.fileno()] = worker
-        self._poller.register(master_end.fileno(), select.POLLIN)
+        self._watch_channel(worker)
         log.info("booting worker %d (pid %d, lane %d)", worker.number, pid, lane)
         return True
 
@@ -459,12 +400,6 @@ class Supervisor(Run):
             log.warning("worker %d (pid %d) died unexpectedly (%s): replacing it", worker.number, worker.pid, how)
             self._crashed()
 
-    def _crashed(self) -> None:
-        now = time.monotonic()
-        delay = respawn_delay(self._crashes, now)
-        if delay:
-            self._next_spawn_at = now + delay
-
     def _kill_and_reap_all(self) -> None:
         """The last resort on any way out: SIGKILL what is left and wait for it."""
         for worker in list(self.workers.values()):
@@ -477,33 +412,9 @@ class Supervisor(Run):
 
     # -- channels ------------------------------------------------------------------------
 
-    def _read_channel(self, worker: Worker) -> None:
-        while worker.channel_open:
-            try:
-                message = worker.channel.recv(64)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                message = b""
-            if not message:  # the worker is gone: its exit is reaped on SIGCHLD
-                self._close_channel(worker)
-                return
-            if message == READY and not worker.ready:
-                worker.ready = True
-                log.info("worker %d (pid %d) ready", worker.number, worker.pid)
-            elif message == PASSED_DONE:
-                worker.in_flight = max(0, worker.in_flight - 1)
-            elif message == RETIRE_ME and not worker.superseded:
-                worker.superseded = True
-                log.info("worker %d (pid %d) reached max-requests: replacing it", worker.number, worker.pid)
-
-    def _close_channel(self, worker: Worker) -> None:
-        if worker.channel_open:
-            worker.channel_open = False
-            fd = worker.channel.fileno()
-            self._by_fd.pop(fd, None)
-            self._poller.unregister(fd)
-            worker.channel.close()
+    def _other_message(self, worker: Worker, message: bytes) -> None:
+        if message == PASSED_DONE:
+            worker.in_flight = max(0, worker.in_flight - 1)
 
     # -- passfd: the master accepts --------------------------------------------------------
 
