@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 
 from framework.address import format_peer
@@ -331,13 +332,20 @@ class LastResort:
 
     def end(self) -> None:
         """Log what still runs and end the process now."""
-        threads = [thread.name for thread in threading.enumerate()
+        threads = [thread for thread in threading.enumerate()
                    if thread not in (threading.current_thread(), threading.main_thread()) and thread.is_alive()
                    and not thread.daemon]
         running = self._running()
         log.error("graceful timeout passed %g s ago and the server has not ended: still running: %s;"
                   " non-daemon threads: %s; exiting now", LAST_RESORT_MARGIN, ", ".join(running) or "nothing",
-                  ", ".join(threads) or "none")
+                  ", ".join(thread.name for thread in threads) or "none")
+        # Where each of them is: the line that keeps the process alive, for its author to fix.
+        frames = sys._current_frames()
+        for thread in threads:
+            frame = frames.get(thread.ident or -1)
+            if frame is not None:
+                log.error("non-daemon thread %s is here:\n%s", thread.name,
+                          "".join(traceback.format_stack(frame)).rstrip())
         try:
             self._before_exit()
         finally:

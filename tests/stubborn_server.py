@@ -81,5 +81,11 @@ SERVERS = {
     "dozer": server_for("dozer", protocol=DozingProtocol),
 }
 
+# Importable by name (module:Class), as the interpreters pool's workers import a server.
+globals().update({cls.__name__: cls for cls in SERVERS.values()})
+
 if __name__ == "__main__":
-    sys.exit(serve_main(SERVERS[sys.argv.pop(1)]))
+    # The classes of the module, not of __main__: a sub-interpreter worker imports them again.
+    import stubborn_server
+
+    sys.exit(serve_main(stubborn_server.SERVERS[sys.argv.pop(1)]))

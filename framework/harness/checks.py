@@ -20,6 +20,9 @@ from framework.harness.reaper import kill_leftovers, reap_adopted
 #: (``... [123] ERROR forkthread: ...``), and an uncaught exception prints a traceback.
 ERROR_LINE = re.compile(r"\] (?:ERROR|CRITICAL) |^Traceback \(most recent call last\):", re.MULTILINE)
 
+#: The last resort's line (framework.lifecycle.LastResort): the non-daemon threads it found.
+LAST_RESORT_THREADS = re.compile(r"has not ended: still running: .*; non-daemon threads: (.*); exiting now")
+
 
 def stop_problems(process: ServerProcess, timeout: float) -> list[str]:
     """Stop *process* with SIGTERM (unless it ended already) and say what went wrong, if anything.
@@ -33,7 +36,13 @@ def stop_problems(process: ServerProcess, timeout: float) -> list[str]:
         if process.proc.poll() is None:
             status = process.stop(signal.SIGTERM, timeout=timeout)
             if status != 0:
-                return [f"{process.argv}: exit status {status} after SIGTERM, not 0\n{process.log()}"]
+                log = process.log()
+                threads = LAST_RESORT_THREADS.search(log)
+                if threads is not None and threads.group(1) != "none":
+                    return [f"{process.argv}: a non-daemon thread keeps the server alive after SIGTERM"
+                            f" ({threads.group(1)}; the server's last resort ended it with exit status {status}):"
+                            f" make it a daemon thread or end it when the server stops\n{log}"]
+                return [f"{process.argv}: exit status {status} after SIGTERM, not 0\n{log}"]
         elif process.proc.returncode != process.expected_status:
             # It ended before the test did, and not the way the test said it would: a crash.
             return [f"{process.argv}: ended during the test with status {process.proc.returncode}\n{process.log()}"]
