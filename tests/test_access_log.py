@@ -133,9 +133,8 @@ def test_a_stalled_access_log_pipe_does_not_stop_service_or_the_stop(serve, stra
                                   timeout=20)
         answered += sum(reply.status == 200 for reply in replies)
     assert answered == 5000
-    started = time.monotonic()
-    assert server.stop(signal.SIGTERM, timeout=20) == 0
-    assert time.monotonic() - started < 15, "the stop waited for the pipe"
+    # Well inside the 30 s graceful timeout: a stop that waited for the pipe would miss it.
+    assert server.stop(signal.SIGTERM, timeout=15) == 0
     assert "dropped" in server.log()
     assert "Traceback" not in server.log()
 

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -125,10 +124,8 @@ def test_sigterm_while_handlers_block_in_readline(serve):
     try:
         for sock in clients:
             assert exchange_lines(sock, [b"x\n"]) == b"ok\n"  # each handler now waits in readline
-        started = time.monotonic()
-        status = server.stop(signal.SIGTERM, timeout=5 + 3)
+        status = server.stop(signal.SIGTERM, timeout=5 + 3)  # the deadline, with a margin only a hang misses
         assert status == 0, server.log()
-        assert time.monotonic() - started < 5 + 3
         for sock in clients:
             sock.settimeout(5)
             assert recv_all(sock) == b""
