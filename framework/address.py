@@ -133,6 +133,10 @@ def local_address(sock: socket.socket) -> Address:
     return Address(socket.AddressFamily(sock.family), host=name[0], port=name[1], kind=kind)
 
 
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+
+
 def format_peer(family: int, sockaddr: object, sock: socket.socket | None = None) -> str:
     """A peer address as text, in the same forms as :class:`Address`.
 
@@ -141,10 +145,11 @@ def format_peer(family: int, sockaddr: object, sock: socket.socket | None = None
     ``unix[pid=1234,uid=1000]``, so that every log line about the
     connection says who it was.
     """
-    if family == socket.AF_INET6 and isinstance(sockaddr, tuple):
-        return f"[{sockaddr[0]}]:{sockaddr[1]}"
-    if family == socket.AF_INET and isinstance(sockaddr, tuple):
+    # IPv4 first, with the constants read once: this runs for every accepted connection.
+    if family == _AF_INET and type(sockaddr) is tuple:
         return f"{sockaddr[0]}:{sockaddr[1]}"
+    if family == _AF_INET6 and type(sockaddr) is tuple:
+        return f"[{sockaddr[0]}]:{sockaddr[1]}"
     text = "unix" if not sockaddr else f"unix:{sockaddr!s}"
     credentials = peer_credentials(sock) if sock is not None else None
     if credentials is not None:

@@ -199,6 +199,10 @@ class ActiveConnections:
     was added, so that what a stop cuts short can be told (:meth:`running`).
     """
 
+    #: Whether an event loop, which keeps its own set of connections, must still add and
+    #: discard each one here: only a registry that publishes them (a worker's) needs it.
+    publishes = False
+
     def __init__(self) -> None:
         self._sockets: dict[socket.socket, float] = {}
         self._lock = threading.Lock()

@@ -351,3 +351,32 @@ def test_the_main_thread_moves_to_recv_once_a_connection_stays(lifecycle):
         assert result["ended_by"] is None
     finally:
         watch.close()
+
+
+def test_an_ended_connection_and_its_protocol_are_freed_without_the_collector(lifecycle):
+    # As in the event loop's test: no cycle left between the connection and its protocol.
+    import gc
+    import weakref
+
+    class AnswerOnce(Protocol):
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(b"bye")
+            self.transport.close()
+
+    server_end, client_end = socket.socketpair()
+    server_end.setblocking(False)
+    client_end.sendall(b"hi")
+    gc.collect()
+    gc.disable()
+    try:
+        with client_end:
+            connection = BlockingConnection(server_end, "pair", lifecycle=lifecycle)
+            protocol = AnswerOnce()
+            assert connection.run(protocol) is None
+            assert recv_all(client_end) == b"bye"
+        refs = weakref.ref(connection), weakref.ref(protocol)
+        del connection, protocol
+        server_end.close()
+        assert [ref() for ref in refs] == [None, None], "left for the garbage collector"
+    finally:
+        gc.enable()

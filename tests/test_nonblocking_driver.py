@@ -626,3 +626,30 @@ def test_sendfile_over_a_unix_socket(harness, tmp_path):
     harness.serve(server, protocol)
     assert read_to_eof(harness, client, 65536, wait=0) == content
     assert protocol.lost == [None]
+
+
+def test_an_ended_connection_and_its_protocol_are_freed_without_the_collector(harness):
+    # A cycle between the connection and its protocol (or its bound handler) would wait for the
+    # garbage collector, whose runs every few hundred connections cost every connection.
+    import gc
+    import weakref
+
+    def answer_and_close(protocol: Scripted, data: bytes) -> None:
+        protocol.transport.write(b"bye")
+        protocol.transport.close()
+
+    gc.collect()
+    gc.disable()
+    try:
+        server, client = tcp_pair()
+        client.sendall(b"hi")
+        protocol = Scripted(data=answer_and_close)
+        connection = weakref.ref(harness.serve(server, protocol))
+        assert read_to_eof(harness, client) == b"bye"
+        harness.run_until(lambda: protocol.lost)
+        assert protocol.lost == [None]
+        protocol_ref = weakref.ref(protocol)
+        del protocol
+        assert connection() is None and protocol_ref() is None, "left for the garbage collector"
+    finally:
+        gc.enable()

@@ -107,6 +107,10 @@ _INF = math.inf
 _BYTES_LIKE = (bytes, bytearray)
 
 
+#: What means "try again when the socket is ready" over plain TCP (one tuple for every connection).
+_WOULD_BLOCK: tuple[type[Exception], ...] = (BlockingIOError,)
+
+
 class BlockingConnection(Transport):
     """A :class:`Transport` over one socket, driven by :meth:`run` in the calling thread.
 
@@ -117,6 +121,35 @@ class BlockingConnection(Transport):
     main thread too may wait in recv: the watch runs the signal actions and
     enforces the graceful deadline meanwhile.
     """
+
+    # The state every connection starts in, as class attributes: an instance gets its own
+    # value at the first change only (each store, per connection, counts).
+    _stop_told = False
+    #: Made at the first wait (see _poll_for); which events it watches on the socket; latch registered?
+    _poller: Any = None
+    _wakeup_fd = -1
+    _polled = -1
+    _latch_polled = False
+    _closing = False
+    _linger = 0.0
+    _eof = False
+    _error: BaseException | None = None
+    _protocol: Protocol | None = None
+    _protocol_deadline: float | None = None
+    #: Waiting in recv (the socket blocking, the kernel keeping the time limits); see the module docstring.
+    _in_recv = False
+    #: Main thread: requests still to serve waiting in poll before it waits in recv (0: not, or never).
+    _requests_before_recv = 0
+    #: Over TLS (an :class:`ssl.SSLSocket`): set in ``__init__`` with the four below.
+    _tls = False
+    #: Flags of the first try of a send: never wait there.
+    _try_flags: int = socket.MSG_DONTWAIT
+    #: What means "try again when the socket is ready" (OpenSSL's want read/write too).
+    _would_block: tuple[type[Exception], ...] = _WOULD_BLOCK
+    #: Of those, what means "wait until readable" even while sending (OpenSSL's want read).
+    _wants_read: tuple[type[Exception], ...] = ()
+    #: File bodies go through TLS in user space: sendfile(2) cannot encrypt (unless kernel TLS).
+    _copy_files = False
 
     def __init__(
         self,
@@ -141,41 +174,19 @@ class BlockingConnection(Transport):
         # writes after setting the latch, and reads the latch's flag.
         self._latch = lifecycle.stop_latch
         self._poll_latch = not watch_wakeup
-        self._stop_told = False
-        #: Made at the first wait (see _poll_for); which events it watches on the socket; latch registered?
-        self._poller: Any = None
-        self._wakeup_fd = -1
-        self._polled = -1
-        self._latch_polled = False
-        self._closing = False
-        self._linger = 0.0
-        self._eof = False
-        self._error: BaseException | None = None
-        self._protocol: Protocol | None = None
-        self._protocol_deadline: float | None = None
-        #: Waiting in recv (the socket blocking, the kernel keeping the time limits); see the module docstring.
-        self._in_recv = False
         #: The kernel's time limits are set (in recv, once a call would wait: see _enter_recv).
         self._limits_armed = idle_timeout is None
-        #: Main thread: requests still to serve waiting in poll before it waits in recv (0: not, or never).
-        self._requests_before_recv = 0
-        self._tls = is_tls_socket(sock)
-        #: Flags of the first try of a send: never wait there (an SSLSocket takes no flags; it never waits in recv).
-        self._try_flags = 0 if self._tls else socket.MSG_DONTWAIT
-        #: What means "try again when the socket is ready" (OpenSSL's want read/write too).
-        self._would_block: tuple[type[Exception], ...] = (BlockingIOError,)
-        #: Of those, what means "wait until readable" even while sending (OpenSSL's want read).
-        self._wants_read: tuple[type[Exception], ...] = ()
         #: Read the socket itself, past TLS (only to discard input when closing).
         self._raw_recv = sock.recv
-        #: File bodies go through TLS in user space: sendfile(2) cannot encrypt (unless kernel TLS).
-        self._copy_files = self._tls
-        if self._tls:
+        if is_tls_socket(sock):
             import ssl  # loaded already: the socket is an SSLSocket
 
+            self._tls = True
+            self._try_flags = 0  # an SSLSocket takes no flags (and never waits in recv)
             self._would_block = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
             self._wants_read = (ssl.SSLWantReadError,)
             self._raw_recv = functools.partial(socket.socket.recv, sock)
+            self._copy_files = True
 
     # -- Transport -------------------------------------------------------
 
@@ -766,6 +777,9 @@ class BlockingConnection(Transport):
             pass  # the peer is gone: nothing left to protect
 
     def _lost(self, protocol: Protocol) -> None:
+        # The protocol holds this transport, and this its protocol: let go of it here, so that
+        # reference counting frees both (a cycle would wait for the collector, paid per connection).
+        self._protocol = None
         try:
             protocol.connection_lost(self._error)
         except Exception as exc:

@@ -353,6 +353,11 @@ class EventLoop:
         while self._ended:
             self._ended.popleft()._report()
 
+    def running(self) -> list[str]:
+        """The connections served now, each as ``PEER (N s)``: how long it has been served."""
+        now = time.monotonic()
+        return [f"{connection.peer} ({now - connection.since:.1f} s)" for connection in list(self.connections)]
+
     def notify_stopping(self) -> None:
         """Tell every connection's protocol that a graceful stop began."""
         for connection in list(self.connections):
@@ -418,6 +423,12 @@ class NonBlockingConnection(Transport):
     _idle_timer: Timer | None = None
     _deadline_timer: Timer | None = None
     _deadline_at: float | None = None  # when the protocol's deadline is due (None: no deadline)
+    _tls: TlsStream | None = None
+    #: True until the TLS handshake is complete (the protocol has not started yet).
+    _handshaking = False
+    #: The selector's data for this socket, bound when it is first registered (one bound
+    #: method, not one per modify(); none for a connection that ends in its first turn).
+    _handler: Callable[[int], None] | None = None
     _deadline_due = False  # the deadline passed while output was queued
     _linger_timer: Timer | None = None
 
@@ -427,20 +438,19 @@ class NonBlockingConnection(Transport):
         self._loop = loop
         self.sock = sock
         self._fd = sock.fileno()
-        self._tls = tls
         # What moves bytes: the socket's own calls, or the TLS stream's with the same meaning
         # (sendmsg and sendfile, needed less often, are asked for when needed: _sendmsg, _sendfile).
-        io: Any = sock if tls is None else tls
+        io: Any = sock
+        if tls is not None:
+            io = self._tls = tls
+            self._handshaking = True
         self._recv = io.recv
         self._send = io.send
-        #: True until the TLS handshake is complete (the protocol has not started yet).
-        self._handshaking = tls is not None
         self._peer = peer
         self.protocol = protocol
         self._queue: collections.deque[memoryview | _FileSegment] = collections.deque()
-        self._last_active = loop.now
-        # One bound method for the selector's data, not one per modify().
-        self._handler = self._on_events if tls is None else self._on_handshake_events
+        #: When the connection was accepted (``time.monotonic()``).
+        self.since = self._last_active = loop.now
 
     # -- Transport -----------------------------------------------------------------
 
@@ -658,6 +668,8 @@ class NonBlockingConnection(Transport):
         if want != mask:
             selector = self._loop.selector
             if not mask:
+                if self._handler is None:
+                    self._handler = self._on_handshake_events if self._handshaking else self._on_events
                 selector.register(self._fd, want, self._handler)
             elif not want:
                 selector.unregister(self._fd)
@@ -697,9 +709,11 @@ class NonBlockingConnection(Transport):
             return
         self._handshaking = False
         self._last_active = self._loop.now  # the protocol's idle time starts now, not at accept
-        self._handler = self._on_events
         if self._mask:
+            self._handler = self._on_events
             self._loop.selector.modify(self._fd, self._mask, self._handler)
+        else:
+            self._handler = None  # bound to _on_events at the registration
         self._begin()
 
     def _begin(self) -> None:
@@ -957,17 +971,24 @@ class NonBlockingConnection(Transport):
         if self._mask:
             loop.selector.unregister(self._fd)
             self._mask = 0
-        for timer in (self._idle_timer, self._deadline_timer, self._linger_timer):
-            if timer is not None:
-                loop.cancel(timer)
-        self._idle_timer = self._deadline_timer = self._linger_timer = None
+        # Each test below is false for a short connection: it ends storing nothing.
+        if self._idle_timer is not None:
+            loop.cancel(self._idle_timer)
+            self._idle_timer = None
+        if self._deadline_timer is not None:
+            loop.cancel(self._deadline_timer)
+            self._deadline_timer = None
+        if self._linger_timer is not None:
+            loop.cancel(self._linger_timer)
+            self._linger_timer = None
         if self._held:
             for held in self._held.values():
                 os.close(held.fd)
             self._held.clear()
-        self._segments = 0
-        self._queue.clear()
-        self.buffered = 0
+            self._segments = 0
+        if self._queue:
+            self._queue.clear()
+            self.buffered = 0
         if self._port is not None:
             self._port.ended()
         loop._forget(self)
@@ -977,9 +998,15 @@ class NonBlockingConnection(Transport):
         """Tell the protocol the connection is over, and the server what went wrong, if anything."""
         loop = self._loop
         exc = self._error
+        protocol = self.protocol
+        # The protocol holds this transport, and this its protocol (and its bound handler):
+        # let go of both, so that reference counting frees the connection (a cycle would wait
+        # for the collector, paid per connection).
+        self.protocol = _ENDED_PROTOCOL
+        self._handler = None
         if not self._handshaking:  # a protocol never started is never told it ended
             try:
-                self.protocol.connection_lost(exc)
+                protocol.connection_lost(exc)
             except Exception as lost_exc:
                 loop.handle_error(lost_exc, self._peer)
         if exc is None:
@@ -990,6 +1017,10 @@ class NonBlockingConnection(Transport):
             log.debug("connection from %s ended: %s", self._peer, exc)
         else:
             loop.handle_error(exc, self._peer)
+
+
+#: What an ended connection holds in place of its protocol: one that does nothing.
+_ENDED_PROTOCOL = Protocol()
 
 
 __all__ = ["FILES_HIGH_WATER", "FILES_LOW_WATER", "HIGH_WATER", "LOW_WATER", "EventLoop", "NonBlockingConnection",

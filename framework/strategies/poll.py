@@ -98,8 +98,13 @@ class PollRun(Run):
 
     def __init__(self, strategy: PollStrategy, host: Host) -> None:
         super().__init__(strategy, host)
+        # The loop keeps its connections and counts them (see counts and running); the host's
+        # registry hears of each one only if it publishes them (a worker's scoreboard).
+        registry = host.connections if host.connections.publishes else None
         self.loop = EventLoop(strategy.make_selector(), idle_timeout=host.timeout, handle_error=host.handle_error,
-                              connections=host.connections, tls=host.tls, pool_threads=strategy.threads)
+                              connections=registry, tls=host.tls, pool_threads=strategy.threads)
+        #: select(2) cannot watch a descriptor at or above FD_SETSIZE (None: the selector has no such limit).
+        self._fd_limit = FD_SETSIZE if strategy.selector == "select" else None
 
     def serve(self) -> None:
         """Accept and serve connections until a stop is requested and the last one is over.
@@ -137,12 +142,22 @@ class PollRun(Run):
         finally:
             loop.close()
 
+    def counts(self) -> tuple[int, int]:
+        """``(connections served, connections active)``: the loop's."""
+        return self.loop.served, len(self.loop.connections)
+
+    def running(self) -> list[str]:
+        """Every connection of the loop as ``PEER (N s)``."""
+        return self.loop.running()
+
     def _has_room(self) -> bool:
         bound = self.strategy.max_connections
         return bound is None or len(self.loop.connections) < bound
 
     def _may_accept(self) -> bool:
-        return not self.host.lifecycle.stopping and self._has_room()
+        # Asked before every accept of a batch: _has_room's test without its call.
+        bound = self.strategy.max_connections
+        return not self.host.lifecycle.stopping and (bound is None or len(self.loop.connections) < bound)
 
     def _accept_batch(self) -> None:
         # Take every waiting connection now (level-triggered poll would
@@ -152,7 +167,7 @@ class PollRun(Run):
 
     def add_accepted(self, sock: socket.socket, peer: str) -> None:
         """Hand one accepted connection to the loop, through the host's admission."""
-        if self.strategy.selector == "select" and sock.fileno() >= FD_SETSIZE:
+        if self._fd_limit is not None and sock.fileno() >= self._fd_limit:
             log.warning("connection from %s refused: descriptor %d is beyond select()'s FD_SETSIZE",
                         peer, sock.fileno())
             sock.close()

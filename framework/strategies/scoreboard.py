@@ -98,6 +98,8 @@ class ScoredConnections(ActiveConnections):
     each accepted connection: the worker uses it for ``--max-requests``.
     """
 
+    publishes = True
+
     def __init__(self, board: Scoreboard, slot: int, on_served: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self._board = board
