@@ -646,8 +646,9 @@ def test_an_ended_connection_and_its_protocol_are_freed_without_the_collector(ha
         protocol = Scripted(data=answer_and_close)
         connection = weakref.ref(harness.serve(server, protocol))
         assert read_to_eof(harness, client) == b"bye"
-        harness.run_until(lambda: protocol.lost)
-        assert protocol.lost == [None]
+        lost = protocol.lost
+        harness.run_until(lambda: lost)
+        assert lost == [None]
         protocol_ref = weakref.ref(protocol)
         del protocol
         assert connection() is None and protocol_ref() is None, "left for the garbage collector"

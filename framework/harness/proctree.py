@@ -71,6 +71,17 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def open_descriptors(pid: int) -> dict[int, str]:
+    """What each descriptor of *pid* refers to (``socket:[123]``, a path...), to name a leak."""
+    found = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:  # closed meanwhile
+            pass
+    return found
+
+
 def thread_count(pid: int) -> int:
     """How many threads *pid* runs now (its main thread included)."""
     return len(os.listdir(f"/proc/{pid}/task"))
