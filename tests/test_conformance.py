@@ -11,7 +11,8 @@ import time
 import pytest
 
 from framework.drivers.blocking import REQUESTS_BEFORE_RECV
-from tests.support import echo_exchange, fd_count, recv_all, recv_or_reset, wait_for, zombies_of
+from tests.reliability_support import workers_ready
+from tests.support import echo_exchange, fd_count, open_descriptors, recv_all, recv_or_reset, wait_for, zombies_of
 
 CTIME = re.compile(rb"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
                    rb"[ \d]\d \d\d:\d\d:\d\d \d{4}\r\n$")
@@ -116,17 +117,15 @@ def test_sigusr1_during_transfer_loses_nothing(serve, strategy):
         assert echo_exchange(sock, payload, chunk=4096) == payload
 
 
-def test_reset_clients_leave_no_descriptors_or_zombies(serve, strategy, request):
-    if strategy == "interpreters":
-        # About one run in four on 3.13 ends two descriptors above the baseline (every worker
-        # shares this process's table; which of them opened what is not yet known): open.
-        request.applymarker(pytest.mark.xfail(reason="interpreters: 2 descriptors above the baseline,"
-                                                     " intermittently (open)", strict=False))
+def test_reset_clients_leave_no_descriptors_or_zombies(serve, strategy):
     server = serve("echo", strategy=strategy)
+    # Sub-interpreter workers share this process's descriptors: count once every one is up.
+    workers_ready(server)
     with server.connect() as sock:  # warm up lazily-opened descriptors before the baseline
         assert echo_exchange(sock, b"warm") == b"warm"
     wait_for(lambda: not zombies_of(server.pid), timeout=2)
     baseline = fd_count(server.pid)
+    before = open_descriptors(server.pid)
     for index in range(60):
         sock = server.connect()
         sock.sendall(os.urandom(20000))
@@ -136,5 +135,8 @@ def test_reset_clients_leave_no_descriptors_or_zombies(serve, strategy, request)
             sock.shutdown(socket.SHUT_WR)
             recv_all(sock)
         sock.close()
-    assert wait_for(lambda: fd_count(server.pid) <= baseline, timeout=10), (fd_count(server.pid), baseline)
+    if not wait_for(lambda: fd_count(server.pid) <= baseline, timeout=10):
+        after = open_descriptors(server.pid)
+        left = {fd: target for fd, target in after.items() if before.get(fd) != target}
+        raise AssertionError(f"{len(after)} descriptors open, {baseline} before; new: {left}")
     assert wait_for(lambda: not zombies_of(server.pid), timeout=2)

@@ -81,5 +81,5 @@ def test_sigusr1_during_transfer_loses_nothing(serve_variant):
     conformance.test_sigusr1_during_transfer_loses_nothing(serve_variant, "preforked")
 
 
-def test_reset_clients_leave_no_descriptors_or_zombies(serve_variant, request):
-    conformance.test_reset_clients_leave_no_descriptors_or_zombies(serve_variant, "preforked", request)
+def test_reset_clients_leave_no_descriptors_or_zombies(serve_variant):
+    conformance.test_reset_clients_leave_no_descriptors_or_zombies(serve_variant, "preforked")

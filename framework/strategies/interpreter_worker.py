@@ -129,8 +129,14 @@ def _serve(spec: WorkerSpec, listener: socket.socket, channel: socket.socket, bo
         strategy=spec.inner,
         worker=True,
     ))
-    channel.send(READY)
     done = Latch()
+    # Both latches make their pipes on demand: the stop latch at a connection's first wait for
+    # its peer, this one when the control thread starts.  Made now, every descriptor the worker
+    # keeps is open by the time it says "ready" (the workers share the process's descriptor
+    # table: a count taken then stays true).
+    server.lifecycle.stop_latch.fileno()
+    done.fileno()
+    channel.send(READY)
     control = threading.Thread(target=_obey, args=(channel, server, spec.number, done),
                                name=f"worker-{spec.number}-control")
     control.start()
