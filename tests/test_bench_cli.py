@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,33 @@ def test_http_interleaves_servers_and_takes_a_variant(tmp_path):
     report = workload(load(out), "http")
     assert [row["target"] for row in report["rows"]] == ["iterative", "preforked worker=poll"]
     assert all(row["repeats"] == 2 for row in report["rows"])
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does_stopping_its_server(tmp_path):
+    # Was: a SIGTERM ended the lab at once and left the server it was measuring running.
+    from tests.support import command_line, proc_children, process_state, wait_for
+
+    lab = subprocess.Popen([sys.executable, "-m", "framework", "bench", "echo-rr", "--quick", "--duration", "30",
+                            "--concurrency", "1", "--strategies", "poll", "--servers", "none",
+                            "--out", str(tmp_path / "out")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+                           stdin=subprocess.DEVNULL)
+    try:
+        def serving() -> list[int]:
+            return [pid for pid in proc_children(lab.pid) if "serve" in command_line(pid)]
+
+        assert wait_for(lambda: serving(), timeout=30), "the lab started no server"
+        (server,) = serving()
+        lab.terminate()
+        _, err = lab.communicate(timeout=60)
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+            lab.communicate()
+    left_running = os.path.exists(f"/proc/{server}") and process_state(server) != "Z"
+    if left_running:  # the failure below is the finding; the server itself must not outlive the test
+        os.kill(server, signal.SIGKILL)
+    reap_adopted()
+    assert not left_running, "the lab left its server running"
+    assert lab.returncode == 0, err
+    assert "interrupted: writing partial results" in err

@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from framework.bench.config import FULL, KIB, MIB, QUICK, BenchConfig, OwnServer, Scale
@@ -43,6 +46,21 @@ class BenchParser(CommandParser):
         parsed.serve_options = [*getattr(parsed, "serve_options", []), *extras]
         return parsed, []
 
+
+def _interrupt_on_sigterm() -> Any:
+    """Make SIGTERM end a run as ^C does; return the previous handler (None: not the main thread).
+
+    ^C unwinds through every server's and client's ``with`` block, so each is
+    stopped in order and the partial results are written; a plain SIGTERM
+    would end the lab at once and leave its running server behind.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 def _workload(text: str) -> str:
     if text in WORKLOAD_NAMES or ":" in text:
@@ -360,6 +378,7 @@ def run_bench(args: argparse.Namespace) -> int:
                                          if key != "repeat"}}
     results = Results(machine=machine, settings=settings, notes=config.notes)
     started = time.monotonic()
+    previous_sigterm = _interrupt_on_sigterm()
     try:
         for own in own_servers(config):
             config.progress(f"{own.label or own.target}: starting")
@@ -370,6 +389,9 @@ def run_bench(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         results.notes.append("interrupted: partial results")
         print("interrupted: writing partial results", file=sys.stderr)
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     results.seconds = time.monotonic() - started
     machine["load_average_end"] = " ".join(f"{value:.2f}" for value in os.getloadavg()[:2])
     try:
