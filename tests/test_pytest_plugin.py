@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -175,10 +176,10 @@ def test_plain():
 '''
 
 
-def make_project(directory: Path, **tests: str) -> Path:
+def make_project(directory: Path, servers: str = SERVERS, **tests: str) -> Path:
     """A user's project: ``myservers.py``, the given test files, and an empty pytest.ini (its own rootdir)."""
     (directory / "pytest.ini").write_text("[pytest]\n")
-    (directory / "myservers.py").write_text(SERVERS)
+    (directory / "myservers.py").write_text(servers)
     for name, text in tests.items():
         (directory / f"{name}.py").write_text(textwrap.dedent(text))
     return directory
@@ -230,7 +231,11 @@ def test_a_user_projects_servers_pass_under_the_strategy(strategy, tmp_path):
 
 
 def test_planted_bugs_each_fail_naming_their_cause(strategy, tmp_path):
-    project = make_project(tmp_path, test_bugs=BUG_TESTS)
+    # The leaked grandchild sleeps a duration of this run's own, so that the check at the end finds
+    # this run's process, not the same test's running at once in another tox environment.
+    seconds = f"1000.{os.getpid()}{time.monotonic_ns() % 10**6}"
+    project = make_project(tmp_path, SERVERS.replace('["sleep", "1000"]', f'["sleep", "{seconds}"]'),
+                           test_bugs=BUG_TESTS)
     done, outcomes = run_pytest(project, f"--forkthread-strategies={strategy}")
     report = done.stdout + done.stderr
 
@@ -255,7 +260,8 @@ def test_planted_bugs_each_fail_naming_their_cause(strategy, tmp_path):
 
     # Each failure is the test's own (not a second error at teardown), and nothing is left running.
     assert "error" not in {outcome for outcome, _ in outcomes.values()}, report
-    assert not any(pid for pid in os.listdir("/proc") if pid.isdigit() and b"sleep\x001000" in _cmdline(pid))
+    mine = b"sleep\x00" + seconds.encode()
+    assert not any(pid for pid in os.listdir("/proc") if pid.isdigit() and mine in _cmdline(pid))
 
 
 def _cmdline(pid: str) -> bytes:
