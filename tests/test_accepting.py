@@ -1,0 +1,125 @@
+"""The acceptor's batch: it takes what waits and learns that the backlog is empty without a failed accept.
+
+A failed non-blocking ``accept`` raises ``BlockingIOError``, which costs
+about ten times a zero-timeout poll in Python; a short batch therefore asks
+:meth:`Acceptor.waiting` before each accept after the first.  These tests
+count the accepts that found nothing, on real listeners.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from framework.accepting import PEEK_LIMIT, Acceptor
+
+DEADLINE = 10.0
+
+
+class CountingAcceptor(Acceptor):
+    """An acceptor that counts its accepts, and the ones that found no connection."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        super().__init__(listener)
+        self.calls = 0
+        self.empty = 0
+
+    def accept(self) -> tuple[socket.socket, str] | None:
+        self.calls += 1
+        accepted = super().accept()
+        if accepted is None:
+            self.empty += 1
+        return accepted
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def listener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[socket.socket]:
+    if request.param == "tcp":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(tmp_path / "l.sock"))
+    with sock:
+        sock.listen(128)
+        sock.setblocking(False)
+        yield sock
+
+
+def connect(listener: socket.socket, count: int, stack: contextlib.ExitStack) -> None:
+    for _ in range(count):
+        client = stack.enter_context(socket.socket(listener.family, socket.SOCK_STREAM))
+        client.connect(listener.getsockname())
+
+
+def take(acceptor: CountingAcceptor, count: int, stack: contextlib.ExitStack, limit: int = 64) -> int:
+    """Run batches, each after a poll found the listener readable, until *count* are accepted."""
+    poller = select.poll()
+    poller.register(acceptor.fileno(), select.POLLIN)
+    taken = batches = 0
+    deadline = time.monotonic() + DEADLINE
+    while taken < count and time.monotonic() < deadline:
+        if not poller.poll(100):
+            continue
+        batches += 1
+        for sock, _peer in acceptor.accept_batch(lambda: True, limit):
+            stack.enter_context(sock)
+            taken += 1
+    assert taken == count
+    return batches
+
+
+def test_waiting_says_whether_a_connection_waits(listener):
+    acceptor = Acceptor(listener)
+    assert not acceptor.waiting()
+    with contextlib.ExitStack() as stack:
+        connect(listener, 1, stack)
+        deadline = time.monotonic() + DEADLINE
+        while not acceptor.waiting() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert acceptor.waiting()
+        accepted = acceptor.accept()
+        assert accepted is not None
+        accepted[0].close()
+        assert not acceptor.waiting()
+
+
+def test_a_short_batch_ends_without_an_accept_that_finds_nothing(listener):
+    acceptor = CountingAcceptor(listener)
+    with contextlib.ExitStack() as stack:
+        connect(listener, 5, stack)
+        take(acceptor, 5, stack)
+    assert acceptor.calls == 5 and acceptor.empty == 0
+
+
+def test_a_long_batch_takes_the_whole_backlog_and_pays_one_empty_accept(listener):
+    count = PEEK_LIMIT + 3
+    acceptor = CountingAcceptor(listener)
+    with contextlib.ExitStack() as stack:
+        connect(listener, count, stack)
+        batches = take(acceptor, count, stack)
+    # Only a batch that got past its peeking accepts may end on an accept that finds none.
+    assert acceptor.empty <= batches
+    assert acceptor.calls == count + acceptor.empty
+    if listener.family == socket.AF_UNIX:  # every connect was in the backlog at once: one batch
+        assert batches == 1 and acceptor.empty == 1
+
+
+def test_a_batch_stops_at_its_limit_and_when_there_is_no_room(listener):
+    acceptor = CountingAcceptor(listener)
+    with contextlib.ExitStack() as stack:
+        connect(listener, 3, stack)
+        assert take(acceptor, 3, stack, limit=1) == 3  # one per wakeup: level-triggered poll says "more"
+        connect(listener, 1, stack)
+        poller = select.poll()
+        poller.register(listener.fileno(), select.POLLIN)
+        assert poller.poll(int(DEADLINE * 1000))
+        assert list(acceptor.accept_batch(lambda: False)) == []
+        assert acceptor.waiting()  # left in the backlog for when there is room
+    assert acceptor.empty == 0
