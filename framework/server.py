@@ -42,7 +42,7 @@ from framework.address import (
     socket_file_inode,
 )
 from framework.datagram import DatagramProtocol
-from framework.drivers.blocking import serve_connection, tls_handshake
+from framework.drivers.blocking import BlockingConnection, tls_handshake
 from framework.drivers.common import HandlerError, ends_quietly
 from framework.drivers.datagram import DatagramService
 from framework.drivers.handler import close_request, run_handler
@@ -441,10 +441,9 @@ class Server:
             sock = wrapped
         self.connections.add(sock)
         try:
-            ended_by = serve_connection(
-                sock, peer, protocol, lifecycle=self.lifecycle, idle_timeout=self.timeout, watch_wakeup=main_thread,
-                watch=self._watch,
-            )
+            connection = BlockingConnection(sock, peer, lifecycle=self.lifecycle, idle_timeout=self.timeout,
+                                            watch_wakeup=main_thread, watch=self._watch)
+            ended_by = connection.run(protocol)
             if ended_by is not None:
                 log.debug("connection from %s ended: %s", peer, ended_by)
         except HandlerError as fault:

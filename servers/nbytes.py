@@ -26,28 +26,34 @@ MAX_REQUEST_LINE = 32
 DEFAULT_MAX_BYTES = 64 << 20
 #: Bytes are written in slices of this one shared buffer, never built per request.
 _CHUNK = (bytes(range(ord("a"), ord("z") + 1)) * (65536 // 26 + 1))[:65536]
+_VIEW = memoryview(_CHUNK)
 
 
 class NBytesProtocol(Protocol):
     """Reads one ``COUNT\\n`` line, answers *COUNT* bytes, closes."""
 
+    #: The request line read so far; None once it is answered (or refused).  Bytes, not
+    #: a bytearray: the line nearly always comes in one read, which is then used as it is.
+    _line: bytes | None = b""
+
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
-        self._line = bytearray()
-        self._answered = False
 
     def data_received(self, data: bytes) -> None:
         """Collect the request line; answer it as soon as it is complete."""
-        if self._answered:
+        line = self._line
+        if line is None:
             return  # anything after the request line is ignored
-        self._line += data
-        newline = self._line.find(b"\n")
+        line += data  # at most MAX_REQUEST_LINE bytes are ever kept, so joining pieces stays cheap
+        newline = line.find(b"\n")
         if newline < 0:
-            if len(self._line) >= MAX_REQUEST_LINE:
+            if len(line) >= MAX_REQUEST_LINE:
                 self._refuse(f"request line longer than {MAX_REQUEST_LINE} bytes")
+            else:
+                self._line = line
             return
-        self._answered = True
-        text = bytes(self._line[:newline]).strip()
+        self._line = None
+        text = line[:newline].strip()
         if not text.isdigit():
             self._refuse("expected a decimal byte count and a newline")
             return
@@ -55,22 +61,25 @@ class NBytesProtocol(Protocol):
         if count > self.max_bytes:
             self._refuse(f"count {count} above the limit of {self.max_bytes}")
             return
-        self._send(count)
-        self.transport.close()
+        transport = self.transport
+        if count <= len(_CHUNK):  # the usual answer: one write
+            transport.write(_VIEW[:count])
+        else:
+            self._send(count)
+        transport.close()
 
     def between_messages(self) -> bool:
         """No request line half sent (once answered, the connection is closing anyway)."""
         return not self._line
 
     def _send(self, count: int) -> None:
-        view = memoryview(_CHUNK)
         while count > 0:
             piece = min(count, len(_CHUNK))
-            self.transport.write(view[:piece])
+            self.transport.write(_VIEW[:piece])
             count -= piece
 
     def _refuse(self, reason: str) -> None:
-        self._answered = True
+        self._line = None
         self.transport.write(f"error: {reason}\r\n".encode("ascii"))
         self.transport.close(linger=1.0)
 

@@ -107,6 +107,17 @@ _INF = math.inf
 _BYTES_LIKE = (bytes, bytearray)
 
 
+@functools.lru_cache(maxsize=256)
+def _stop_needs_no_protocol(kind: type[Protocol]) -> bool:
+    """True when protocol class *kind* leaves a stop to the driver (overrides neither stop hook).
+
+    Asked once per class, not per connection: a connection of such a
+    protocol may wait in ``recv``, since nothing of the protocol's has to run
+    when a stop begins or the connection sits between messages.
+    """
+    return kind.server_stopping is Protocol.server_stopping and kind.between_messages is Protocol.between_messages
+
+
 #: What means "try again when the socket is ready" over plain TCP (one tuple for every connection).
 _WOULD_BLOCK: tuple[type[Exception], ...] = (BlockingIOError,)
 
@@ -178,7 +189,8 @@ class BlockingConnection(Transport):
         self._limits_armed = idle_timeout is None
         #: Read the socket itself, past TLS (only to discard input when closing).
         self._raw_recv = sock.recv
-        if is_tls_socket(sock):
+        # The type first: an accepted socket is a plain socket.socket, and the call costs more than the test.
+        if type(sock) is not socket.socket and is_tls_socket(sock):
             import ssl  # loaded already: the socket is an SSLSocket
 
             self._tls = True
@@ -524,10 +536,9 @@ class BlockingConnection(Transport):
         after :data:`REQUESTS_BEFORE_RECV` requests, once the connection has
         shown that it stays.
         """
-        kind = type(protocol)
+        # (A class is hashable: mypy takes Protocol's __hash__ for the class's own.)
         may_wait_in_recv = ((not self._watch_wakeup or self._watch is not None) and not self._tls
-                            and kind.server_stopping is Protocol.server_stopping
-                            and kind.between_messages is Protocol.between_messages)
+                            and _stop_needs_no_protocol(type(protocol)))  # type: ignore[arg-type]
         if may_wait_in_recv and not self._watch_wakeup:
             self._enter_recv()
         elif self.sock.gettimeout() is None:  # blocking, as our acceptor hands it over
