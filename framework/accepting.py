@@ -46,8 +46,14 @@ class Acceptor:
     listener we cannot accept from would otherwise spin at 100% CPU.
     """
 
-    def __init__(self, listener: socket.socket) -> None:
+    def __init__(self, listener: socket.socket, *, shared: bool = False) -> None:
         self.listener = listener
+        #: Other processes or interpreters accept from this listener too (a pre-forked pool's
+        #: ``shared`` and ``lock`` modes, sub-interpreter workers): every waiting one wakes for
+        #: a connection and all but one find it gone, so every accept of a batch is peeked at
+        #: first.  (``EPOLLEXCLUSIVE``, which wakes only one, is not used: a woken worker that
+        #: is stopping would not accept, and the others would sleep on a waiting client.)
+        self.shared = shared
         self._family = listener.family
         # Read once: ``listener.type`` converts to an enum on every read, work the
         # accept path (per connection; under forking on pages shared with children) need not do.
@@ -113,12 +119,14 @@ class Acceptor:
         Call it when a poll found the listener readable.  Taking a batch per
         wakeup saves a poll per connection under load; the limit keeps one
         busy listener from starving the loop's other work.  After the first
-        accept, the next :data:`PEEK_LIMIT` look with :meth:`waiting` first.
+        accept (from the first, on a :attr:`shared` listener), the next
+        :data:`PEEK_LIMIT` look with :meth:`waiting` first.
         """
+        peek_from = 0 if self.shared else 1
         for taken in range(limit):
             if not has_room():
                 return
-            if 0 < taken < PEEK_LIMIT and not self.waiting():
+            if peek_from <= taken < PEEK_LIMIT and not self.waiting():
                 return
             accepted = self.accept()
             if accepted is None:

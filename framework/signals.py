@@ -59,6 +59,10 @@ raw_sigmask = _signal.pthread_sigmask
 #: stop it, HUP end it).
 MASTER_ONLY_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU})
 
+#: How much a drain of a wakeup pipe asks for at a time.  A read that returns less has
+#: emptied the pipe: it is not followed by one that would raise BlockingIOError.
+PIPE_READ_SIZE = 4096
+
 #: accept() errors after which the next accept may well succeed.
 ACCEPT_RETRY_ERRNOS = frozenset(
     {errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED, errno.EINTR, errno.EPROTO, errno.EPERM,
@@ -158,16 +162,21 @@ class Wakeup(_Pipe):
             pass  # a full pipe is already a pending wakeup; a closed one has nobody to wake
 
     def drain(self) -> bytes:
-        """Empty the pipe and return what was in it (signal numbers, for set_wakeup_fd)."""
+        """Empty the pipe and return what was in it (signal numbers, for set_wakeup_fd).
+
+        A read that returns less than it asked for has emptied the pipe: one
+        more would only raise BlockingIOError, which costs several times the
+        read itself (a byte written meanwhile wakes the next poll anyway).
+        """
         chunks = []
         while True:
             try:
-                chunk = os.read(self.read_fd, 4096)
+                chunk = os.read(self.read_fd, PIPE_READ_SIZE)
             except (BlockingIOError, OSError):
                 break
-            if not chunk:
-                break
             chunks.append(chunk)
+            if len(chunk) < PIPE_READ_SIZE:
+                break
         return b"".join(chunks)
 
 

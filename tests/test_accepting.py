@@ -25,8 +25,8 @@ DEADLINE = 10.0
 class CountingAcceptor(Acceptor):
     """An acceptor that counts its accepts, and the ones that found no connection."""
 
-    def __init__(self, listener: socket.socket) -> None:
-        super().__init__(listener)
+    def __init__(self, listener: socket.socket, *, shared: bool = False) -> None:
+        super().__init__(listener, shared=shared)
         self.calls = 0
         self.empty = 0
 
@@ -123,3 +123,17 @@ def test_a_batch_stops_at_its_limit_and_when_there_is_no_room(listener):
         assert list(acceptor.accept_batch(lambda: False)) == []
         assert acceptor.waiting()  # left in the backlog for when there is room
     assert acceptor.empty == 0
+
+
+def test_a_shared_listener_is_peeked_at_before_the_first_accept_too(listener):
+    mine, sibling = CountingAcceptor(listener, shared=True), Acceptor(listener)
+    with contextlib.ExitStack() as stack:
+        connect(listener, 1, stack)
+        poller = select.poll()
+        poller.register(listener.fileno(), select.POLLIN)
+        assert poller.poll(int(DEADLINE * 1000))  # readable: both workers would wake...
+        accepted = sibling.accept()  # ...and the other one takes the connection first
+        assert accepted is not None
+        stack.enter_context(accepted[0])
+        assert list(mine.accept_batch(lambda: True)) == []
+    assert mine.calls == 0  # the peek said so: no accept raised for nothing

@@ -82,6 +82,7 @@ from framework.drivers.common import (
 from framework.lifecycle import ActiveConnections
 from framework.logthrottle import LogThrottle
 from framework.protocol import FileLike, Port, Protocol, Transport
+from framework.signals import PIPE_READ_SIZE
 
 if TYPE_CHECKING:
     import ssl
@@ -271,7 +272,8 @@ class EventLoop:
     def _run_soon(self) -> None:
         assert self._soon_pipe is not None
         try:
-            while os.read(self._soon_pipe[0], 4096):
+            # A short read emptied the pipe; one more would raise BlockingIOError, for nothing.
+            while len(os.read(self._soon_pipe[0], PIPE_READ_SIZE)) == PIPE_READ_SIZE:
                 pass
         except BlockingIOError:
             pass

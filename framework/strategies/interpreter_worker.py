@@ -36,6 +36,7 @@ import threading
 import time
 from typing import Any
 
+from framework.accepting import Acceptor
 from framework.signals import Latch
 from framework.strategies.base import ChildRole, Strategy
 from framework.strategies.prefork_worker import READY, RetireRequest
@@ -123,7 +124,7 @@ def _serve(spec: WorkerSpec, listener: socket.socket, channel: socket.socket, bo
     # The server as it was made, on this worker's listener, serving by the inner strategy.
     server = server_class(spec.server)(*args, **kwargs, listener=listener, strategy=spec.inner)
     run = server.enter_child(ChildRole(
-        acceptor=server.acceptor,
+        acceptor=Acceptor(listener, shared=True),  # every worker accepts from it
         connections=ScoredConnections(board, spec.slot, RetireRequest(channel, spec.max_requests)),
         keep_listener=True,
         strategy=spec.inner,

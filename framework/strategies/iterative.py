@@ -48,8 +48,9 @@ class IterativeRun(Run):
             # After a connection, look before waiting: under load the next one is
             # usually there already, and a zero-timeout peek finds it for less than
             # the wait's bookkeeping (and far less than an accept that finds none:
-            # that raises).
-            if acceptor.wants_polling() and (listener_ready or acceptor.waiting()):
+            # that raises).  On a shared listener another process may have taken
+            # what the wait saw: look then too.
+            if acceptor.wants_polling() and ((listener_ready and not acceptor.shared) or acceptor.waiting()):
                 accepted = acceptor.accept()
                 if accepted is not None:
                     host.serve_connection(*accepted, main_thread=True)
