@@ -46,14 +46,18 @@ class Acceptor:
     listener we cannot accept from would otherwise spin at 100% CPU.
     """
 
-    def __init__(self, listener: socket.socket, *, shared: bool = False) -> None:
+    def __init__(self, listener: socket.socket, *, shared: bool = False, exclusive: bool = False) -> None:
         self.listener = listener
         #: Other processes or interpreters accept from this listener too (a pre-forked pool's
-        #: ``shared`` and ``lock`` modes, sub-interpreter workers): every waiting one wakes for
-        #: a connection and all but one find it gone, so every accept of a batch is peeked at
-        #: first.  (``EPOLLEXCLUSIVE``, which wakes only one, is not used: a woken worker that
-        #: is stopping would not accept, and the others would sleep on a waiting client.)
-        self.shared = shared
+        #: ``shared`` and ``lock`` modes, sub-interpreter workers): one that polled it readable
+        #: may find the connection gone, so every accept of a batch is peeked at first.
+        self.shared = shared or exclusive
+        #: Waits on this listener may be exclusive (``EPOLLEXCLUSIVE``, see
+        #: :class:`~framework.strategies.dispatching.AcceptLoop`): a connection wakes one
+        #: waiting process, not all of them.  The process woken must take it, so whoever
+        #: sets this also serves what is waiting before the process leaves (a pre-forked
+        #: worker does: :func:`~framework.strategies.prefork_worker.take_last_wakeup`).
+        self.exclusive = exclusive
         self._family = listener.family
         # Read once: ``listener.type`` converts to an enum on every read, work the
         # accept path (per connection; under forking on pages shared with children) need not do.

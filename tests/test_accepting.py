@@ -1,4 +1,5 @@
-"""The acceptor's batch: it takes what waits and learns that the backlog is empty without a failed accept.
+"""The acceptor's batch takes what waits and learns that the backlog is empty without a failed accept;
+a connection to a listener the workers wait on exclusively wakes one of them.
 
 A failed non-blocking ``accept`` raises ``BlockingIOError``, which costs
 about ten times a zero-timeout poll in Python; a short batch therefore asks
@@ -9,8 +10,10 @@ count the accepts that found nothing, on real listeners.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from framework.accepting import PEEK_LIMIT, Acceptor
+from framework.strategies.dispatching import AcceptLoop
 
 DEADLINE = 10.0
 
@@ -137,3 +141,61 @@ def test_a_shared_listener_is_peeked_at_before_the_first_accept_too(listener):
         stack.enter_context(accepted[0])
         assert list(mine.accept_batch(lambda: True)) == []
     assert mine.calls == 0  # the peek said so: no accept raised for nothing
+
+
+def _in_epoll_wait(thread: threading.Thread) -> bool:
+    """True while *thread* sleeps in epoll_wait (the kernel's wait channel: ``do_epoll_wait``, ``ep_poll``)."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/wchan") as file:
+            wchan = file.read()
+    except OSError:
+        return False
+    return "epoll" in wchan or "ep_poll" in wchan
+
+
+def test_one_connection_wakes_one_of_the_loops_waiting_on_an_exclusive_listener(listener):
+    """EPOLLEXCLUSIVE: of two waits on a listener the workers share, one connection ends one."""
+    pipes = [os.pipe() for _ in range(2)]
+    acceptor = Acceptor(listener, exclusive=True)
+    loops = [AcceptLoop(acceptor, read_end, on_wake=lambda: None) for read_end, _ in pipes]
+    results: dict[int, tuple[bool, bool]] = {}
+    ended = [threading.Event(), threading.Event()]
+
+    def wait(index: int) -> None:
+        ready = loops[index].wait(accepting=True, timeout=DEADLINE)
+        results[index] = (ready, loops[index].woke)
+        ended[index].set()
+
+    threads = [threading.Thread(target=wait, args=(index,)) for index in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + DEADLINE
+        while not all(_in_epoll_wait(thread) for thread in threads) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(_in_epoll_wait(thread) for thread in threads), "both loops must be waiting"
+        with contextlib.ExitStack() as stack:
+            connect(listener, 1, stack)
+            deadline = time.monotonic() + DEADLINE
+            while not any(event.is_set() for event in ended) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            first = 0 if ended[0].is_set() else 1
+            assert results[first] == (True, False)
+            accepted = acceptor.accept()
+            assert accepted is not None
+            stack.enter_context(accepted[0])
+            # With poll both would have returned at once; the other one is still waiting.
+            assert not ended[1 - first].wait(0.5)
+            os.write(pipes[1 - first][1], b"x")
+            assert ended[1 - first].wait(DEADLINE)
+            assert results[1 - first] == (False, True)
+    finally:
+        for _, write_end in pipes:
+            os.write(write_end, b"x")
+        for thread in threads:
+            thread.join(DEADLINE)
+        for loop in loops:
+            loop.close()
+        for read_end, write_end in pipes:
+            os.close(read_end)
+            os.close(write_end)

@@ -112,8 +112,8 @@ class SharedAccept(AcceptMode):
 
     def worker_acceptor(self, host: Host, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
-        """The plain acceptor over the inherited listener, marked shared with the other workers."""
-        return Acceptor(host.listener, shared=True)
+        """The plain acceptor over the inherited listener, shared with the other workers, waited on exclusively."""
+        return Acceptor(host.listener, exclusive=True)
 
 
 class LockedAcceptor(Acceptor):
@@ -124,7 +124,7 @@ class LockedAcceptor(Acceptor):
     """
 
     def __init__(self, listener: socket.socket, lock_fd: int) -> None:
-        super().__init__(listener, shared=True)
+        super().__init__(listener, exclusive=True)
         self._lock_fd = lock_fd
         self._thread_lock = threading.Lock()
 

@@ -50,19 +50,45 @@ class AcceptLoop:
 
     *wake_fd* is the process's wakeup pipe in a serving thread (then
     *on_wake* is ``lifecycle.dispatch``), or a stop pipe in a pool thread.
-    :meth:`for_host` builds the former.
+    :meth:`for_host` builds the former.  :meth:`close` at the end.
+
+    For an :attr:`~framework.accepting.Acceptor.exclusive` acceptor the wait
+    is an ``epoll`` holding the listener with ``EPOLLEXCLUSIVE``, as nginx
+    waits: a connection wakes one of the pre-forked workers waiting for it.
+    With ``poll`` every idle worker wakes, and all but one find nothing.
     """
 
     def __init__(self, acceptor: Acceptor, wake_fd: int, on_wake: Callable[[], object]) -> None:
         self._acceptor = acceptor
         self._wake_fd = wake_fd
         self._on_wake = on_wake
-        self._poller = select.poll()
-        self._poller.register(wake_fd, select.POLLIN)
-        self._listener = ListenerWatch(acceptor.fileno(), lambda fd: self._poller.register(fd, select.POLLIN),
-                                       self._poller.unregister)
+        self._epoll: select.epoll | None = None
+        #: The wait itself, poll's or epoll's: timeout in seconds (None: none).
+        self._poll: Callable[[float | None], list[tuple[int, int]]]
+        register: Callable[[int], object]
+        unregister: Callable[[int], object]
+        if acceptor.exclusive and hasattr(select, "EPOLLEXCLUSIVE"):
+            epoll = self._epoll = select.epoll()
+            epoll.register(wake_fd, select.EPOLLIN)
+            register = lambda fd: epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)  # noqa: E731
+            unregister = epoll.unregister
+            self._poll = lambda timeout: epoll.poll(-1 if timeout is None else timeout)
+        else:
+            poller = select.poll()
+            poller.register(wake_fd, select.POLLIN)
+            register = lambda fd: poller.register(fd, select.POLLIN)  # noqa: E731
+            unregister = poller.unregister
+            self._poll = lambda timeout: poller.poll(None if timeout is None else math.ceil(timeout * 1000))
+        self._listener = ListenerWatch(acceptor.fileno(), register, unregister)
         #: True when the last :meth:`wait` found *wake_fd* readable.
         self.woke = False
+
+    def close(self) -> None:
+        """Release the epoll descriptor, if the loop has one (idempotent)."""
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+            self._listener.watching = False
 
     @classmethod
     def for_host(cls, host: Host) -> AcceptLoop:
@@ -82,7 +108,7 @@ class AcceptLoop:
         if backoff:
             timeout = backoff if timeout is None else min(timeout, backoff)
         listener_ready = self.woke = False
-        for fd, _ in self._poller.poll(None if timeout is None else math.ceil(timeout * 1000)):
+        for fd, _ in self._poll(timeout):
             if fd == self._wake_fd:
                 self.woke = True
                 self._on_wake()
@@ -200,6 +226,7 @@ class DispatchingRun(Run):
             self.begin_stop()
             wind_down(lifecycle, loop, self.live, self.force_stop, self.running, self.collect, self.poll_interval())
         finally:
+            loop.close()
             self.end()
 
     def _may_accept(self) -> bool:

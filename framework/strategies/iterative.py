@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from framework.accepting import Acceptor
 from framework.drivers.datagram import serve_datagram_socket
+from framework.lifecycle import Lifecycle
 from framework.strategies.base import Host, Run, Strategy
 from framework.strategies.dispatching import AcceptLoop
 
@@ -39,10 +41,14 @@ class IterativeRun(Run):
 
     def serve(self) -> None:
         """Accept and serve connections one by one until a stop is requested."""
+        loop = AcceptLoop.for_host(self.host)
+        try:
+            self._serve(self.host.lifecycle, self.host.acceptor, loop)
+        finally:
+            loop.close()
+
+    def _serve(self, lifecycle: Lifecycle, acceptor: Acceptor, loop: AcceptLoop) -> None:
         host = self.host
-        lifecycle = host.lifecycle
-        acceptor = host.acceptor
-        loop = AcceptLoop.for_host(host)
         listener_ready = False
         while not lifecycle.stopping:
             # After a connection, look before waiting: under load the next one is

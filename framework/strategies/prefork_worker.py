@@ -212,6 +212,23 @@ def drain(host: Host, acceptor: Acceptor) -> None:
         host.serve_connection(*accepted, main_thread=True)
 
 
+def take_last_wakeup(host: Host, acceptor: Acceptor) -> None:
+    """Before leaving, serve the connection an exclusive wait may have woken this worker for.
+
+    With ``EPOLLEXCLUSIVE`` a connection wakes one waiting worker and no
+    other.  A worker that was woken and then stopped (a stop, a reload, a
+    recycle) without accepting would leave that client to wait for the next
+    connection to wake someone.  Each of its waits is followed by an accept
+    or by the end of its run, so at most one such connection is its to take:
+    if one is waiting now, it is served (another worker may have taken it:
+    then this one takes the next, or none).
+    """
+    if acceptor.waiting() and not host.lifecycle.past_deadline():
+        accepted = acceptor.accept()
+        if accepted is not None:
+            host.serve_connection(*accepted, main_thread=True)
+
+
 def run_worker(host: Host, plan: WorkerPlan, forked: Forked, datagrams: bool) -> NoReturn:
     """The whole life of a worker process; never returns."""
     status = 1
@@ -229,6 +246,8 @@ def run_worker(host: Host, plan: WorkerPlan, forked: Forked, datagrams: bool) ->
             run.serve()
         if plan.mode.worker_drains:
             drain(host, acceptor)
+        elif acceptor.exclusive and not datagrams:
+            take_last_wakeup(host, acceptor)
         status = 0
     except BaseException as exc:
         log.critical("worker %d (pid %d) crashed: %r", plan.number, os.getpid(), exc, exc_info=exc)

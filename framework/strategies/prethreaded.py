@@ -135,12 +135,15 @@ class TakingTurnsRun(Run):
     def _take_turns(self, acceptor: Acceptor, stop_fd: int) -> None:
         """A pool thread: wait for the accept mutex, accept one connection, serve it; until stopped."""
         turn = AcceptLoop(acceptor, stop_fd, on_wake=lambda: None)
-        while True:
-            with self._accept_lock:
-                accepted = self._accept_one(turn, acceptor)
-            if accepted is None:
-                return
-            self.host.serve_connection(*accepted, main_thread=False)
+        try:
+            while True:
+                with self._accept_lock:
+                    accepted = self._accept_one(turn, acceptor)
+                if accepted is None:
+                    return
+                self.host.serve_connection(*accepted, main_thread=False)
+        finally:
+            turn.close()
 
     @staticmethod
     def _accept_one(turn: AcceptLoop, acceptor: Acceptor) -> tuple[socket.socket, str] | None:
