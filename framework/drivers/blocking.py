@@ -340,7 +340,8 @@ class BlockingConnection(Transport):
         end-of-file: use it after an error response that leaves unread input.
         """
         self._closing = True
-        self._linger = max(self._linger, linger)
+        if linger > self._linger:
+            self._linger = linger
 
     def abort(self) -> None:
         """End the connection at once."""

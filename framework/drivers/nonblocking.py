@@ -603,7 +603,8 @@ class NonBlockingConnection(Transport):
 
     def close(self, *, linger: float = 0.0) -> None:
         """Send what is queued, then end the connection gracefully (see :meth:`Transport.close`)."""
-        self._linger = max(self._linger, linger)
+        if linger > self._linger:
+            self._linger = linger
         if self._state != _OPEN:
             return
         self._state = _CLOSING
@@ -1005,7 +1006,8 @@ class NonBlockingConnection(Transport):
         # let go of both, so that reference counting frees the connection (a cycle would wait
         # for the collector, paid per connection).
         self.protocol = _ENDED_PROTOCOL
-        self._handler = None
+        if self._handler is not None:  # bound only if the socket was ever registered
+            self._handler = None
         if not self._handshaking:  # a protocol never started is never told it ended
             try:
                 protocol.connection_lost(exc)

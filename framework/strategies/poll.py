@@ -105,6 +105,9 @@ class PollRun(Run):
                               connections=registry, tls=host.tls, pool_threads=strategy.threads)
         #: select(2) cannot watch a descriptor at or above FD_SETSIZE (None: the selector has no such limit).
         self._fd_limit = FD_SETSIZE if strategy.selector == "select" else None
+        # Read once, for the accept path (every connection passes there).
+        self._lifecycle = host.lifecycle
+        self._bound = strategy.max_connections
 
     def serve(self) -> None:
         """Accept and serve connections until a stop is requested and the last one is over.
@@ -156,14 +159,23 @@ class PollRun(Run):
 
     def _may_accept(self) -> bool:
         # Asked before every accept of a batch: _has_room's test without its call.
-        bound = self.strategy.max_connections
-        return not self.host.lifecycle.stopping and (bound is None or len(self.loop.connections) < bound)
+        bound = self._bound
+        return not self._lifecycle.stopping and (bound is None or len(self.loop.connections) < bound)
 
     def _accept_batch(self) -> None:
         # Take every waiting connection now (level-triggered poll would
         # report the listener again anyway), up to the bound.
+        if self._fd_limit is not None:
+            for sock, peer in self.host.acceptor.accept_batch(self._may_accept):
+                self.add_accepted(sock, peer)
+            return
+        # add_accepted without its descriptor test and its frame: this runs for every connection.
+        admit = self.host.admit
+        add_connection = self.loop.add_connection
         for sock, peer in self.host.acceptor.accept_batch(self._may_accept):
-            self.add_accepted(sock, peer)
+            protocol = admit(sock, peer)
+            if protocol is not None:
+                add_connection(sock, peer, protocol)
 
     def add_accepted(self, sock: socket.socket, peer: str) -> None:
         """Hand one accepted connection to the loop, through the host's admission."""
