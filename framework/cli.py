@@ -370,6 +370,7 @@ def freeze_heap_at_exit() -> None:
     still alive at exit (``__del__`` in the data model), so nothing promised
     is lost.
     """
+    atexit.unregister(gc.freeze)  # once, however often serve runs in this process (tests call main())
     atexit.register(gc.freeze)
 
 
