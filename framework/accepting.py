@@ -56,7 +56,7 @@ class Acceptor:
         #: :class:`~framework.strategies.dispatching.AcceptLoop`): a connection wakes one
         #: waiting process, not all of them.  The process woken must take it, so whoever
         #: sets this also serves what is waiting before the process leaves (a pre-forked
-        #: worker does: :func:`~framework.strategies.prefork_worker.take_last_wakeup`).
+        #: worker does: :func:`~framework.strategies.prefork_worker.drain`).
         self.exclusive = exclusive
         self._family = listener.family
         # Read once: ``listener.type`` converts to an enum on every read, work the

@@ -22,6 +22,9 @@ import pytest
 
 from framework.accepting import PEEK_LIMIT, Acceptor
 from framework.strategies.dispatching import AcceptLoop
+from framework.strategies.prefork_worker import drain
+from servers.echo import EchoServer
+from tests.support import recv_all
 
 DEADLINE = 10.0
 
@@ -199,3 +202,25 @@ def test_one_connection_wakes_one_of_the_loops_waiting_on_an_exclusive_listener(
         for read_end, write_end in pipes:
             os.close(read_end)
             os.close(write_end)
+
+
+def test_a_worker_leaving_an_exclusive_wait_serves_one_waiting_connection_and_no_more():
+    """The hand-off an exclusive wait needs: drain(most=1) takes the connection that may be this worker's."""
+    with EchoServer("127.0.0.1:0", "iterative") as server:
+        acceptor = Acceptor(server.listener, exclusive=True)
+        with contextlib.ExitStack() as stack:
+            clients = []
+            for text in (b"first", b"second"):
+                client = stack.enter_context(socket.create_connection(server.listener.getsockname(), timeout=DEADLINE))
+                client.sendall(text)
+                client.shutdown(socket.SHUT_WR)  # the echo ends at this end-of-file
+                clients.append(client)
+            deadline = time.monotonic() + DEADLINE
+            while not acceptor.waiting() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            drain(server, acceptor, most=1)
+            assert recv_all(clients[0]) == b"first"
+            assert acceptor.waiting()  # the other one is left for the workers that stay
+            drain(server, acceptor)
+            assert recv_all(clients[1]) == b"second"
+            assert not acceptor.waiting()

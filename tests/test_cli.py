@@ -176,3 +176,39 @@ def test_a_stalled_unix_socket_server_does_not_hang_start_up(tmp_path, serve, st
     assert result.stderr.strip() == f"forkthread: cannot listen on unix:{path}: Address already in use" \
         " (by a server that is not accepting connections)"
     assert path.exists()  # the live server's file was left alone
+
+
+FROZEN_AT_EXIT_SERVER = '''
+import atexit, gc, os
+
+from servers.echo import EchoServer
+
+
+def _record() -> None:
+    # Registered at import, before serve's own handler: atexit runs it after that one.
+    with open(os.environ["FROZEN_REPORT"], "w") as report:
+        report.write(str(gc.get_freeze_count()))
+
+
+atexit.register(_record)
+
+
+class Server(EchoServer):
+    """The echo server, in a module that reports the frozen heap at exit."""
+'''
+
+
+def test_serve_freezes_the_heap_before_the_interpreters_final_collections(tmp_path, serve):
+    # Was: the teardown's full collections visited the whole heap at every stop, for nothing.
+    (tmp_path / "frozen_at_exit.py").write_text(FROZEN_AT_EXIT_SERVER)
+    report = tmp_path / "frozen"
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    env["FROZEN_REPORT"] = str(report)
+    server = serve("frozen_at_exit:Server", env=env)
+    with server.connect() as sock:
+        sock.sendall(b"ping")
+        assert sock.recv(4) == b"ping"
+    server.stop()
+    # The user's atexit handler still ran (normal exit), and saw the heap frozen.
+    assert int(report.read_text()) > 1000

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from framework.testing import RecordingTransport
-from servers.nbytes import MAX_REQUEST_LINE, NBytesProtocol
+from servers.nbytes import MAX_REQUEST_LINE, SMALL_ANSWER, NBytesProtocol
 from tests.support import recv_all
 
 
@@ -21,7 +21,7 @@ def run_protocol(request: bytes, chunk: int, max_bytes: int = 1 << 20) -> Record
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 100])
-@pytest.mark.parametrize("count", [0, 1, 4000, 65536, 65537, 200_000])
+@pytest.mark.parametrize("count", [0, 1, 4000, SMALL_ANSWER, SMALL_ANSWER + 1, 65536, 65537, 200_000])
 def test_answers_exactly_count_bytes_then_closes(count, chunk):
     transport = run_protocol(f"{count}\r\n".encode(), chunk)
     answer = transport.output()

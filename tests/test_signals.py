@@ -12,6 +12,7 @@ import pytest
 
 from framework.lifecycle import ActiveConnections, Lifecycle, State
 from framework.signals import (
+    PIPE_READ_SIZE,
     SERVER_SIGNALS,
     AcceptErrorKind,
     Latch,
@@ -65,6 +66,19 @@ def test_wakeup_pipe_wakes_and_drains():
     finally:
         wakeup.close()
         wakeup.close()  # idempotent
+
+
+@pytest.mark.parametrize("written", [1, PIPE_READ_SIZE - 1, PIPE_READ_SIZE, PIPE_READ_SIZE + 5, 3 * PIPE_READ_SIZE])
+def test_a_drain_returns_every_byte_whatever_the_read_size(written):
+    # A drain stops at a short read (the pipe is empty): one that fills its read reads again.
+    wakeup = Wakeup()
+    try:
+        for _ in range(written):
+            wakeup.wake()
+        assert len(wakeup.drain()) == written
+        assert wakeup.drain() == b""
+    finally:
+        wakeup.close()
 
 
 def test_handlers_only_record_and_actions_run_at_dispatch():

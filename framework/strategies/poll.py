@@ -165,17 +165,9 @@ class PollRun(Run):
     def _accept_batch(self) -> None:
         # Take every waiting connection now (level-triggered poll would
         # report the listener again anyway), up to the bound.
-        if self._fd_limit is not None:
-            for sock, peer in self.host.acceptor.accept_batch(self._may_accept):
-                self.add_accepted(sock, peer)
-            return
-        # add_accepted without its descriptor test and its frame: this runs for every connection.
-        admit = self.host.admit
-        add_connection = self.loop.add_connection
+        add_accepted = self.add_accepted
         for sock, peer in self.host.acceptor.accept_batch(self._may_accept):
-            protocol = admit(sock, peer)
-            if protocol is not None:
-                add_connection(sock, peer, protocol)
+            add_accepted(sock, peer)
 
     def add_accepted(self, sock: socket.socket, peer: str) -> None:
         """Hand one accepted connection to the loop, through the host's admission."""

@@ -202,31 +202,27 @@ def boot(host: Host, plan: WorkerPlan, forked: Forked) -> tuple[Acceptor, Run]:
     return acceptor, run
 
 
-def drain(host: Host, acceptor: Acceptor) -> None:
-    """Serve the connections only this worker can take (own backlog, channel queue) before exiting."""
+def drain(host: Host, acceptor: Acceptor, most: int | None = None) -> None:
+    """Before exiting, serve the connections waiting for this worker: every one, or at most *most*.
+
+    Every one where nobody else can take them (a reuse-port lane's backlog, a
+    channel's queue).  One on a listener waited on exclusively
+    (:attr:`~framework.accepting.Acceptor.exclusive`): a connection wakes
+    one waiting worker and no other, so a worker woken and then stopped (a
+    stop, a reload, a recycle) would leave that client to wait for the next
+    connection to wake someone.  Each of its waits is followed by an accept
+    or by the end of its run, so at most one such connection is its to take
+    (another worker may have taken it meanwhile: then this one takes the
+    next, or none).
+    """
     lifecycle = host.lifecycle
-    while not lifecycle.past_deadline():
+    served = 0
+    while (most is None or served < most) and not lifecycle.past_deadline() and acceptor.waiting():
         accepted = acceptor.accept()
         if accepted is None:
             return
         host.serve_connection(*accepted, main_thread=True)
-
-
-def take_last_wakeup(host: Host, acceptor: Acceptor) -> None:
-    """Before leaving, serve the connection an exclusive wait may have woken this worker for.
-
-    With ``EPOLLEXCLUSIVE`` a connection wakes one waiting worker and no
-    other.  A worker that was woken and then stopped (a stop, a reload, a
-    recycle) without accepting would leave that client to wait for the next
-    connection to wake someone.  Each of its waits is followed by an accept
-    or by the end of its run, so at most one such connection is its to take:
-    if one is waiting now, it is served (another worker may have taken it:
-    then this one takes the next, or none).
-    """
-    if acceptor.waiting() and not host.lifecycle.past_deadline():
-        accepted = acceptor.accept()
-        if accepted is not None:
-            host.serve_connection(*accepted, main_thread=True)
+        served += 1
 
 
 def run_worker(host: Host, plan: WorkerPlan, forked: Forked, datagrams: bool) -> NoReturn:
@@ -247,7 +243,7 @@ def run_worker(host: Host, plan: WorkerPlan, forked: Forked, datagrams: bool) ->
         if plan.mode.worker_drains:
             drain(host, acceptor)
         elif acceptor.exclusive and not datagrams:
-            take_last_wakeup(host, acceptor)
+            drain(host, acceptor, most=1)
         status = 0
     except BaseException as exc:
         log.critical("worker %d (pid %d) crashed: %r", plan.number, os.getpid(), exc, exc_info=exc)
