@@ -58,10 +58,11 @@ class Acceptor:
         #: sets this also serves what is waiting before the process leaves (a pre-forked
         #: worker does: :func:`~framework.strategies.prefork_worker.drain`).
         self.exclusive = exclusive
-        self._family = listener.family
-        # Read once: ``listener.type`` converts to an enum on every read, work the
-        # accept path (per connection; under forking on pages shared with children) need not do.
-        self._type = listener.type
+        # Read once, and kept as plain numbers: ``listener.type`` converts to an enum on
+        # every read, and an enum member passed on per connection is one more object
+        # touched (under forking: a page copied, as the parent's pages are shared with children).
+        self._family = int(listener.family)
+        self._type = int(listener.type)
         self._proto = listener.proto
         self._backoff = 0.0
         self._resume_at = 0.0

@@ -133,8 +133,8 @@ def local_address(sock: socket.socket) -> Address:
     return Address(socket.AddressFamily(sock.family), host=name[0], port=name[1], kind=kind)
 
 
-_AF_INET = socket.AF_INET
-_AF_INET6 = socket.AF_INET6
+_AF_INET = int(socket.AF_INET)  # plain numbers: an enum member compared per connection is one more object touched
+_AF_INET6 = int(socket.AF_INET6)
 
 
 def format_peer(family: int, sockaddr: object, sock: socket.socket | None = None) -> str:

@@ -58,6 +58,10 @@ class Lifecycle:
         self.stop_latch = Latch()
         self.signals = SignalDispatcher(self.wakeup)
         self.state = State.RUNNING
+        #: True once a stop was requested (``state`` is no longer RUNNING).  A plain attribute,
+        #: not a property over ``state``: every loop of every strategy reads it once a turn,
+        #: and in Python 3.11 an enum member read goes through ``EnumType.__getattr__``.
+        self.stopping = False
         #: time.monotonic() by which in-flight connections must be over; inf while running.
         self.deadline = math.inf
         self._lock = threading.Lock()
@@ -66,11 +70,8 @@ class Lifecycle:
         self.stop_began: float | None = None
         #: Connections this process ended at the graceful deadline (see :meth:`forced_end`).
         self.forced = 0
-
-    @property
-    def stopping(self) -> bool:
-        """True once a stop was requested."""
-        return self.state is not State.RUNNING
+        #: In a forked child: the parent's objects this one replaced (see after_fork_in_child).
+        self._left_behind: tuple[object, ...] = ()
 
     def wakeup_fd(self) -> int:
         """The descriptor a loop polls to learn about signals and stop requests."""
@@ -85,9 +86,10 @@ class Lifecycle:
         with self._lock:
             deadline = time.monotonic() + (self.graceful_timeout if graceful else 0.0)
             self.deadline = min(self.deadline, deadline)
-            starting = self.state is State.RUNNING
+            starting = not self.stopping
             if starting:
                 self.state = State.STOPPING
+                self.stopping = True
                 self.stop_began = time.monotonic()
         if starting:
             for callback in self._on_stopping:
@@ -135,7 +137,7 @@ class Lifecycle:
 
     def remaining(self) -> float | None:
         """Seconds until the graceful deadline (>= 0), or None while running."""
-        if self.state is State.RUNNING:
+        if not self.stopping:
             return None
         return max(0.0, self.deadline - time.monotonic())
 
@@ -168,22 +170,29 @@ class Lifecycle:
         parent stay in place (they only record) until the child installs its
         own; their wakeup descriptor is re-pointed at the new pipe.
         """
-        old = self.wakeup
-        old_latch, self.stop_latch = self.stop_latch, Latch()
-        old_latch.close()
+        old_wakeup, old_latch, old_callbacks = self.wakeup, self.stop_latch, self._on_stopping
+        if not old_latch.kept_by_child():
+            old_latch.close()
+            self.stop_latch = Latch()
         self.wakeup = Wakeup()
         self.signals.wakeup = self.wakeup
         self.signals.reset_in_child()
-        self._lock = threading.Lock()
+        if self._lock.locked():  # a thread of the parent's held it at the fork: it would stay held here
+            self._lock = threading.Lock()
         self._on_stopping = []  # the parent's resources are not the child's to stop
         self.forced = 0
         if self.signals.installed:
             signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
-        old.close()
+        old_wakeup.close()
+        # What was replaced stays referenced, unused: freeing it would write to pages the
+        # child shares with the parent (each one then copied), for a child that ends
+        # with os._exit anyway (a child per connection under forking).
+        self._left_behind = (old_wakeup, old_latch, old_callbacks)
 
     def close(self) -> None:
         """Restore signal handling and close the wakeup pipe."""
         self.state = State.STOPPED
+        self.stopping = True
         if threading.current_thread() is threading.main_thread():
             self.signals.restore()
         self.wakeup.close()

@@ -21,6 +21,9 @@ class LogThrottle:
         self.interval = interval
         self._last = -math.inf
         self._suppressed = 0
+        #: True from a warning until :meth:`reset`: a caller on a hot path tests this
+        #: before it calls :meth:`reset`, which then costs an attribute read when all is well.
+        self.reporting = False
 
     @property
     def suppressed(self) -> int:
@@ -31,9 +34,11 @@ class LogThrottle:
         """The condition is over: the next warning is logged at once."""
         self._last = -math.inf
         self._suppressed = 0
+        self.reporting = False
 
     def warning(self, message: str) -> None:
         """Log *message* now, or count it when the last warning is less than *interval* old."""
+        self.reporting = True
         now = time.monotonic()
         if now - self._last < self.interval:
             self._suppressed += 1

@@ -41,7 +41,6 @@
 from __future__ import annotations
 
 import _signal
-import dataclasses
 import gc
 import logging
 import os
@@ -59,6 +58,8 @@ from framework.signals import SERVER_SIGNALS, raw_sigmask
 
 #: Looked up once, in the parent: a child leaving through exit_child() only reads it.
 _LOG = logging.getLogger("forkthread")
+#: The flush of a handler that needs none at exit (it flushes after every record).
+_STREAM_FLUSH = logging.StreamHandler.flush
 
 # The C functions under signal.pthread_sigmask() and signal.signal(): the
 # wrappers turn every signal number into a ``Signals`` member and back.  On
@@ -68,11 +69,16 @@ _LOG = logging.getLogger("forkthread")
 _sigmask = raw_sigmask
 _setsignal = _signal.signal
 _SIG_DFL = int(signal.SIG_DFL)
+# Plain numbers, not enum members: each member touched in a child is a page copied.
+_SIG_BLOCK = int(signal.SIG_BLOCK)
+_SIG_SETMASK = int(signal.SIG_SETMASK)
+_SIGCHLD = int(signal.SIGCHLD)
 #: What the direct fork holds across the call: every signal, so that none caught by the
 #: parent's handlers can be pending in the child.  (A fault in those few microseconds
 #: would kill the process without faulthandler's traceback: a fault there is a bug of
 #: the interpreter's anyway.)
-_EVERY_SIGNAL = frozenset(signal.valid_signals())
+#: Plain numbers, as :data:`~framework.signals.SERVER_SIGNALS` and for the same reason.
+_EVERY_SIGNAL = frozenset(int(signum) for signum in signal.valid_signals())
 
 #: An at-fork hook: what :func:`os.register_at_fork` takes.
 Hook = Callable[[], object]
@@ -85,25 +91,41 @@ class Leaving(Protocol):
         """Write what can be written now, without waiting; count and report the rest."""
 
 
-#: Held weakly: a closed and dropped sink is no longer called.
-_AT_CHILD_EXIT: weakref.WeakSet[Leaving] = weakref.WeakSet()
+#: Held weakly (by id): a closed and dropped sink is no longer called.  A dict of
+#: references rather than a WeakSet: a child with nothing registered only tests the
+#: dict, where iterating a WeakSet calls a dozen Python functions (each a page copied).
+_AT_CHILD_EXIT: dict[int, weakref.ref[Leaving]] = {}
 
 
 def at_child_exit(what: Leaving) -> None:
     """Have :func:`exit_child` call ``what.leave()`` (in any forked child, while *what* lives)."""
-    _AT_CHILD_EXIT.add(what)
+    key = id(what)
+    # The callback runs when *what* dies, before its id can be reused.
+    _AT_CHILD_EXIT[key] = weakref.ref(what, lambda ref: _AT_CHILD_EXIT.pop(key, None))
 
 
-@dataclasses.dataclass(frozen=True)
 class Forked:
-    """The result of :func:`fork`: the child's pid (0 in the child) and the mask to restore."""
+    """The result of :func:`fork`: the child's pid (0 in the child) and the mask to restore.
 
-    pid: int
-    mask: frozenset[int]
+    A plain class, not a frozen dataclass, whose ``__init__`` goes through
+    ``object.__setattr__`` per field: this is made twice per connection
+    under ``forking``, once in the child, where each object touched is a page copied.
+    """
+
+    __slots__ = ("mask", "pid")
+
+    def __init__(self, pid: int, mask: frozenset[int]) -> None:
+        #: The child's pid in the parent, 0 in the child.
+        self.pid = pid
+        #: The signal mask from before the fork.
+        self.mask = mask
+
+    def __repr__(self) -> str:
+        return f"Forked(pid={self.pid}, mask={set(self.mask)!r})"
 
     def release_signals(self) -> None:
         """Restore the signal mask from before the fork (the child: once its handlers are in place)."""
-        _sigmask(signal.SIG_SETMASK, self.mask)
+        _sigmask(_SIG_SETMASK, self.mask)
 
 
 def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -> Forked:
@@ -130,21 +152,21 @@ def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -
         held = _EVERY_SIGNAL
     elif not alone:
         _fork_among_threads()
-    mask = frozenset(_sigmask(signal.SIG_BLOCK, held))
+    mask = frozenset(_sigmask(_SIG_BLOCK, held))
     try:
         pid = make()
     except BaseException:  # no process made (OSError), or a signal handler or audit hook raised first
-        _sigmask(signal.SIG_SETMASK, mask)
+        _sigmask(_SIG_SETMASK, mask)
         raise
     if pid:
-        _sigmask(signal.SIG_SETMASK, mask)
+        _sigmask(_SIG_SETMASK, mask)
         return Forked(pid, mask)
     for fd in close_fds:
         try:
             os.close(fd)
         except OSError:
             pass
-    _setsignal(signal.SIGCHLD, _SIG_DFL)
+    _setsignal(_SIGCHLD, _SIG_DFL)
     return Forked(0, mask)
 
 
@@ -167,12 +189,19 @@ def _fork_among_threads() -> None:
 
 def exit_child(status: int) -> NoReturn:
     """Leave a forked child for good: flush every logging handler and the standard streams, then ``os._exit``."""
-    for what in list(_AT_CHILD_EXIT):
-        try:
-            what.leave()
-        except Exception:  # nothing may keep us from exiting
-            pass
+    if _AT_CHILD_EXIT:
+        for ref in list(_AT_CHILD_EXIT.values()):
+            what = ref()
+            try:
+                if what is not None:
+                    what.leave()
+            except Exception:  # nothing may keep us from exiting
+                pass
     for handler in (*logging.root.handlers, *_LOG.handlers):
+        # A StreamHandler (or FileHandler) flushes after every record it writes:
+        # flushing it again would only copy pages of logging's objects.
+        if type(handler).flush is _STREAM_FLUSH:
+            continue
         try:
             handler.flush()
         except Exception:  # a broken stream must not keep us from exiting

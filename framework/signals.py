@@ -45,10 +45,12 @@ PEER_GONE_ERRNOS = frozenset(
 #: Every signal a server process handles: masters, workers and single processes alike.
 #: Held (blocked) across ``fork()`` so a child cannot lose one before its own handlers
 #: are in place, and blocked in worker threads so they all reach the main thread.
-SERVER_SIGNALS = frozenset({
+#: Plain numbers: ``pthread_sigmask`` walks the set at every fork and thread start, and a
+#: ``Signals`` member touched in a forking parent is a page copied (small ints lie together).
+SERVER_SIGNALS: frozenset[int] = frozenset(int(signum) for signum in (
     signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
     signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU,
-})
+))
 
 #: ``signal.pthread_sigmask`` without its wrapper, which turns every signal number into a
 #: ``Signals`` member and back: some forty Python calls per use, where a thread is started
@@ -218,6 +220,16 @@ class Latch(_Pipe):
         # another thread of the parent held at the fork would stay held here.
         self._closed = True
         super().close()
+
+    def kept_by_child(self) -> bool:
+        """After ``fork()``, in the child: True when the child may keep this latch as its own.
+
+        So it may while no pipe was made (one would be shared with the
+        parent: a stop of either would be seen by both), no stop was set,
+        and no thread of the parent's was making the pipe at the fork (its
+        lock would stay held).  Otherwise the child makes a new latch.
+        """
+        return self.read_fd < 0 and not self._closed and not self._set and not self._making.locked()
 
     def is_set(self) -> bool:
         """True once :meth:`set` was called (in this process)."""

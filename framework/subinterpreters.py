@@ -67,12 +67,17 @@ def _backend_private() -> Any:
     return _interpreters
 
 
+#: ``sys.modules``, bound once: :func:`exist` runs at every fork (per connection under
+#: ``forking``), where each object touched is a page copied.
+_MODULES = sys.modules
+
+
 def exist() -> bool:
     """Whether a sub-interpreter exists in this process now (False when the machinery was never imported).
 
     Forking then would abort the child (CPython issue 139759): :func:`framework.processes.fork` asks.
     """
-    private = sys.modules.get("_interpreters")
+    private = _MODULES.get("_interpreters")
     return private is not None and len(private.list_all()) > 1
 
 

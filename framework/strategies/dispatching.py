@@ -271,7 +271,8 @@ class LiveThreads:
                 self._threads.discard(thread)
             self._start_failures.warning(f"cannot start a thread: {exc}")
             return False
-        self._start_failures.reset()
+        if self._start_failures.reporting:
+            self._start_failures.reset()
         return True
 
     def _run(self, target: Callable[..., object], args: tuple[object, ...]) -> None:

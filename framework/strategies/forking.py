@@ -74,6 +74,8 @@ class ForkingRun(DispatchingRun):
         self._killed: set[int] = set()
         self._sigchld = False
         self._direct: DirectFork | None = None
+        # What every child becomes, made once: a child builds nothing it can inherit.
+        self._child_role = ChildRole()
         # fork() failing (RLIMIT_NPROC, memory) fails again for every client: say it once in a while.
         self._fork_failures = LogThrottle()
 
@@ -148,7 +150,8 @@ class ForkingRun(DispatchingRun):
             return
         if forked.pid == 0:
             self._run_child(sock, peer, forked)
-        self._fork_failures.reset()
+        if self._fork_failures.reporting:
+            self._fork_failures.reset()
         sock.close()
         self.children[forked.pid] = (peer, time.monotonic())
 
@@ -162,10 +165,10 @@ class ForkingRun(DispatchingRun):
         graceful timeout.  Signals stay held until this is done.
         """
         status = 1
-        # A short life: a collection would only copy pages of the parent's heap.
-        gc.disable()
+        # No gc.disable(): begin() froze the heap, so a collection here only visits
+        # the child's own young objects, and never a page shared with the parent.
         try:
-            self.host.enter_child(ChildRole())
+            self.host.enter_child(self._child_role)
             forked.release_signals()
             self.host.serve_connection(sock, peer, main_thread=True)
             status = 0
