@@ -13,7 +13,6 @@ GIL, its own module state; it refuses ``os.fork``, ``os.exec*``,
 
 from __future__ import annotations
 
-import platform
 import sys
 from typing import Any
 
@@ -23,6 +22,10 @@ MINIMUM = (3, 13)
 
 def unavailable() -> str | None:
     """Why this Python has no usable sub-interpreters (one line), or None when it has them."""
+    # Here, not at the top: every server imports this module, and a forking server's
+    # every connection pays for the size of its heap (the fork copies its page tables).
+    import platform
+
     if sys.version_info < MINIMUM:
         return (f"needs Python {MINIMUM[0]}.{MINIMUM[1]} or newer (sub-interpreters with their own GIL);"
                 f" this is Python {platform.python_version()}")

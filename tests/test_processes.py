@@ -282,6 +282,74 @@ def test_a_forking_servers_children_run_the_users_at_fork_hooks(tmp_path: Path, 
         server.close()
 
 
+def test_a_leaving_child_writes_what_is_held_and_nothing_dropped():
+    # exit_child(): a registered sink writes its held lines, one dropped meanwhile is not
+    # called, and a buffering logging handler is flushed (a StreamHandler flushed already).
+    result = run_scenario("""
+        import logging, logging.handlers
+        from framework.processes import at_child_exit
+
+        r, w = os.pipe()
+
+        class Sink:
+            def __init__(self, name):
+                self.name = name
+            def leave(self):
+                os.write(w, f"{self.name} left;".encode())
+
+        kept, dropped = Sink("kept"), Sink("dropped")
+        at_child_exit(kept)
+        at_child_exit(dropped)
+        del dropped
+        target = logging.StreamHandler(os.fdopen(w, "w", closefd=False))
+        held = logging.handlers.MemoryHandler(100, flushLevel=logging.CRITICAL, target=target)
+        logger = logging.getLogger("forkthread")
+        logger.addHandler(held)
+        logger.addHandler(logging.StreamHandler(os.fdopen(w, "w", closefd=False)))
+        forked = fork()
+        if forked.pid == 0:
+            forked.release_signals()
+            logger.warning("a line")
+            exit_child(0)
+        os.close(w)
+        with os.fdopen(r) as pipe:
+            written = pipe.read()
+        os.waitpid(forked.pid, 0)
+        logger.removeHandler(held)
+        print(json.dumps({"written": written}))
+    """)
+    written = str(result["written"])
+    assert "kept left;" in written and "dropped" not in written
+    assert written.count("a line") == 2  # the StreamHandler's, then the MemoryHandler's, at the exit
+
+
+def test_the_free_c_heap_goes_back_to_the_kernel():
+    # glibc's malloc_trim(0) through ctypes: the pages of a freed block leave the resident set.
+    result = run_scenario("""
+        from framework.processes import release_free_heap
+
+        def resident_kb():
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+        release_free_heap()
+        keep = [bytearray(200_000) for _ in range(50)]  # over malloc's mmap threshold: rises it
+        for block in keep:
+            block[::4096] = b"x" * len(block[::4096])
+        small = [bytes(3000) for _ in range(20_000)]  # ~60 MB in the brk heap, below the threshold
+        pin = bytes(3000)  # above them: their free space is not at the heap's top, which free() trims itself
+        del keep
+        before = resident_kb()
+        del small
+        after_free = resident_kb()
+        released = release_free_heap()
+        print(json.dumps({"pinned": len(pin), "released": released, "before": before, "after_free": after_free,
+                          "after_trim": resident_kb()}))
+    """)
+    assert result["released"] is True
+    assert int(result["after_trim"]) < int(result["after_free"]) - 10_000, result
+
+
 def test_the_core_does_not_import_random():
     """Importing random registers its reseed as an at-fork hook, run in every child a forking server makes.
 

@@ -191,6 +191,67 @@ def test_a_closed_latch_makes_no_pipe():
     assert latch.is_set()
 
 
+def test_a_forked_child_keeps_a_latch_only_while_nothing_of_it_is_shared():
+    fresh, made, stopped, closed, busy = Latch(), Latch(), Latch(), Latch(), Latch()
+    try:
+        made.fileno()
+        stopped.set()
+        closed.close()
+        assert fresh.kept_by_child()
+        assert not made.kept_by_child()  # its pipe is the parent's too
+        assert not stopped.kept_by_child()
+        assert not closed.kept_by_child()
+        with busy._making:  # another thread of the parent's was making the pipe at the fork
+            assert not busy.kept_by_child()
+        assert busy.kept_by_child()
+    finally:
+        for latch in (fresh, made, stopped, closed, busy):
+            latch.close()
+
+
+@pytest.mark.parametrize("pipe_made", [False, True], ids=["no-latch-pipe", "latch-pipe"])
+def test_a_forked_childs_stop_is_its_own(pipe_made: bool):
+    # The child keeps or replaces the latch (see above); either way its stop reaches neither
+    # the parent's latch nor the parent's wakeup pipe, and the parent's callbacks stay behind.
+    lifecycle = Lifecycle()
+    called: list[str] = []
+    lifecycle.call_when_stopping(lambda: called.append("parent's"))
+    if pipe_made:
+        lifecycle.stop_latch.fileno()
+    parent_wakeup, parent_latch = lifecycle.wakeup.fileno(), lifecycle.stop_latch
+    report_r, report_w = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: report, then leave at once
+            status = 1
+            try:
+                lifecycle.after_fork_in_child()
+                lifecycle.request_stop()
+                facts = (lifecycle.wakeup.fileno() != parent_wakeup, lifecycle.stopping, not called,
+                         (lifecycle.stop_latch is parent_latch) is not pipe_made, lifecycle.stop_latch.is_set())
+                os.write(report_w, bytes(int(fact) for fact in facts))
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(report_w)
+        report_w = -1
+        with os.fdopen(report_r, "rb") as report:
+            report_r = -1
+            facts = report.read()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert facts == b"\x01" * 5
+        assert not lifecycle.stopping and not parent_latch.is_set()
+        assert not _readable(parent_wakeup)
+        if pipe_made:
+            assert not _readable(parent_latch.fileno())
+    finally:
+        for fd in (report_r, report_w):
+            if fd >= 0:
+                os.close(fd)
+        lifecycle.close()
+
+
 def test_stop_request_sets_the_latch_before_waking_the_loop():
     # A main-thread loop woken by the wakeup pipe reads the latch's flag at once.
     lifecycle = Lifecycle()

@@ -35,7 +35,7 @@ import time
 from typing import NoReturn
 
 from framework.logthrottle import LogThrottle
-from framework.processes import DirectFork, Forked, exit_child, fork
+from framework.processes import DirectFork, Forked, exit_child, fork, release_free_heap
 from framework.signals import SignalAction
 from framework.strategies.base import ChildRole, Host, StrategyOptions
 from framework.strategies.dispatching import DispatchingRun, DispatchingStrategy
@@ -104,11 +104,14 @@ class ForkingRun(DispatchingRun):
         neither the parent's collections nor a child's touch their pages:
         each such write would copy a page shared with every live child.
         The direct fork (:class:`~framework.processes.DirectFork`) is found
-        first: the search cannot see a frozen heap.
+        first: the search cannot see a frozen heap.  Then the C heap's free
+        pages go back to the kernel (:func:`~framework.processes.release_free_heap`):
+        every fork would copy their page-table entries, and every child's exit tear them down.
         """
         self._sigchld = self.host.lifecycle.signals.handles(signal.SIGCHLD)
         self._direct = DirectFork.find()
         gc.freeze()
+        release_free_heap()
 
     def poll_interval(self) -> float | None:
         """None with SIGCHLD; a short reaping interval while children live without it."""
