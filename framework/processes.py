@@ -56,8 +56,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import NoReturn, Protocol
 
-from framework import subinterpreters
 from framework.signals import SERVER_SIGNALS, raw_sigmask
+from framework.subinterpreters import exist as _subinterpreters_exist
 
 #: Looked up once, in the parent: a child leaving through exit_child() only reads it.
 _LOG = logging.getLogger("forkthread")
@@ -141,23 +141,22 @@ def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -
     :func:`os.fork`.  Raises :class:`OSError` (EAGAIN, ENOMEM) in the
     parent when no process could be made.
     """
-    if subinterpreters.exist():
+    if _subinterpreters_exist():
         raise RuntimeError("cannot fork while a sub-interpreter exists: the child would abort (CPython issue 139759)")
     _flush_standard_streams()
     close_fds = list(close_in_child)  # evaluated before the fork: nothing lazy runs in the child
-    make: Callable[[], int] = os.fork
     held = SERVER_SIGNALS
-    # Checked here, and again in DirectFork.fork: holding every signal in this thread keeps
-    # caught signals out of the child only while no other thread can catch one.
-    alone = DirectFork.one_thread()
+    # Checked here (and in DirectFork.fork again if a before hook ran): holding every signal
+    # in this thread keeps caught signals out of the child only while no other thread can catch one.
+    alone = _one_thread()
     if direct is not None and alone:
-        make = direct.fork
         held = _EVERY_SIGNAL
     elif not alone:
+        direct = None
         _fork_among_threads()
     mask = frozenset(_sigmask(_SIG_BLOCK, held))
     try:
-        pid = make()
+        pid = os.fork() if direct is None else direct.fork(alone=True)
     except BaseException:  # no process made (OSError), or a signal handler or audit hook raised first
         _sigmask(_SIG_SETMASK, mask)
         raise
@@ -234,6 +233,14 @@ def release_free_heap() -> bool:
     return True
 
 
+def _one_thread() -> bool:
+    # DirectFork.one_thread(), without the class and staticmethod looked up on the fork path.
+    try:
+        return os.stat("/proc/self/task").st_nlink == 3
+    except OSError:
+        return False
+
+
 def _flush_standard_streams() -> None:
     # try/except, not contextlib.suppress: no context-manager object per call on the fork path.
     for stream in (sys.stdout, sys.stderr):
@@ -263,8 +270,9 @@ class DirectFork:
     the ``parent`` or ``child`` ones.  A hook registered later (a library
     resetting its pool, ``random`` reseeding, ``coverage``) runs as with
     :func:`os.fork`; so does the ``os.fork`` audit event, and a hook that
-    raises is reported and the fork goes on.  Should a hook or an audit
-    hook start a thread, nothing is skipped.  What else :func:`os.fork`
+    raises is reported and the fork goes on.  Should a before hook start
+    a thread, nothing is skipped (nor should an audit hook, unless
+    :func:`fork`, which checks just before the audit event, passes *alone*).  What else :func:`os.fork`
     does in the child is a no-op with one thread (locks re-made, other
     threads' states dropped), except for three things:
 
@@ -335,30 +343,37 @@ class DirectFork:
     @staticmethod
     def one_thread() -> bool:
         """Whether this process has one thread (``/proc/self/task`` links 2 + one per thread)."""
-        try:
-            return os.stat("/proc/self/task").st_nlink == 3
-        except OSError:
-            return False
+        return _one_thread()
 
-    def fork(self) -> int:
+    def fork(self, alone: bool = False) -> int:
         """Fork as :func:`os.fork` would, less the skipped hooks; hold every signal around the call.
 
+        *alone*: the caller has just found this process with one thread
+        (:meth:`one_thread`); it is then asked again only if a before hook
+        ran, which may have started a thread (a second ``stat`` per fork
+        spared, and its result's objects: pages copied in a forking parent).
         Returns the child's pid in the parent and 0 in the child; raises
         :class:`OSError` in the parent when no process could be made.
         """
         sys.audit("os.fork")
-        _run(self._current()[0])
-        alone = self.one_thread()  # again: an audit or before hook may have started a thread
-        if not alone:  # then skip nothing: take logging's lock too, as os.fork() would have
-            _run(tuple(hook for hook in self.lists[0][::-1] if id(hook) in self._skipped_ids))
+        hooks = self._current()
+        before = hooks[0]
+        if before:
+            _run(before)
+        checked = not before and alone
+        if not checked:
+            alone = _one_thread()
+            if not alone:  # then skip nothing: take logging's lock too, as os.fork() would have
+                _run(tuple(hook for hook in self.lists[0][::-1] if id(hook) in self._skipped_ids))
         pid: int = self.libc_fork()
         failure = self.get_errno() if pid < 0 else 0  # before any hook's own calls overwrite it
-        # The lists again: a before hook may have registered more (CPython reads them afresh too).
-        _before, parent, child = self._current() if alone else self._all()
+        if not checked:
+            # The lists again: a before hook may have registered more (CPython reads them afresh too).
+            hooks = self._current() if alone else self._all()
         if pid == 0:
-            _run(child)
+            _run(hooks[2])
             return 0
-        _run(parent)
+        _run(hooks[1])
         if pid < 0:
             raise OSError(failure, os.strerror(failure))
         return pid

@@ -25,6 +25,7 @@ shared copy-on-write) and an exit per connection.
 
 from __future__ import annotations
 
+import _socket
 import dataclasses
 import gc
 import logging
@@ -41,6 +42,11 @@ from framework.strategies.base import ChildRole, Host, StrategyOptions
 from framework.strategies.dispatching import DispatchingRun, DispatchingStrategy
 
 log = logging.getLogger("forkthread")
+
+#: The parent's copy of each connection is closed by the C method itself: socket.close()
+#: wraps it in two Python functions for makefile()'s sake (none made here), whose objects
+#: are pages copied once more per connection, as every fork leaves them shared with a child.
+_close_socket = _socket.socket.close
 
 #: Without SIGCHLD (serving outside the main thread), reap this often (seconds).
 REAP_INTERVAL = 0.1
@@ -155,7 +161,7 @@ class ForkingRun(DispatchingRun):
             self._run_child(sock, peer, forked)
         if self._fork_failures.reporting:
             self._fork_failures.reset()
-        sock.close()
+        _close_socket(sock)
         self.children[forked.pid] = (peer, time.monotonic())
 
     def _run_child(self, sock: socket.socket, peer: str, forked: Forked) -> NoReturn:
