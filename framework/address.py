@@ -14,6 +14,7 @@ real one.
 
 from __future__ import annotations
 
+import _socket
 import dataclasses
 import errno
 import logging
@@ -224,6 +225,12 @@ def _unix_socket_state(path: str) -> str:
         return IN_USE
     finally:
         probe.close()
+
+
+#: Close a socket with the C method itself, where no ``makefile()`` was made of it: what
+#: ``socket.close()`` adds is two Python frames for makefile()'s sake, and in a forked
+#: child, or a forking parent between two forks, each object a call touches is a page copied.
+close_socket = _socket.socket.close
 
 
 def bind_socket(address: Address, *, backlog: int = DEFAULT_BACKLOG, reuse_port: bool = False,

@@ -183,7 +183,13 @@ class Lifecycle:
         self.forced = 0
         if self.signals.installed:
             signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
-        old_wakeup.close()
+        # The parent's pipe, closed here without a call of _Pipe.close(): each function a
+        # child calls for the first time costs pages copied (its objects, the type cache).
+        for fd in (old_wakeup.read_fd, old_wakeup.write_fd):
+            try:
+                os.close(fd)
+            except OSError:  # closed already (-1)
+                pass
         # What was replaced stays referenced, unused: freeing it would write to pages the
         # child shares with the parent (each one then copied), for a child that ends
         # with os._exit anyway (a child per connection under forking).

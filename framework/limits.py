@@ -19,7 +19,6 @@ tripped over later by a connection (issue 25 items 4 and 10):
 
 from __future__ import annotations
 
-import resource
 import threading
 
 #: poll(2)'s timeout is an int of milliseconds: the longest wait every strategy can ask for.
@@ -65,6 +64,10 @@ def check_duration(seconds: float | None, what: str, *, zero_means: str | None =
 
 def process_limit() -> int | None:
     """How many processes (threads included) this user may run: the soft ``RLIMIT_NPROC`` (None: unlimited)."""
+    # Here, not at the top: only an option naming a count asks, and a module loaded is five
+    # more mappings that every fork copies and every forked child's exit tears down.
+    import resource
+
     soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
     return None if soft == resource.RLIM_INFINITY else soft
 

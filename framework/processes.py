@@ -168,8 +168,15 @@ def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -
             os.close(fd)
         except OSError:
             pass
-    _setsignal(_SIGCHLD, _SIG_DFL)
+    global _parents_sigchld_handler
+    # Kept, not dropped: the parent's handler (a bound method) would be freed here, and
+    # a free writes to pages shared with the parent (each then copied).
+    _parents_sigchld_handler = _setsignal(_SIGCHLD, _SIG_DFL)
     return Forked(0, mask)
+
+
+#: In a forked child: the SIGCHLD handler the parent had (see fork()).
+_parents_sigchld_handler: object = None
 
 
 #: What Python 3.12+ says when a process with several threads calls os.fork().

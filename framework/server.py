@@ -36,6 +36,7 @@ from framework.address import (
     DEFAULT_BACKLOG,
     Address,
     bind_socket,
+    close_socket,
     local_address,
     parse_address,
     remove_unix_socket,
@@ -514,14 +515,17 @@ class Server:
     def enter_child(self, role: ChildRole) -> Run | None:
         """In a freshly forked process: become *role*; see :meth:`framework.strategies.base.Host.enter_child`."""
         self.lifecycle.after_fork_in_child()
-        self._serving_thread = threading.current_thread()
+        if self._serving_thread is None:
+            # Otherwise it is this thread already: strategies fork from their serving thread (and a
+            # lookup in threading's table, cold in a child, costs pages copied from the parent).
+            self._serving_thread = threading.current_thread()
         self._unix_inode = None  # the parent owns the socket file
         self.connections = role.connections if role.connections is not None else ActiveConnections()
         self._acceptor = role.acceptor
         if not role.keep_listener and self._listener is not None:
             # Keep reporting the address really listened on after closing our copy.
-            self.requested_address = self.address
-            self._listener.close()
+            self.requested_address = self._bound_address or self.address
+            close_socket(self._listener)
             self._listener = None
         # The parent's stop callbacks stay behind: a child's stop ends its own idle connections.
         self.lifecycle.call_when_stopping(self._end_idle_connections)

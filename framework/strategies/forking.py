@@ -25,7 +25,6 @@ shared copy-on-write) and an exit per connection.
 
 from __future__ import annotations
 
-import _socket
 import dataclasses
 import gc
 import logging
@@ -35,6 +34,7 @@ import socket
 import time
 from typing import NoReturn
 
+from framework.address import close_socket
 from framework.logthrottle import LogThrottle
 from framework.processes import DirectFork, Forked, exit_child, fork, release_free_heap
 from framework.signals import SignalAction
@@ -42,11 +42,6 @@ from framework.strategies.base import ChildRole, Host, StrategyOptions
 from framework.strategies.dispatching import DispatchingRun, DispatchingStrategy
 
 log = logging.getLogger("forkthread")
-
-#: The parent's copy of each connection is closed by the C method itself: socket.close()
-#: wraps it in two Python functions for makefile()'s sake (none made here), whose objects
-#: are pages copied once more per connection, as every fork leaves them shared with a child.
-_close_socket = _socket.socket.close
 
 #: Without SIGCHLD (serving outside the main thread), reap this often (seconds).
 REAP_INTERVAL = 0.1
@@ -161,7 +156,7 @@ class ForkingRun(DispatchingRun):
             self._run_child(sock, peer, forked)
         if self._fork_failures.reporting:
             self._fork_failures.reset()
-        _close_socket(sock)
+        close_socket(sock)  # the parent's copy
         self.children[forked.pid] = (peer, time.monotonic())
 
     def _run_child(self, sock: socket.socket, peer: str, forked: Forked) -> NoReturn:
