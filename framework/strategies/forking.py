@@ -43,6 +43,9 @@ from framework.strategies.dispatching import DispatchingRun, DispatchingStrategy
 
 log = logging.getLogger("forkthread")
 
+#: gc.disable, looked up once: in a child every object touched is a page copied.
+_disable_collector = gc.disable
+
 #: Without SIGCHLD (serving outside the main thread), reap this often (seconds).
 REAP_INTERVAL = 0.1
 
@@ -169,8 +172,9 @@ class ForkingRun(DispatchingRun):
         graceful timeout.  Signals stay held until this is done.
         """
         status = 1
-        # No gc.disable(): begin() froze the heap, so a collection here only visits
-        # the child's own young objects, and never a page shared with the parent.
+        # A short life: a collection would visit the young objects inherited from the
+        # parent (those made since begin() froze the heap), writing to their pages.
+        _disable_collector()
         try:
             self.host.enter_child(self._child_role)
             forked.release_signals()
