@@ -36,7 +36,7 @@ LAST_RESORT_MARGIN = 6.0
 #: runs its action in another thread (the serving thread is stuck in a callback).
 UNHEARD_GRACE = 1.0
 #: The signals that stop a server (gracefully or quickly).
-STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+STOP_SIGNALS: frozenset[int] = frozenset(int(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT))
 
 
 class State(enum.Enum):
@@ -310,6 +310,7 @@ class LastResort:
         self._pid = os.getpid()
         self._lifecycle.call_when_stopping(self._stop_began)
         self._lifecycle.signals.unheard = self._signal_recorded
+        self._lifecycle.signals.unheard_signals = STOP_SIGNALS
 
     def _signal_recorded(self, signum: int) -> None:
         """In the main thread's signal handler: make sure a stop signal's action runs (no lock taken here)."""

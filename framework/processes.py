@@ -46,6 +46,7 @@ from __future__ import annotations
 import _signal
 import gc
 import logging
+import operator
 import os
 import re
 import signal
@@ -54,6 +55,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from typing import NoReturn, Protocol
 
 from framework.signals import SERVER_SIGNALS, raw_sigmask
@@ -107,28 +109,37 @@ def at_child_exit(what: Leaving) -> None:
     _AT_CHILD_EXIT[key] = weakref.ref(what, lambda ref: _AT_CHILD_EXIT.pop(key, None))
 
 
-class Forked:
+#: Makes a :class:`Forked` in C, without its Python ``__new__`` (see the class).
+_new_tuple = tuple.__new__
+
+
+class Forked(tuple):  # type: ignore[type-arg]  # (pid, mask)
     """The result of :func:`fork`: the child's pid (0 in the child) and the mask to restore.
 
-    A plain class, not a frozen dataclass, whose ``__init__`` goes through
-    ``object.__setattr__`` per field: this is made twice per connection
-    under ``forking``, once in the child, where each object touched is a page copied.
+    A tuple, made by ``tuple.__new__`` in C, with its fields read through
+    ``operator.itemgetter`` (C too): it is made twice per connection under
+    ``forking``, once in the child, where each Python function called for the
+    first time (an ``__init__``, a dataclass's, with ``object.__setattr__``
+    per field) is a page or more copied from the parent.
     """
 
-    __slots__ = ("mask", "pid")
+    __slots__ = ()
 
-    def __init__(self, pid: int, mask: frozenset[int]) -> None:
-        #: The child's pid in the parent, 0 in the child.
-        self.pid = pid
-        #: The signal mask from before the fork.
-        self.mask = mask
+    def __new__(cls, pid: int, mask: AbstractSet[int]) -> Forked:
+        """``Forked(pid, mask)`` (:func:`fork` makes them with ``tuple.__new__`` directly)."""
+        return tuple.__new__(cls, (pid, mask))
+
+    #: The child's pid in the parent, 0 in the child.
+    pid: int = property(operator.itemgetter(0))  # type: ignore[assignment]
+    #: The signal mask from before the fork.
+    mask: AbstractSet[int] = property(operator.itemgetter(1))  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"Forked(pid={self.pid}, mask={set(self.mask)!r})"
 
     def release_signals(self) -> None:
         """Restore the signal mask from before the fork (the child: once its handlers are in place)."""
-        _sigmask(_SIG_SETMASK, self.mask)
+        _sigmask(_SIG_SETMASK, self[1])
 
 
 def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -> Forked:
@@ -154,7 +165,7 @@ def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -
     elif not alone:
         direct = None
         _fork_among_threads()
-    mask = frozenset(_sigmask(_SIG_BLOCK, held))
+    mask = _sigmask(_SIG_BLOCK, held)
     try:
         pid = os.fork() if direct is None else direct.fork(alone=True)
     except BaseException:  # no process made (OSError), or a signal handler or audit hook raised first
@@ -162,7 +173,7 @@ def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -
         raise
     if pid:
         _sigmask(_SIG_SETMASK, mask)
-        return Forked(pid, mask)
+        return _new_tuple(Forked, (pid, mask))
     for fd in close_fds:
         try:
             os.close(fd)
@@ -172,7 +183,7 @@ def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -
     # Kept, not dropped: the parent's handler (a bound method) would be freed here, and
     # a free writes to pages shared with the parent (each then copied).
     _parents_sigchld_handler = _setsignal(_SIGCHLD, _SIG_DFL)
-    return Forked(0, mask)
+    return _new_tuple(Forked, (0, mask))
 
 
 #: In a forked child: the SIGCHLD handler the parent had (see fork()).
@@ -306,8 +317,8 @@ class DirectFork:
         # By identity: a hook may be any callable, hashable or not.
         self._skipped_ids = frozenset(id(hook) for hook in self.skipped)
         # The hooks to run, in running order, and the list lengths they were
-        # made from: hooks are never unregistered, so equal lengths mean equal lists.
-        self._made_from = (-1, -1, -1)
+        # made from (their total count: hooks are never unregistered, so the same count means the same lists).
+        self._made_from = -1
         self._hooks: tuple[tuple[Hook, ...], ...] = ((), (), ())
 
     @classmethod
@@ -377,10 +388,13 @@ class DirectFork:
         if not checked:
             # The lists again: a before hook may have registered more (CPython reads them afresh too).
             hooks = self._current() if alone else self._all()
+        # (Tested first: most processes register none, and a call is a cost in a fresh child.)
         if pid == 0:
-            _run(hooks[2])
+            if hooks[2]:
+                _run(hooks[2])
             return 0
-        _run(hooks[1])
+        if hooks[1]:
+            _run(hooks[1])
         if pid < 0:
             raise OSError(failure, os.strerror(failure))
         return pid
@@ -388,7 +402,8 @@ class DirectFork:
     def _current(self) -> tuple[tuple[Hook, ...], ...]:
         """``(before, parent, child)`` hooks to run, in order, less the skipped ones."""
         before, parent, child = self.lists
-        made_from = (len(before), len(parent), len(child))
+        # Hooks are never unregistered: the same count means the same lists.
+        made_from = len(before) + len(parent) + len(child)
         if made_from != self._made_from:
             self._hooks = tuple(tuple(hook for hook in hooks if id(hook) not in self._skipped_ids)
                                 for hooks in (before[::-1], parent, child))

@@ -278,6 +278,9 @@ class SignalDispatcher:
         #: while the main thread is stuck in user code (a protocol callback that never returns)
         #: starts a helper there (:class:`framework.lifecycle.LastResort`).  The same rules apply.
         self.unheard: Callable[[int], None] | None = None
+        #: The signals *unheard* is called for (a SIGCHLD per connection under forking
+        #: need not call into Python a second time).
+        self.unheard_signals: frozenset[int] = frozenset()
 
     @property
     def installed(self) -> bool:
@@ -305,7 +308,7 @@ class SignalDispatcher:
         on_record = self.on_record
         if on_record is not None:
             on_record()
-        elif self.unheard is not None:
+        elif self.unheard is not None and signum in self.unheard_signals:
             self.unheard(signum)
 
     def pending(self) -> bool:
