@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable
 
 from framework.address import format_peer
-from framework.signals import Latch, SignalAction, SignalDispatcher, Wakeup, start_thread_without_signals
+from framework.signals import Latch, LateWakeup, SignalAction, SignalDispatcher, Wakeup, start_thread_without_signals
 
 log = logging.getLogger("forkthread")
 
@@ -72,6 +72,8 @@ class Lifecycle:
         self.forced = 0
         #: In a forked child: the parent's objects this one replaced (see after_fork_in_child).
         self._left_behind: tuple[object, ...] = ()
+        #: A forked child's wakeup pipe, made in the parent by prepare_children().
+        self._late_wakeup: LateWakeup | None = None
 
     def wakeup_fd(self) -> int:
         """The descriptor a loop polls to learn about signals and stop requests."""
@@ -162,38 +164,61 @@ class Lifecycle:
         """Run pending signal actions; call whenever :meth:`wakeup_fd` is readable."""
         self.signals.dispatch()
 
-    def after_fork_in_child(self) -> None:
+    def after_fork_in_child(self, late_wakeup: bool = False) -> None:
         """Give a forked child its own wakeup pipe and an empty signal queue.
 
         The child must not share the parent's pipe: a wake meant for one
         process would be drained by the other.  Handlers installed by the
         parent stay in place (they only record) until the child installs its
-        own; their wakeup descriptor is re-pointed at the new pipe.
+        own; their wakeup descriptor is re-pointed at the new pipe.  With
+        *late_wakeup* (a child serving one connection in its main thread)
+        the pipe is made, and the signals re-pointed, when a loop first asks
+        for it (:class:`~framework.signals.LateWakeup`): a short connection
+        never does.
         """
         old_wakeup, old_latch, old_callbacks = self.wakeup, self.stop_latch, self._on_stopping
         if not old_latch.kept_by_child():
             old_latch.close()
             self.stop_latch = Latch()
-        self.wakeup = Wakeup()
-        self.signals.wakeup = self.wakeup
-        self.signals.reset_in_child()
+        signals = self.signals
+        signals.reset_in_child()
+        if late_wakeup:
+            late = self._late_wakeup  # made by prepare_children(), in the parent: nothing to build here
+            if late is None or late.replaces is not old_wakeup:
+                late = self._make_late_wakeup()
+            self.wakeup = signals.wakeup = late
+        else:
+            self.wakeup = signals.wakeup = Wakeup()
+            if signals.installed:
+                signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
+            # The parent's pipe, closed here without a call of _Pipe.close(): each function a
+            # child calls for the first time costs pages copied (its objects, the type cache).
+            for fd in (old_wakeup.read_fd, old_wakeup.write_fd):
+                try:
+                    os.close(fd)
+                except OSError:  # closed already (-1)
+                    pass
         if self._lock.locked():  # a thread of the parent's held it at the fork: it would stay held here
             self._lock = threading.Lock()
         self._on_stopping = []  # the parent's resources are not the child's to stop
         self.forced = 0
-        if self.signals.installed:
-            signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
-        # The parent's pipe, closed here without a call of _Pipe.close(): each function a
-        # child calls for the first time costs pages copied (its objects, the type cache).
-        for fd in (old_wakeup.read_fd, old_wakeup.write_fd):
-            try:
-                os.close(fd)
-            except OSError:  # closed already (-1)
-                pass
         # What was replaced stays referenced, unused: freeing it would write to pages the
         # child shares with the parent (each one then copied), for a child that ends
         # with os._exit anyway (a child per connection under forking).
         self._left_behind = (old_wakeup, old_latch, old_callbacks)
+
+    def prepare_children(self) -> None:
+        """Make, in the parent, what :meth:`after_fork_in_child` gives a child per connection.
+
+        A process forking a child per connection calls this once its signals
+        are installed: each child then takes the late wakeup pipe ready-made
+        (each object a child builds, and each first call, is pages copied).
+        """
+        self._late_wakeup = self._make_late_wakeup()
+
+    def _make_late_wakeup(self) -> LateWakeup:
+        signals = self.signals
+        return LateWakeup(self.wakeup, signals.pending if signals.installed else None)
 
     def close(self) -> None:
         """Restore signal handling and close the wakeup pipe."""

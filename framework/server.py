@@ -514,7 +514,8 @@ class Server:
 
     def enter_child(self, role: ChildRole) -> Run | None:
         """In a freshly forked process: become *role*; see :meth:`framework.strategies.base.Host.enter_child`."""
-        self.lifecycle.after_fork_in_child()
+        # A child serving what it was given (forking's) waits in its main thread, if at all.
+        self.lifecycle.after_fork_in_child(late_wakeup=role.strategy is None)
         if self._serving_thread is None:
             # Otherwise it is this thread already: strategies fork from their serving thread (and a
             # lookup in threading's table, cold in a child, costs pages copied from the parent).

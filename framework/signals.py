@@ -182,6 +182,70 @@ class Wakeup(_Pipe):
         return b"".join(chunks)
 
 
+class LateWakeup(Wakeup):
+    """A forked child's wakeup pipe, made when a loop of the child first asks for it.
+
+    A child serving one connection often never waits: the request came with
+    the connection and the answer fits in the socket buffer.  Its own pipe,
+    and the signals routed to it, then wait for the first :meth:`fileno`:
+    three system calls and, in a child, a dozen pages copied from the parent,
+    spared.  Until then the process's signal wakeup descriptor is still the
+    parent's pipe (a signal caught here wakes the parent, which finds nothing
+    in its own queue), :meth:`wake` is remembered, and :meth:`drain` finds
+    nothing.  The making closes the parent's descriptors, and writes a byte
+    if a wake or a recorded signal came first, so that a loop that looked
+    before the pipe existed is still woken.  The first :meth:`fileno` must
+    come from the main thread when signals are routed (``set_wakeup_fd``).
+    """
+
+    def __init__(self, parents: Wakeup, signals_pending: Callable[[], bool] | None) -> None:  # no pipe yet
+        self.read_fd = self.write_fd = -1
+        #: The parent's pipe, which this one replaces in the child.
+        self.replaces = parents
+        #: The dispatcher's pending(), when signals are routed to this pipe; else None.
+        self._signals_pending = signals_pending
+        self._woken = False
+
+    def fileno(self) -> int:
+        """The descriptor to poll (the pipe made now if not yet)."""
+        if self.read_fd < 0:
+            self._make()
+        return self.read_fd
+
+    def _make(self) -> None:
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._signals_pending is not None:
+            signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        # write_fd first, then the flag; wake() does the reverse: one of the two writes.
+        self.write_fd = write_fd
+        self.read_fd = read_fd
+        for fd in (self.replaces.read_fd, self.replaces.write_fd):
+            try:
+                os.close(fd)
+            except OSError:  # closed already (-1)
+                pass
+        # A signal caught before set_wakeup_fd wrote to the parent's pipe; its handler has
+        # run by now (between two bytecodes), so the queue shows it.
+        if self._woken or (self._signals_pending is not None and self._signals_pending()):
+            super().wake()
+
+    def wake(self) -> None:
+        """Make the read end readable (at its making, if it is not made yet)."""
+        self._woken = True
+        if self.write_fd >= 0:
+            super().wake()
+
+    def drain(self) -> bytes:
+        """Empty the pipe, if there is one yet."""
+        return super().drain() if self.read_fd >= 0 else b""
+
+    def close(self) -> None:
+        """Close the pipe, or the parent's descriptors if it was never made (idempotent)."""
+        if self.read_fd < 0:
+            self.read_fd, self.write_fd = self.replaces.read_fd, self.replaces.write_fd
+        super().close()
+
+
 class Latch(_Pipe):
     """A pipe that becomes readable once, and stays so: "stop" for loops in any thread.
 
@@ -291,6 +355,7 @@ class SignalDispatcher:
         """Record *actions* and route their signals here.  Main thread only."""
         self._actions.update(actions)
         if self._previous_wakeup_fd is None:
+            self.wakeup.fileno()  # made now, if it is made late (LateWakeup)
             self._previous_wakeup_fd = signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
         for signum in actions:
             if signum not in self._previous:

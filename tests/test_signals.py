@@ -15,6 +15,7 @@ from framework.signals import (
     PIPE_READ_SIZE,
     SERVER_SIGNALS,
     AcceptErrorKind,
+    LateWakeup,
     Latch,
     SignalDispatcher,
     Wakeup,
@@ -209,8 +210,9 @@ def test_a_forked_child_keeps_a_latch_only_while_nothing_of_it_is_shared():
             latch.close()
 
 
+@pytest.mark.parametrize("late_wakeup", [False, True], ids=["wakeup-at-fork", "late-wakeup"])
 @pytest.mark.parametrize("pipe_made", [False, True], ids=["no-latch-pipe", "latch-pipe"])
-def test_a_forked_childs_stop_is_its_own(pipe_made: bool):
+def test_a_forked_childs_stop_is_its_own(pipe_made: bool, late_wakeup: bool):
     # The child keeps or replaces the latch (see above); either way its stop reaches neither
     # the parent's latch nor the parent's wakeup pipe, and the parent's callbacks stay behind.
     lifecycle = Lifecycle()
@@ -225,7 +227,7 @@ def test_a_forked_childs_stop_is_its_own(pipe_made: bool):
         if pid == 0:  # the child: report, then leave at once
             status = 1
             try:
-                lifecycle.after_fork_in_child()
+                lifecycle.after_fork_in_child(late_wakeup=late_wakeup)
                 lifecycle.request_stop()
                 facts = (lifecycle.wakeup.fileno() != parent_wakeup, lifecycle.stopping, not called,
                          (lifecycle.stop_latch is parent_latch) is not pipe_made, lifecycle.stop_latch.is_set())
@@ -250,6 +252,61 @@ def test_a_forked_childs_stop_is_its_own(pipe_made: bool):
             if fd >= 0:
                 os.close(fd)
         lifecycle.close()
+
+
+def _open_fds(*fds: int) -> list[bool]:
+    opened = []
+    for fd in fds:
+        try:
+            os.fstat(fd)
+            opened.append(True)
+        except OSError:
+            opened.append(False)
+    return opened
+
+
+def test_a_late_wakeup_makes_its_pipe_at_the_first_question_and_keeps_what_came_before():
+    parents = Wakeup()
+    late = LateWakeup(parents, None)
+    try:
+        assert late.drain() == b""  # nothing made, nothing to read, the parent's pipe untouched
+        late.wake()  # nobody polls yet: remembered
+        parents_fds = (parents.read_fd, parents.write_fd)
+        assert _open_fds(*parents_fds) == [True, True]
+        fd = late.fileno()
+        assert fd not in parents_fds and late.fileno() == fd
+        assert _readable(fd)  # the wake that came first
+        assert _open_fds(*parents_fds) == [False, False]  # the parent's descriptors, closed in the making
+        late.drain()
+        assert not _readable(fd)
+        late.wake()
+        assert _readable(fd)
+    finally:
+        late.close()
+        parents.read_fd = parents.write_fd = -1  # closed by the making
+
+
+def test_a_late_wakeup_wakes_for_a_signal_recorded_before_it_was_made():
+    # The signal's byte went to the parent's pipe (the process's wakeup descriptor then);
+    # the making sees the queue and writes one of its own.
+    parents = Wakeup()
+    pending = [True]
+    late = LateWakeup(parents, lambda: bool(pending))
+    previous = signal.set_wakeup_fd(parents.write_fd, warn_on_full_buffer=False)
+    try:
+        fd = late.fileno()
+        assert signal.set_wakeup_fd(-1) == late.write_fd  # the signals now wake the child's own pipe
+        assert _readable(fd)
+    finally:
+        signal.set_wakeup_fd(previous)
+        late.close()
+
+
+def test_a_late_wakeup_never_made_closes_the_parents_descriptors():
+    parents = Wakeup()
+    fds = (parents.read_fd, parents.write_fd)
+    LateWakeup(parents, None).close()
+    assert _open_fds(*fds) == [False, False]
 
 
 def test_stop_request_sets_the_latch_before_waking_the_loop():

@@ -114,6 +114,7 @@ class ForkingRun(DispatchingRun):
         """
         self._sigchld = self.host.lifecycle.signals.handles(signal.SIGCHLD)
         self._direct = DirectFork.find()
+        self.host.lifecycle.prepare_children()
         gc.freeze()
         release_free_heap()
 
