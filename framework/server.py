@@ -431,7 +431,7 @@ class Server:
         if self.handler is not None:
             self._serve_with_handler(sock, peer, main_thread)
             return
-        protocol = self._admit(sock, peer, self.protocol_factory)  # admit(), one frame less
+        protocol = self.admit(sock, peer)  # (a server may override admit(): message does)
         if protocol is None:
             return
         if self.tls is not None:
