@@ -191,13 +191,7 @@ class Lifecycle:
             self.wakeup = signals.wakeup = Wakeup()
             if signals.installed:
                 signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
-            # The parent's pipe, closed here without a call of _Pipe.close(): each function a
-            # child calls for the first time costs pages copied (its objects, the type cache).
-            for fd in (old_wakeup.read_fd, old_wakeup.write_fd):
-                try:
-                    os.close(fd)
-                except OSError:  # closed already (-1)
-                    pass
+            old_wakeup.close()  # the parent's pipe (a late wakeup closes it when it makes its own)
         if self._lock.locked():  # a thread of the parent's held it at the fork: it would stay held here
             self._lock = threading.Lock()
         self._on_stopping = []  # the parent's resources are not the child's to stop

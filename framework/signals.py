@@ -219,11 +219,7 @@ class LateWakeup(Wakeup):
         # write_fd first, then the flag; wake() does the reverse: one of the two writes.
         self.write_fd = write_fd
         self.read_fd = read_fd
-        for fd in (self.replaces.read_fd, self.replaces.write_fd):
-            try:
-                os.close(fd)
-            except OSError:  # closed already (-1)
-                pass
+        self.replaces.close()  # the parent's pipe: no longer the process's wakeup descriptor
         # A signal caught before set_wakeup_fd wrote to the parent's pipe; its handler has
         # run by now (between two bytecodes), so the queue shows it.
         if self._woken or (self._signals_pending is not None and self._signals_pending()):
@@ -242,7 +238,7 @@ class LateWakeup(Wakeup):
     def close(self) -> None:
         """Close the pipe, or the parent's descriptors if it was never made (idempotent)."""
         if self.read_fd < 0:
-            self.read_fd, self.write_fd = self.replaces.read_fd, self.replaces.write_fd
+            self.replaces.close()
         super().close()
 
 

@@ -350,11 +350,13 @@ def test_the_free_c_heap_goes_back_to_the_kernel():
     assert int(result["after_trim"]) < int(result["after_free"]) - 10_000, result
 
 
-def test_the_core_does_not_import_random():
+def test_the_core_does_not_import_random_platform_or_resource():
     """Importing random registers its reseed as an at-fork hook, run in every child a forking server makes.
 
     The core imports it (and tempfile, which imports it) only where a pre-forked pool needs it.
-    ``-S``: without site-packages, whose ``.pth`` files may import it themselves.
+    ``platform`` and ``resource`` are imported only by the functions that need them: a module
+    loaded is heap, and for ``resource`` five mappings, that every fork copies.
+    ``-S``: without site-packages, whose ``.pth`` files may import them themselves.
     """
     script = textwrap.dedent("""
         import importlib, pkgutil, sys
@@ -369,7 +371,7 @@ def test_the_core_does_not_import_random():
                     load(loaded)
         load(importlib.import_module("framework"))
         load(importlib.import_module("servers"))
-        print(sorted(name for name in ("random", "tempfile") if name in sys.modules))
+        print(sorted(name for name in ("random", "tempfile", "platform", "resource") if name in sys.modules))
     """)
     done = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, timeout=60,
                           env=child_env(), check=False)

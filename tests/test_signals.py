@@ -309,6 +309,22 @@ def test_a_late_wakeup_never_made_closes_the_parents_descriptors():
     assert _open_fds(*fds) == [False, False]
 
 
+def test_only_the_named_signals_reach_the_unheard_listener():
+    # LastResort listens for stop signals; a SIGCHLD per connection (forking) must not call it.
+    wakeup = Wakeup()
+    dispatcher = SignalDispatcher(wakeup)
+    heard: list[int] = []
+    dispatcher.unheard = heard.append
+    dispatcher.unheard_signals = frozenset({int(signal.SIGTERM)})
+    try:
+        dispatcher._record(int(signal.SIGCHLD), None)
+        dispatcher._record(int(signal.SIGTERM), None)
+        assert heard == [int(signal.SIGTERM)]
+        assert dispatcher.pending()  # both are queued for dispatch all the same
+    finally:
+        wakeup.close()
+
+
 def test_stop_request_sets_the_latch_before_waking_the_loop():
     # A main-thread loop woken by the wakeup pipe reads the latch's flag at once.
     lifecycle = Lifecycle()
