@@ -46,11 +46,12 @@ from framework.datagram import DatagramProtocol
 from framework.drivers.blocking import BlockingConnection, tls_handshake
 from framework.drivers.common import HandlerError, ends_quietly
 from framework.drivers.datagram import DatagramService
-from framework.drivers.handler import close_request, run_handler
+from framework.drivers.handler import HandlerClass, close_request, run_handler
 from framework.drivers.watch import ConnectionWatch
 from framework.lifecycle import ActiveConnections, LastResort, Lifecycle
 from framework.limits import check_duration
 from framework.protocol import Protocol
+from framework.rehearsal import RehearsalHandler, RehearsalProtocol, rehearse
 from framework.signals import ignore_sigpipe
 from framework.strategies.base import ChildRole, Run, Strategy
 
@@ -65,6 +66,8 @@ _Made = TypeVar("_Made")
 DEFAULT_TIMEOUT = 60.0
 #: Default graceful timeout (seconds) for in-flight connections at shutdown.
 DEFAULT_GRACEFUL_TIMEOUT = 30.0
+#: The peer a rehearsal connection is served as (see :meth:`Server.rehearse`).
+_REHEARSAL_PEER = "rehearsal"
 
 
 class Server:
@@ -440,6 +443,14 @@ class Server:
             if wrapped is None:
                 return
             sock = wrapped
+        self._serve_protocol(sock, peer, protocol, main_thread)
+
+    def _serve_protocol(self, sock: socket.socket, peer: str, protocol: Protocol, main_thread: bool) -> None:
+        """Serve an admitted connection with the blocking driver, to its end; close *sock*.
+
+        The path every connection takes after its admission, and the one a
+        rehearsal runs (:meth:`rehearse`).
+        """
         self.connections.add(sock)
         try:
             connection = BlockingConnection(sock, peer, lifecycle=self.lifecycle, idle_timeout=self.timeout,
@@ -473,6 +484,10 @@ class Server:
                 wrapped.close()
                 return
             sock = wrapped
+        self._run_handler(sock, peer, handler, main_thread)
+
+    def _run_handler(self, sock: socket.socket, peer: str, handler: HandlerClass, main_thread: bool) -> None:
+        """Run a blocking handler over an admitted connection; close *sock* (also what :meth:`rehearse` runs)."""
         self.connections.add(sock)
         try:
             run_handler(handler, sock, self, timeout=self.timeout, watch=self._watch, main_thread=main_thread)
@@ -534,6 +549,28 @@ class Server:
         if role.worker:
             self.worker_init()
         return self._run
+
+    def rehearse(self) -> None:
+        """Serve a few connections of the framework's own here, so processes forked later find the path warm.
+
+        See :mod:`framework.rehearsal`.  The path after admission runs -- the
+        blocking driver with the rehearsal's protocol, or :meth:`_run_handler`
+        with its handler -- with a count of connections of its own, as a
+        child has (:meth:`enter_child`): this server's hooks are not called,
+        and what it has counted is left as it was.
+        """
+        def serve_one(sock: socket.socket, peer_closes: bool) -> None:
+            if self.handler is not None:
+                self._run_handler(sock, _REHEARSAL_PEER, RehearsalHandler, True)
+            else:
+                self._serve_protocol(sock, _REHEARSAL_PEER, RehearsalProtocol(closes_first=not peer_closes), True)
+
+        counted = self.connections
+        self.connections = ActiveConnections()
+        try:
+            rehearse(serve_one)
+        finally:
+            self.connections = counted
 
     def construction(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The arguments this server was made with, as given: ``(args, kwargs)``.

@@ -131,6 +131,14 @@ class Host(Protocol):
     def handle_error(self, exc: BaseException, peer: str) -> None:
         """Report a fault of one connection's protocol (the connection is already over)."""
 
+    def rehearse(self) -> None:
+        """Serve a few connections of the framework's own in this process, none of the server's hooks called.
+
+        For a strategy about to fork a child per connection: each child then
+        runs the serving path specialized by the interpreter rather than cold
+        (:mod:`framework.rehearsal`).
+        """
+
     def datagram_service(self) -> DatagramService:
         """What a datagram loop needs to answer datagrams on :attr:`listener`."""
 

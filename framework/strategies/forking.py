@@ -101,7 +101,11 @@ class ForkingRun(DispatchingRun):
         return self.accepted, self.live()
 
     def begin(self) -> None:
-        """Note whether SIGCHLD wakes us (otherwise reap on a timer); set up the direct fork; freeze the heap.
+        """Note whether SIGCHLD wakes us (otherwise reap on a timer); rehearse; set up the direct fork; freeze the heap.
+
+        A rehearsal (:meth:`~framework.strategies.base.Host.rehearse`) serves
+        a few connections of the framework's own first, so that every child
+        runs the serving path specialized by the interpreter, not cold.
 
         ``gc.freeze()`` moves every object alive now (modules, classes,
         functions: almost the whole heap) out of the collector's reach, so
@@ -113,6 +117,7 @@ class ForkingRun(DispatchingRun):
         every fork would copy their page-table entries, and every child's exit tear them down.
         """
         self._sigchld = self.host.lifecycle.signals.handles(signal.SIGCHLD)
+        self.host.rehearse()
         self._direct = DirectFork.find()
         self.host.lifecycle.prepare_children()
         gc.freeze()

@@ -1,0 +1,135 @@
+"""The rehearsal of a forking parent (:mod:`framework.rehearsal`): warm, invisible, harmless.
+
+It must serve its connections through the very path a child runs after
+admission (so the interpreter specializes that path), and leave no trace:
+none of the server's hooks called, nothing counted or logged, no
+descriptor left, and a failure ending only the rehearsal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from framework import rehearsal
+from framework.rehearsal import ROUNDS, rehearse
+from tests.support import open_fds_unchanged, recv_all
+from tests.test_connection_cost import calls_during
+from tests.witness_server import WitnessHandlerServer, WitnessServer
+
+#: The server's admission and its hooks (the witness server notes its protocol's and handler's calls itself).
+HOOKS = ("admit", "_admit", "verify_request", "configure_connection", "protocol_factory", "handle_error")
+
+
+@pytest.fixture
+def witness(tmp_path: Path) -> Path:
+    return tmp_path / "witness"
+
+
+@pytest.fixture(params=[WitnessServer, WitnessHandlerServer], ids=["protocol", "handler"])
+def server(request: pytest.FixtureRequest, witness: Path) -> Iterator[WitnessServer]:
+    made = request.param("127.0.0.1:0", bind=False, handle_signals=False, witness=str(witness))
+    yield made
+    made.server_close()
+
+
+def test_a_rehearsal_serves_its_rounds_through_the_path_a_child_runs_after_admission(server):
+    path = "_run_handler" if server.handler is not None else "_serve_protocol"
+    counts = calls_during(server.rehearse, (path, "run_handler", "run", "_finish"))
+    assert counts[path] == ROUNDS
+    if server.handler is not None:
+        assert counts["run_handler"] == ROUNDS
+    else:
+        assert counts["run"] == counts["_finish"] == ROUNDS  # BlockingConnection's, to the end of each connection
+
+
+def test_a_rehearsal_calls_none_of_the_servers_hooks_and_leaves_no_trace(server, witness, caplog):
+    counted = server.connections
+    with open_fds_unchanged(), caplog.at_level(logging.DEBUG):
+        counts = calls_during(server.rehearse, HOOKS)
+    assert not any(counts.values()), counts
+    assert not witness.exists()
+    assert server.connections is counted and counted.served == 0 and len(counted) == 0
+    assert caplog.records == []
+
+
+def test_a_rehearsal_that_meets_an_error_stops_quietly():
+    served = []
+
+    def serve_one(sock: socket.socket, peer_closes: bool) -> None:
+        if len(served) == 3:
+            raise ConnectionResetError("the fourth connection fails")
+        sock.sendall(sock.recv(64))
+        sock.close()
+        served.append(peer_closes)
+
+    with open_fds_unchanged():
+        assert rehearse(serve_one) == 3
+    assert served == [False, True, False]  # the two kinds of end take turns
+
+
+def test_a_rehearsal_stops_when_no_socket_pair_can_be_made(monkeypatch):
+    def no_pair(*args: object) -> tuple[socket.socket, socket.socket]:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(rehearsal.socket, "socketpair", no_pair)
+    assert rehearse(lambda sock, peer_closes: pytest.fail("nothing to serve")) == 0
+
+
+#: Run in a fresh interpreter (no tracer: a traced frame runs unspecialized): how many
+#: instructions of the driver's serving loop are specialized before and after a rehearsal.
+SPECIALIZED = textwrap.dedent("""
+    import dis, json, sys
+    from framework.drivers.blocking import BlockingConnection
+    from servers.nbytes import NBytesServer
+
+    def specialized(function):
+        code = function.__code__
+        pairs = zip(dis.get_instructions(code), dis.get_instructions(code, adaptive=True))
+        return sum(1 for base, now in pairs
+                   if now.opname not in (base.opname, base.opname + "_ADAPTIVE", base.opname + "_QUICK"))
+
+    server = NBytesServer("127.0.0.1:0", bind=False, handle_signals=False)
+    before = specialized(BlockingConnection._serve)
+    server.rehearse()
+    print(json.dumps([before, specialized(BlockingConnection._serve), sys.gettrace() is None]))
+    server.server_close()
+""")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the specializing interpreter came with 3.11")
+def test_after_a_rehearsal_the_serving_loop_is_specialized():
+    env = {name: value for name, value in os.environ.items() if not name.startswith("COVERAGE")}
+    done = subprocess.run([sys.executable, "-c", SPECIALIZED], capture_output=True, text=True, env=env, timeout=60,
+                          cwd=Path(__file__).parent.parent, check=True)
+    before, after, untraced = json.loads(done.stdout)
+    assert untraced
+    assert before == 0
+    assert after > 0
+
+
+@pytest.mark.parametrize("server_class", ["WitnessServer", "WitnessHandlerServer"])
+def test_a_forking_parent_runs_none_of_its_servers_hooks(serve, witness, server_class):
+    # End to end: the parent rehearses before its first fork, and every hook still runs in a child only.
+    server = serve(f"tests.witness_server:{server_class}", "--witness", str(witness), strategy="forking")
+    children = set()
+    for _ in range(3):
+        with server.connect() as sock:
+            sock.sendall(b"hello\n")
+            children.add(int(recv_all(sock)))
+    server.stop()
+    notes = [line.split() for line in witness.read_text().splitlines()]
+    assert len(children) == 3 and server.pid not in children
+    assert {int(pid) for _, pid in notes} == children
+    expected = {"verify_request", "configure_connection"} | (
+        {"handler"} if server_class == "WitnessHandlerServer" else {"protocol_factory", "data_received"})
+    assert {hook for hook, _ in notes} == expected
