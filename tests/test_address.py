@@ -16,6 +16,7 @@ from framework.address import (
     format_peer,
     local_address,
     parse_address,
+    peer_credentials,
     remove_unix_socket,
     socket_file_inode,
 )
@@ -117,3 +118,9 @@ def test_format_peer():
     assert format_peer(socket.AF_INET, ("1.2.3.4", 5)) == "1.2.3.4:5"
     assert format_peer(socket.AF_INET6, ("::1", 5, 0, 0)) == "[::1]:5"
     assert format_peer(socket.AF_UNIX, "") == "unix"
+
+
+def test_peer_credentials_name_the_process_at_the_other_end():
+    left, right = socket.socketpair()
+    with left, right:
+        assert peer_credentials(left) == (os.getpid(), os.getuid(), os.getgid())

@@ -10,9 +10,12 @@ connection costs".)
 
 from __future__ import annotations
 
+import array
 import signal
 import socket
+import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -21,12 +24,14 @@ from typing import Any
 import pytest
 
 from framework import Protocol
+from framework.drivers import common
+from framework.drivers.blocking import BlockingConnection
 from framework.drivers.common import has_unread_input
 from framework.drivers.nonblocking import EventLoop
 from framework.lifecycle import Lifecycle
 from framework.signals import SERVER_SIGNALS, raw_sigmask, start_thread_without_signals
 from servers.nbytes import NBytesServer
-from tests.support import open_fds_unchanged, recv_all
+from tests.support import child_env, open_fds_unchanged, recv_all
 from tests.test_blocking_driver import drive
 
 HOOKS = ("verify_request", "configure_connection", "_apply_socket_options")
@@ -233,3 +238,54 @@ def test_a_thread_writing_to_a_peer_that_never_reads_still_times_out(lifecycle):
         thread.join(10)  # the send limit, armed when the first send could not take it all, ran out
         assert not thread.is_alive()
     assert isinstance(result["ended_by"], TimeoutError)
+
+
+#: Run with ``-S`` (no site-packages, whose ``.pth`` files may import anything): what a
+#: forking server's process has loaded once it has rehearsed (:mod:`framework.rehearsal`).
+LOADED = textwrap.dedent("""
+    import sys
+    import framework.cli, framework.strategies.forking
+    from servers.nbytes import NBytesServer
+    server = NBytesServer("127.0.0.1:0", bind=False, handle_signals=False)
+    server.rehearse()
+    server.server_close()
+    print(sorted(name for name in ("struct", "_struct", "termios") if name in sys.modules))
+""")
+
+
+def test_a_forking_server_loads_neither_struct_nor_termios():
+    # Each is a shared library of five mappings, which every fork copies and every exit tears down.
+    done = subprocess.run([sys.executable, "-S", "-c", LOADED], capture_output=True, text=True, timeout=60,
+                          env=child_env(), check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_ioctl_numbers_are_this_machines():
+    import termios
+
+    assert (common.FIONREAD, common.TIOCOUTQ) == (termios.FIONREAD, termios.TIOCOUTQ)
+
+
+def test_the_socket_queues_are_read_with_them(pair):
+    server_side, client = pair
+    assert not common.bytes_queued(server_side) and not has_unread_input(server_side.fileno())
+    client.sendall(b"unread")
+    assert common.bytes_queued(server_side) and has_unread_input(server_side.fileno())
+
+
+def test_tcp_idle_for_reads_the_kernels_clock():
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()) as client:
+        accepted, _ = listener.accept()
+        with accepted:
+            client.sendall(b"x")
+            assert accepted.recv(1) == b"x"
+            assert 0.0 <= common.tcp_idle_for(accepted) < 10.0
+
+
+def test_the_idle_limit_is_armed_as_a_timeval(pair, lifecycle):
+    connection = BlockingConnection(pair[0], "peer", lifecycle=lifecycle, idle_timeout=2.5)
+    connection._arm_limits()
+    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        assert list(array.array("l", pair[0].getsockopt(socket.SOL_SOCKET, option, 16))) == [2, 500_000]

@@ -7,9 +7,7 @@ import fcntl
 import math
 import os
 import socket
-import struct
 import sys
-import termios
 import time
 from typing import Any
 
@@ -34,6 +32,31 @@ STOP_IDLE_GRACE = 1.0
 #: A lingering close reads and discards at most this much.
 LINGER_MAX_BYTES = 1 << 20
 
+#: Machines whose Linux takes the generic ioctl numbers (asm-generic/ioctls.h); alpha, mips,
+#: powerpc, sparc, sh and xtensa have their own, which only the termios module knows.
+_GENERIC_IOCTLS = frozenset({"x86_64", "i386", "i486", "i586", "i686", "aarch64", "aarch64_be", "armv6l", "armv7l",
+                             "armv8l", "riscv32", "riscv64", "s390x", "loongarch64", "arc", "csky", "hexagon",
+                             "m68k", "microblaze", "nios2", "openrisc", "parisc", "parisc64"})
+
+
+def _ioctl_numbers() -> tuple[int, int]:
+    """``(FIONREAD, TIOCOUTQ)`` of this machine.
+
+    Not from :mod:`termios` where the generic numbers hold: a terminal
+    module's five mappings would be copied by every fork and torn down by
+    every exit of a server that forks per connection (docs/lab.md, "The
+    fifth round").
+    """
+    if os.uname().machine in _GENERIC_IOCTLS:
+        return 0x541B, 0x5411
+    import termios
+
+    return termios.FIONREAD, termios.TIOCOUTQ
+
+
+#: Bytes unread in a socket's receive queue (SIOCINQ), and unsent in its send queue (SIOCOUTQ).
+FIONREAD, TIOCOUTQ = _ioctl_numbers()
+
 #: FIONREAD's answer when nothing is unread (an ``int``, as the kernel writes it).
 _NOTHING_UNREAD = bytes(4)
 
@@ -48,7 +71,7 @@ def has_unread_input(fd: int) -> bool:
     ``recv`` will say what is wrong.
     """
     try:
-        return fcntl.ioctl(fd, termios.FIONREAD, _NOTHING_UNREAD) != _NOTHING_UNREAD
+        return fcntl.ioctl(fd, FIONREAD, _NOTHING_UNREAD) != _NOTHING_UNREAD
     except OSError:
         return True
 
@@ -138,7 +161,7 @@ def socket_extra_info(sock: socket.socket, name: str, default: Any = None) -> An
 
 def bytes_queued(sock: socket.socket) -> bool:
     """True when *sock* holds unread input or unsent (or unacknowledged) output: not idle."""
-    for request in (termios.FIONREAD, termios.TIOCOUTQ):  # SIOCINQ, SIOCOUTQ
+    for request in (FIONREAD, TIOCOUTQ):  # SIOCINQ, SIOCOUTQ
         count = array.array("i", [0])
         fcntl.ioctl(sock.fileno(), request, count)
         if count[0]:
@@ -149,9 +172,10 @@ def bytes_queued(sock: socket.socket) -> bool:
 def tcp_idle_for(sock: socket.socket) -> float:
     """Seconds since *sock* last received or sent data, from the kernel's ``TCP_INFO``."""
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
-    last_data_sent: int
-    last_data_recv: int
-    last_data_sent, _, last_data_recv = struct.unpack_from("<III", info, _TCP_INFO_LAST_DATA_SENT)
+    fields = memoryview(info)[_TCP_INFO_LAST_DATA_SENT:_TCP_INFO_LAST_DATA_SENT + 12]
+    if len(fields) != 12:
+        raise ValueError(f"TCP_INFO too short: {len(info)} bytes")
+    last_data_sent, _, last_data_recv = fields.cast("I")  # three __u32, in the machine's order
     return min(last_data_sent, last_data_recv) / 1000
 
 
