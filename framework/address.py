@@ -22,6 +22,7 @@ import os
 import select
 import socket
 import stat
+import struct
 
 #: Listen backlog.  socketserver's 5 overflows as soon as ~100 clients connect
 #: at once; the kernel silently caps this at net.core.somaxconn.
@@ -158,8 +159,8 @@ def format_peer(family: int, sockaddr: object, sock: socket.socket | None = None
     return text
 
 
-#: ``struct ucred`` (Linux ``SO_PEERCRED``): pid, uid and gid, three C ints.
-_UCRED_SIZE = 12
+#: ``struct ucred``: pid, uid, gid (Linux ``SO_PEERCRED``).
+_UCRED = struct.Struct("3i")
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
@@ -168,13 +169,9 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
     if option is None:
         return None
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, option, _UCRED_SIZE)
-    except OSError:
+        pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, option, _UCRED.size))
+    except (OSError, struct.error):
         return None
-    if len(raw) != _UCRED_SIZE:
-        return None
-    # A view in the machine's own int, not the struct module: see drivers.common on what a loaded module costs.
-    pid, uid, gid = memoryview(raw).cast("i")
     return pid, uid, gid
 
 

@@ -7,6 +7,7 @@ import fcntl
 import math
 import os
 import socket
+import struct
 import sys
 import time
 from typing import Any
@@ -172,10 +173,9 @@ def bytes_queued(sock: socket.socket) -> bool:
 def tcp_idle_for(sock: socket.socket) -> float:
     """Seconds since *sock* last received or sent data, from the kernel's ``TCP_INFO``."""
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
-    fields = memoryview(info)[_TCP_INFO_LAST_DATA_SENT:_TCP_INFO_LAST_DATA_SENT + 12]
-    if len(fields) != 12:
-        raise ValueError(f"TCP_INFO too short: {len(info)} bytes")
-    last_data_sent, _, last_data_recv = fields.cast("I")  # three __u32, in the machine's order
+    last_data_sent: int
+    last_data_recv: int
+    last_data_sent, _, last_data_recv = struct.unpack_from("<III", info, _TCP_INFO_LAST_DATA_SENT)
     return min(last_data_sent, last_data_recv) / 1000
 
 
