@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import os
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 from typing import Protocol as _TypingProtocol
 
 
@@ -153,6 +153,18 @@ class Protocol:
     """
 
     transport: Transport
+
+    #: True when the class overrides neither :meth:`server_stopping` nor
+    #: :meth:`between_messages`: a stop then needs nothing of the protocol's, so a
+    #: blocking driver may wait in ``recv``.  Worked out for each class as it is
+    #: made (setting it has no effect), so that a connection -- a forked child's
+    #: one and only -- reads it rather than works it out.
+    leaves_stop_to_driver: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.leaves_stop_to_driver = (cls.server_stopping is Protocol.server_stopping
+                                     and cls.between_messages is Protocol.between_messages)
 
     def connection_made(self, transport: Transport) -> None:
         """Called once with the transport of a new connection."""

@@ -291,3 +291,31 @@ def test_the_idle_limit_is_armed_as_a_timeval(pair, lifecycle):
     connection._arm_limits()
     for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
         assert list(array.array("l", pair[0].getsockopt(socket.SOL_SOCKET, option, 16))) == [2, 500_000]
+
+
+class _Stopping(Protocol):
+    def server_stopping(self) -> None:
+        pass
+
+
+class _Keeping(Protocol):
+    def between_messages(self) -> bool:
+        return False
+
+
+class _KeepingMixin:
+    def between_messages(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(("protocol_class", "leaves_it"), [
+    (Protocol, True),
+    (type("Plain", (Protocol,), {}), True),
+    (_Stopping, False),
+    (_Keeping, False),
+    (type("Inherits", (_Stopping,), {}), False),
+    (type("Mixed", (_KeepingMixin, Protocol), {}), False),
+])
+def test_whether_a_stop_needs_the_protocol_is_worked_out_once_per_class(protocol_class, leaves_it):
+    # The blocking driver reads it for every connection (may it wait in recv?), a lookup cached nowhere else.
+    assert protocol_class.leaves_stop_to_driver is leaves_it

@@ -107,17 +107,6 @@ _INF = math.inf
 _BYTES_LIKE = (bytes, bytearray)
 
 
-@functools.lru_cache(maxsize=256)
-def _stop_needs_no_protocol(kind: type[Protocol]) -> bool:
-    """True when protocol class *kind* leaves a stop to the driver (overrides neither stop hook).
-
-    Asked once per class, not per connection: a connection of such a
-    protocol may wait in ``recv``, since nothing of the protocol's has to run
-    when a stop begins or the connection sits between messages.
-    """
-    return kind.server_stopping is Protocol.server_stopping and kind.between_messages is Protocol.between_messages
-
-
 #: What means "try again when the socket is ready" over plain TCP (one tuple for every connection).
 _WOULD_BLOCK: tuple[type[Exception], ...] = (BlockingIOError,)
 
@@ -537,9 +526,8 @@ class BlockingConnection(Transport):
         after :data:`REQUESTS_BEFORE_RECV` requests, once the connection has
         shown that it stays.
         """
-        # (A class is hashable: mypy takes Protocol's __hash__ for the class's own.)
         may_wait_in_recv = ((not self._watch_wakeup or self._watch is not None) and not self._tls
-                            and _stop_needs_no_protocol(type(protocol)))  # type: ignore[arg-type]
+                            and protocol.leaves_stop_to_driver)
         if may_wait_in_recv and not self._watch_wakeup:
             self._enter_recv()
         elif self.sock.gettimeout() is None:  # blocking, as our acceptor hands it over
