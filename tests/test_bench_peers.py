@@ -14,6 +14,7 @@ import pytest
 from framework.bench.peers import PEERS, peer_targets
 from framework.bench.processes import RunningServer
 from framework.bench.report import Column, Row, WorkloadReport, table
+from framework.bench.socketserver_peer import CARRY_ENV, carried_modules
 from framework.bench.targets import Context
 from framework.bench.workloads.http import file_name, make_root
 from tests.support import missing_requirement, reap_adopted, recv_all
@@ -152,3 +153,19 @@ def test_ratios_compare_rows_at_the_same_load_point():
     text = table(report, markdown=True)
     assert text.splitlines()[0] == "| server | kind | c | rate | notes |"
     assert "| poll | forkthread | 10 | 900 |  |" in text
+
+
+def test_a_socketserver_peer_carries_modules_only_when_told(monkeypatch):
+    # The measurement behind docs/lab.md's "what loaded modules cost": the same peer, its parent bigger.
+    command = peer("socketserver forking").command(Context("nbytes", "nbytes"))
+    with RunningServer(command) as server:
+        lean = Path(f"/proc/{server.pid}/maps").read_text()
+    monkeypatch.setenv(CARRY_ENV, "json, framework.lifecycle")
+    command = peer("socketserver forking").command(Context("nbytes", "nbytes"))
+    with RunningServer(command) as server:
+        carrying = Path(f"/proc/{server.pid}/maps").read_text()
+        with socket.create_connection((server.host, server.port), 5) as sock:
+            sock.sendall(b"100\n")
+            assert len(recv_all(sock)) == 100
+    assert "_json" not in lean and "_json" in carrying
+    assert carried_modules() == ["json", "framework.lifecycle"]

@@ -15,11 +15,20 @@ first) would pay for imports a socketserver program does not have.  This
 one imports what such a program imports: :mod:`socketserver` and its
 handler.  Only the ``work`` kinds load more: the handler of forkthread's
 ``work`` server (:mod:`servers.work`), so that both do the very same work.
+
+A measurement, not a peer: with :data:`CARRY_ENV` naming modules
+(comma-separated), the program loads them first, unused, and freezes its
+heap as forkthread's forking parent does.  ``forkthread bench stevens``
+then shows what carrying another program's modules costs a fork per
+connection (docs/lab.md, "The fifth round"), and says so in its notes.
+The lab never sets it.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import signal
 import socketserver
 import sys
@@ -78,6 +87,9 @@ SERVER_CLASSES: dict[str, type[socketserver.TCPServer]] = {
     "iterative": _Iterative, "threading": _Threading, "forking": _Forking}
 #: The protocols a KIND may end in.
 PROTOCOLS = ("echo", "nbytes", "work")
+#: The variable naming modules to load, unused, before serving (see the module docstring).
+CARRY_ENV = "FORKTHREAD_PEER_CARRY"
+
 #: Every KIND this script serves.
 KINDS = [f"socketserver-{model}-{protocol}" for model in SERVER_CLASSES for protocol in PROTOCOLS]
 
@@ -128,10 +140,20 @@ def peer_parser(prog: str, kinds: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def carried_modules() -> list[str]:
+    """The modules :data:`CARRY_ENV` names (none: the lean peer)."""
+    return [name.strip() for name in os.environ.get(CARRY_ENV, "").split(",") if name.strip()]
+
+
 def main() -> int:
     """Parse the command line and serve."""
     parser = peer_parser("python -P socketserver_peer.py", KINDS)
     args = parser.parse_args()
+    carried = carried_modules()
+    for name in carried:
+        __import__(name)  # (importlib itself would be one more module carried)
+    if carried:
+        gc.freeze()  # as forkthread's forking parent does: the collector then leaves their pages alone
     host, _, port = args.bind.rpartition(":")
     _, model, protocol = args.kind.split("-")
     try:

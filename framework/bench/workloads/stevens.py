@@ -22,6 +22,7 @@ from framework.bench.clients import latency_ms, run_clients
 from framework.bench.config import BenchConfig
 from framework.bench.processes import RunningServer
 from framework.bench.report import Column, Row, WorkloadReport
+from framework.bench.socketserver_peer import CARRY_ENV, carried_modules
 from framework.bench.targets import Context
 
 COLUMNS = [
@@ -188,6 +189,10 @@ def run(config: BenchConfig) -> WorkloadReport:
                 row.notes.append("did not stop gracefully: killed, so its children's CPU may be missing")
         else:
             session.skip(config, report, target, "; ".join(notes[target.name]))
+    carried = carried_modules()
+    if carried:
+        report.notes.append(f"the socketserver peers carried {', '.join(carried)}, unused ({CARRY_ENV}):"
+                            " a measurement of what loaded modules cost, not the lean peers")
     add_process_control(report)
     report.summary = recommend(report)
     from framework.bench.plots import plot_stevens
