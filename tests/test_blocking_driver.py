@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -380,3 +381,47 @@ def test_an_ended_connection_and_its_protocol_are_freed_without_the_collector(li
         assert [ref() for ref in refs] == [None, None], "left for the garbage collector"
     finally:
         gc.enable()
+
+
+class FileMaker(Protocol):
+    """Makes a file of its connection's socket, as a handler-style protocol might; answers; closes the file at the end."""
+
+    def __init__(self, hand_out: bool) -> None:
+        self.hand_out = hand_out
+        self.socket: socket.socket | None = None
+        self.file: Any = None
+        self.open_at_the_end: bool | None = None
+
+    def connection_made(self, transport: Transport) -> None:
+        super().connection_made(transport)
+        self.socket = transport.get_extra_info("socket") if self.hand_out else transport.sock  # type: ignore[attr-defined]
+        if self.hand_out:
+            self.file = self.socket.makefile("rb")
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.file is not None:
+            fd = self.file.fileno()
+            try:
+                os.fstat(fd)
+                self.open_at_the_end = True
+            except OSError:
+                self.open_at_the_end = False
+            self.file.close()
+
+
+@pytest.mark.parametrize("hand_out", [True, False])
+def test_a_socket_handed_to_the_protocol_stays_open_while_a_file_of_it_does(lifecycle, hand_out):
+    # The driver closes with socket.close() (which waits for the files made of it) once the
+    # protocol was given the socket; otherwise with the C close, the socket being its own.
+    protocol = FileMaker(hand_out)
+    client, thread, result = drive(protocol, lifecycle, request=b"ping")
+    with client:
+        assert recv_all(client) == b"ping"  # the end of input: closed for real once the file was
+    thread.join(10)
+    assert result["ended_by"] is None
+    assert protocol.open_at_the_end is (True if hand_out else None)
+    assert protocol.socket is not None and protocol.socket.fileno() == -1

@@ -68,6 +68,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
+from framework.address import close_socket
 from framework.drivers.common import (
     DEFAULT_LINGER,
     LINGER_MAX_BYTES,
@@ -150,6 +151,8 @@ class BlockingConnection(Transport):
     _wants_read: tuple[type[Exception], ...] = ()
     #: File bodies go through TLS in user space: sendfile(2) cannot encrypt (unless kernel TLS).
     _copy_files = False
+    #: The protocol was given the socket itself (``get_extra_info("socket")``), and may have made files of it.
+    _handed_out = False
 
     def __init__(
         self,
@@ -202,6 +205,7 @@ class BlockingConnection(Transport):
             return self.sock if self._tls else default
         if name == "socket":
             self._wait_in_poll()  # the protocol may share the socket (and its blocking mode) with another thread
+            self._handed_out = True  # and make files of it: closed by socket.close(), which waits for them
         return socket_extra_info(self.sock, name, default)
 
     def is_closing(self) -> bool:
@@ -736,7 +740,10 @@ class BlockingConnection(Transport):
             if not abort and not self._eof:
                 self._drain_input()
         finally:
-            self.sock.close()
+            if self._tls or self._handed_out:
+                self.sock.close()  # an SSLSocket's own, or one that waits for the files made of the socket
+            else:
+                close_socket(self.sock)  # nobody else holds it: the C close, without socket.close()'s two frames
 
     def _close_notify(self) -> None:
         """Send our close_notify alert; the peer's is not awaited."""
