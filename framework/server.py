@@ -561,10 +561,13 @@ class Server:
         """
         def serve_one(sock: socket.socket, peer_closes: bool) -> None:
             if self.handler is not None:
-                self._run_handler(sock, _REHEARSAL_PEER, RehearsalHandler, True)
+                # Not as the main thread: its handler's watch would start a thread for a signal caught meanwhile.
+                self._run_handler(sock, _REHEARSAL_PEER, RehearsalHandler, False)
             else:
                 self._serve_protocol(sock, _REHEARSAL_PEER, RehearsalProtocol(closes_first=not peer_closes), True)
 
+        if self.lifecycle.stopping:
+            return  # stopping before the first connection: nothing will be forked
         counted = self.connections
         self.connections = ActiveConnections()
         try:

@@ -384,7 +384,7 @@ def test_an_ended_connection_and_its_protocol_are_freed_without_the_collector(li
 
 
 class FileMaker(Protocol):
-    """Makes a file of its connection's socket, as a handler-style protocol might; answers; closes the file at the end."""
+    """Makes a file of its connection's socket, as a handler-style protocol might; answers; closes the file last."""
 
     def __init__(self, hand_out: bool) -> None:
         self.hand_out = hand_out

@@ -133,3 +133,9 @@ def test_a_forking_parent_runs_none_of_its_servers_hooks(serve, witness, server_
     expected = {"verify_request", "configure_connection"} | (
         {"handler"} if server_class == "WitnessHandlerServer" else {"protocol_factory", "data_received"})
     assert {hook for hook, _ in notes} == expected
+
+
+def test_a_server_already_stopping_does_not_rehearse(server, witness):
+    server.lifecycle.request_stop()
+    counts = calls_during(server.rehearse, ("_serve_protocol", "_run_handler"))
+    assert not any(counts.values())
