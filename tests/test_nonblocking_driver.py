@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -654,3 +655,41 @@ def test_an_ended_connection_and_its_protocol_are_freed_without_the_collector(ha
         assert connection() is None and protocol_ref() is None, "left for the garbage collector"
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("hand_out", [True, False])
+def test_a_socket_handed_to_the_protocol_stays_open_while_a_file_of_it_does(harness, hand_out):
+    # As in the blocking driver: socket.close() (which waits for the files made of it) once the
+    # protocol was given the socket; otherwise the C close, the socket being the loop's own.
+    files: list[Any] = []
+    open_at_the_end: list[bool] = []
+
+    def made(protocol: Scripted) -> None:
+        if hand_out:
+            files.append(protocol.transport.get_extra_info("socket").makefile("rb"))
+
+    def answer(protocol: Scripted, data: bytes) -> None:
+        protocol.transport.write(data)
+        protocol.transport.close()
+
+    server, client = tcp_pair()
+    protocol = Scripted(made=made, data=answer)
+    original_lost = protocol.connection_lost
+
+    def lost(exc: BaseException | None) -> None:
+        original_lost(exc)
+        for file in files:
+            try:
+                os.fstat(file.fileno())
+                open_at_the_end.append(True)
+            except OSError:
+                open_at_the_end.append(False)
+            file.close()
+
+    protocol.connection_lost = lost  # type: ignore[method-assign]
+    harness.serve(server, protocol)
+    client.sendall(b"ping")
+    assert read_to_eof(harness, client) == b"ping"
+    harness.run_until(lambda: protocol.lost)
+    assert open_at_the_end == ([True] if hand_out else [])
+    assert server.fileno() == -1

@@ -67,6 +67,7 @@ import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
+from framework.address import close_socket
 from framework.drivers.common import (
     LINGER_MAX_BYTES,
     RECV_SIZE,
@@ -420,6 +421,8 @@ class NonBlockingConnection(Transport):
     _port: LoopPort | None = None  # the port of the job offloaded now, if any
     _linger = 0.0
     _linger_budget = LINGER_MAX_BYTES
+    #: The protocol was given the socket itself (``get_extra_info("socket")``), and may have made files of it.
+    _handed_out = False
     _error: BaseException | None = None
     _faulted = False
     _idle_timer: Timer | None = None
@@ -472,6 +475,8 @@ class NonBlockingConnection(Transport):
             return self.buffered
         if name == "ssl_object":
             return self._tls.ssl_object if self._tls is not None else default
+        if name == "socket":
+            self._handed_out = True  # files made of it: closed by socket.close(), which waits for them
         return socket_extra_info(self.sock, name, default)
 
     def pause_reading(self) -> None:
@@ -995,7 +1000,10 @@ class NonBlockingConnection(Transport):
         if self._port is not None:
             self._port.ended()
         loop._forget(self)
-        self.sock.close()
+        if self._handed_out:
+            self.sock.close()
+        else:
+            close_socket(self.sock)  # nobody else holds it: the C close, without socket.close()'s two frames
 
     def _report(self) -> None:
         """Tell the protocol the connection is over, and the server what went wrong, if anything."""
