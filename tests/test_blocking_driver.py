@@ -425,3 +425,25 @@ def test_a_socket_handed_to_the_protocol_stays_open_while_a_file_of_it_does(life
     assert result["ended_by"] is None
     assert protocol.open_at_the_end is (True if hand_out else None)
     assert protocol.socket is not None and protocol.socket.fileno() == -1
+
+
+class ClosingTells(socket.socket):
+    """A socket whose class closes it its own way (as a connection a pre-forked master passed does)."""
+
+    closes: list[int] = []
+
+    def close(self) -> None:
+        ClosingTells.closes.append(self.fileno())
+        super().close()
+
+
+def test_a_socket_of_a_class_with_its_own_close_is_closed_by_it(lifecycle):
+    ClosingTells.closes.clear()
+    plain_end, client = socket.socketpair()
+    server_end = ClosingTells(fileno=plain_end.detach())
+    client.sendall(b"ping")
+    with client:
+        connection = BlockingConnection(server_end, "pair", lifecycle=lifecycle)
+        assert connection.run(FileMaker(hand_out=False)) is None
+        assert recv_all(client) == b"ping"
+    assert len(ClosingTells.closes) == 1 and server_end.fileno() == -1

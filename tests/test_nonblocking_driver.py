@@ -693,3 +693,21 @@ def test_a_socket_handed_to_the_protocol_stays_open_while_a_file_of_it_does(harn
     harness.run_until(lambda: protocol.lost)
     assert open_at_the_end == ([True] if hand_out else [])
     assert server.fileno() == -1
+
+
+def test_a_socket_of_a_class_with_its_own_close_is_closed_by_it(harness):
+    closes: list[int] = []
+
+    class ClosingTells(socket.socket):
+        def close(self) -> None:
+            closes.append(self.fileno())
+            super().close()
+
+    plain, client = tcp_pair()
+    server = ClosingTells(fileno=plain.detach())
+    protocol = Scripted(data=lambda p, data: (p.transport.write(data), p.transport.close()))
+    harness.serve(server, protocol)
+    client.sendall(b"ping")
+    assert read_to_eof(harness, client) == b"ping"
+    harness.run_until(lambda: protocol.lost)
+    assert len(closes) == 1 and server.fileno() == -1

@@ -151,8 +151,10 @@ class BlockingConnection(Transport):
     _wants_read: tuple[type[Exception], ...] = ()
     #: File bodies go through TLS in user space: sendfile(2) cannot encrypt (unless kernel TLS).
     _copy_files = False
-    #: The protocol was given the socket itself (``get_extra_info("socket")``), and may have made files of it.
-    _handed_out = False
+    #: Closed with the C close: a plain ``socket.socket`` nobody else holds.  Not one of a class with a
+    #: ``close()`` of its own (an SSLSocket, a connection a pre-forked master passed, which tells
+    #: it), nor one given to the protocol (``get_extra_info("socket")``), which may have made files of it.
+    _own_close = False
 
     def __init__(
         self,
@@ -181,6 +183,7 @@ class BlockingConnection(Transport):
         self._limits_armed = idle_timeout is None
         #: Read the socket itself, past TLS (only to discard input when closing).
         self._raw_recv = sock.recv
+        self._own_close = type(sock) is socket.socket
         # The type first: an accepted socket is a plain socket.socket, and the call costs more than the test.
         if type(sock) is not socket.socket and is_tls_socket(sock):
             import ssl  # loaded already: the socket is an SSLSocket
@@ -205,7 +208,7 @@ class BlockingConnection(Transport):
             return self.sock if self._tls else default
         if name == "socket":
             self._wait_in_poll()  # the protocol may share the socket (and its blocking mode) with another thread
-            self._handed_out = True  # and make files of it: closed by socket.close(), which waits for them
+            self._own_close = False  # and make files of it: closed by socket.close(), which waits for them
         return socket_extra_info(self.sock, name, default)
 
     def is_closing(self) -> bool:
@@ -740,10 +743,10 @@ class BlockingConnection(Transport):
             if not abort and not self._eof:
                 self._drain_input()
         finally:
-            if self._tls or self._handed_out:
-                self.sock.close()  # an SSLSocket's own, or one that waits for the files made of the socket
-            else:
+            if self._own_close:
                 close_socket(self.sock)  # nobody else holds it: the C close, without socket.close()'s two frames
+            else:
+                self.sock.close()  # its class's own (an SSLSocket's...), or one that waits for files made of it
 
     def _close_notify(self) -> None:
         """Send our close_notify alert; the peer's is not awaited."""

@@ -421,8 +421,8 @@ class NonBlockingConnection(Transport):
     _port: LoopPort | None = None  # the port of the job offloaded now, if any
     _linger = 0.0
     _linger_budget = LINGER_MAX_BYTES
-    #: The protocol was given the socket itself (``get_extra_info("socket")``), and may have made files of it.
-    _handed_out = False
+    #: Closed with the C close: a plain ``socket.socket`` nobody else holds (see the blocking driver's).
+    _own_close = False
     _error: BaseException | None = None
     _faulted = False
     _idle_timer: Timer | None = None
@@ -443,6 +443,7 @@ class NonBlockingConnection(Transport):
         self._loop = loop
         self.sock = sock
         self._fd = sock.fileno()
+        self._own_close = type(sock) is socket.socket
         # What moves bytes: the socket's own calls, or the TLS stream's with the same meaning
         # (sendmsg and sendfile, needed less often, are asked for when needed: _sendmsg, _sendfile).
         io: Any = sock
@@ -476,7 +477,7 @@ class NonBlockingConnection(Transport):
         if name == "ssl_object":
             return self._tls.ssl_object if self._tls is not None else default
         if name == "socket":
-            self._handed_out = True  # files made of it: closed by socket.close(), which waits for them
+            self._own_close = False  # files made of it: closed by socket.close(), which waits for them
         return socket_extra_info(self.sock, name, default)
 
     def pause_reading(self) -> None:
@@ -1000,10 +1001,10 @@ class NonBlockingConnection(Transport):
         if self._port is not None:
             self._port.ended()
         loop._forget(self)
-        if self._handed_out:
-            self.sock.close()
-        else:
+        if self._own_close:
             close_socket(self.sock)  # nobody else holds it: the C close, without socket.close()'s two frames
+        else:
+            self.sock.close()  # its class's own (a connection a pre-forked master passed), or one with files
 
     def _report(self) -> None:
         """Tell the protocol the connection is over, and the server what went wrong, if anything."""
