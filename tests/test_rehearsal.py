@@ -88,15 +88,18 @@ def test_a_rehearsal_stops_when_no_socket_pair_can_be_made(monkeypatch):
 #: Run in a fresh interpreter (no tracer: a traced frame runs unspecialized): how many
 #: instructions of the driver's serving loop are specialized before and after a rehearsal.
 SPECIALIZED = textwrap.dedent("""
-    import dis, json, sys
+    import dis, json, opcode, sys
     from framework.drivers.blocking import BlockingConnection
     from servers.nbytes import NBytesServer
 
+    # The forms an instruction takes once specialized for what it met (not 3.11's adaptive
+    # forms, nor 3.12's superinstructions, which a code object has from its first call).
+    SPECIALIZED = {name for names in opcode._specializations.values() for name in names
+                   if not name.endswith("_ADAPTIVE")}
+
     def specialized(function):
-        code = function.__code__
-        pairs = zip(dis.get_instructions(code), dis.get_instructions(code, adaptive=True))
-        return sum(1 for base, now in pairs
-                   if now.opname not in (base.opname, base.opname + "_ADAPTIVE", base.opname + "_QUICK"))
+        return sum(1 for instruction in dis.get_instructions(function.__code__, adaptive=True)
+                   if instruction.opname in SPECIALIZED)
 
     server = NBytesServer("127.0.0.1:0", bind=False, handle_signals=False)
     before = specialized(BlockingConnection._serve)
@@ -113,8 +116,7 @@ def test_after_a_rehearsal_the_serving_loop_is_specialized():
                           cwd=Path(__file__).parent.parent, check=True)
     before, after, untraced = json.loads(done.stdout)
     assert untraced
-    assert before == 0
-    assert after > 0
+    assert after >= before + 10  # 3.11: 0 -> 59, 3.12: 15 -> 35, 3.13: 0 -> 38
 
 
 @pytest.mark.parametrize("server_class", ["WitnessServer", "WitnessHandlerServer"])
