@@ -17,11 +17,13 @@ A rehearsal runs the path in the parent first, before the first fork: a few
 connections over socket pairs, served through the very code a child runs
 once its connection is admitted, so every child inherits it specialized.
 Nothing of the server's own runs -- no admission hook, no protocol factory,
-no handler of its own, no ``handle_error`` -- the protocol and the blocking
-handler are this module's; nothing is counted or logged; no descriptor
-outlives it; and a rehearsal that meets an error stops, the server none the
-worse.  What it saves a forked child is measured in ``docs/lab.md``
-("The fifth round: a rehearsal").
+no handler of its own -- the protocol and the blocking handler are this
+module's; nothing is counted or logged; no descriptor outlives it; and a
+rehearsal that meets an error stops, the server none the worse.  (A fault
+inside a rehearsal connection would reach ``handle_error`` as any
+connection's does; none is expected: both ends are this process's.)  What
+it saves a forked child is measured in ``docs/lab.md`` ("The fifth round: a
+rehearsal, and what loaded modules cost").
 """
 
 from __future__ import annotations

@@ -556,8 +556,9 @@ class Server:
         See :mod:`framework.rehearsal`.  The path after admission runs -- the
         blocking driver with the rehearsal's protocol, or :meth:`_run_handler`
         with its handler -- with a count of connections of its own, as a
-        child has (:meth:`enter_child`): this server's hooks are not called,
-        and what it has counted is left as it was.
+        child has (:meth:`enter_child`): this server's hooks are not called
+        (:meth:`handle_error` only for a rehearsal connection that failed,
+        which none is expected to), and what it has counted is left as it was.
         """
         def serve_one(sock: socket.socket, peer_closes: bool) -> None:
             if self.handler is not None:
