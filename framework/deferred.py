@@ -1,27 +1,29 @@
-"""Modules the ``forkthread`` command imports but a server rarely uses, loaded at their first use.
+"""Modules the ``forkthread`` command imports but a server never uses, loaded at their first use.
 
 A server that forks per connection copies the page-table entry of every
 resident page at every fork, and every child's exit tears them down: each
 megabyte the process holds costs a fork per connection about 25 µs
-(docs/lab.md, "The sixth round").  Two standard-library modules come in
-with the framework's own imports and are almost never used by a server:
+(docs/lab.md, "The sixth round").  :mod:`inspect` comes in with
+:mod:`dataclasses`, which on Python 3.11 calls it once, for the text
+signature of a dataclass without a docstring, and brings :mod:`ast`,
+:mod:`dis` (with the ``_opcode`` extension: five more mappings) and
+:mod:`tokenize`: about 1 MB that no server uses.  (From 3.12 on,
+``dataclasses`` reads it as it makes every dataclass: deferring it changes
+nothing there.)
 
-* :mod:`inspect`, imported by :mod:`dataclasses` for one call (a text
-  signature for a dataclass without a docstring), brings :mod:`ast`,
-  :mod:`dis` (with the ``_opcode`` extension: five more mappings) and
-  :mod:`tokenize`: about 1 MB;
-* :mod:`traceback`, imported by :mod:`logging` and used only to format an
-  exception or a stack, brings :mod:`linecache`, :mod:`tokenize` and
-  :mod:`textwrap`: about 0.3 MB.
+Not :mod:`traceback`, which :mod:`logging` imports: a server uses it to
+log a failure, and importing it then would cost a forked child
+milliseconds, and would fail when the failure is running out of
+descriptors, losing the very traceback.
 
 :func:`defer_unused` puts a :class:`DeferredModule` in :data:`sys.modules`
-for each one not loaded yet.  ``import inspect`` then binds the stand-in,
-and the first attribute read through it (``inspect.signature``,
-``from traceback import format_exc``) imports the real module, which from
-then on is the one in :data:`sys.modules`; the stand-in carries on as a
-copy of its names.  The ``forkthread`` command calls it before anything
-else (``framework.__main__``); a program of its own may call it first too.
-A library never should: :data:`sys.modules` belongs to the program.
+for each module not loaded yet.  ``import inspect`` then binds the
+stand-in, and the first attribute read through it (``inspect.signature``,
+``from inspect import signature``) imports the real module, which from
+then on is the one in :data:`sys.modules`; the stand-in passes every later
+read on to it.  The ``forkthread`` command calls it before anything else
+(``framework.__main__``); a program of its own may call it first too.  A
+library never should: :data:`sys.modules` belongs to the program.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ import importlib.util
 import sys
 import types
 
-#: What :func:`defer_unused` defers: imported with the framework, used by almost no server.
-UNUSED_BY_SERVERS = ("inspect", "traceback")
+#: What :func:`defer_unused` defers: imported with the framework, used by no server.
+UNUSED_BY_SERVERS = ("inspect",)
+
+#: Where a stand-in keeps the real module once loaded: a name no module defines.
+_REAL = "__deferred_module__"
 
 
 class DeferredModule(types.ModuleType):
@@ -41,11 +46,11 @@ class DeferredModule(types.ModuleType):
 
     Its ``__spec__`` is the real module's, so ``import NAME`` elsewhere (which
     asks whether the module is still initializing) binds the stand-in
-    without loading anything.
-
-    Two threads reading a stand-in at once load the module once: the
-    import system's own lock for the name makes the second wait for the
-    first's import, and the copy of the names is the same either way.
+    without loading anything.  Any other name it lacks, dunder names such
+    as ``__file__`` included, is read from the real module, loaded by the
+    first such read.  Under the interpreter lock two threads reading at
+    once load it once: the import system's own lock for the name makes the
+    second wait for the first's import.
     """
 
     def __init__(self, name: str, spec: importlib.machinery.ModuleSpec) -> None:
@@ -53,19 +58,14 @@ class DeferredModule(types.ModuleType):
         self.__spec__ = spec
 
     def __getattr__(self, name: str) -> object:
-        # Called only for names the stand-in lacks: before the load, every public one.  (The
-        # class defines no other name: each would hide the module's own of that name.)
-        return getattr(load(self), name)
+        # Only for names the stand-in lacks.  (The class defines no other name: each would
+        # hide the module's own of that name.)
+        return getattr(_load(self), name)
 
 
-def load(stand_in: DeferredModule) -> types.ModuleType:
-    """Import the real module (the first time), which then stands in :data:`sys.modules`; return it.
-
-    The stand-in takes a copy of its names, for the code that bound it
-    meanwhile (``dataclasses.inspect``).
-    """
-    names = vars(stand_in)
-    module: types.ModuleType | None = names.get(_REAL)
+def _load(stand_in: DeferredModule) -> types.ModuleType:
+    """Import the real module (the first time), which then stands in :data:`sys.modules`; return it."""
+    module: types.ModuleType | None = vars(stand_in).get(_REAL)
     if module is not None:
         return module
     name = stand_in.__name__
@@ -76,13 +76,8 @@ def load(stand_in: DeferredModule) -> types.ModuleType:
     except BaseException:
         sys.modules.setdefault(name, stand_in)  # the next read tries again
         raise
-    names.update(vars(module))
-    names[_REAL] = module
+    vars(stand_in)[_REAL] = module
     return module
-
-
-#: Where a stand-in keeps the real module: a name no module defines.
-_REAL = "__deferred_module__"
 
 
 def defer(name: str) -> bool:
@@ -102,6 +97,6 @@ def defer_unused() -> list[str]:
 
 
 def loaded(name: str) -> bool:
-    """True when the real module *name* is loaded (a stand-in not yet used does not count)."""
+    """True when the real module *name* is loaded (a stand-in not yet read does not count)."""
     module = sys.modules.get(name)
     return module is not None and not (isinstance(module, DeferredModule) and _REAL not in vars(module))

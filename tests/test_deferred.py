@@ -50,14 +50,23 @@ def test_a_deferred_module_loads_at_its_first_attribute_read(probe):
     real = sys.modules[NAME]
     assert real is not stand_in and type(real) is type(sys)
     assert stand_in.load() == "the module's own" == real.load()
+    assert stand_in.__file__ == real.__file__
     assert runs(probe) == 1
+
+
+def test_the_stand_in_reads_through_to_the_real_module(probe):
+    defer(NAME)
+    stand_in = sys.modules[NAME]
+    assert stand_in.ANSWER == 42
+    sys.modules[NAME].ANSWER = 43  # as mock.patch would: code that bound the stand-in sees it
+    assert stand_in.ANSWER == 43
 
 
 def test_import_statements_bind_the_stand_in_without_loading(probe):
     defer(NAME)
-    module = importlib.import_module(NAME)  # what ``import NAME`` does with the name in sys.modules
-    assert module is sys.modules[NAME] and runs(probe) == 0
     namespace: dict[str, object] = {}
+    exec(f"import {NAME}", namespace)
+    assert namespace[NAME] is sys.modules[NAME] and runs(probe) == 0
     exec(f"from {NAME} import ANSWER", namespace)  # reads the attribute: loads
     assert namespace["ANSWER"] == 42 and runs(probe) == 1
 
@@ -128,22 +137,33 @@ def test_the_command_defers_them_before_its_first_import():
     assert done.stdout.strip() == ("[]" if sys.version_info < (3, 12) else "['inspect']")
 
 
-def test_a_child_that_logs_an_exception_loads_traceback_then(tmp_path):
-    script = textwrap.dedent("""
-        import sys
-        from framework.deferred import defer_unused, loaded
-        defer_unused()
-        import logging
-        logging.basicConfig(stream=sys.stdout, format="%(message)s")
-        try:
-            1 / 0
-        except ZeroDivisionError:
-            before = loaded("traceback")
-            logging.getLogger("t").exception("failed")
-        print(before, loaded("traceback"))
-    """)
-    done = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, timeout=60,
-                          env=child_env(), check=False)
+#: A failure logged with the process out of descriptors, by a command that deferred what it defers.
+OUT_OF_DESCRIPTORS = textwrap.dedent("""
+    import os, resource, sys
+    from framework.deferred import defer_unused
+    defer_unused()
+    import logging
+    logging.basicConfig(stream=sys.stdout, format="%(message)s")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (32, hard))
+    held = []
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        logging.getLogger("server").exception("handler failed")
+""")
+
+
+def test_a_failure_logged_out_of_descriptors_keeps_its_traceback():
+    # What a server logs failures with is never deferred: loading it then would need a
+    # descriptor (and cost a forked child milliseconds).
+    done = subprocess.run([sys.executable, "-S", "-c", OUT_OF_DESCRIPTORS], capture_output=True, text=True,
+                          timeout=60, env=child_env(), check=False)
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    assert lines[0] == "failed" and "ZeroDivisionError: division by zero" in lines and lines[-1] == "False True"
+    assert done.stdout.splitlines()[:2] == ["handler failed", "Traceback (most recent call last):"]
+    assert "ZeroDivisionError: division by zero" in done.stdout and "Logging error" not in done.stdout + done.stderr
