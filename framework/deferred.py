@@ -2,7 +2,7 @@
 
 A server that forks per connection copies the page-table entry of every
 resident page at every fork, and every child's exit tears them down: each
-megabyte the process holds costs a fork per connection about 25 µs
+megabyte the process holds costs a fork per connection about 28 µs
 (docs/lab.md, "The sixth round").  :mod:`inspect` comes in with
 :mod:`dataclasses`, which on Python 3.11 calls it once, for the text
 signature of a dataclass without a docstring, and brings :mod:`ast`,
