@@ -138,11 +138,14 @@ def test_the_command_defers_them_before_its_first_import():
 
 
 #: A failure logged with the process out of descriptors, by a command that deferred what it defers.
+#: (Python's traceback imports ast to point at the failing expression, when it can read the line:
+#: on 3.13 it can, for ``-c`` code, and a process without ast would lose the record there too.)
 OUT_OF_DESCRIPTORS = textwrap.dedent("""
     import os, resource, sys
     from framework.deferred import defer_unused
     defer_unused()
     import logging
+    import framework.cli, framework.strategies.forking  # what a server's process has loaded
     logging.basicConfig(stream=sys.stdout, format="%(message)s")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (32, hard))
