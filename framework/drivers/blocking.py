@@ -185,7 +185,7 @@ class BlockingConnection(Transport):
         self._raw_recv = sock.recv
         self._own_close = type(sock) is socket.socket
         # The type first: an accepted socket is a plain socket.socket, and the call costs more than the test.
-        if type(sock) is not socket.socket and is_tls_socket(sock):
+        if not self._own_close and is_tls_socket(sock):
             import ssl  # loaded already: the socket is an SSLSocket
 
             self._tls = True
