@@ -239,15 +239,11 @@ def release_free_heap() -> bool:
     C heap, which a server forking per connection would otherwise copy and
     tear down at every connection.  Call it once, before the first fork.
     """
-    try:
-        import ctypes  # only here: loaded already by a process that forks per connection (DirectFork)
+    from framework import libc  # only here: loaded already by a process that forks per connection (DirectFork)
 
-        trim = ctypes.CDLL(None).malloc_trim
-    except (ImportError, OSError, AttributeError):  # no ctypes, or not glibc
+    if libc.malloc_trim is None:  # no ctypes, or not glibc
         return False
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    trim(0)
+    libc.malloc_trim(0)
     return True
 
 
@@ -342,20 +338,15 @@ class DirectFork:
         before, parent, child = lists
         if before is None or parent is None or child is None:
             return None
-        try:
-            import ctypes  # only here: a process that never forks per connection need not load it
+        from framework import libc  # only here: a process that never forks per connection need not load it
 
-            libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the interpreter lock stays held
-            libc_fork = libc.fork
-        except (ImportError, OSError, AttributeError):
+        if libc.fork is None:
             return None
-        libc_fork.argtypes = []
-        libc_fork.restype = ctypes.c_int
         lock_repairs = (getattr(threading, "_after_fork", None),
                         getattr(logging, "_after_at_fork_child_reinit_locks", None),
                         getattr(logging, "_acquireLock", None), getattr(logging, "_releaseLock", None))
         skipped = [hook for hook in lock_repairs if hook is not None]
-        return cls(libc_fork, ctypes.get_errno, (before, parent, child),
+        return cls(libc.fork, libc.get_errno, (before, parent, child),
                    [*skipped, _before_marker, _parent_marker, _child_marker])
 
     @staticmethod

@@ -16,7 +16,6 @@ of forking replacements in a loop), 1 when the inner strategy crashed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
@@ -117,8 +116,10 @@ def die_with_parent(master_pid: int) -> None:
     ``PR_SET_PDEATHSIG`` covers a master that dies later; the ``getppid()``
     check covers one that died between ``fork()`` and the ``prctl``.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0)
+    from framework import libc  # only here: a worker's own business
+
+    if libc.prctl is not None:
+        libc.prctl(PR_SET_PDEATHSIG, int(PARENT_DEATH_SIGNAL), 0, 0, 0)
     if os.getppid() != master_pid:
         os._exit(0)
 
