@@ -15,6 +15,7 @@ real one.
 from __future__ import annotations
 
 import _socket
+import array
 import dataclasses
 import errno
 import logging
@@ -22,7 +23,6 @@ import os
 import select
 import socket
 import stat
-import struct
 
 #: Listen backlog.  socketserver's 5 overflows as soon as ~100 clients connect
 #: at once; the kernel silently caps this at net.core.somaxconn.
@@ -159,8 +159,10 @@ def format_peer(family: int, sockaddr: object, sock: socket.socket | None = None
     return text
 
 
-#: ``struct ucred``: pid, uid, gid (Linux ``SO_PEERCRED``).
-_UCRED = struct.Struct("3i")
+#: ``struct ucred``: pid, uid, gid (Linux ``SO_PEERCRED``), three ints: its size in bytes.
+#: Read with :mod:`array`, not :mod:`struct`, whose shared library a process forking per
+#: connection would copy at every fork (tests/test_connection_cost.py lists what it must not load).
+_UCRED_SIZE = 3 * array.array("i").itemsize
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
@@ -169,8 +171,8 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
     if option is None:
         return None
     try:
-        pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, option, _UCRED.size))
-    except (OSError, struct.error):
+        pid, uid, gid = array.array("i", sock.getsockopt(socket.SOL_SOCKET, option, _UCRED_SIZE))
+    except (OSError, ValueError):  # ValueError: not three ints' worth of bytes
         return None
     return pid, uid, gid
 

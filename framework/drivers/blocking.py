@@ -57,13 +57,13 @@ on the socket; a graceful close sends close_notify.
 
 from __future__ import annotations
 
+import array
 import functools
 import logging
 import math
 import os
 import select
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -559,7 +559,8 @@ class BlockingConnection(Transport):
         self._limits_armed = True
         assert self._idle_timeout is not None
         seconds, fraction = divmod(self._idle_timeout, 1)
-        limit = struct.pack("ll", int(seconds), int(fraction * 1_000_000))
+        # struct timeval: two longs (array, not struct: see _UCRED_SIZE in framework.address).
+        limit = array.array("l", (int(seconds), int(fraction * 1_000_000))).tobytes()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
 

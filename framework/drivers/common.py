@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import array
-import fcntl
 import math
 import os
+import select
 import socket
-import struct
 import sys
 import time
 from typing import Any
@@ -58,22 +57,21 @@ def _ioctl_numbers() -> tuple[int, int]:
 #: Bytes unread in a socket's receive queue (SIOCINQ), and unsent in its send queue (SIOCOUTQ).
 FIONREAD, TIOCOUTQ = _ioctl_numbers()
 
-#: FIONREAD's answer when nothing is unread (an ``int``, as the kernel writes it).
-_NOTHING_UNREAD = bytes(4)
-
-
 def has_unread_input(fd: int) -> bool:
-    """True when the kernel holds input on *fd* that nobody read (``FIONREAD``).
+    """True when the kernel may hold input on *fd* that nobody read: bytes, or the peer's end of file.
 
     Closing a socket with unread input sends a reset instead of FIN, so a
-    graceful close reads it first; asking costs one ``ioctl`` where a ``recv``
-    that finds nothing raises (about half the time: the usual case at the end
-    of a short connection).  True when the question fails: the caller's
-    ``recv`` will say what is wrong.
+    graceful close reads it first.  Asked with a ``select`` that does not
+    wait, not with the ``FIONREAD`` ioctl: the :mod:`fcntl` module would be
+    one more shared library that every fork copies and every exit tears
+    down, in a server that forks per connection (docs/lab.md, "The seventh
+    round"), and a ``recv`` that finds nothing raises.  An end of file, or
+    an error, waiting to be read answers True as well: the caller's ``recv``
+    then says what it is.
     """
     try:
-        return fcntl.ioctl(fd, FIONREAD, _NOTHING_UNREAD) != _NOTHING_UNREAD
-    except OSError:
+        return bool(select.select((fd,), (), (), 0)[0])
+    except (OSError, ValueError):
         return True
 
 
@@ -161,7 +159,16 @@ def socket_extra_info(sock: socket.socket, name: str, default: Any = None) -> An
 
 
 def bytes_queued(sock: socket.socket) -> bool:
-    """True when *sock* holds unread input or unsent (or unacknowledged) output: not idle."""
+    """True when *sock* holds unread input or unsent (or unacknowledged) output: not idle.
+
+    Asked only at a graceful stop, so :mod:`fcntl` is loaded only then (see
+    :func:`has_unread_input`); should it fail to load (no descriptor left
+    to open it with), the socket counts as busy.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return True
     for request in (FIONREAD, TIOCOUTQ):  # SIOCINQ, SIOCOUTQ
         count = array.array("i", [0])
         fcntl.ioctl(sock.fileno(), request, count)
@@ -173,9 +180,8 @@ def bytes_queued(sock: socket.socket) -> bool:
 def tcp_idle_for(sock: socket.socket) -> float:
     """Seconds since *sock* last received or sent data, from the kernel's ``TCP_INFO``."""
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
-    last_data_sent: int
-    last_data_recv: int
-    last_data_sent, _, last_data_recv = struct.unpack_from("<III", info, _TCP_INFO_LAST_DATA_SENT)
+    # Three native unsigned ints; array, not struct: see _UCRED_SIZE in framework.address.
+    last_data_sent, _, last_data_recv = array.array("I", info[_TCP_INFO_LAST_DATA_SENT:_TCP_INFO_LAST_DATA_SENT + 12])
     return min(last_data_sent, last_data_recv) / 1000
 
 
