@@ -68,17 +68,51 @@ def program_name(default: str = PROG) -> str:
     return name if name and name not in ("-c", "-m") else default
 
 
+def help_width() -> int:
+    """The width argparse would ask :mod:`shutil` for: ``COLUMNS``, else the terminal's, else 80; less 2.
+
+    Asked here, not by argparse's formatter: that imports :mod:`shutil` for
+    it at a parser's first ``add_argument``, and shutil loads zlib, bz2 and
+    lzma, six shared libraries, which a server forking per connection would
+    copy at every fork and tear down at every exit (docs/lab.md, "The
+    seventh round").
+    """
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):  # no stdout, or not a terminal
+            columns = 0
+    return (columns or 80) - 2
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, told its width (:func:`help_width`) rather than asking :mod:`shutil`."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, help_width() if width is None else width)
+
+
 class CommandParser(argparse.ArgumentParser):
     """An :class:`argparse.ArgumentParser` whose errors are one line: ``PROG: error: MESSAGE``.
 
     argparse prints the whole usage block first, and the one line that
     matters comes last; ``--help`` still shows the usage.  A parser with a
     :attr:`choice_hint` adds it to an "invalid choice" error (``serve upper``:
-    the ``MODULE:CLASS`` form).
+    the ``MODULE:CLASS`` form).  Help is laid out by :class:`HelpFormatter`
+    unless the caller names another.
     """
 
     #: Said after an "invalid choice" error of this parser's positional argument.
     choice_hint = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         """Print *message* on one line and exit 2."""
@@ -229,7 +263,7 @@ def ignored_options(strategy_name: str, options: StrategyOptions, given: frozens
     return [f"--{name.replace('_', '-')}" for name in sorted(given - honoured)]
 
 
-class _Refusing(argparse.ArgumentParser):
+class _Refusing(CommandParser):
     """A serve parser that raises instead of exiting: a bad pass-through option is the caller's one line."""
 
     def error(self, message: str) -> NoReturn:
