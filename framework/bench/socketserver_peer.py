@@ -125,13 +125,20 @@ def serve(server_class: type[socketserver.TCPServer], handler: type[Any], work: 
         server.serve_forever()
 
 
+def _fixed_width_formatter(prog: str) -> argparse.HelpFormatter:
+    # A width of its own: argparse's formatter imports shutil to ask the terminal for one, and
+    # shutil loads zlib, bz2 and lzma, which a forking peer would copy at every fork.  A lean
+    # socketserver program carries none of them (nor does forkthread: framework.cli.help_width).
+    return argparse.HelpFormatter(prog, width=78)
+
+
 def peer_parser(prog: str, kinds: list[str]) -> argparse.ArgumentParser:
     """The command line of every lab peer program: ``KIND [--bind HOST:PORT] [--work SPEC] [--calibration N]``.
 
     Here, in the program that must import nothing of the framework, so that
     :mod:`framework.bench.peer_servers` can share it.
     """
-    parser = argparse.ArgumentParser(prog=prog)
+    parser = argparse.ArgumentParser(prog=prog, formatter_class=_fixed_width_formatter)
     parser.add_argument("kind", choices=kinds)
     parser.add_argument("--bind", default="127.0.0.1:0", metavar="HOST:PORT")
     parser.add_argument("--work", default="cpu:1", metavar="SPEC", help="work kinds: as forkthread serve work")
