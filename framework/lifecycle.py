@@ -23,7 +23,6 @@ import traceback
 from collections.abc import Callable
 
 from framework.address import format_peer
-from framework.rehearsal import ROUNDS as REHEARSALS
 from framework.signals import Latch, LateWakeup, SignalAction, SignalDispatcher, Wakeup, start_thread_without_signals
 
 log = logging.getLogger("forkthread")
@@ -208,16 +207,22 @@ class Lifecycle:
         A process forking a child per connection calls this once its signals
         are installed: each child then takes the late wakeup pipe ready-made
         (each object a child builds, and each first call, is pages copied).
-        And it rehearses :meth:`after_fork_in_child` on throwaway lifecycles,
-        so that every child runs it specialized by the interpreter, not cold
-        (see :mod:`framework.rehearsal`: the same holds for the serving path).
+        The entry itself is rehearsed on throwaway lifecycles (:meth:`throwaway`)
+        by the server's rehearsal, so that every child runs it specialized by
+        the interpreter, not cold (:meth:`framework.server.Server.rehearse`).
         """
         self._late_wakeup = self._make_late_wakeup()
-        for _ in range(REHEARSALS):
-            scratch = Lifecycle()  # its own pipe, never routed signals: nothing of this one's is touched
-            scratch._late_wakeup = scratch._make_late_wakeup()
-            scratch.after_fork_in_child(late_wakeup=True)
-            scratch.close()  # and the pipe its late wakeup replaced
+
+    @classmethod
+    def throwaway(cls) -> Lifecycle:
+        """A lifecycle to rehearse a forked child's entry on (:meth:`after_fork_in_child`); :meth:`close` it after.
+
+        It has its own pipe and its late wakeup made, and no signals are
+        routed to it: nothing of any other lifecycle is touched.
+        """
+        scratch = cls()
+        scratch._late_wakeup = scratch._make_late_wakeup()
+        return scratch
 
     def _make_late_wakeup(self) -> LateWakeup:
         signals = self.signals

@@ -51,6 +51,7 @@ from framework.drivers.watch import ConnectionWatch
 from framework.lifecycle import ActiveConnections, LastResort, Lifecycle
 from framework.limits import check_duration
 from framework.protocol import Protocol
+from framework.rehearsal import ROUNDS as REHEARSAL_ROUNDS
 from framework.rehearsal import RehearsalHandler, RehearsalProtocol, rehearse
 from framework.signals import ignore_sigpipe
 from framework.strategies.base import ChildRole, Run, Strategy
@@ -550,7 +551,7 @@ class Server:
             self.worker_init()
         return self._run
 
-    def rehearse(self) -> None:
+    def rehearse(self, role: ChildRole | None = None) -> None:
         """Serve a few connections of the framework's own here, so processes forked later find the path warm.
 
         See :mod:`framework.rehearsal`.  The path after admission runs -- the
@@ -559,6 +560,8 @@ class Server:
         child has (:meth:`enter_child`): this server's hooks are not called
         (:meth:`handle_error` only for a rehearsal connection that failed,
         which none is expected to), and what it has counted is left as it was.
+        With *role*, the role every child will enter, :meth:`enter_child` is
+        rehearsed too (:meth:`_rehearse_entry`).
         """
         def serve_one(sock: socket.socket, peer_closes: bool) -> None:
             if self.handler is not None:
@@ -575,6 +578,42 @@ class Server:
             rehearse(serve_one)
         finally:
             self.connections = counted
+        if role is not None:
+            self._rehearse_entry(role)
+
+    def _rehearse_entry(self, role: ChildRole) -> None:
+        """Enter *role* on stand-ins of this server, as each child will, so that each child enters it warm.
+
+        A stand-in is an instance of this class holding only what
+        :meth:`enter_child` reads: a throwaway lifecycle
+        (:meth:`Lifecycle.throwaway`), this server's serving thread and
+        address, and a socket of its own for the listener a child closes.
+        The framework's ``Server.enter_child`` runs, never an override (the
+        server's own code); a role that starts a run or a worker is not
+        rehearsed (a child per connection's is neither); an error ends the
+        rehearsal quietly; nothing of this server is touched.
+        """
+        if role.strategy is not None or role.worker or role.keep_listener:
+            return
+        for _ in range(REHEARSAL_ROUNDS):
+            try:
+                listener, other = socket.socketpair()
+            except OSError:
+                return
+            lifecycle = Lifecycle.throwaway()
+            try:
+                stand_in = object.__new__(type(self))
+                stand_in.lifecycle = lifecycle
+                stand_in._serving_thread = self._serving_thread
+                stand_in._bound_address = self.address
+                stand_in._listener = listener
+                Server.enter_child(stand_in, role)
+            except Exception:  # the rehearsal ends; the server is none the worse
+                return
+            finally:
+                lifecycle.close()
+                listener.close()  # closed already by enter_child (a second close does nothing)
+                other.close()
 
     def construction(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The arguments this server was made with, as given: ``(args, kwargs)``.

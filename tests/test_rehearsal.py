@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 
 from framework import rehearsal
+from framework.processes import rehearse_exit
 from framework.rehearsal import ROUNDS, rehearse
+from framework.server import Server
+from framework.strategies.base import ChildRole
 from tests.support import open_fds_unchanged, recv_all
 from tests.test_connection_cost import calls_during
 from tests.witness_server import WitnessHandlerServer, WitnessServer
@@ -101,10 +104,16 @@ SPECIALIZED = textwrap.dedent("""
         return sum(1 for instruction in dis.get_instructions(function.__code__, adaptive=True)
                    if instruction.opname in SPECIALIZED)
 
-    server = NBytesServer("127.0.0.1:0", bind=False, handle_signals=False)
-    before = specialized(BlockingConnection._serve)
-    server.rehearse()
-    print(json.dumps([before, specialized(BlockingConnection._serve), sys.gettrace() is None]))
+    from framework import processes
+    from framework.server import Server
+    from framework.strategies.base import ChildRole
+
+    PATH = (BlockingConnection._serve, Server.enter_child, processes._flush_on_exit)
+    server = NBytesServer("127.0.0.1:0", handle_signals=False)
+    before = [specialized(function) for function in PATH]
+    server.rehearse(ChildRole())  # the role a child per connection enters
+    processes.rehearse_exit(20)
+    print(json.dumps([before, [specialized(function) for function in PATH], sys.gettrace() is None]))
     server.server_close()
 """)
 
@@ -116,7 +125,10 @@ def test_after_a_rehearsal_the_serving_loop_is_specialized():
                           cwd=Path(__file__).parent.parent, check=True)
     before, after, untraced = json.loads(done.stdout)
     assert untraced
-    assert after >= before + 10  # 3.11: 0 -> 59, 3.12: 15 -> 35, 3.13: 0 -> 38
+    serving, entry, leaving = zip(before, after, strict=True)
+    assert serving[1] >= serving[0] + 10  # 3.11: 0 -> 59, 3.12: 15 -> 35, 3.13: 0 -> 38
+    assert entry[1] >= entry[0] + 10  # Server.enter_child, on stand-ins
+    assert leaving[1] > leaving[0]  # the exit's flushing
 
 
 @pytest.mark.parametrize("server_class", ["WitnessServer", "WitnessHandlerServer"])
@@ -141,3 +153,48 @@ def test_a_server_already_stopping_does_not_rehearse(server, witness):
     server.lifecycle.request_stop()
     counts = calls_during(server.rehearse, ("_serve_protocol", "_run_handler"))
     assert not any(counts.values())
+
+
+#: What a rehearsed entry must leave as it was on the server itself.
+SERVER_STATE = ("lifecycle", "connections", "_acceptor", "_listener", "requested_address", "_run",
+                "_unix_inode", "_serving_thread")
+
+
+def test_a_rehearsed_entry_runs_on_stand_ins_and_leaves_the_server_as_it_was(witness):
+    server = WitnessServer("127.0.0.1:0", handle_signals=False, witness=str(witness))
+    try:
+        before = {name: getattr(server, name) for name in SERVER_STATE}
+        with open_fds_unchanged():
+            counts = calls_during(lambda: server.rehearse(ChildRole()), ("enter_child", "worker_init", *HOOKS))
+        assert counts.pop("enter_child") == ROUNDS
+        assert not any(counts.values()), counts
+        assert {name: getattr(server, name) for name in SERVER_STATE} == before
+        assert server.listener.fileno() >= 0 and not server.lifecycle.stopping
+        assert not witness.exists()
+    finally:
+        server.server_close()
+
+
+@pytest.mark.parametrize("role", [ChildRole(keep_listener=True), ChildRole(worker=True)], ids=["keeps", "worker"])
+def test_only_a_child_per_connections_entry_is_rehearsed(server, role):
+    # A worker's role starts a run, runs worker_init, keeps the listener: the server's own business.
+    assert calls_during(lambda: server.rehearse(role), ("enter_child",))["enter_child"] == 0
+
+
+def test_a_rehearsed_entry_that_meets_an_error_stops_quietly(server, monkeypatch):
+    calls = []
+
+    def failing_entry(self: Server, role: ChildRole) -> None:
+        calls.append(self)
+        raise RuntimeError("an entry that fails")
+
+    monkeypatch.setattr(Server, "enter_child", failing_entry)
+    with open_fds_unchanged():
+        server.rehearse(ChildRole())
+    assert len(calls) == 1 and calls[0] is not server and type(calls[0]) is type(server)
+
+
+def test_a_rehearsed_exit_flushes_and_writes_nothing(capfd):
+    print("held", end="")  # in the stream's buffer: a flush writes it, and nothing else is written
+    rehearse_exit(ROUNDS)
+    assert capfd.readouterr().out == "held"

@@ -131,12 +131,13 @@ class Host(Protocol):
     def handle_error(self, exc: BaseException, peer: str) -> None:
         """Report a fault of one connection's protocol (the connection is already over)."""
 
-    def rehearse(self) -> None:
+    def rehearse(self, role: ChildRole | None = None) -> None:
         """Serve a few connections of the framework's own in this process, none of the server's hooks called.
 
         For a strategy about to fork a child per connection: each child then
         runs the serving path specialized by the interpreter rather than cold
-        (:mod:`framework.rehearsal`).
+        (:mod:`framework.rehearsal`); with *role*, the role each child will
+        enter (:meth:`enter_child`), its entry too.
         """
 
     def datagram_service(self) -> DatagramService:

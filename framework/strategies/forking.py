@@ -36,7 +36,8 @@ from typing import NoReturn
 
 from framework.address import close_socket
 from framework.logthrottle import LogThrottle
-from framework.processes import DirectFork, Forked, exit_child, fork, release_free_heap
+from framework.processes import DirectFork, Forked, exit_child, fork, rehearse_exit, release_free_heap
+from framework.rehearsal import ROUNDS as REHEARSAL_ROUNDS
 from framework.signals import SignalAction
 from framework.strategies.base import ChildRole, Host, StrategyOptions
 from framework.strategies.dispatching import DispatchingRun, DispatchingStrategy
@@ -104,8 +105,10 @@ class ForkingRun(DispatchingRun):
         """Note whether SIGCHLD wakes us (otherwise reap on a timer); rehearse; set up the direct fork; freeze the heap.
 
         A rehearsal (:meth:`~framework.strategies.base.Host.rehearse`) serves
-        a few connections of the framework's own first, so that every child
-        runs the serving path specialized by the interpreter, not cold.
+        a few connections of the framework's own first, and enters the
+        child's role on stand-ins of the server, and the exit's flushing runs
+        as often (:func:`~framework.processes.rehearse_exit`): so that every
+        child enters, serves and leaves specialized by the interpreter, not cold.
 
         ``gc.freeze()`` moves every object alive now (modules, classes,
         functions: almost the whole heap) out of the collector's reach, so
@@ -117,7 +120,8 @@ class ForkingRun(DispatchingRun):
         every fork would copy their page-table entries, and every child's exit tear them down.
         """
         self._sigchld = self.host.lifecycle.signals.handles(signal.SIGCHLD)
-        self.host.rehearse()
+        self.host.rehearse(self._child_role)
+        rehearse_exit(REHEARSAL_ROUNDS)
         self._direct = DirectFork.find()
         self.host.lifecycle.prepare_children()
         gc.freeze()
