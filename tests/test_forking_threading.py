@@ -84,12 +84,18 @@ def test_forking_reaps_every_child(serve):
 @pytest.mark.only_strategies("forking")
 def test_forking_child_does_not_hold_the_listener(serve):
     server = serve("echo", strategy="forking")
-    listener_inodes = {os.readlink(f"/proc/{server.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{server.pid}/fd")}
+    # A first connection served: the parent's rehearsal (socket pairs and pipes of its own,
+    # opened and closed after "listening on") is over, and its descriptors stay put.
+    with server.connect() as sock:
+        sock.sendall(b"x")
+        assert sock.recv(1) == b"x"
+    assert wait_for(lambda: not proc_children(server.pid), timeout=60)
+    listener_inodes = _descriptor_targets(server.pid)
     with server.connect() as sock:
         sock.sendall(b"x")
         assert sock.recv(1) == b"x"
         (child,) = proc_children(server.pid)
-        child_fds = {os.readlink(f"/proc/{child}/fd/{fd}") for fd in os.listdir(f"/proc/{child}/fd")}
+        child_fds = _descriptor_targets(child)
     sockets_of_parent = {link for link in listener_inodes if link.startswith("socket:")}
     assert sockets_of_parent, listener_inodes
     assert not sockets_of_parent & child_fds, "the child kept the parent's listening socket"
@@ -231,3 +237,8 @@ def test_forking_child_finishes_its_connection_on_sigterm_within_the_graceful_ti
 ])
 def test_out_of_descriptors_backs_off_without_spinning_and_recovers(serve, name, extra, room):
     assert_descriptor_backoff(serve("echo", *extra, strategy=name), room=room)
+
+
+def _descriptor_targets(pid: int) -> set[str]:
+    """What *pid*'s open descriptors point at (``socket:[INODE]``, paths...)."""
+    return {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
