@@ -59,6 +59,7 @@ from collections.abc import Set as AbstractSet
 from typing import NoReturn, Protocol
 
 from framework.signals import SERVER_SIGNALS, raw_sigmask
+from framework.subinterpreters import MACHINERY as _SUBINTERPRETERS_MACHINERY
 from framework.subinterpreters import exist as _subinterpreters_exist
 
 #: Looked up once, in the parent: a child leaving through exit_child() only reads it.
@@ -112,6 +113,9 @@ def at_child_exit(what: Leaving) -> None:
 #: Makes a :class:`Forked` in C, without its Python ``__new__`` (see the class).
 _new_tuple = tuple.__new__
 
+#: ``sys.modules``, bound once: :func:`fork` asks it whether sub-interpreters could exist.
+_MODULES = sys.modules
+
 
 class Forked(tuple):  # type: ignore[type-arg]  # (pid, mask)
     """The result of :func:`fork`: the child's pid (0 in the child) and the mask to restore.
@@ -152,7 +156,8 @@ def fork(close_in_child: Iterable[int] = (), direct: DirectFork | None = None) -
     :func:`os.fork`.  Raises :class:`OSError` (EAGAIN, ENOMEM) in the
     parent when no process could be made.
     """
-    if _subinterpreters_exist():
+    # The usual answer without a call (its function and code object are pages written per fork).
+    if _SUBINTERPRETERS_MACHINERY in _MODULES and _subinterpreters_exist():
         raise RuntimeError("cannot fork while a sub-interpreter exists: the child would abort (CPython issue 139759)")
     _flush_standard_streams()
     close_fds = list(close_in_child)  # evaluated before the fork: nothing lazy runs in the child

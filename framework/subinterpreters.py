@@ -74,13 +74,17 @@ def _backend_private() -> Any:
 #: ``forking``), where each object touched is a page copied.
 _MODULES = sys.modules
 
+#: The module that makes sub-interpreters: none can exist before it is loaded.
+MACHINERY = "_interpreters"
+
 
 def exist() -> bool:
     """Whether a sub-interpreter exists in this process now (False when the machinery was never imported).
 
-    Forking then would abort the child (CPython issue 139759): :func:`framework.processes.fork` asks.
+    Forking then would abort the child (CPython issue 139759): :func:`framework.processes.fork` asks
+    (first whether :data:`MACHINERY` is in ``sys.modules`` at all: a dictionary test, not a call).
     """
-    private = _MODULES.get("_interpreters")
+    private = _MODULES.get(MACHINERY)
     return private is not None and len(private.list_all()) > 1
 
 

@@ -165,12 +165,15 @@ class ForkingRun(DispatchingRun):
             self._fork_failures.warning(f"cannot fork for {peer}: {exc.strerror or exc}; closing the connection")
             sock.close()
             return
-        if forked.pid == 0:
+        # forked[0], not forked.pid: a property, and its getter and name, are pages
+        # written in the parent and the child alike.
+        pid = forked[0]
+        if pid == 0:
             self._run_child(sock, peer, forked)
         if self._fork_failures.reporting:
             self._fork_failures.reset()
         close_socket(sock)  # the parent's copy
-        self.children[forked.pid] = (peer, time.monotonic())
+        self.children[pid] = (peer, time.monotonic())
 
     def _run_child(self, sock: socket.socket, peer: str, forked: Forked) -> NoReturn:
         """In the child: serve *sock* and exit, never returning into the parent's code.
