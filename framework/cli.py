@@ -230,8 +230,8 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
                        help="prethreaded: threads take turns in accept (lock) or the main thread accepts (handoff)")
     group.add_argument("--workers", type=count_up_to(MAX_WORKERS), default=defaults.workers, metavar="N",
                        action=StrategyOption,
-                       help="preforked, interpreters: worker processes or sub-interpreters (default: the CPUs"
-                            " this process may run on, here %(default)s;"
+                       help="preforked, interpreters: worker processes or sub-interpreters (default: the CPU"
+                            " count, here %(default)s;"
                             f" at most {MAX_WORKERS})")
     group.add_argument("--accept", choices=("shared", "lock", "reuseport", "passfd"), default=defaults.accept,
                        action=StrategyOption, help="preforked: how workers get connections (default: %(default)s)")

@@ -19,7 +19,6 @@ tripped over later by a connection (issue 25 items 4 and 10):
 
 from __future__ import annotations
 
-import os
 import threading
 
 #: poll(2)'s timeout is an int of milliseconds: the longest wait every strategy can ask for.
@@ -33,21 +32,6 @@ MAX_BACKLOG = 2**31 - 1
 
 #: Pre-forked workers: more than this many processes is a misconfiguration (gunicorn advises 2-4 per core).
 MAX_WORKERS = 1024
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: the default size of a pool of worker processes.
-
-    Its CPU affinity (``taskset``, a container's cpuset), as Python 3.13's
-    :func:`os.process_cpu_count` counts, not every CPU of the machine
-    (:func:`os.cpu_count`): workers beyond the CPUs a server may use only
-    take turns on them, and a short connection then costs a switch between
-    processes (docs/lab.md, "The seventh round").
-    """
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # no affinity on this platform
-        return os.cpu_count() or 1
-
 
 #: Threads in one process (a pool, or a worker's): each costs a stack; beyond this a poll loop serves better.
 MAX_THREADS = 4096

@@ -44,7 +44,6 @@ from framework.harness.proctree import (
     zombies_of,
 )
 from framework.harness.reaper import become_subreaper, is_subreaper, reap_adopted
-from framework.limits import usable_cpus
 
 __all__ = [  # the harness's names, re-exported for the tests
     "ServerProcess", "ServerStartError", "become_subreaper", "child_env", "command_line", "descendants",
@@ -279,5 +278,5 @@ POOLS = ("preforked", "interpreters")
 def pool_ready(server: ServerProcess, strategy: str, workers: int | None = None) -> None:
     """Wait until a pool has all its workers up ("listening on" comes before they are)."""
     if strategy in POOLS:
-        wanted = workers or usable_cpus()  # the default --workers, as the server computes it (same affinity)
+        wanted = workers or os.cpu_count() or 1  # the default --workers, as the server computes it
         assert wait_for(lambda: server.log().count(") ready") >= wanted, timeout=30), server.log()

@@ -8,7 +8,6 @@ strategy ignores is warned about.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ import textwrap
 import pytest
 
 from framework.cli import ignored_options
-from framework.limits import MAX_THREADS, MAX_WAIT_SECONDS, MAX_WORKERS, check_duration, usable_cpus
+from framework.limits import MAX_THREADS, MAX_WAIT_SECONDS, MAX_WORKERS, check_duration
 from framework.server import Server
 from framework.strategies import STRATEGIES, StrategyOptions, strategy_class
 from tests.support import child_env, echo_exchange, wait_for
@@ -198,20 +197,3 @@ def _echoes(server) -> bool:  # type: ignore[no-untyped-def]
             return echo_exchange(sock, b"ping") == b"ping"
     except OSError:
         return False
-
-
-def test_a_pool_is_sized_to_the_cpus_the_process_may_run_on():
-    # Pinned to one CPU (as taskset or a container's cpuset would), the default pool is one worker,
-    # and --help says so; os.cpu_count() would still say every CPU of the machine.
-    script = textwrap.dedent("""
-        import os
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-        from framework.limits import usable_cpus
-        from framework.strategies import StrategyOptions
-        print(usable_cpus(), StrategyOptions().workers)
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          env=child_env(), check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["1", "1"]
-    assert StrategyOptions().workers == usable_cpus() == len(os.sched_getaffinity(0))

@@ -75,7 +75,7 @@ def _http_server(context: Context) -> ServerCommand:
 def _gunicorn(worker_class: str) -> Callable[[Context], ServerCommand]:
     def command(context: Context) -> ServerCommand:
         port = free_port()
-        argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(context.pool_size),
+        argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(os.cpu_count() or 1),
                 "--worker-class", worker_class, "--log-level", "warning", "--graceful-timeout", "10",
                 "framework.bench.wsgi_static:app"]
         if worker_class == "gthread":

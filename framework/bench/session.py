@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
@@ -41,10 +40,8 @@ def runnable(config: BenchConfig, report: WorkloadReport, context: Context, vari
 
 
 def start(config: BenchConfig, target: Target, context: Context) -> RunningServer:
-    """Start *target*'s server for *context*, on the server CPUs when pinning (a peer's pool sized to them)."""
+    """Start *target*'s server for *context*, on the server CPUs when pinning."""
     assert target.command is not None
-    if config.server_cpus:
-        context = dataclasses.replace(context, pool_size=len(config.server_cpus))
     return RunningServer(target.command(context), cpus=config.server_cpus)
 
 

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from framework.bench.processes import ServerCommand
-from framework.limits import usable_cpus
 from framework.strategies import STRATEGIES, strategy_class
 
 #: The checkout (or site-packages) directory holding ``framework`` and ``servers``.
@@ -59,9 +58,6 @@ class Context:
     app: str = ""
     #: Extra environment for every server, forkthread's and the peers' (a calibration...).
     env: dict[str, str] = dataclasses.field(default_factory=dict)
-    #: Worker processes for a peer's pool: the CPUs its server may run on, as forkthread's pools
-    #: take by default (:func:`~framework.limits.usable_cpus`; the lab sets it when pinning).
-    pool_size: int = dataclasses.field(default_factory=usable_cpus)
 
 
 @dataclasses.dataclass

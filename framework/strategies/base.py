@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 import socket
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -29,7 +30,6 @@ from framework.accepting import Acceptor
 from framework.address import Address
 from framework.drivers.datagram import DatagramService
 from framework.lifecycle import ActiveConnections, Lifecycle
-from framework.limits import usable_cpus
 from framework.protocol import Protocol as ConnectionProtocol
 from framework.signals import SignalAction
 
@@ -176,8 +176,8 @@ class StrategyOptions:
     threads: int = 8
     #: prethreaded: ``"lock"`` (threads take turns in accept) or ``"handoff"`` (main thread accepts).
     prethreaded_accept: str = "lock"
-    #: preforked: worker processes (default: the CPUs this process may run on, :func:`~framework.limits.usable_cpus`).
-    workers: int = dataclasses.field(default_factory=usable_cpus)
+    #: preforked: worker processes (default: CPU count).
+    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     #: preforked: ``shared``, ``lock``, ``reuseport`` or ``passfd``.
     accept: str = "shared"
     #: preforked: the inner strategy of each worker: ``iterative``, ``threads`` or ``poll``.
