@@ -13,7 +13,7 @@ import pytest
 
 from framework.bench import procfs, wrk
 from framework.bench.clients import percentile, split, summarize
-from framework.bench.processes import RunningServer
+from framework.bench.processes import RunningServer, ServerCommand
 from framework.bench.targets import serve_command
 
 DATA = Path(__file__).parent / "data"
@@ -200,3 +200,26 @@ def test_statistics_helpers():
     assert percentile(list(range(1, 101)), 0.99) == 99
     assert percentile([5.0], 0.99) == 5.0
     assert summarize([3.0, None, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+
+
+#: A server that talks while it starts: many small writes while the lab polls its output.
+CHATTY_START = """
+import socket, sys
+listener = socket.create_server(("127.0.0.1", 0))
+for number in range(20000):
+    sys.stdout.write(f"line {number}\\n")
+    sys.stdout.flush()
+print(f"listening on 127.0.0.1:{listener.getsockname()[1]}", flush=True)
+listener.accept()
+"""
+
+
+def test_a_servers_output_is_kept_whole_while_the_lab_reads_it():
+    # The server's stdout shares the output file's offset with the lab, whose every poll seeks
+    # and reads: unless the file appends, a write can land where the lab just seeked to.
+    command = ServerCommand([sys.executable, "-c", CHATTY_START])
+    with RunningServer(command) as server:
+        lines = server.log().splitlines()
+        server.stop()
+    assert lines[:20000] == [f"line {number}" for number in range(20000)]
+    assert lines[20000].startswith("listening on 127.0.0.1:")

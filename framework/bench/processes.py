@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
 import re
 import signal
@@ -94,6 +95,11 @@ class RunningServer:
         self.command = command
         self.output = tempfile.TemporaryFile(  # noqa: SIM115 - closed in stop()
             mode="w+", prefix="forkthread-bench-")
+        # Appending: the server's stdout and stderr share this file's offset with the lab,
+        # whose every log() seeks and reads; without O_APPEND a write could land where the
+        # lab had just moved it, over what was there ("istening on": a start missed).
+        fd = self.output.fileno()
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
         self.popen = subprocess.Popen(
             command.argv, stdout=self.output, stderr=self.output, stdin=subprocess.DEVNULL,
             cwd=command.cwd, env=command.env, preexec_fn=_pin(cpus),
