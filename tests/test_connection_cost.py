@@ -11,6 +11,8 @@ connection costs".)
 from __future__ import annotations
 
 import array
+import os
+import resource
 import signal
 import socket
 import subprocess
@@ -181,6 +183,27 @@ def test_has_unread_input_tells_whether_a_close_would_reset(pair):
     client.close()  # the end of file, unread, is reported too: the caller's recv reads it
     assert has_unread_input(server_side.fileno())
     assert server_side.recv(100) == b""
+
+
+def test_has_unread_input_answers_for_a_descriptor_above_select_s_limit(pair):
+    # A server holding thousands of connections has descriptors past FD_SETSIZE (1024), which
+    # select() refuses: the answer must still be the kernel's, not "cannot tell".
+    server_side, client = pair
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= 1500:
+        if hard != resource.RLIM_INFINITY and hard <= 1500:
+            pytest.skip(f"RLIMIT_NOFILE's hard limit {hard} leaves no descriptor at 1500")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1501, hard))
+    try:
+        high = os.dup2(server_side.fileno(), 1500)
+        try:
+            assert not has_unread_input(high)
+            client.sendall(b"x")
+            assert has_unread_input(high)
+        finally:
+            os.close(high)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_has_unread_input_says_yes_when_it_cannot_tell():
