@@ -28,6 +28,22 @@ def test_list_shows_every_server_and_strategy_with_a_description():
         assert len(line.split()) > 2, line
 
 
+def test_help_is_laid_out_to_the_width_columns_asks_for():
+    # cli.help_width() works the width out as shutil would (argparse's own way loads shutil).
+    def help_lines(columns: int) -> list[str]:
+        result = subprocess.run([sys.executable, "-m", "framework", "serve", "nbytes", "--help"],
+                                capture_output=True, text=True, env=child_env(COLUMNS=str(columns)), timeout=30,
+                                stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    narrow, wide = help_lines(50), help_lines(120)
+    assert len(narrow) > len(wide)
+    # Wrapped help text (usage, option names and group titles are not wrapped by argparse).
+    text = [line for line in narrow if line.startswith(" ") and line.lstrip()[:1] not in ("-", "[", "")]
+    assert text and max(len(line) for line in text) <= 48
+
+
 def test_version():
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("forkthread ")

@@ -272,19 +272,24 @@ LOADED = textwrap.dedent("""
     defer_unused()  # as the forkthread command does first
     import framework.cli, framework.strategies.forking
     from framework.processes import DirectFork
+    from framework.strategies.base import ChildRole
+    argv = ["serve", "nbytes", "--strategy", "forking"]
+    framework.cli.build_parser(argv).parse_args(argv)  # the command line, parsed as the command does
     from servers.nbytes import NBytesServer
-    server = NBytesServer("127.0.0.1:0", bind=False, handle_signals=False)
-    server.rehearse()
+    server = NBytesServer("127.0.0.1:0", handle_signals=False)
+    server.rehearse(ChildRole())
     assert DirectFork.find() is not None
     server.server_close()
-    names = ("termios", "fcntl", "_struct", "ctypes", "_ctypes", "inspect", "ast", "dis", "traceback")
+    names = ("termios", "fcntl", "_struct", "ctypes", "_ctypes", "shutil", "zlib", "inspect", "ast", "dis",
+             "traceback")
     print(sorted(name for name in names if loaded(name)))
 """)
 
 
 def test_a_forking_server_loads_no_library_it_can_do_without_nor_what_it_defers():
     # termios, fcntl, _struct: shared libraries of five mappings each, which every fork copies
-    # and every exit tears down; the ctypes package: 160 kB of objects, copied the same way
+    # and every exit tears down (and shutil brings zlib, bz2 and lzma: argparse's formatter
+    # imports it unless told its width); the ctypes package: 160 kB of objects, copied the same way
     # (the direct fork takes _ctypes alone, through framework.libc).  inspect, with ast and dis:
     # a megabyte.  (On 3.12 and later dataclasses itself reads inspect as each dataclass is
     # made.)  traceback is kept: failures use it.
