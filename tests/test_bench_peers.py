@@ -169,4 +169,7 @@ def test_a_socketserver_peer_carries_modules_only_when_told(monkeypatch):
             sock.sendall(b"100\n")
             assert len(recv_all(sock)) == 100
     assert "_csv" not in lean and "_csv" in carrying
+    # Lean: not even the compression modules argparse's default formatter brings in through
+    # shutil (the peer's parser is told its width; zlib itself coverage may load).
+    assert "_lzma" not in lean and "_bz2" not in lean
     assert carried_modules() == ["csv", "framework.lifecycle"]
