@@ -125,7 +125,7 @@ def _serve(spec: WorkerSpec, listener: socket.socket, channel: socket.socket, bo
     server = server_class(spec.server)(*args, **kwargs, listener=listener, strategy=spec.inner)
     run = server.enter_child(ChildRole(
         acceptor=Acceptor(listener, shared=True),  # every worker accepts from it
-        connections=ScoredConnections(board, spec.slot, RetireRequest(channel, spec.max_requests)),
+        connections=ScoredConnections(board, spec.slot, RetireRequest.for_limit(channel, spec.max_requests)),
         keep_listener=True,
         strategy=spec.inner,
         worker=True,

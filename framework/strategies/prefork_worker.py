@@ -152,6 +152,11 @@ class RetireRequest:
         self._sent = False
         self._lock = threading.Lock()
 
+    @classmethod
+    def for_limit(cls, channel: socket.socket, limit: int) -> RetireRequest | None:
+        """The request for a *limit* of connections; None without one, so that nothing runs per connection."""
+        return cls(channel, limit) if limit else None
+
     def __call__(self, served: int) -> None:
         """Called after each admitted connection with the worker's total so far."""
         if not self._limit or served < self._limit:
@@ -190,7 +195,7 @@ def boot(host: Host, plan: WorkerPlan, forked: Forked) -> tuple[Acceptor, Run]:
     acceptor = plan.mode.worker_acceptor(host, plan.lane, plan.channel, lambda: lifecycle.request_stop(graceful=True))
     run = host.enter_child(ChildRole(
         acceptor=acceptor,
-        connections=ScoredConnections(plan.board, plan.slot, RetireRequest(plan.channel, plan.max_requests)),
+        connections=ScoredConnections(plan.board, plan.slot, RetireRequest.for_limit(plan.channel, plan.max_requests)),
         keep_listener=plan.mode.keeps_listener(plan.lane),
         strategy=WorkerStrategy(plan.inner, plan.number, plan.mode.name),
         worker=True,

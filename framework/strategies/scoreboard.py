@@ -40,6 +40,8 @@ class Scoreboard:
         else:
             self._map = mmap.mmap(memory_file, size, flags=mmap.MAP_SHARED)
         self._free = list(range(slots - 1, -1, -1))
+        #: Views handed out by :meth:`counters` (with the views they were cut from), released by :meth:`close`.
+        self._views: list[memoryview] = []
 
     @classmethod
     def in_memory_file(cls, slots: int = MAX_SLOTS) -> tuple[Scoreboard, int]:
@@ -72,6 +74,20 @@ class Scoreboard:
         """Record a worker's counters (called by the worker)."""
         _SLOT.pack_into(self._map, slot * _STRIDE, served, active)
 
+    def counters(self, slot: int) -> memoryview:
+        """The slot's ``(served, active)`` as a writable view of two signed 64-bit integers.
+
+        For the worker, which publishes at every connection: ``view[0] = served``
+        is one store in C, where :meth:`write` is a call that packs a tuple.
+        Valid until :meth:`close`.
+        """
+        whole = memoryview(self._map)
+        start = slot * _STRIDE
+        part = whole[start:start + _SLOT.size]
+        cells = part.cast("q")
+        self._views += [cells, part, whole]
+        return cells
+
     def read(self, slot: int) -> tuple[int, int]:
         """A worker's ``(served, active)``."""
         served, active = _SLOT.unpack_from(self._map, slot * _STRIDE)
@@ -87,7 +103,10 @@ class Scoreboard:
         return float(when)
 
     def close(self) -> None:
-        """Unmap the table."""
+        """Release the views of :meth:`counters` and unmap the table."""
+        for view in self._views:
+            view.release()
+        self._views.clear()
         self._map.close()
 
 
@@ -102,21 +121,20 @@ class ScoredConnections(ActiveConnections):
 
     def __init__(self, board: Scoreboard, slot: int, on_served: Callable[[int], None] | None = None) -> None:
         super().__init__()
-        self._board = board
-        self._slot = slot
+        # Stores into the slot, not calls of the board: this runs twice per connection.
+        self._counters = board.counters(slot)
         self._on_served = on_served
 
     def add(self, sock: socket.socket) -> None:
         """Register a connection and publish the counts."""
         super().add(sock)
-        self._publish()
+        counters = self._counters
+        counters[0] = self.served
+        counters[1] = len(self._sockets)
         if self._on_served is not None:
             self._on_served(self.served)
 
     def discard(self, sock: socket.socket) -> None:
-        """Forget a connection and publish the counts."""
+        """Forget a connection and publish the count of those still served."""
         super().discard(sock)
-        self._publish()
-
-    def _publish(self) -> None:
-        self._board.write(self._slot, self.served, len(self))
+        self._counters[1] = len(self._sockets)
