@@ -329,6 +329,19 @@ def own_settings(own: OwnServer | None) -> dict[str, object]:
             "connection_per_exchange": own.per_exchange}
 
 
+def cpu_clock_setting(config: BenchConfig) -> str:
+    """How server CPU is read in this run; without a cgroup, a note on what that costs in precision."""
+    from framework.bench import cgroup
+
+    if cgroup.available():
+        return "cgroup v2, microseconds"
+    config.notes.append(
+        "server CPU was read from /proc in clock ticks (no cgroup v2 could be made here): each sample of a"
+        " live server reads low by up to a tick (10 ms) per process, so small figures, and trees of several"
+        " processes, read high")
+    return "/proc, clock ticks"
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """Run the chosen workloads, print the tables, write the files; exit status 0 when all ran."""
     from framework.bench.targets import variant_keys
@@ -370,10 +383,11 @@ def run_bench(args: argparse.Namespace) -> int:
         return 1
     config.place_cpus()
     fd_limit = config.raise_fd_limit()
+    cpu_clock = cpu_clock_setting(config)
     machine = describe_machine()
     config.progress(f"machine: {machine_summary(machine)}")
     settings = {"workload": args.workload, **own_settings(config.own), "quick": config.quick,
-                "repeat": config.scale.repeat, "pin": config.pin,
+                "repeat": config.scale.repeat, "pin": config.pin, "cpu_clock": cpu_clock,
                 "fd_limit": fd_limit, **{key: value for key, value in dataclasses.asdict(config.scale).items()
                                          if key != "repeat"}}
     results = Results(machine=machine, settings=settings, notes=config.notes)

@@ -2,13 +2,18 @@
 
 Server CPU is charged to the whole process tree.  Two ways are used:
 
-* :meth:`RunningServer.cpu_seconds` samples ``/proc`` (live processes plus
-  children already reaped, see :mod:`framework.bench.procfs`): differences
-  of two samples measure one load point without restarting the server;
+* each server runs in a cgroup of its own where one can be made
+  (:mod:`framework.bench.cgroup`): :meth:`RunningServer.cpu_seconds` reads
+  the CPU of everything the server ever started there, to the microsecond;
+  differences of two samples measure one load point without restarting
+  the server;
+* elsewhere it samples ``/proc`` (live processes plus children already
+  reaped, see :mod:`framework.bench.procfs`), in clock ticks;
 * :meth:`RunningServer.stop` sends the stop signal and collects the exit
   with ``os.wait4``, whose resource usage is the whole tree's (the server's
   own CPU plus every child it reaped, recursively): nothing a child did is
-  lost, not even work done while shutting down.
+  lost, not even work done while shutting down.  With a cgroup the total
+  is the cgroup's, read after the exit: the same clock as every sample.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from framework.bench import procfs
+from framework.bench.cgroup import ServerGroup
 
 #: The line a ``forkthread serve`` process prints once it listens.
 LISTENING = re.compile(r"^listening on (?P<host>[^\s]+):(?P<port>\d+)\s*$", re.MULTILINE)
@@ -78,21 +84,36 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def _pin(cpus: set[int] | None) -> Callable[[], None] | None:
-    if not cpus:
+def _before_exec(cpus: set[int] | None, group: ServerGroup | None) -> Callable[[], None] | None:
+    """What the server's process does between fork and exec: join *group*, keep to *cpus*."""
+    if not cpus and group is None:
         return None
 
-    def pin() -> None:
-        os.sched_setaffinity(0, cpus)
+    def prepare() -> None:
+        if group is not None:
+            # If this fails the server is not in the group; the parent sees that and reads /proc.
+            with contextlib.suppress(OSError):
+                group.join()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
 
-    return pin
+    return prepare
 
 
 class RunningServer:
     """One started server process; use as a context manager so it is always stopped and reaped."""
 
-    def __init__(self, command: ServerCommand, *, cpus: set[int] | None = None, start_timeout: float = 20.0) -> None:
+    def __init__(self, command: ServerCommand, *, cpus: set[int] | None = None, start_timeout: float = 20.0,
+                 own_cgroup: bool = True) -> None:
+        """Start *command* on *cpus* and wait until it is ready.
+
+        With *own_cgroup* (and where the machine allows one) the server and
+        everything it starts run in a cgroup of their own, which measures
+        their CPU exactly and which no process of theirs outlives.
+        """
         self.command = command
+        #: The server's cgroup, or None: CPU is then read from ``/proc``.
+        self.group = ServerGroup.create() if own_cgroup else None
         self.output = tempfile.TemporaryFile(  # noqa: SIM115 - closed in stop()
             mode="w+", prefix="forkthread-bench-")
         # Appending: the server's stdout and stderr share this file's offset with the lab,
@@ -102,10 +123,13 @@ class RunningServer:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
         self.popen = subprocess.Popen(
             command.argv, stdout=self.output, stderr=self.output, stdin=subprocess.DEVNULL,
-            cwd=command.cwd, env=command.env, preexec_fn=_pin(cpus),
+            cwd=command.cwd, env=command.env, preexec_fn=_before_exec(cpus, self.group),
             process_group=0,  # a terminal's ^C reaches the lab, which then stops servers in order
         )
         self.pid = self.popen.pid
+        if self.group is not None and self.pid not in self.group.pids():
+            self.group.remove()  # it could not join (or is gone already): /proc it is
+            self.group = None
         self.stopped: StopResult | None = None
         try:
             self.host, self.port = self._wait_ready(start_timeout)
@@ -140,8 +164,15 @@ class RunningServer:
         self.output.seek(0)
         return self.output.read()
 
+    @property
+    def cpu_clock(self) -> str:
+        """Where :meth:`cpu_seconds` reads: ``"cgroup"`` (microseconds) or ``"/proc"`` (clock ticks)."""
+        return "/proc" if self.group is None else "cgroup"
+
     def cpu_seconds(self) -> float:
-        """CPU seconds the server's tree has used so far (from ``/proc``)."""
+        """CPU seconds the server's tree has used so far (its cgroup's, else from ``/proc``)."""
+        if self.group is not None:
+            return self.group.cpu_seconds()
         return procfs.tree_cpu_seconds(self.pid)
 
     def minor_faults(self) -> int:
@@ -185,11 +216,26 @@ class RunningServer:
                 break
             time.sleep(0.01)
         self.popen.returncode = os.waitstatus_to_exitcode(status)  # wait4 reaped it, not Popen
-        self.stopped = StopResult(usage.ru_utime + usage.ru_stime, self.popen.returncode, killed, usage.ru_minflt)
+        cpu = usage.ru_utime + usage.ru_stime
+        if self.group is not None:
+            self._end_leftovers()
+            cpu = self.group.cpu_seconds()
+            self.group.remove()
+        self.stopped = StopResult(cpu, self.popen.returncode, killed, usage.ru_minflt)
         self.output.close()
         if self.command.cleanup is not None:
             self.command.cleanup()
         return self.stopped
+
+    def _end_leftovers(self) -> None:
+        """Kill what the reaped server left running in its cgroup (orphans it started), and wait for them."""
+        assert self.group is not None
+        deadline = time.monotonic() + 10.0
+        while (left := self.group.pids()) and time.monotonic() < deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
 
     def _kill_tree(self) -> None:
         for stat in procfs.tree(self.pid):
