@@ -33,7 +33,7 @@ from framework.limits import MAX_THREADS, MAX_WORKERS
 from framework.registry import server_class, server_targets
 from framework.server import DEFAULT_GRACEFUL_TIMEOUT, DEFAULT_TIMEOUT, Server
 from framework.strategies import STRATEGIES, UnknownStrategyError, create_strategy, strategy_class
-from framework.strategies.base import ServeError, StrategyOptions
+from framework.strategies.base import ServeError, StrategyOptions, default_workers
 
 if TYPE_CHECKING:
     import ssl
@@ -230,9 +230,9 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
                        help="prethreaded: threads take turns in accept (lock) or the main thread accepts (handoff)")
     group.add_argument("--workers", type=count_up_to(MAX_WORKERS), default=defaults.workers, metavar="N",
                        action=StrategyOption,
-                       help="preforked, interpreters: worker processes or sub-interpreters (default: the CPU"
-                            " count, here %(default)s;"
-                            f" at most {MAX_WORKERS})")
+                       help="preforked, interpreters: worker processes or sub-interpreters (default: with --worker"
+                            f" poll one per CPU this process may use, here {default_workers('poll')}; otherwise the"
+                            f" machine's CPU count, here {default_workers('iterative')}; at most {MAX_WORKERS})")
     group.add_argument("--accept", choices=("shared", "lock", "reuseport", "passfd"), default=defaults.accept,
                        action=StrategyOption, help="preforked: how workers get connections (default: %(default)s)")
     group.add_argument("--worker", choices=("iterative", "threads", "poll"), default=defaults.worker,

@@ -176,8 +176,8 @@ class StrategyOptions:
     threads: int = 8
     #: prethreaded: ``"lock"`` (threads take turns in accept) or ``"handoff"`` (main thread accepts).
     prethreaded_accept: str = "lock"
-    #: preforked: worker processes (default: CPU count).
-    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    #: preforked, interpreters: workers (None: :func:`default_workers` for the ``worker`` kind).
+    workers: int | None = None
     #: preforked: ``shared``, ``lock``, ``reuseport`` or ``passfd``.
     accept: str = "shared"
     #: preforked: the inner strategy of each worker: ``iterative``, ``threads`` or ``poll``.
@@ -190,6 +190,29 @@ class StrategyOptions:
     max_requests_jitter: int = 0
     #: preforked: kill and replace a worker whose heartbeat is this many seconds old (None: never).
     worker_timeout: float | None = None
+
+    def pool_size(self) -> int:
+        """``workers``, or when it is None the default for the ``worker`` kind (:func:`default_workers`)."""
+        return default_workers(self.worker) if self.workers is None else self.workers
+
+
+def default_workers(worker: str) -> int:
+    """How many workers a pool of *worker* kind has when ``--workers`` is not given.
+
+    * ``poll``: one per CPU this process may run on (its affinity: ``taskset``,
+      a container's cpuset), as ``concurrent.futures`` sizes its process pool
+      from Python 3.13 and as nginx's ``worker_processes auto`` does.  An
+      event-loop worker serves any number of connections at once, so a second
+      worker on the same CPU adds no concurrency, only turns between processes:
+      every short connection that wakes the idle worker preempts the busy one.
+    * ``iterative`` and ``threads``: one per CPU of the machine, as before.  These
+      workers' count is also how many connections the pool serves at once, so
+      it does not shrink with the CPUs (one pinned iterative worker would serve
+      one persistent connection at a time).
+    """
+    if worker == "poll":
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 class ServeError(RuntimeError):

@@ -88,7 +88,7 @@ class InterpretersStrategy(Strategy):
         reason = cls.unavailable()
         if reason is not None:
             raise ValueError(f"strategy interpreters {reason}")
-        return cls(options.workers, options.worker, worker_kind_strategy(options),
+        return cls(options.pool_size(), options.worker, worker_kind_strategy(options),
                    max_requests=options.max_requests, max_requests_jitter=options.max_requests_jitter)
 
     @classmethod

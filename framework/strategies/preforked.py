@@ -82,7 +82,7 @@ class PreforkedStrategy(Strategy):
     def from_options(cls, options: StrategyOptions) -> Strategy:
         """Build the pool from ``--workers``, ``--accept``, ``--worker``, ``--max-requests[-jitter]``
         and ``--worker-timeout``."""
-        return cls(options.workers, options.accept, options.worker, worker_kind_strategy(options),
+        return cls(options.pool_size(), options.accept, options.worker, worker_kind_strategy(options),
                    max_requests=options.max_requests, max_requests_jitter=options.max_requests_jitter,
                    worker_timeout=options.worker_timeout)
 
