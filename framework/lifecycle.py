@@ -247,8 +247,8 @@ class ActiveConnections:
     was added, so that what a stop cuts short can be told (:meth:`running`).
     """
 
-    #: Whether an event loop, which keeps its own set of connections, must still add and
-    #: discard each one here: only a registry that publishes them (a worker's) needs it.
+    #: Whether an event loop, which keeps its own set of connections, must still tell this
+    #: registry its counts (:meth:`publish_counts`): only one that publishes them (a worker's) needs it.
     publishes = False
 
     def __init__(self) -> None:
@@ -274,6 +274,9 @@ class ActiveConnections:
 
     def __len__(self) -> int:
         return len(self._sockets)
+
+    def publish_counts(self, served: int, active: int) -> None:
+        """Counts kept elsewhere (an event loop's own): a registry that :attr:`publishes` makes them public."""
 
     def running(self) -> list[str]:
         """The connections served now, each as ``PEER (N s)``: how long it has been served."""

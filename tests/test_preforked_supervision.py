@@ -212,8 +212,9 @@ def test_repeated_crashes_are_respawned_with_back_off(serve):
     assert "next respawn in" in errors
 
 
-def test_max_requests_with_jitter_recycles_workers(serve):
-    server = start_pool(serve, "--max-requests", "3", "--max-requests-jitter", "2", workers=1)
+@pytest.mark.parametrize("worker", ["iterative", "poll"])  # a poll worker's loop publishes its own counts
+def test_max_requests_with_jitter_recycles_workers(serve, worker):
+    server = start_pool(serve, "--max-requests", "3", "--max-requests-jitter", "2", "--worker", worker, workers=1)
     first = live_workers(server)
 
     def recycled() -> int:

@@ -49,3 +49,17 @@ def test_served_is_reported_after_every_connection_and_close_releases_the_views(
         board.beat(1, 12.5)
         assert board.read(1) == (2, 1) and board.last_beat(1) == 12.5  # the beat is beside the counters
     board.close()  # a view still exported would make this raise BufferError
+
+
+def test_an_event_loops_counts_are_published_as_they_are_and_count_for_max_requests():
+    """A poll worker's loop keeps its own connections and hands over only its counts."""
+    board = Scoreboard(slots=1)
+    seen: list[int] = []
+    connections = ScoredConnections(board, 0, seen.append)
+    connections.publish_counts(1, 1)
+    connections.publish_counts(2, 2)
+    connections.publish_counts(2, 1)  # an end: nothing more served
+    assert board.read(0) == (2, 1)
+    assert seen == [1, 2]
+    assert connections.served == 2 and len(connections) == 0  # no socket was registered
+    board.close()

@@ -80,7 +80,6 @@ from framework.drivers.common import (
     sendfile_some,
     socket_extra_info,
 )
-from framework.lifecycle import ActiveConnections
 from framework.logthrottle import LogThrottle
 from framework.protocol import FileLike, Port, Protocol, Transport
 from framework.signals import PIPE_READ_SIZE
@@ -165,9 +164,10 @@ class EventLoop:
 
     *idle_timeout* closes a connection without progress for that many
     seconds (None: never).  *handle_error* is told about protocol faults and
-    unexpected socket errors (``handle_error(exc, peer)``).  *connections*,
-    when given, has every connection's socket added while it is served, so
-    that a server's status counts them.  With *tls*, every connection
+    unexpected socket errors (``handle_error(exc, peer)``).  *publish_counts*,
+    when given, is called with ``(served, active)`` whenever a connection
+    starts or ends, so that another process can read them (a pool worker's
+    scoreboard).  With *tls*, every connection
     speaks TLS with that server-side context.  Call :meth:`run_once` in a
     loop; :meth:`close` at the end.
     """
@@ -178,14 +178,14 @@ class EventLoop:
         *,
         idle_timeout: float | None = None,
         handle_error: ErrorHandler = log_handler_error,
-        connections: ActiveConnections | None = None,
+        publish_counts: Callable[[int, int], None] | None = None,
         tls: ssl.SSLContext | None = None,
         pool_threads: int | None = None,
     ) -> None:
         self.selector = selector if selector is not None else selectors.DefaultSelector()
         self.idle_timeout = idle_timeout
         self.handle_error = handle_error
-        self.registry = connections
+        self._publish_counts = publish_counts
         #: The connections being served now.
         self.connections: set[NonBlockingConnection] = set()
         #: How many connections were ever added.
@@ -319,15 +319,15 @@ class EventLoop:
         connection = NonBlockingConnection(self, sock, peer, protocol, tls)
         self.connections.add(connection)
         self.served += 1
-        if self.registry is not None:
-            self.registry.add(sock)
+        if self._publish_counts is not None:
+            self._publish_counts(self.served, len(self.connections))
         connection._start()
         return connection
 
     def _forget(self, connection: NonBlockingConnection) -> None:
         self.connections.discard(connection)
-        if self.registry is not None:
-            self.registry.discard(connection.sock)
+        if self._publish_counts is not None:
+            self._publish_counts(self.served, len(self.connections))
         self._ended.append(connection)
 
     # -- running -----------------------------------------------------------------

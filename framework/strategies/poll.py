@@ -99,10 +99,11 @@ class PollRun(Run):
     def __init__(self, strategy: PollStrategy, host: Host) -> None:
         super().__init__(strategy, host)
         # The loop keeps its connections and counts them (see counts and running); the host's
-        # registry hears of each one only if it publishes them (a worker's scoreboard).
-        registry = host.connections if host.connections.publishes else None
+        # registry hears only the counts, and only if it publishes them (a worker's scoreboard).
+        registry = host.connections
+        publish = registry.publish_counts if registry.publishes else None
         self.loop = EventLoop(strategy.make_selector(), idle_timeout=host.timeout, handle_error=host.handle_error,
-                              connections=registry, tls=host.tls, pool_threads=strategy.threads)
+                              publish_counts=publish, tls=host.tls, pool_threads=strategy.threads)
         #: select(2) cannot watch a descriptor at or above FD_SETSIZE (None: the selector has no such limit).
         self._fd_limit = FD_SETSIZE if strategy.selector == "select" else None
         # Read once, for the accept path (every connection passes there).

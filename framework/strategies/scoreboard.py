@@ -138,3 +138,16 @@ class ScoredConnections(ActiveConnections):
         """Forget a connection and publish the count of those still served."""
         super().discard(sock)
         self._counters[1] = len(self._sockets)
+
+    def publish_counts(self, served: int, active: int) -> None:
+        """Publish the counts an event loop keeps itself (it adds no socket here): two stores.
+
+        *served* counts for ``--max-requests`` as :meth:`add`'s total does.
+        """
+        counters = self._counters
+        counters[1] = active
+        if served != self.served:
+            self.served = served
+            counters[0] = served
+            if self._on_served is not None:
+                self._on_served(served)
