@@ -84,10 +84,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def _before_exec(cpus: set[int] | None, group: ServerGroup | None) -> Callable[[], None] | None:
-    """What the server's process does between fork and exec: join *group*, keep to *cpus*."""
-    if not cpus and group is None:
-        return None
+#: The signals that interrupt the lab (^C, and its SIGTERM, which it turns into a ^C): held while a server is spawned.
+INTERRUPTS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+def _before_exec(cpus: set[int] | None, group: ServerGroup | None,
+                 mask: set[int | signal.Signals]) -> Callable[[], None]:
+    """What the server's process does between fork and exec: join *group*, keep to *cpus*, restore *mask*."""
 
     def prepare() -> None:
         if group is not None:
@@ -96,6 +99,7 @@ def _before_exec(cpus: set[int] | None, group: ServerGroup | None) -> Callable[[
                 group.join()
         if cpus:
             os.sched_setaffinity(0, cpus)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     return prepare
 
@@ -112,8 +116,7 @@ class RunningServer:
         their CPU exactly and which no process of theirs outlives.
         """
         self.command = command
-        #: The server's cgroup, or None: CPU is then read from ``/proc``.
-        self.group = ServerGroup.create() if own_cgroup else None
+        self.stopped: StopResult | None = None
         self.output = tempfile.TemporaryFile(  # noqa: SIM115 - closed in stop()
             mode="w+", prefix="forkthread-bench-")
         # Appending: the server's stdout and stderr share this file's offset with the lab,
@@ -121,17 +124,31 @@ class RunningServer:
         # lab had just moved it, over what was there ("istening on": a start missed).
         fd = self.output.fileno()
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
-        self.popen = subprocess.Popen(
-            command.argv, stdout=self.output, stderr=self.output, stdin=subprocess.DEVNULL,
-            cwd=command.cwd, env=command.env, preexec_fn=_before_exec(cpus, self.group),
-            process_group=0,  # a terminal's ^C reaches the lab, which then stops servers in order
-        )
-        self.pid = self.popen.pid
-        if self.group is not None and self.pid not in self.group.pids():
-            self.group.remove()  # it could not join (or is gone already): /proc it is
-            self.group = None
-        self.stopped: StopResult | None = None
+        # Interrupts wait until the server's PID is known (below): one landing while Popen waits
+        # for the exec (the child joining its cgroup takes a while) would leave the server
+        # running with nobody to stop it.  The child restores the mask before its exec.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+        #: The server's cgroup, or None: CPU is then read from ``/proc``.
+        self.group: ServerGroup | None = None
         try:
+            self.group = ServerGroup.create() if own_cgroup else None
+            self.popen = subprocess.Popen(
+                command.argv, stdout=self.output, stderr=self.output, stdin=subprocess.DEVNULL,
+                cwd=command.cwd, env=command.env, preexec_fn=_before_exec(cpus, self.group, mask),
+                process_group=0,  # a terminal's ^C reaches the lab, which then stops servers in order
+            )
+        except BaseException:
+            if self.group is not None:
+                self.group.remove()
+            self.output.close()
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+        self.pid = self.popen.pid
+        try:  # from here on, whatever interrupts (a ^C, the lab's SIGTERM) stops the server first
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # an interrupt held meanwhile lands here
+            if self.group is not None and self.pid not in self.group.pids():
+                self.group.remove()  # it could not join (or is gone already): /proc it is
+                self.group = None
             self.host, self.port = self._wait_ready(start_timeout)
         except BaseException:
             self.stop(timeout=5.0)
