@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -132,6 +133,32 @@ def test_the_results_say_which_clock_measured_them(tmp_path: Path):
     config = BenchConfig(workloads=["stevens"], out=tmp_path, scale=FULL)
     setting = cpu_clock_setting(config)
     if cgroup.available():
-        assert setting.startswith("cgroup") and not config.notes
+        assert setting.startswith("cgroup") and not config.notes and config.cgroups
     else:
-        assert setting.startswith("/proc") and "clock ticks" in config.notes[0]
+        assert setting.startswith("/proc") and "clock ticks" in config.notes[0] and not config.cgroups
+    asked_for_proc = BenchConfig(workloads=["stevens"], out=tmp_path, scale=FULL, cgroups=False)
+    assert cpu_clock_setting(asked_for_proc).startswith("/proc") and not asked_for_proc.cgroups
+
+
+def test_cpu_clock_proc_runs_every_server_without_a_cgroup(tmp_path: Path):
+    """``--cpu-clock proc`` measures the old way (to compare with results from before the cgroup clock)."""
+    from framework.bench import session
+    from framework.bench.cli import config_from_arguments
+    from framework.bench.targets import Context
+    from framework.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "stevens", "--cpu-clock", "proc", "--out", str(tmp_path)])
+    config = config_from_arguments(args)
+    assert not config.cgroups
+    target = next(target for target in session.targets(config, Context(server="nbytes", protocol="nbytes"))
+                  if target.name == "iterative")
+    with session.start(config, target, Context(server="nbytes", protocol="nbytes")) as server:
+        assert server.cpu_clock == "/proc"
+
+
+def test_cpu_clock_cgroup_where_none_can_be_made_is_one_line_and_status_2(tmp_path: Path):
+    if cgroup.available():
+        pytest.skip("a cgroup can be made here: the refusal cannot be seen")
+    result = subprocess.run([sys.executable, "-m", "framework", "bench", "stevens", "--quick", "--cpu-clock", "cgroup",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--cpu-clock cgroup" in result.stderr

@@ -30,6 +30,8 @@ WORKLOAD_NAMES = ["stevens", "echo-rr", "http", "idle", "work", "all", "wsgi"]
 ALL = ["stevens", "echo-rr", "http", "idle"]
 #: ``--client`` values that pick the HTTP load client; anything with a colon is a MODULE:FUNCTION.
 LOAD_CLIENTS = ("auto", "wrk", "builtin")
+#: ``--cpu-clock`` values.
+CPU_CLOCKS = ("auto", "cgroup", "proc")
 #: Serve options the lab sets itself for every model it starts.
 LAB_SERVE_OPTIONS = ("--bind", "-b", "--strategy", "--inetd", "--log-level")
 
@@ -132,6 +134,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     bench.add_argument("--repeat", type=positive_int, metavar="N",
                        help="repeats per measurement (default: 3, http 2; quick 1)")
     bench.add_argument("--pin", action="store_true", help="servers and clients on separate CPUs")
+    bench.add_argument("--cpu-clock", choices=CPU_CLOCKS, default="auto",
+                       help="how server CPU is read: a cgroup per server (microseconds, whole tree), /proc (clock"
+                            " ticks), or auto: the cgroup where one can be made (default: %(default)s)")
     scale = bench.add_argument_group("load size (defaults: full run / --quick)")
     scale.add_argument("--clients", type=positive_int, metavar="K",
                        help=f"stevens: client processes ({FULL.clients} / {QUICK.clients})")
@@ -189,7 +194,8 @@ def config_from_arguments(args: argparse.Namespace) -> BenchConfig:
     workloads = ["server"] if own else ALL if args.workload == "all" else [args.workload]
     client = "auto" if ":" in args.client else args.client
     return BenchConfig(workloads=workloads, out=args.out, scale=scale, quick=args.quick, pin=args.pin,
-                       strategies=args.strategies, servers=args.servers, client=client, tls=args.tls, own=own)
+                       strategies=args.strategies, servers=args.servers, client=client, tls=args.tls, own=own,
+                       cgroups=args.cpu_clock != "proc")
 
 
 def _text_or_file(option: str, text: str, escapes: bool) -> str:
@@ -330,11 +336,16 @@ def own_settings(own: OwnServer | None) -> dict[str, object]:
 
 
 def cpu_clock_setting(config: BenchConfig) -> str:
-    """How server CPU is read in this run; without a cgroup, a note on what that costs in precision."""
+    """How server CPU is read in this run; without a cgroup, a note on what that costs in precision.
+
+    ``config.cgroups`` is turned off when no cgroup can be made here, so that
+    no server tries one.
+    """
     from framework.bench import cgroup
 
-    if cgroup.available():
+    if config.cgroups and cgroup.available():
         return "cgroup v2, microseconds"
+    config.cgroups = False
     config.notes.append(
         "server CPU was read from /proc in clock ticks (no cgroup v2 could be made here): each sample of a"
         " live server reads low by up to a tick (10 ms) per process, so small figures, and trees of several"
@@ -357,6 +368,12 @@ def run_bench(args: argparse.Namespace) -> int:
             option = "--" + (mine[0] if mine else "client").replace("_", "-")
             raise UsageError(f"{option} is for your own server: forkthread bench MODULE:CLASS {option} ...")
     check_servers(args.servers)
+    if args.cpu_clock == "cgroup":
+        from framework.bench import cgroup
+
+        if not cgroup.available():
+            raise UsageError("--cpu-clock cgroup: no cgroup v2 can be made here (it needs a writable cgroup2"
+                             " mount, usually root)")
     config = config_from_arguments(args)
     if "work" in config.workloads:
         from framework.bench.workloads.work import check_specs

@@ -86,6 +86,8 @@ class BenchConfig:
     own: OwnServer | None = None
     server_cpus: set[int] | None = None
     client_cpus: set[int] | None = None
+    #: Each server in a cgroup of its own, which reads its CPU (``--cpu-clock``); False: from ``/proc``.
+    cgroups: bool = True
     notes: list[str] = dataclasses.field(default_factory=list)
     started: float = dataclasses.field(default_factory=time.monotonic)
 

@@ -42,7 +42,7 @@ def runnable(config: BenchConfig, report: WorkloadReport, context: Context, vari
 def start(config: BenchConfig, target: Target, context: Context) -> RunningServer:
     """Start *target*'s server for *context*, on the server CPUs when pinning."""
     assert target.command is not None
-    return RunningServer(target.command(context), cpus=config.server_cpus)
+    return RunningServer(target.command(context), cpus=config.server_cpus, own_cgroup=config.cgroups)
 
 
 def add_row(report: WorkloadReport, target: Target, params: dict[str, object],
