@@ -30,6 +30,14 @@ def test_process_control_below_zero_is_clamped_to_zero_and_the_noise_floor_is_na
     assert note.startswith("process-control CPU below zero shown as 0 for poll: below the noise floor of 35 µs")
 
 
+def test_with_an_exact_clock_the_noise_floor_is_the_spread_alone():
+    report = WorkloadReport("stevens", "stevens", "", [], "conn_per_s")
+    report.rows = [stevens_row("iterative", "iterative", 100.0, 99.0, 101.0), stevens_row("poll", "poll", 98.0)]
+    add_process_control(report, exact_clock=True)
+    (note,) = report.notes
+    assert "noise floor of 2 µs per connection (iterative's spread)" in note  # not one 10 ms tick: 10 µs
+
+
 def results(quick: bool, repeat: int, load: str, rows_load: float = 0.1) -> Results:
     report = WorkloadReport("echo-rr", "echo-rr", "", [Column("rt_per_s", "rt/s")], "rt_per_s", params=["connections"])
     report.rows = [Row("echo-rr", "poll", "forkthread", "poll", {"connections": 10},

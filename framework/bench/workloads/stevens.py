@@ -4,8 +4,10 @@ Figure of merit, as in Stevens' Figure 30.1: the server's CPU time for the
 whole run (user + system of the whole process tree, reaped children
 included), and "process-control CPU" = that minus the iterative server's,
 i.e. what the concurrency model itself costs.  Each repeat starts a fresh
-server: CPU is sampled from ``/proc`` just before the load and collected
-with ``wait4`` after a graceful stop.  Minor page faults per connection,
+server: CPU is sampled just before the load, just after it, and once the
+server is reaped after a graceful stop (from the server's own cgroup, or
+``/proc`` and ``wait4``: :mod:`framework.bench.cgroup`), so the total
+splits into the load's share per connection and the stop's.  Minor page faults per connection,
 counted the same way, say where a fork's cost goes: each page a child (or
 its parent, while children share its pages) writes first is copied.  The
 main process's own CPU and faults over the load (``/proc``, its threads but
@@ -28,6 +30,8 @@ from framework.bench.targets import Context
 COLUMNS = [
     Column("cpu_s", "server CPU s", 3),
     Column("cpu_us_per_conn", "CPU µs/conn", 0),
+    Column("load_us_per_conn", "over the load µs/conn", 1),
+    Column("stop_ms", "stop CPU ms", 1),
     Column("faults_per_conn", "minor faults/conn", 1),
     Column("main_us_per_conn", "main process µs/conn", 0),
     Column("main_faults_per_conn", "main process faults/conn", 1),
@@ -60,12 +64,15 @@ def measure_once(config: BenchConfig, server: RunningServer) -> dict[str, float 
     main_before = server.main_process_usage()
     load = run_clients(specs, time_limit=90.0)
     main_after = server.main_process_usage()
+    loaded = server.cpu_seconds()
     stopped = server.stop()
     cpu = max(0.0, stopped.cpu_seconds - baseline)
     faults = max(0, stopped.minor_faults - faults_before)
     done = load.done
     return {
         "cpu_s": cpu, "cpu_us_per_conn": cpu / done * 1e6 if done else None,
+        "load_us_per_conn": max(0.0, loaded - baseline) / done * 1e6 if done else None,
+        "stop_ms": max(0.0, stopped.cpu_seconds - loaded) * 1e3,
         "faults_per_conn": faults / done if done else None,
         **main_process_share(main_before, main_after, done),
         "conn_per_s": done / load.wall_seconds if load.wall_seconds > 0 else None,
@@ -83,20 +90,23 @@ def main_process_share(before: tuple[float, int] | None, after: tuple[float, int
             "main_faults_per_conn": (after[1] - before[1]) / done}
 
 
-def noise_floor_us(row: Row) -> float:
-    """The smallest per-connection CPU difference a row can show: one clock tick over its connections, or its spread."""
+def noise_floor_us(row: Row, exact_clock: bool = False) -> float:
+    """The smallest per-connection CPU difference a row can show: its spread, or (read from ``/proc``)
+    one clock tick over its connections if that is more."""
     done = row.metrics.get("connections") or 1.0
     spread = row.spread.get("cpu_us_per_conn", {})
     low, high = spread.get("min"), spread.get("max")
-    return max(1e6 / procfs.CLOCK_TICKS / done, (high - low) if low is not None and high is not None else 0.0)
+    tick = 0.0 if exact_clock else 1e6 / procfs.CLOCK_TICKS / done
+    return max(tick, (high - low) if low is not None and high is not None else 0.0)
 
 
-def add_process_control(report: WorkloadReport) -> None:
+def add_process_control(report: WorkloadReport, exact_clock: bool = False) -> None:
     """Server CPU minus the iterative server's: Stevens' Figure 30.1 column.
 
     A model cannot cost less than doing nothing: a difference below zero is
-    noise (CPU is counted in clock ticks), shown as 0 with a note naming the
-    noise floor.
+    noise, shown as 0 with a note naming the noise floor (the spread of
+    iterative's repeats, or with CPU read from ``/proc`` (*exact_clock*
+    false) one clock tick over the connections if that is more).
     """
     baseline = next((row for row in report.rows if row.strategy == "iterative"), None)
     base = baseline.metrics.get("cpu_us_per_conn") if baseline else None
@@ -116,10 +126,11 @@ def add_process_control(report: WorkloadReport) -> None:
         row.metrics["process_control_us_per_conn"] = extra
         row.metrics["process_control_cpu_s"] = extra * done / 1e6
     if clamped:
+        floor = ("iterative's spread" if exact_clock else
+                 f"one {1000 / procfs.CLOCK_TICKS:.0f} ms clock tick over the connections, or iterative's spread")
         report.notes.append(
             f"process-control CPU below zero shown as 0 for {', '.join(clamped)}: below the noise floor of"
-            f" {noise_floor_us(baseline):.0f} µs per connection (one {1000 / procfs.CLOCK_TICKS:.0f} ms clock tick"
-            " over the connections, or iterative's spread)")
+            f" {noise_floor_us(baseline, exact_clock):.0f} µs per connection ({floor})")
 
 
 def recommend(report: WorkloadReport) -> str:
@@ -193,7 +204,7 @@ def run(config: BenchConfig) -> WorkloadReport:
     if carried:
         report.notes.append(f"the socketserver peers carried {', '.join(carried)}, unused ({CARRY_ENV}):"
                             " a measurement of what loaded modules cost, not the lean peers")
-    add_process_control(report)
+    add_process_control(report, exact_clock=config.cgroups)
     report.summary = recommend(report)
     from framework.bench.plots import plot_stevens
 
