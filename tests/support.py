@@ -278,5 +278,7 @@ POOLS = ("preforked", "interpreters")
 def pool_ready(server: ServerProcess, strategy: str, workers: int | None = None) -> None:
     """Wait until a pool has all its workers up ("listening on" comes before they are)."""
     if strategy in POOLS:
-        wanted = workers or os.cpu_count() or 1  # the default --workers, as the server computes it
+        from framework.strategies.base import StrategyOptions
+
+        wanted = workers or StrategyOptions().pool_size()  # the default --workers, as the server computes it
         assert wait_for(lambda: server.log().count(") ready") >= wanted, timeout=30), server.log()
