@@ -162,3 +162,26 @@ def test_cpu_clock_cgroup_where_none_can_be_made_is_one_line_and_status_2(tmp_pa
     result = subprocess.run([sys.executable, "-m", "framework", "bench", "stevens", "--quick", "--cpu-clock", "cgroup",
                              "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--cpu-clock cgroup" in result.stderr
+
+
+def test_groups_of_labs_that_are_gone_are_swept_and_others_are_not():
+    _own_group_or_skip()
+    parent = cgroup.own_group(cgroup.unified_mount() or "")
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)  # a PID no lab has any more
+    stale = os.path.join(parent, f"{cgroup.PREFIX}{child}-1-server")
+    mine = os.path.join(parent, f"{cgroup.PREFIX}{os.getpid()}-999-server")  # a running lab's
+    os.mkdir(stale)
+    os.mkdir(mine)
+    try:
+        group = cgroup.ServerGroup.create()
+        assert group is not None
+        group.remove()
+        assert not os.path.exists(stale)
+        assert os.path.exists(mine)
+    finally:
+        for directory in (stale, mine):
+            if os.path.exists(directory):
+                os.rmdir(directory)

@@ -30,6 +30,42 @@ MOUNTINFO = "/proc/self/mountinfo"
 
 _names = itertools.count(1)
 
+#: Every group the lab makes is named ``PREFIX + "LABPID-N-LABEL"``.
+PREFIX = "forkthread-bench-"
+
+
+def sweep_stale(parent: str) -> list[str]:
+    """Remove the groups under *parent* left by labs that are gone; return their names.
+
+    A lab killed outright (SIGKILL) cannot remove its server's group. The
+    group is empty once the server is gone (the kernel does not list ended
+    tasks), and the kernel refuses to remove one that still holds a task,
+    so only empty groups of labs no longer running go.
+    """
+    removed: list[str] = []
+    try:
+        names = [name for name in os.listdir(parent) if name.startswith(PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        lab_pid = name[len(PREFIX):].partition("-")[0]
+        if not lab_pid.isdigit() or _alive(int(lab_pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(parent, name))
+            removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 
 def unified_mount(mountinfo: str = MOUNTINFO) -> str | None:
     """The mount point of the cgroup v2 hierarchy, or None (see proc(5), ``mountinfo``)."""
@@ -82,7 +118,8 @@ class ServerGroup:
             return None
         try:
             parent = own_group(mount)
-            directory = os.path.join(parent, f"forkthread-bench-{os.getpid()}-{next(_names)}-{label}")
+            sweep_stale(parent)
+            directory = os.path.join(parent, f"{PREFIX}{os.getpid()}-{next(_names)}-{label}")
             os.mkdir(directory)
         except OSError:
             return None
