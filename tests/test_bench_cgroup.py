@@ -16,6 +16,7 @@ from framework.bench import cgroup, procfs
 from framework.bench.cli import cpu_clock_setting
 from framework.bench.config import FULL, BenchConfig
 from framework.bench.processes import RunningServer, ServerCommand
+from tests.support import process_state
 
 #: A "server" that spends CPU where /proc's sample of a live tree cannot see it exactly: in a
 #: child it reaps, in a thread that ends, and in a grandchild it orphans (which outlives it).
@@ -62,12 +63,7 @@ def _own_group_or_skip() -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = procfs.read_stat(pid)
-    return stat is not None and stat.state != "Z"
+    return process_state(pid) not in (None, "Z")
 
 
 def test_a_servers_cgroup_counts_its_reaped_children_ended_threads_and_orphans():

@@ -70,6 +70,10 @@ def test_stevens_quick_writes_every_file_and_a_row_per_strategy(tmp_path):
             assert row["metrics"]["cpu_s"] is not None and row["metrics"]["conn_per_s"] > 0
             assert row["metrics"]["process_control_us_per_conn"] is not None
             assert row["metrics"]["main_faults_per_conn"] is not None
+            # The total splits into the load's share and the stop's (one repeat: no medians to mix).
+            metrics = row["metrics"]
+            split = metrics["load_us_per_conn"] * metrics["connections"] / 1e6 + metrics["stop_ms"] / 1e3
+            assert metrics["stop_ms"] > 0 and split == pytest.approx(metrics["cpu_s"], abs=1e-3)
             if strategy == "forking":  # the children's faults are not the parent's
                 assert row["metrics"]["main_faults_per_conn"] < row["metrics"]["faults_per_conn"]
     if "preforked" in STRATEGIES:
