@@ -225,9 +225,11 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
                        help="prethreaded, preforked --worker threads: threads per process; poll: threads that run"
                             f" applications (serve wsgi) beside the event loop (default: %(default)s, at most"
                             f" {MAX_THREADS})")
-    group.add_argument("--prethreaded-accept", choices=("lock", "handoff"), default=defaults.prethreaded_accept,
-                       action=StrategyOption,
-                       help="prethreaded: threads take turns in accept (lock) or the main thread accepts (handoff)")
+    group.add_argument("--prethreaded-accept", choices=("shared", "lock", "handoff"),
+                       default=defaults.prethreaded_accept, action=StrategyOption,
+                       help="prethreaded: every idle thread waits and the kernel wakes one per connection (shared,"
+                            " the default), threads take turns under a mutex (lock), or the main thread accepts"
+                            " (handoff)")
     group.add_argument("--workers", type=count_up_to(MAX_WORKERS), default=defaults.workers, metavar="N",
                        action=StrategyOption,
                        help="preforked, interpreters: worker processes or sub-interpreters (default: with --worker"

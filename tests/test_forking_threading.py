@@ -19,6 +19,7 @@ from tests.support import (
     PeakSampler,
     assert_descriptor_backoff,
     echo_exchange,
+    open_descriptors,
     proc_children,
     process_state,
     recv_all,
@@ -57,7 +58,8 @@ def _about(*names: str) -> list[object]:
 
 @pytest.mark.parametrize(("name", "accept"), [
     pytest.param(name, accept, marks=pytest.mark.only_strategies(name), id=f"{name}-{accept}")
-    for name, accept in [("forking", "-"), ("threading", "-"), ("prethreaded", "lock"), ("prethreaded", "handoff")]
+    for name, accept in [("forking", "-"), ("threading", "-"), ("prethreaded", "shared"), ("prethreaded", "lock"),
+                         ("prethreaded", "handoff")]
 ])
 def test_bound_of_4_serves_20_clients_never_more_than_4_at_once(serve, name, accept):
     extra = ("--prethreaded-accept", accept) if name == "prethreaded" else ()
@@ -102,7 +104,7 @@ def test_forking_child_does_not_hold_the_listener(serve):
 
 
 @pytest.mark.only_strategies("prethreaded")
-@pytest.mark.parametrize("accept", ["lock", "handoff"])
+@pytest.mark.parametrize("accept", ["shared", "lock", "handoff"])
 def test_prethreaded_runs_a_fixed_pool(serve, accept):
     server = serve("echo", "--threads", "3", "--prethreaded-accept", accept, strategy="prethreaded")
     assert wait_for(lambda: thread_count(server.pid) == 4)
@@ -115,6 +117,69 @@ def test_prethreaded_runs_a_fixed_pool(serve, accept):
     with ThreadPoolExecutor(max_workers=12) as pool:
         assert list(pool.map(exchange, payloads, timeout=60)) == payloads
     assert thread_count(server.pid) == 4
+
+
+#: ``EPOLLEXCLUSIVE`` as ``/proc/PID/fdinfo`` shows an epoll's watched events (hexadecimal).
+EPOLLEXCLUSIVE_BIT = 1 << 28
+
+
+def _epoll_watches(pid: int) -> list[dict[int, int]]:
+    """For each epoll descriptor of *pid*: watched descriptor -> event mask, as the kernel lists them."""
+    watches = []
+    for fd, target in open_descriptors(pid).items():
+        if target != "anon_inode:[eventpoll]":
+            continue
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                lines = info.read().splitlines()
+        except OSError:  # closed meanwhile
+            continue
+        watched = {}
+        for line in lines:
+            if line.startswith("tfd:"):
+                fields = line.split()
+                watched[int(fields[1])] = int(fields[3], 16)
+        watches.append(watched)
+    return watches
+
+
+@pytest.mark.only_strategies("prethreaded")
+def test_prethreaded_shared_threads_each_wait_exclusively_on_the_listener(serve):
+    server = serve("echo", "--threads", "3", strategy="prethreaded")  # shared: the default mode
+    with server.connect() as sock:  # served: every thread's wait was made before the first thread started
+        assert echo_exchange(sock, b"x") == b"x"
+    listening = _listening_inodes()
+    listener_fd = next(fd for fd, target in open_descriptors(server.pid).items()
+                       if target.startswith("socket:[") and int(target[8:-1]) in listening)
+    waits = _epoll_watches(server.pid)
+    # One epoll per pool thread, each holding the listener exclusively (the kernel wakes one
+    # waiting thread per connection) and the stop pipe, which wakes them all.
+    assert len(waits) == 3, waits
+    for watched in waits:
+        assert watched[listener_fd] & EPOLLEXCLUSIVE_BIT, watched
+        assert len(watched) == 2 and any(not mask & EPOLLEXCLUSIVE_BIT for mask in watched.values()), watched
+    server.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0, server.log()
+
+
+@pytest.mark.only_strategies("prethreaded")
+def test_prethreaded_lock_holds_no_wait_descriptor(serve):
+    server = serve("echo", "--threads", "3", "--prethreaded-accept", "lock", strategy="prethreaded")
+    with server.connect() as sock:
+        assert echo_exchange(sock, b"x") == b"x"
+    assert _epoll_watches(server.pid) == []
+
+
+def _listening_inodes() -> set[int]:
+    """Inodes of the TCP sockets in LISTEN state, as ``/proc/net/tcp`` and ``tcp6`` list them."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in rows.read().splitlines()[1:]:
+                fields = row.split()
+                if fields[3] == "0A":  # TCP_LISTEN
+                    inodes.add(int(fields[9]))
+    return inodes
 
 
 @pytest.mark.parametrize("name", _about(*BOUNDED))
@@ -230,6 +295,8 @@ def test_forking_child_finishes_its_connection_on_sigterm_within_the_graceful_ti
     # The forking parent closes its copy of each connection at once: it runs out only with no room at all.
     pytest.param("forking", (), 0, marks=pytest.mark.only_strategies("forking"), id="forking"),
     pytest.param("threading", (), 2, marks=pytest.mark.only_strategies("threading"), id="threading"),
+    pytest.param("prethreaded", ("--prethreaded-accept", "shared"), 2,
+                 marks=pytest.mark.only_strategies("prethreaded"), id="prethreaded-shared"),
     pytest.param("prethreaded", ("--prethreaded-accept", "lock"), 2,
                  marks=pytest.mark.only_strategies("prethreaded"), id="prethreaded-lock"),
     pytest.param("prethreaded", ("--prethreaded-accept", "handoff"), 2,

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 #: strategy -> [(row label, extra serve options)]; the first entry is the strategy's default form.
 VARIANTS: dict[str, list[tuple[str, list[str]]]] = {
     "prethreaded": [
+        ("prethreaded shared", ["--prethreaded-accept", "shared"]),
         ("prethreaded lock", ["--prethreaded-accept", "lock"]),
         ("prethreaded handoff", ["--prethreaded-accept", "handoff"]),
     ],

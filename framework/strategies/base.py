@@ -174,8 +174,9 @@ class StrategyOptions:
     max_connections: int | None = None
     #: prethreaded, and preforked with ``worker="threads"``: threads per process.
     threads: int = 8
-    #: prethreaded: ``"lock"`` (threads take turns in accept) or ``"handoff"`` (main thread accepts).
-    prethreaded_accept: str = "lock"
+    #: prethreaded: ``"shared"`` (each idle thread waits, the kernel wakes one), ``"lock"`` (threads
+    #: take turns in accept) or ``"handoff"`` (the main thread accepts).
+    prethreaded_accept: str = "shared"
     #: preforked, interpreters: workers (None: :func:`default_workers` for the ``worker`` kind).
     workers: int | None = None
     #: preforked: ``shared``, ``lock``, ``reuseport`` or ``passfd``.

@@ -52,13 +52,15 @@ class AcceptLoop:
     *on_wake* is ``lifecycle.dispatch``), or a stop pipe in a pool thread.
     :meth:`for_host` builds the former.  :meth:`close` at the end.
 
-    For an :attr:`~framework.accepting.Acceptor.exclusive` acceptor the wait
-    is an ``epoll`` holding the listener with ``EPOLLEXCLUSIVE``, as nginx
-    waits: a connection wakes one of the pre-forked workers waiting for it.
-    With ``poll`` every idle worker wakes, and all but one find nothing.
+    For an :attr:`~framework.accepting.Acceptor.exclusive` acceptor, or with
+    *exclusive* (pool threads of one process that all wait for the listener),
+    the wait is an ``epoll`` holding the listener with ``EPOLLEXCLUSIVE``, as
+    nginx waits: a connection wakes one of the workers waiting for it.  With
+    ``poll`` every idle worker wakes, and all but one find nothing.
     """
 
-    def __init__(self, acceptor: Acceptor, wake_fd: int, on_wake: Callable[[], object]) -> None:
+    def __init__(self, acceptor: Acceptor, wake_fd: int, on_wake: Callable[[], object], *,
+                 exclusive: bool = False) -> None:
         self._acceptor = acceptor
         self._wake_fd = wake_fd
         self._on_wake = on_wake
@@ -67,7 +69,7 @@ class AcceptLoop:
         self._poll: Callable[[float | None], list[tuple[int, int]]]
         register: Callable[[int], object]
         unregister: Callable[[int], object]
-        if acceptor.exclusive and hasattr(select, "EPOLLEXCLUSIVE"):
+        if (exclusive or acceptor.exclusive) and hasattr(select, "EPOLLEXCLUSIVE"):
             epoll = self._epoll = select.epoll()
             epoll.register(wake_fd, select.EPOLLIN)
             register = lambda fd: epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)  # noqa: E731

@@ -2,16 +2,23 @@
 
 Thread creation leaves the per-connection path: ``--threads N`` threads are
 started once and serve connection after connection.  At most N connections
-are served at once; the others wait in the listen backlog.  Two ways to
+are served at once; the others wait in the listen backlog.  Three ways to
 share the listener, chosen with ``--prethreaded-accept``:
 
-``lock`` (Stevens §30.11, the default)
+``shared`` (the default)
+    Every idle thread waits for the listener in an ``epoll`` of its own that
+    holds it with ``EPOLLEXCLUSIVE``, and accepts what woke it: the kernel
+    wakes one waiting thread per connection, as a pre-forked pool's
+    ``shared`` mode wakes one worker (Stevens §30.6, with the herd he
+    measured left to the kernel).  No lock passes between threads: under
+    the GIL each hand-over of a lock is one more thread switch per
+    connection.  A thread woken by a connection and by the stop latch at
+    once takes the connection first (the kernel woke nobody else for it).
+``lock`` (Stevens §30.11)
     Threads take turns: the one holding a mutex polls the listener and
     accepts one connection, releases the mutex, and serves.  Only one thread
-    waits in the kernel at a time, so there is no thundering herd, and the
-    main thread does nothing per connection.  The lock holder also polls a
-    stop latch that is set once and never drained, so every thread in
-    turn sees it and leaves promptly when the server stops.
+    waits in the kernel at a time, on any kernel, but every connection hands
+    the mutex to the next thread.
 ``handoff`` (Stevens §30.12)
     The main thread accepts and hands each socket to the pool through a
     queue; one sentinel per thread ends the pool.  Every connection costs a
@@ -21,8 +28,12 @@ share the listener, chosen with ``--prethreaded-accept``:
     polling the listener while every pool thread is busy, so connections
     wait in the kernel, not in a user-space queue.
 
-Stevens measured the mutex slightly ahead of the hand-off; in CPython the
-GIL adds a thread switch to every hand-off, so ``lock`` is usually cheaper.
+In ``shared`` and ``lock`` the main thread does nothing per connection, and
+every waiting thread also polls a stop latch that is set once and never
+drained, so every thread leaves promptly when the server stops.  Stevens
+measured the mutex slightly ahead of the hand-off; in CPython the GIL adds a
+thread switch to every hand-off, so ``lock`` is cheaper than ``handoff``,
+and ``shared``, which hands nothing over, cheaper than both.
 """
 
 from __future__ import annotations
@@ -43,19 +54,19 @@ from framework.strategies.dispatching import FORCE_GRACE, AcceptLoop, Dispatchin
 log = logging.getLogger("forkthread")
 
 #: The values of ``--prethreaded-accept``.
-ACCEPT_MODES = ("lock", "handoff")
+ACCEPT_MODES = ("shared", "lock", "handoff")
 
 
 @dataclasses.dataclass(frozen=True)
 class PrethreadedStrategy(Strategy):
-    """A fixed pool of *threads* threads sharing the listener by *accept* mode (``lock`` or ``handoff``)."""
+    """A fixed pool of *threads* threads sharing the listener by *accept* mode (``shared``, ``lock`` or ``handoff``)."""
 
     name = "prethreaded"
     description = "a fixed pool of threads, taking turns in accept or fed by the main thread"
     option_names = frozenset({"threads", "prethreaded_accept"})
 
     threads: int = 8
-    accept: str = "lock"
+    accept: str = "shared"
 
     def __post_init__(self) -> None:
         if self.accept not in ACCEPT_MODES:
@@ -68,7 +79,7 @@ class PrethreadedStrategy(Strategy):
         return cls(threads=options.threads, accept=options.prethreaded_accept)
 
     def describe(self) -> str:
-        """``prethreaded(8,lock)``."""
+        """``prethreaded(8,shared)``."""
         return f"{self.name}({self.threads},{self.accept})"
 
     def capacity(self) -> int:
@@ -77,7 +88,7 @@ class PrethreadedStrategy(Strategy):
 
     def start(self, host: Host) -> Run:
         """A run of the pool in the configured accept mode."""
-        if self.accept == "lock":
+        if self.accept in ("shared", "lock"):
             return TakingTurnsRun(self, host)
         return HandoffRun(self, host, self.threads)
 
@@ -92,13 +103,17 @@ def _serve_datagrams(run: Run, threads: int) -> None:
 
 
 class TakingTurnsRun(Run):
-    """``lock``: the pool threads take turns in accept, under a mutex (Stevens §30.11)."""
+    """``shared`` and ``lock``: each idle pool thread waits for the listener and accepts.
+
+    ``shared``: every idle thread waits, exclusively (the kernel wakes one per
+    connection).  ``lock``: only the thread holding a mutex waits (Stevens §30.11).
+    """
 
     strategy: PrethreadedStrategy
 
     def __init__(self, strategy: PrethreadedStrategy, host: Host) -> None:
         super().__init__(strategy, host)
-        self._accept_lock = threading.Lock()
+        self._accept_lock = threading.Lock() if strategy.accept == "lock" else None
 
     def serve_datagrams(self) -> None:
         """See :func:`_serve_datagrams`."""
@@ -111,9 +126,19 @@ class TakingTurnsRun(Run):
         loop = AcceptLoop.for_host(host)  # the main thread only runs signal actions
         stop = Latch()
         pool = LiveThreads("prethreaded", lambda alive: lifecycle.wakeup.wake())
+        unstarted: list[AcceptLoop] = []  # each thread closes its own wait; these have no thread
         try:
-            started = sum(pool.start(self._take_turns, host.acceptor, stop.fileno())
-                          for _ in range(self.strategy.threads))
+            # Every thread's wait is made before any thread starts: a ``shared`` wait holds an
+            # epoll descriptor, and all of them are open before the first connection is served.
+            unstarted.extend(AcceptLoop(host.acceptor, stop.fileno(), on_wake=lambda: None,
+                                        exclusive=self._accept_lock is None) for _ in range(self.strategy.threads))
+            started = 0
+            while unstarted:
+                if pool.start(self._take_turns, host.acceptor, unstarted[-1]):
+                    unstarted.pop()
+                    started += 1
+                else:
+                    unstarted.pop().close()
             if not started:
                 raise RuntimeError("prethreaded: no pool thread could be started")
             if started < self.strategy.threads:
@@ -130,32 +155,43 @@ class TakingTurnsRun(Run):
         finally:
             stop.set()
             pool.join(FORCE_GRACE)
+            for turn in unstarted:
+                turn.close()
             stop.close()
 
-    def _take_turns(self, acceptor: Acceptor, stop_fd: int) -> None:
-        """A pool thread: wait for the accept mutex, accept one connection, serve it; until stopped."""
-        turn = AcceptLoop(acceptor, stop_fd, on_wake=lambda: None)
+    def _take_turns(self, acceptor: Acceptor, turn: AcceptLoop) -> None:
+        """A pool thread: wait for a connection (and the accept mutex, if any), accept it, serve it; until stopped."""
+        lock = self._accept_lock
+        serve_connection = self.host.serve_connection
         try:
             while True:
-                with self._accept_lock:
+                if lock is None:
                     accepted = self._accept_one(turn, acceptor)
+                else:
+                    with lock:
+                        accepted = self._accept_one(turn, acceptor)
                 if accepted is None:
                     return
-                self.host.serve_connection(*accepted, main_thread=False)
+                serve_connection(*accepted, main_thread=False)
         finally:
             turn.close()
 
     @staticmethod
     def _accept_one(turn: AcceptLoop, acceptor: Acceptor) -> tuple[socket.socket, str] | None:
-        """Holding the mutex: wait for a connection and accept it; None once the stop latch is set."""
+        """Wait for a connection and accept it; None once the stop latch is set.
+
+        A connection that woke this thread is taken even when the latch is set
+        too: waiting exclusively, this thread may be the only one woken for it.
+        (On a stopped listener :meth:`~framework.accepting.Acceptor.accept` finds none.)
+        """
         while True:
             listener_ready = turn.wait(accepting=True)
-            if turn.woke:
-                return None
             if listener_ready:
                 accepted = acceptor.accept()
                 if accepted is not None:
                     return accepted
+            if turn.woke:
+                return None
 
 
 class HandoffRun(DispatchingRun):
