@@ -71,6 +71,10 @@ class Acceptor:
         self._peek: select.poll | None = None
         #: True once the listener stopped listening (:meth:`stop`, here or in another process).
         self.stopped = False
+        #: This process's stop calls :meth:`stop` (the server's own acceptor, not a pre-forked
+        #: worker's): a thread may then block in ``accept`` itself, since the stop's
+        #: ``shutdown`` ends a blocked ``accept`` (``EINVAL``).
+        self.stopped_by_process_stop = False
 
     def fileno(self) -> int:
         """The descriptor to poll for readability before calling :meth:`accept`."""
@@ -151,8 +155,9 @@ class Acceptor:
         except BlockingIOError:
             return None  # the end of every batch: none waiting now (classified as RETRY, without the call)
         except OSError as exc:
-            if exc.errno == errno.EINVAL and not self._listening():
-                # Another process sharing the listener (a pre-forked master) stopped it.
+            if exc.errno == errno.EINVAL and (self.stopped or not self._listening()):
+                # Stopped while this accept waited (a Unix listener still says SO_ACCEPTCONN
+                # then), or by another process sharing the listener (a pre-forked master).
                 self.stopped = True
                 return None
             kind = classify_accept_error(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import threading
@@ -12,12 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from framework.harness.polling import settled
 from framework.strategies import create_strategy
 from framework.strategies.base import StrategyOptions
 from servers.echo import EchoServer
 from tests.support import (
     PeakSampler,
     assert_descriptor_backoff,
+    assert_no_accept_spin,
     echo_exchange,
     open_descriptors,
     proc_children,
@@ -143,23 +146,78 @@ def _epoll_watches(pid: int) -> list[dict[int, int]]:
     return watches
 
 
+def _accept_syscall() -> str:
+    """The number ``/proc/TID/syscall`` shows for a thread blocked in ``accept``: read from one of ours."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        waiting = threading.Thread(target=lambda: _accept_or_none(listener))
+        waiting.start()
+        try:
+            path = f"/proc/self/task/{waiting.native_id}/syscall"
+            assert wait_for(lambda: _syscall_of(path) not in (None, "running"), timeout=10)
+            number = _syscall_of(path)
+        finally:
+            listener.shutdown(socket.SHUT_RD)  # ends the accept (EINVAL)
+            waiting.join(10)
+    assert number is not None
+    return number
+
+
+def _accept_or_none(listener: socket.socket) -> None:
+    try:
+        listener.accept()[0].close()
+    except OSError:
+        pass
+
+
+def _syscall_of(path: str) -> str | None:
+    """The first field of a ``/proc/.../syscall`` file: the system call a task waits in, or ``running``."""
+    try:
+        with open(path) as text:
+            return text.read().split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 @pytest.mark.only_strategies("prethreaded")
-def test_prethreaded_shared_threads_each_wait_exclusively_on_the_listener(serve):
-    server = serve("echo", "--threads", "3", strategy="prethreaded")  # shared: the default mode
+@pytest.mark.parametrize("bind", ["127.0.0.1:0", "unix"])
+def test_prethreaded_shared_threads_wait_in_accept_itself_and_the_stop_ends_it(serve, bind, tmp_path):
+    accept_number = _accept_syscall()
+    address = f"unix:{tmp_path}/echo.sock" if bind == "unix" else bind
+    server = serve("echo", "--threads", "3", strategy="prethreaded", bind=address)  # shared: the default mode
+    with server.connect() as sock:
+        assert echo_exchange(sock, b"x") == b"x"
+    # Every pool thread waits in the kernel's accept (which wakes one waiter per connection):
+    # no lock, and no descriptor of its own to wait on.
+    pool = [tid for tid in os.listdir(f"/proc/{server.pid}/task") if int(tid) != server.pid]
+    assert len(pool) == 3, pool
+    assert wait_for(lambda: all(_syscall_of(f"/proc/{server.pid}/task/{tid}/syscall") == accept_number
+                                for tid in pool), timeout=30)
+    assert _epoll_watches(server.pid) == []
+    # The stop's shutdown of the listener ends every one of those accepts, quietly (a Unix
+    # listener still reports SO_ACCEPTCONN after it: the acceptor knows it stopped it).
+    server.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0, server.log()
+    assert "error" not in server.log().lower() and "Traceback" not in server.log(), server.log()
+
+
+@pytest.mark.only_strategies("preforked")
+def test_threads_of_a_preforked_worker_each_wait_exclusively_on_the_listener(serve):
+    server = serve("echo", "--worker", "threads", "--workers", "1", "--threads", "3", strategy="preforked")
+    assert wait_for(lambda: len(proc_children(server.pid)) == 1, timeout=30)
     with server.connect() as sock:  # served: every thread's wait was made before the first thread started
         assert echo_exchange(sock, b"x") == b"x"
+    (worker,) = proc_children(server.pid)
     listening = _listening_inodes()
-    listener_fd = next(fd for fd, target in open_descriptors(server.pid).items()
+    listener_fd = next(fd for fd, target in open_descriptors(worker).items()
                        if target.startswith("socket:[") and int(target[8:-1]) in listening)
-    waits = _epoll_watches(server.pid)
-    # One epoll per pool thread, each holding the listener exclusively (the kernel wakes one
-    # waiting thread per connection) and the stop pipe, which wakes them all.
-    assert len(waits) == 3, waits
+    # A worker's stop does not shut the shared listener down (the other workers accept on
+    # it), so its threads wait in an epoll each: the listener held exclusively (the kernel
+    # wakes one waiting thread of all the workers' per connection) and the stop pipe.
+    waits = [watched for watched in _epoll_watches(worker) if listener_fd in watched]
+    assert len(waits) == 3, _epoll_watches(worker)
     for watched in waits:
         assert watched[listener_fd] & EPOLLEXCLUSIVE_BIT, watched
         assert len(watched) == 2 and any(not mask & EPOLLEXCLUSIVE_BIT for mask in watched.values()), watched
-    server.send_signal(signal.SIGTERM)
-    assert server.proc.wait(30) == 0, server.log()
 
 
 @pytest.mark.only_strategies("prethreaded")
@@ -295,8 +353,6 @@ def test_forking_child_finishes_its_connection_on_sigterm_within_the_graceful_ti
     # The forking parent closes its copy of each connection at once: it runs out only with no room at all.
     pytest.param("forking", (), 0, marks=pytest.mark.only_strategies("forking"), id="forking"),
     pytest.param("threading", (), 2, marks=pytest.mark.only_strategies("threading"), id="threading"),
-    pytest.param("prethreaded", ("--prethreaded-accept", "shared"), 2,
-                 marks=pytest.mark.only_strategies("prethreaded"), id="prethreaded-shared"),
     pytest.param("prethreaded", ("--prethreaded-accept", "lock"), 2,
                  marks=pytest.mark.only_strategies("prethreaded"), id="prethreaded-lock"),
     pytest.param("prethreaded", ("--prethreaded-accept", "handoff"), 2,
@@ -309,3 +365,32 @@ def test_out_of_descriptors_backs_off_without_spinning_and_recovers(serve, name,
 def _descriptor_targets(pid: int) -> set[str]:
     """What *pid*'s open descriptors point at (``socket:[INODE]``, paths...)."""
     return {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+
+
+@pytest.mark.only_strategies("prethreaded")
+def test_prethreaded_shared_out_of_descriptors_backs_off_without_spinning_and_recovers(serve):
+    """``shared`` threads wait in ``accept`` itself, and the kernel gives each its descriptor before it waits.
+
+    So a limit lowered under a waiting pool bites only when a thread comes back
+    to ``accept`` after a connection: with no descriptor free under the limit it
+    backs off instead of retrying in a loop, and serves again once the limit is back.
+    """
+    server = serve("echo", "--threads", "3", strategy="prethreaded")
+    with server.connect() as sock:
+        assert echo_exchange(sock, b"warm") == b"warm"
+    highest = settled(lambda: max(int(fd) for fd in os.listdir(f"/proc/{server.pid}/fd")))
+    soft, hard = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
+    try:
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (highest + 1, hard))
+        for index in range(3):  # each waiting thread takes one, with the descriptor it holds already
+            with server.connect(timeout=30) as sock:
+                assert echo_exchange(sock, b"%d" % index) == b"%d" % index
+        assert wait_for(lambda: "backing off" in server.log(), timeout=30), server.log()
+        assert_no_accept_spin(server)
+        waiting = server.connect()  # kept in the backlog meanwhile
+        waiting.sendall(b"x")
+    finally:
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    with waiting:
+        waiting.settimeout(30)
+        assert waiting.recv(1) == b"x"

@@ -6,14 +6,16 @@ are served at once; the others wait in the listen backlog.  Three ways to
 share the listener, chosen with ``--prethreaded-accept``:
 
 ``shared`` (the default)
-    Every idle thread waits for the listener in an ``epoll`` of its own that
-    holds it with ``EPOLLEXCLUSIVE``, and accepts what woke it: the kernel
-    wakes one waiting thread per connection, as a pre-forked pool's
-    ``shared`` mode wakes one worker (Stevens §30.6, with the herd he
-    measured left to the kernel).  No lock passes between threads: under
-    the GIL each hand-over of a lock is one more thread switch per
-    connection.  A thread woken by a connection and by the stop latch at
-    once takes the connection first (the kernel woke nobody else for it).
+    Every idle thread waits for the listener, and the kernel wakes one
+    waiting thread per connection (Stevens §30.6, with the herd he measured
+    left to the kernel).  No lock passes between threads: under the GIL each
+    hand-over of a lock is one more thread switch per connection.  Where this
+    process's stop shuts the listener down (the server's own process), each
+    thread waits in ``accept`` itself, and the shutdown ends the wait.  In a
+    pre-forked or sub-interpreter worker the listener is shared and outlives
+    the worker's stop: each thread waits in an ``epoll`` of its own holding
+    the listener with ``EPOLLEXCLUSIVE`` and the stop latch, as a pre-forked
+    ``shared`` worker waits; a thread woken by both takes the connection first.
 ``lock`` (Stevens §30.11)
     Threads take turns: the one holding a mutex polls the listener and
     accepts one connection, releases the mutex, and serves.  Only one thread
@@ -29,11 +31,12 @@ share the listener, chosen with ``--prethreaded-accept``:
     wait in the kernel, not in a user-space queue.
 
 In ``shared`` and ``lock`` the main thread does nothing per connection, and
-every waiting thread also polls a stop latch that is set once and never
-drained, so every thread leaves promptly when the server stops.  Stevens
-measured the mutex slightly ahead of the hand-off; in CPython the GIL adds a
-thread switch to every hand-off, so ``lock`` is cheaper than ``handoff``,
-and ``shared``, which hands nothing over, cheaper than both.
+the waiting threads leave promptly when the server stops: the listener's
+shutdown ends every ``accept``, and a stop latch, set once and never drained,
+wakes every ``poll``.  Stevens measured the mutex slightly ahead of the
+hand-off; in CPython the GIL adds a thread switch to every hand-off, so
+``lock`` is cheaper than ``handoff``, and ``shared``, which hands nothing
+over, cheaper than both.
 """
 
 from __future__ import annotations
@@ -114,6 +117,9 @@ class TakingTurnsRun(Run):
     def __init__(self, strategy: PrethreadedStrategy, host: Host) -> None:
         super().__init__(strategy, host)
         self._accept_lock = threading.Lock() if strategy.accept == "lock" else None
+        # ``shared`` where this process's stop shuts the listener down: the threads wait in
+        # ``accept`` itself, which the kernel also wakes one waiter at a time for.
+        self._blocking = strategy.accept == "shared" and host.acceptor.stopped_by_process_stop
 
     def serve_datagrams(self) -> None:
         """See :func:`_serve_datagrams`."""
@@ -131,7 +137,10 @@ class TakingTurnsRun(Run):
             # Every thread's wait is made before any thread starts: a ``shared`` wait holds an
             # epoll descriptor, and all of them are open before the first connection is served.
             unstarted.extend(AcceptLoop(host.acceptor, stop.fileno(), on_wake=lambda: None,
-                                        exclusive=self._accept_lock is None) for _ in range(self.strategy.threads))
+                                        exclusive=self._accept_lock is None and not self._blocking)
+                             for _ in range(self.strategy.threads))
+            if self._blocking:
+                host.listener.setblocking(True)
             started = 0
             while unstarted:
                 if pool.start(self._take_turns, host.acceptor, unstarted[-1]):
@@ -154,7 +163,11 @@ class TakingTurnsRun(Run):
             wind_down(lifecycle, loop, lambda: len(pool), host.connections.abort_all, self.running)
         finally:
             stop.set()
+            if self._blocking:
+                host.acceptor.stop()  # ends every accept still blocked (the stop did, unless serve failed)
             pool.join(FORCE_GRACE)
+            if self._blocking:
+                host.listener.setblocking(False)
             for turn in unstarted:
                 turn.close()
             stop.close()
@@ -165,7 +178,9 @@ class TakingTurnsRun(Run):
         serve_connection = self.host.serve_connection
         try:
             while True:
-                if lock is None:
+                if self._blocking:
+                    accepted = self._accept_blocking(turn, acceptor)
+                elif lock is None:
                     accepted = self._accept_one(turn, acceptor)
                 else:
                     with lock:
@@ -175,6 +190,27 @@ class TakingTurnsRun(Run):
                 serve_connection(*accepted, main_thread=False)
         finally:
             turn.close()
+
+    @staticmethod
+    def _accept_blocking(turn: AcceptLoop, acceptor: Acceptor) -> tuple[socket.socket, str] | None:
+        """Wait in ``accept`` itself for a connection; None once the listener is stopped.
+
+        The stop's ``shutdown`` ends the wait (``EINVAL``).  During a capacity
+        back-off the thread sleeps on the stop latch instead.
+        """
+        while True:
+            if acceptor.backoff_remaining():  # a capacity back-off, or stopped
+                if acceptor.stopped:
+                    return None
+                turn.wait(accepting=True)
+                if turn.woke:
+                    return None
+                continue
+            accepted = acceptor.accept()
+            if accepted is not None:
+                return accepted
+            if acceptor.stopped:
+                return None
 
     @staticmethod
     def _accept_one(turn: AcceptLoop, acceptor: Acceptor) -> tuple[socket.socket, str] | None:
