@@ -17,7 +17,7 @@ from framework.bench.report import Column, Row, WorkloadReport, table
 from framework.bench.socketserver_peer import CARRY_ENV, carried_modules
 from framework.bench.targets import Context
 from framework.bench.workloads.http import file_name, make_root
-from tests.support import missing_requirement, reap_adopted, recv_all
+from tests.support import missing_requirement, proc_children, reap_adopted, recv_all, wait_for
 
 
 def peer(name: str):
@@ -25,7 +25,8 @@ def peer(name: str):
 
 
 @pytest.mark.parametrize("name", ["socketserver iterative", "socketserver threading", "socketserver forking",
-                                  "asyncio protocol", "uvloop protocol"])
+                                  "asyncio protocol", "uvloop protocol",
+                                  "floor iterative", "floor threads", "floor forks"])
 def test_nbytes_peers(name):
     with RunningServer(peer(name).command(Context("nbytes", "nbytes"))) as server:
         for count in (0, 4000, 200_000):
@@ -52,6 +53,33 @@ def test_the_socketserver_peers_carry_neither_the_framework_nor_asyncio(name, pr
     imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
     assert "socketserver" in imported
     assert not {"framework", "servers", "asyncio"} & imported
+
+
+@pytest.mark.parametrize("name", ["floor iterative", "floor threads", "floor forks"])
+def test_the_floors_import_the_socket_module_and_little_else(name):
+    # The floor of a model is the least a Python server of it does: nothing of the
+    # framework, nor of another library, is loaded (a fork would copy it).
+    command = peer(name).command(Context("nbytes", "nbytes"))
+    argv = [command.argv[0], "-X", "importtime", *command.argv[1:-1], "no-such-kind"]
+    result = subprocess.run(argv, env=command.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "usage:" in result.stderr
+    lines = result.stderr.splitlines()
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+    assert {"socket", "threading"} <= imported
+    assert not {"framework", "servers", "asyncio", "socketserver", "argparse"} & imported
+
+
+def test_the_forks_floor_ends_its_children_at_the_stop():
+    with RunningServer(peer("floor forks").command(Context("nbytes", "nbytes"))) as server:
+        assert wait_for(lambda: len(proc_children(server.pid)) == (os.cpu_count() or 1), timeout=30)
+        children = proc_children(server.pid)
+        with socket.create_connection((server.host, server.port), 5) as sock:
+            sock.sendall(b"10\n")
+            assert recv_all(sock) == b"abcdefghij"
+        stopped = server.stop()
+    assert stopped.status == 0 and not stopped.killed
+    assert not reap_adopted()
+    assert not [pid for pid in children if os.path.exists(f"/proc/{pid}")]
 
 
 @pytest.mark.parametrize("name", ["socketserver iterative", "socketserver threading", "socketserver forking", "asyncio",

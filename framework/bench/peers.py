@@ -1,5 +1,8 @@
 """Peers measured in the same run: stdlib socketserver, asyncio and uvloop, http.server, gunicorn, nginx.
 
+And, for ``nbytes`` (the ``stevens`` workload), each model's floor
+(:mod:`framework.bench.floor_peer`): the least a Python server of it does.
+
 Each peer says which protocols it can serve; a peer whose program is
 missing becomes a note instead of a row.  nginx gets a configuration
 written into a temporary directory (loopback only, one worker, pid file
@@ -40,6 +43,19 @@ class Peer:
 
 #: :mod:`framework.bench.socketserver_peer`, run by path so that the ``framework`` package is not imported.
 SOCKETSERVER_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "socketserver_peer.py")
+
+
+#: :mod:`framework.bench.floor_peer`, run by path for the same reason.
+FLOOR_PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor_peer.py")
+
+
+def _floor(model: str) -> Callable[[Context], ServerCommand]:
+    """The floor of *model* (:mod:`framework.bench.floor_peer`): the least a Python server of it does."""
+
+    def command(context: Context) -> ServerCommand:
+        return ServerCommand([sys.executable, "-P", FLOOR_PEER, f"floor-{model}-{context.protocol}"], env=child_env())
+
+    return command
 
 
 def _stdlib(kind: str) -> Callable[[Context], ServerCommand]:
@@ -224,6 +240,9 @@ PEERS: list[Peer] = [
     Peer("socketserver iterative", frozenset({"nbytes", "echo", "work"}), _stdlib("socketserver-iterative")),
     Peer("socketserver threading", frozenset({"nbytes", "echo", "work"}), _stdlib("socketserver-threading")),
     Peer("socketserver forking", frozenset({"nbytes", "echo", "work"}), _stdlib("socketserver-forking")),
+    Peer("floor iterative", frozenset({"nbytes"}), _floor("iterative")),
+    Peer("floor threads", frozenset({"nbytes"}), _floor("threads")),
+    Peer("floor forks", frozenset({"nbytes"}), _floor("forks")),
     Peer("asyncio", frozenset({"echo"}), _stdlib("asyncio-streams")),
     Peer("asyncio protocol", frozenset({"echo", "nbytes"}), _stdlib("asyncio-protocol")),
     Peer("uvloop", frozenset({"echo"}), _stdlib("uvloop-streams"), _uvloop_missing),
