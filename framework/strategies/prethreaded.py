@@ -134,8 +134,8 @@ class TakingTurnsRun(Run):
         pool = LiveThreads("prethreaded", lambda alive: lifecycle.wakeup.wake())
         unstarted: list[AcceptLoop] = []  # each thread closes its own wait; these have no thread
         try:
-            # Every thread's wait is made before any thread starts: a ``shared`` wait holds an
-            # epoll descriptor, and all of them are open before the first connection is served.
+            # Every thread's wait is made before any thread starts: a worker's ``shared`` wait holds
+            # an epoll descriptor, and all of them are open before the first connection is served.
             unstarted.extend(AcceptLoop(host.acceptor, stop.fileno(), on_wake=lambda: None,
                                         exclusive=self._accept_lock is None and not self._blocking)
                              for _ in range(self.strategy.threads))
