@@ -159,8 +159,8 @@ def test_peer_selection_and_missing_peers_become_notes():
     assert names == ["socketserver iterative", "socketserver threading", "socketserver forking", "asyncio",
                      "asyncio protocol", "uvloop", "uvloop protocol"]
     assert [target.name for target in peer_targets("nbytes", None)] == [
-        "socketserver iterative", "socketserver threading", "socketserver forking", "asyncio protocol",
-        "uvloop protocol"]
+        "socketserver iterative", "socketserver threading", "socketserver forking",
+        "floor iterative", "floor threads", "floor forks", "asyncio protocol", "uvloop protocol"]
     assert [target.name for target in peer_targets("work", ["asyncio"])] == ["asyncio executor", "asyncio inline"]
     assert [target.name for target in peer_targets("http", ["gunicorn"])] == ["gunicorn sync", "gunicorn gthread"]
     assert [target.name for target in peer_targets("http", ["http.server"])] == ["http.server"]

@@ -187,11 +187,13 @@ def test_prethreaded_shared_threads_wait_in_accept_itself_and_the_stop_ends_it(s
     with server.connect() as sock:
         assert echo_exchange(sock, b"x") == b"x"
     # Every pool thread waits in the kernel's accept (which wakes one waiter per connection):
-    # no lock, and no descriptor of its own to wait on.
-    pool = [tid for tid in os.listdir(f"/proc/{server.pid}/task") if int(tid) != server.pid]
-    assert len(pool) == 3, pool
-    assert wait_for(lambda: all(_syscall_of(f"/proc/{server.pid}/task/{tid}/syscall") == accept_number
-                                for tid in pool), timeout=30)
+    # no lock, and no descriptor of its own to wait on.  ("listening on" comes before the
+    # pool's threads start: wait for all three.)
+    def in_accept() -> list[str]:
+        return [tid for tid in os.listdir(f"/proc/{server.pid}/task")
+                if _syscall_of(f"/proc/{server.pid}/task/{tid}/syscall") == accept_number]
+
+    assert wait_for(lambda: len(in_accept()) == 3, timeout=30), in_accept()
     assert _epoll_watches(server.pid) == []
     # The stop's shutdown of the listener ends every one of those accepts, quietly (a Unix
     # listener still reports SO_ACCEPTCONN after it: the acceptor knows it stopped it).
