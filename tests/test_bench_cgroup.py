@@ -75,11 +75,13 @@ def test_a_servers_cgroup_counts_its_reaped_children_ended_threads_and_orphans()
         assert group is not None and server.pid in group.pids()
         orphan = server.port  # the READY pattern's number: the orphan's pid
         assert orphan in group.pids()
+        # /proc truncates each field to a clock tick: it can only read less than the cgroup,
+        # read after it (the tree may still run meanwhile, so /proc is read first).
+        from_proc = procfs.tree_cpu_seconds(server.pid)
         sample = server.cpu_seconds()
         # The reaped child and the ended thread, each 0.15 s, counted exactly in a live sample.
         assert sample >= 0.3
-        # /proc truncates each field to a clock tick: it can only read less.
-        assert procfs.tree_cpu_seconds(server.pid) <= sample
+        assert from_proc <= sample
     finally:
         stopped = server.stop()
     assert stopped.status == 0 and not stopped.killed
