@@ -46,7 +46,8 @@ class Acceptor:
     listener we cannot accept from would otherwise spin at 100% CPU.
     """
 
-    def __init__(self, listener: socket.socket, *, shared: bool = False, exclusive: bool = False) -> None:
+    def __init__(self, listener: socket.socket, *, shared: bool = False, exclusive: bool = False,
+                 stopped_by_process_stop: bool = False) -> None:
         self.listener = listener
         #: Other processes or interpreters accept from this listener too (a pre-forked pool's
         #: ``shared`` and ``lock`` modes, sub-interpreter workers): one that polled it readable
@@ -74,7 +75,7 @@ class Acceptor:
         #: This process's stop calls :meth:`stop` (the server's own acceptor, not a pre-forked
         #: worker's): a thread may then block in ``accept`` itself, since the stop's
         #: ``shutdown`` ends a blocked ``accept`` (``EINVAL``).
-        self.stopped_by_process_stop = False
+        self.stopped_by_process_stop = stopped_by_process_stop
 
     def fileno(self) -> int:
         """The descriptor to poll for readability before calling :meth:`accept`."""

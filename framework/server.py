@@ -191,8 +191,7 @@ class Server:
         if listener is not None:
             listener.setblocking(False)
             self.requested_address = local_address(listener)
-            self._acceptor = Acceptor(listener)
-            self._acceptor.stopped_by_process_stop = True  # by _stop_listening
+            self._acceptor = Acceptor(listener, stopped_by_process_stop=True)  # by _stop_listening
         self._check_datagram_support()
         self._check_strategy_support()
         # Admission calls a hook only when the class overrides it: the defaults
@@ -272,8 +271,7 @@ class Server:
         self._listener = bind_socket(self.requested_address, backlog=self.backlog, reuse_port=self.reuse_port,
                                      socket_mode=self.socket_mode)
         self._bound_address = None
-        self._acceptor = Acceptor(self._listener)
-        self._acceptor.stopped_by_process_stop = True  # by _stop_listening
+        self._acceptor = Acceptor(self._listener, stopped_by_process_stop=True)  # by _stop_listening
         if self.requested_address.is_unix:
             self._unix_inode = socket_file_inode(self.requested_address.path)
 

@@ -203,8 +203,10 @@ def test_prethreaded_shared_threads_wait_in_accept_itself_and_the_stop_ends_it(s
 
 
 @pytest.mark.only_strategies("preforked")
-def test_threads_of_a_preforked_worker_each_wait_exclusively_on_the_listener(serve):
-    server = serve("echo", "--worker", "threads", "--workers", "1", "--threads", "3", strategy="preforked")
+@pytest.mark.parametrize("accept", ["shared", "reuseport"])  # the acceptor waited on exclusively, or not
+def test_threads_of_a_preforked_worker_each_wait_exclusively_on_the_listener(serve, accept):
+    server = serve("echo", "--worker", "threads", "--workers", "1", "--threads", "3", "--accept", accept,
+                   strategy="preforked")
     assert wait_for(lambda: len(proc_children(server.pid)) == 1, timeout=30)
     with server.connect() as sock:  # served: every thread's wait was made before the first thread started
         assert echo_exchange(sock, b"x") == b"x"

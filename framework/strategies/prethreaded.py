@@ -65,7 +65,7 @@ class PrethreadedStrategy(Strategy):
     """A fixed pool of *threads* threads sharing the listener by *accept* mode (``shared``, ``lock`` or ``handoff``)."""
 
     name = "prethreaded"
-    description = "a fixed pool of threads, taking turns in accept or fed by the main thread"
+    description = "a fixed pool of threads, each waiting in accept, taking turns, or fed by the main thread"
     option_names = frozenset({"threads", "prethreaded_accept"})
 
     threads: int = 8
