@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 
 log = logging.getLogger("forkthread")
@@ -21,6 +22,7 @@ class LogThrottle:
         self.interval = interval
         self._last = -math.inf
         self._suppressed = 0
+        self._claim = threading.Lock()
         #: True from a warning until :meth:`reset`: a caller on a hot path tests this
         #: before it calls :meth:`reset`, which then costs an attribute read when all is well.
         self.reporting = False
@@ -39,11 +41,13 @@ class LogThrottle:
     def warning(self, message: str) -> None:
         """Log *message* now, or count it when the last warning is less than *interval* old."""
         self.reporting = True
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._suppressed += 1
-            return
-        extra = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
+        with self._claim:  # threads sharing one throttle (a pre-threaded pool's) report once between them
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                self._suppressed += 1
+                return
+            # Claimed before logging: logging writes, so another thread may run meanwhile.
+            self._last = now
+            suppressed, self._suppressed = self._suppressed, 0
+        extra = f" ({suppressed} more since the last report)" if suppressed else ""
         log.warning("%s%s", message, extra)
-        self._last = now
-        self._suppressed = 0

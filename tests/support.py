@@ -36,6 +36,7 @@ from framework.harness.proctree import (
     process_tree,
     task_children,
     thread_count,
+    thread_states,
     threads_not_blocking,
     tree_fd_count,
     tree_threads,
@@ -48,8 +49,8 @@ from framework.harness.reaper import become_subreaper, is_subreaper, reap_adopte
 __all__ = [  # the harness's names, re-exported for the tests
     "ServerProcess", "ServerStartError", "become_subreaper", "child_env", "command_line", "descendants",
     "fd_count", "is_subreaper", "open_descriptors", "open_fds_unchanged", "proc_children", "process_state",
-    "process_tree", "reap_adopted", "settled", "task_children", "thread_count", "threads_not_blocking", "tree_fd_count",
-    "tree_threads", "tree_total", "tree_zombies", "wait_for", "zombies_of",
+    "process_tree", "reap_adopted", "settled", "task_children", "thread_count", "thread_states", "threads_not_blocking",
+    "tree_fd_count", "tree_threads", "tree_total", "tree_zombies", "wait_for", "zombies_of",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent

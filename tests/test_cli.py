@@ -12,7 +12,7 @@ import pytest
 
 from framework.address import bind_socket, local_address, parse_address
 from framework.strategies import STRATEGIES
-from tests.support import child_env, process_state, wait_for
+from tests.support import child_env, thread_states, wait_for
 
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -169,8 +169,10 @@ def test_a_stalled_unix_socket_server_does_not_hang_start_up(tmp_path, serve, st
     stopped = [stalled.pid, *stalled.tree()]
     for process in stopped:
         os.kill(process, signal.SIGSTOP)
-    # Every process stopped (no worker may still accept and open a slot in the backlog).
-    assert wait_for(lambda: all(process_state(process) == "T" for process in stopped), timeout=10)
+    # Every thread of every process stopped: none may still accept and open a slot in the backlog.
+    # (A pool thread waiting in accept() stops on its way back from the kernel, and may take a
+    # connection that came meanwhile: the main thread's "T" alone says nothing of it.)
+    assert wait_for(lambda: all(set(thread_states(process).values()) == {"T"} for process in stopped), timeout=10)
     fillers = []
     try:
         while True:  # fill the stopped server's backlog: the next connect would block

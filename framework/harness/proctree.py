@@ -52,6 +52,27 @@ def process_state(pid: int) -> str | None:
     return None if fields is None else fields[0]
 
 
+def thread_states(pid: int) -> dict[int, str]:
+    """The one-letter state of each thread of *pid*, by thread id (empty when it does not exist).
+
+    A stopped process (``SIGSTOP``) shows ``T`` for its main thread as soon as
+    that thread stops; each other thread stops on its own way back from the
+    kernel, and may finish a system call (an ``accept``) first.
+    """
+    states = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        states[int(tid)] = stat[stat.rindex(")") + 2:].split(maxsplit=1)[0]
+    return states
+
+
 def command_line(pid: int) -> str:
     """The command line of *pid* as one line (``[name]`` for a zombie or kernel thread, ``?`` when gone)."""
     try:
