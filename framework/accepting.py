@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import errno
 import logging
 import select
@@ -29,6 +30,28 @@ ACCEPT_BATCH = 64
 PEEK_LIMIT = 8
 
 
+#: How long one wait in ``accept`` lasts at most on a listener :func:`wait_in_accept` prepared:
+#: how late a worker that waits there notices its own stop (a recycle, a reload; the whole
+#: server's stop shuts the listener down, which ends every wait at once).
+ACCEPT_WAIT = 0.2
+
+
+def wait_in_accept(listener: socket.socket, seconds: float | None = ACCEPT_WAIT) -> None:
+    """Make *listener* blocking, each ``accept`` on it waiting *seconds* at most (None: undo both).
+
+    The blocking flag and the timeout (``SO_RCVTIMEO``, which bounds a
+    blocking ``accept``: ``EAGAIN`` when it passes) belong to the socket, so
+    they hold for every process and thread sharing it: whoever makes a
+    shared listener so does it once, before the others get it.
+    """
+    microseconds = 0 if seconds is None else round(seconds * 1_000_000)
+    # struct timeval: two C longs on Linux.  With array, not struct, whose shared library a
+    # forking server would copy at every fork (tests/test_connection_cost.py).
+    timeval = array.array("l", divmod(microseconds, 1_000_000)).tobytes()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    listener.setblocking(seconds is not None)
+
+
 def stop_listening(listener: socket.socket) -> None:
     """Make the kernel refuse new connections to *listener*; see :meth:`Acceptor.stop`."""
     try:
@@ -47,12 +70,16 @@ class Acceptor:
     """
 
     def __init__(self, listener: socket.socket, *, shared: bool = False, exclusive: bool = False,
-                 stopped_by_process_stop: bool = False) -> None:
+                 stopped_by_process_stop: bool = False, waits_in_accept: bool = False) -> None:
         self.listener = listener
         #: Other processes or interpreters accept from this listener too (a pre-forked pool's
         #: ``shared`` and ``lock`` modes, sub-interpreter workers): one that polled it readable
         #: may find the connection gone, so every accept of a batch is peeked at first.
-        self.shared = shared or exclusive
+        self.shared = shared or exclusive or waits_in_accept
+        #: The listener is blocking, with a receive timeout (:func:`wait_in_accept`): a serving
+        #: thread that can (:meth:`~framework.strategies.base.Strategy.waits_in_accept`) waits
+        #: in :meth:`accept` itself, and looks at its stop between two waits.
+        self.waits_in_accept = waits_in_accept
         #: Waits on this listener may be exclusive (``EPOLLEXCLUSIVE``, see
         #: :class:`~framework.strategies.dispatching.AcceptLoop`): a connection wakes one
         #: waiting process, not all of them.  The process woken must take it, so whoever
@@ -156,9 +183,9 @@ class Acceptor:
         except BlockingIOError:
             return None  # the end of every batch: none waiting now (classified as RETRY, without the call)
         except OSError as exc:
-            if exc.errno == errno.EINVAL and (self.stopped or not self._listening()):
-                # Stopped while this accept waited (a Unix listener still says SO_ACCEPTCONN
-                # then), or by another process sharing the listener (a pre-forked master).
+            if exc.errno == errno.EINVAL and (self.stopped or self.shared or not self._listening()):
+                # Stopped while this accept waited, here or by another process sharing the
+                # listener (a pre-forked master); a Unix listener still says SO_ACCEPTCONN then.
                 self.stopped = True
                 return None
             kind = classify_accept_error(exc)

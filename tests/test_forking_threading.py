@@ -203,9 +203,66 @@ def test_prethreaded_shared_threads_wait_in_accept_itself_and_the_stop_ends_it(s
 
 
 @pytest.mark.only_strategies("preforked")
-@pytest.mark.parametrize("accept", ["shared", "reuseport"])  # the acceptor waited on exclusively, or not
-def test_threads_of_a_preforked_worker_each_wait_exclusively_on_the_listener(serve, accept):
-    server = serve("echo", "--worker", "threads", "--workers", "1", "--threads", "3", "--accept", accept,
+def test_threads_of_a_preforked_worker_wait_in_accept_on_the_shared_listener(serve):
+    accept_number = _accept_syscall()
+    server = serve("echo", "--worker", "threads", "--workers", "1", "--threads", "3", strategy="preforked")
+    assert wait_for(lambda: len(proc_children(server.pid)) == 1, timeout=30)
+    with server.connect() as sock:
+        assert echo_exchange(sock, b"x") == b"x"
+    (worker,) = proc_children(server.pid)
+    # The master made the shared listener one to wait in accept on (blocking, each wait
+    # bounded): every pool thread of the worker waits there, with no epoll of its own.
+    assert wait_for(lambda: len(_tasks_in(worker, accept_number)) == 3, timeout=30), _tasks_in(worker, accept_number)
+    assert _epoll_watches(worker) == []
+    # The worker's own stop leaves the shared listener alone: its threads notice the stop at
+    # their wait's timeout, the master forks a successor, and the pool goes on serving.
+    os.kill(worker, signal.SIGTERM)
+    assert wait_for(lambda: proc_children(server.pid) - {worker} and worker not in proc_children(server.pid),
+                    timeout=30), server.log()
+    with server.connect() as sock:
+        assert echo_exchange(sock, b"after") == b"after"
+    server.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0, server.log()
+    assert "error" not in server.log().lower() and "Traceback" not in server.log(), server.log()
+
+
+@pytest.mark.only_strategies("preforked")
+@pytest.mark.parametrize("bind", ["127.0.0.1:0", "unix"])
+def test_preforked_iterative_workers_wait_in_accept_and_each_stop_ends_it(serve, bind, tmp_path):
+    accept_number = _accept_syscall()
+    address = f"unix:{tmp_path}/echo.sock" if bind == "unix" else bind
+    server = serve("echo", "--workers", "2", strategy="preforked", bind=address)  # shared, iterative: the default
+    assert wait_for(lambda: len(proc_children(server.pid)) == 2, timeout=30)
+    workers = proc_children(server.pid)
+    # Each worker's one thread waits in the kernel's accept, no epoll (Stevens' §30.6 server).
+    assert wait_for(lambda: all(_tasks_in(worker, accept_number) == [str(worker)] for worker in workers),
+                    timeout=30), {worker: _tasks_in(worker, accept_number) for worker in workers}
+    assert all(_epoll_watches(worker) == [] for worker in workers)
+    payloads = [b"%d" % number for number in range(20)]
+    for payload in payloads:
+        with server.connect() as sock:
+            assert echo_exchange(sock, payload) == payload
+    # The whole server's stop shuts the listener down: every wait ends at once, quietly
+    # (a Unix listener still reports SO_ACCEPTCONN after it: a worker counts EINVAL as the stop).
+    server.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0, server.log()
+    assert "error" not in server.log().lower() and "Traceback" not in server.log(), server.log()
+
+
+def _tasks_in(pid: int, syscall: str) -> list[str]:
+    """The threads of *pid* that wait in system call number *syscall* now."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    return [tid for tid in tids if _syscall_of(f"/proc/{pid}/task/{tid}/syscall") == syscall]
+
+
+@pytest.mark.only_strategies("preforked")
+def test_threads_of_a_reuseport_worker_each_wait_exclusively_on_its_lane(serve):
+    # A lane's listener outlives its worker (a successor takes its backlog), so it is not made one
+    # to wait in accept on: the worker's threads wait in an epoll each.
+    server = serve("echo", "--worker", "threads", "--workers", "1", "--threads", "3", "--accept", "reuseport",
                    strategy="preforked")
     assert wait_for(lambda: len(proc_children(server.pid)) == 1, timeout=30)
     with server.connect() as sock:  # served: every thread's wait was made before the first thread started
@@ -214,9 +271,8 @@ def test_threads_of_a_preforked_worker_each_wait_exclusively_on_the_listener(ser
     listening = _listening_inodes()
     listener_fd = next(fd for fd, target in open_descriptors(worker).items()
                        if target.startswith("socket:[") and int(target[8:-1]) in listening)
-    # A worker's stop does not shut the shared listener down (the other workers accept on
-    # it), so its threads wait in an epoll each: the listener held exclusively (the kernel
-    # wakes one waiting thread of all the workers' per connection) and the stop pipe.
+    # Each wait is an epoll holding the listener exclusively (the kernel wakes one waiting
+    # thread per connection) beside the stop pipe.
     waits = [watched for watched in _epoll_watches(worker) if listener_fd in watched]
     assert len(waits) == 3, _epoll_watches(worker)
     for watched in waits:

@@ -6,10 +6,13 @@ enters its role with it: :class:`~framework.strategies.base.ChildRole`), so the 
 strategy runs unchanged whatever the mode:
 
 ``shared``
-    Every worker polls and accepts on the inherited non-blocking listener
-    (§30.6, "no locking").  When a connection arrives every idle worker
-    wakes; one wins, the others get ``EAGAIN``, which the acceptor treats as
-    "nothing now".
+    Every worker accepts on the inherited listener (§30.6, "no locking").
+    Workers of a kind that can (``iterative``, ``threads``) wait in
+    ``accept`` itself, on a listener the master made blocking with a receive
+    timeout; an event-loop worker (``poll``) waits in an ``epoll`` holding
+    the listener with ``EPOLLEXCLUSIVE``.  Either way the kernel wakes one
+    waiter per connection, and a worker that finds none (``EAGAIN``, another
+    took it) treats it as "nothing now".
 ``lock``
     As ``shared``, but ``accept`` is serialized by a POSIX record lock on a
     file the master opened (§30.7, "file locking").  ``fcntl.lockf`` locks
@@ -52,9 +55,9 @@ import threading
 from collections.abc import Callable
 from typing import IO, ClassVar
 
-from framework.accepting import Acceptor, stop_listening
+from framework.accepting import Acceptor, stop_listening, wait_in_accept
 from framework.address import Address, bind_socket
-from framework.strategies.base import Host
+from framework.strategies.base import Host, Strategy
 
 log = logging.getLogger("forkthread")
 
@@ -79,8 +82,8 @@ class AcceptMode:
     #: listener's backlog, its channel's queue): it serves them before exiting.
     worker_drains: ClassVar[bool] = False
 
-    def prepare(self, host: Host) -> None:
-        """In the master, once, before the first worker is forked."""
+    def prepare(self, host: Host, inner: Strategy) -> None:
+        """In the master, once, before the first worker is forked; *inner* is what each worker runs."""
 
     def before_spawn(self, host: Host, lane: int) -> None:
         """In the master, before forking a worker for *lane*."""
@@ -110,10 +113,41 @@ class SharedAccept(AcceptMode):
 
     name = "shared"
 
+    def __init__(self) -> None:
+        self._listener: socket.socket | None = None  # made to wait in accept by prepare(), until close()
+
+    def prepare(self, host: Host, inner: Strategy) -> None:
+        """For a worker kind that can, make the shared listener one to wait in ``accept`` on.
+
+        Workers then wait in ``accept`` itself, as Stevens' pre-forked server
+        does (§30.6): the kernel wakes one waiter per connection and hands it
+        the connection in the same call.  Waiting in an ``epoll`` each instead
+        (``EPOLLEXCLUSIVE``) cost about 3 µs more per connection with two
+        workers on one CPU (docs/lab.md, the tenth round).  A worker cannot
+        shut the shared listener down to end its own waits, so each wait is
+        bounded (:data:`~framework.accepting.ACCEPT_WAIT`).
+        """
+        if inner.waits_in_accept() and host.listener.type == socket.SOCK_STREAM:
+            wait_in_accept(host.listener)
+            self._listener = host.listener
+
     def worker_acceptor(self, host: Host, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
-        """The plain acceptor over the inherited listener, shared with the other workers, waited on exclusively."""
+        """The plain acceptor over the inherited listener, shared with the other workers.
+
+        Waited on in ``accept`` itself when :meth:`prepare` made it so, else
+        exclusively, in an ``epoll``.
+        """
+        if self._listener is not None:
+            return Acceptor(host.listener, waits_in_accept=True)
         return Acceptor(host.listener, exclusive=True)
+
+    def close(self) -> None:
+        """Make the listener non-blocking again, without a receive timeout."""
+        if self._listener is not None:
+            if self._listener.fileno() >= 0:
+                wait_in_accept(self._listener, None)
+            self._listener = None
 
 
 class LockedAcceptor(Acceptor):
@@ -146,7 +180,7 @@ class LockAccept(AcceptMode):
     def __init__(self) -> None:
         self._lock_file: IO[bytes] | None = None
 
-    def prepare(self, host: Host) -> None:
+    def prepare(self, host: Host, inner: Strategy) -> None:
         """Create the lock file (already unlinked: nothing to clean up on disk)."""
         # Imported here: tempfile imports random, whose at-fork reseed would then
         # run in every child a forking server makes.
@@ -182,7 +216,7 @@ class ReusePortAccept(AcceptMode):
     def __init__(self) -> None:
         self._lanes: dict[int, socket.socket] = {}
 
-    def prepare(self, host: Host) -> None:
+    def prepare(self, host: Host, inner: Strategy) -> None:
         """Make the server's own listener lane 0 of a reuseport group."""
         listener = host.listener
         if listener.family not in (socket.AF_INET, socket.AF_INET6):

@@ -287,6 +287,17 @@ class Strategy(abc.ABC):
         """
         return True
 
+    def waits_in_accept(self) -> bool:
+        """True when this strategy's runs can wait for connections in ``accept`` itself.
+
+        That is, on a blocking listener rather than in a ``poll`` before each
+        ``accept``: one system call per connection fewer, and the kernel wakes
+        one waiter per connection.  A pre-forked master makes its workers'
+        shared listener so (:attr:`~framework.accepting.Acceptor.waits_in_accept`)
+        only for a worker kind that says yes here.  Default: False.
+        """
+        return False
+
     def describe(self) -> str:
         """The strategy with its main options, for the status line (``preforked(4,lock)``)."""
         return self.name

@@ -35,6 +35,10 @@ class IterativeStrategy(Strategy):
         """One connection at a time."""
         return 1
 
+    def waits_in_accept(self) -> bool:
+        """Yes: the serving thread waits in ``accept`` where its acceptor allows it (a pre-forked worker's)."""
+        return True
+
 
 class IterativeRun(Run):
     """The serving thread accepts a connection and serves it to its end."""
@@ -48,6 +52,9 @@ class IterativeRun(Run):
             loop.close()
 
     def _serve(self, lifecycle: Lifecycle, acceptor: Acceptor, loop: AcceptLoop) -> None:
+        if acceptor.waits_in_accept:
+            self._serve_waiting_in_accept(lifecycle, acceptor, loop)
+            return
         host = self.host
         listener_ready = False
         while not lifecycle.stopping:
@@ -63,6 +70,28 @@ class IterativeRun(Run):
                     listener_ready = False
                     continue
             listener_ready = loop.wait(accepting=True)
+
+    def _serve_waiting_in_accept(self, lifecycle: Lifecycle, acceptor: Acceptor, loop: AcceptLoop) -> None:
+        """Wait in ``accept`` itself (a pre-forked worker's shared listener, made so by its master).
+
+        Each wait ends with a connection, at the listener's receive timeout,
+        when a signal's action is recorded (``EINTR``; Python retries the
+        ``accept`` after recording it, so it runs here at the timeout at the
+        latest), or when the master stops listening.  A connection taken is
+        served even when a stop has begun meanwhile: the kernel gave it to
+        this worker alone.
+        """
+        host = self.host
+        signals = lifecycle.signals
+        while not lifecycle.stopping:
+            if signals.pending():
+                lifecycle.dispatch()
+            elif acceptor.backoff_remaining():  # out of descriptors, or the listener stopped: wait for a signal
+                loop.wait(accepting=True)
+            else:
+                accepted = acceptor.accept()
+                if accepted is not None:
+                    host.serve_connection(*accepted, main_thread=True)
 
     def serve_datagrams(self) -> None:
         """Answer datagrams one by one in the serving thread until a stop is requested."""

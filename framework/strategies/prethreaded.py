@@ -89,6 +89,10 @@ class PrethreadedStrategy(Strategy):
         """One connection per pool thread."""
         return self.threads
 
+    def waits_in_accept(self) -> bool:
+        """In ``shared`` mode: every idle pool thread waits in ``accept`` where its acceptor allows it."""
+        return self.accept == "shared"
+
     def start(self, host: Host) -> Run:
         """A run of the pool in the configured accept mode."""
         if self.accept in ("shared", "lock"):
@@ -117,9 +121,14 @@ class TakingTurnsRun(Run):
     def __init__(self, strategy: PrethreadedStrategy, host: Host) -> None:
         super().__init__(strategy, host)
         self._accept_lock = threading.Lock() if strategy.accept == "lock" else None
-        # ``shared`` where this process's stop shuts the listener down: the threads wait in
+        acceptor = host.acceptor
+        # ``shared`` where this process's stop shuts the listener down, or on a pre-forked
+        # worker's listener made for it (its waits end at a timeout): the threads wait in
         # ``accept`` itself, which the kernel also wakes one waiter at a time for.
-        self._blocking = strategy.accept == "shared" and host.acceptor.stopped_by_process_stop
+        self._blocking = strategy.accept == "shared" and (acceptor.stopped_by_process_stop or acceptor.waits_in_accept)
+        # Made blocking for this run, and shut down by this process's stop (not a worker's listener).
+        self._owns_wait = self._blocking and not acceptor.waits_in_accept
+        self._stop = Latch()
 
     def serve_datagrams(self) -> None:
         """See :func:`_serve_datagrams`."""
@@ -130,7 +139,7 @@ class TakingTurnsRun(Run):
         host = self.host
         lifecycle = host.lifecycle
         loop = AcceptLoop.for_host(host)  # the main thread only runs signal actions
-        stop = Latch()
+        stop = self._stop
         pool = LiveThreads("prethreaded", lambda alive: lifecycle.wakeup.wake())
         unstarted: list[AcceptLoop] = []  # each thread closes its own wait; these have no thread
         try:
@@ -139,7 +148,7 @@ class TakingTurnsRun(Run):
             unstarted.extend(AcceptLoop(host.acceptor, stop.fileno(), on_wake=lambda: None,
                                         exclusive=self._accept_lock is None and not self._blocking)
                              for _ in range(self.strategy.threads))
-            if self._blocking:
+            if self._owns_wait:
                 host.listener.setblocking(True)
             started = 0
             while unstarted:
@@ -155,7 +164,12 @@ class TakingTurnsRun(Run):
             while not lifecycle.stopping:
                 loop.wait(accepting=False)
                 if len(pool) < started and not lifecycle.stopping:
-                    # A pool thread only ends early on a fatal accept error (logged by
+                    if host.acceptor.stopped:
+                        # A pre-forked master stopped listening, and its stop signal is on its
+                        # way: the threads it ended are this worker's stop, begun early.
+                        lifecycle.request_stop(graceful=True)
+                        continue
+                    # Else a pool thread only ends early on a fatal accept error (logged by
                     # the thread): the listener is broken, so stop rather than idle.
                     log.error("a pool thread ended unexpectedly; stopping the server")
                     lifecycle.request_stop()
@@ -163,10 +177,10 @@ class TakingTurnsRun(Run):
             wind_down(lifecycle, loop, lambda: len(pool), host.connections.abort_all, self.running)
         finally:
             stop.set()
-            if self._blocking:
+            if self._owns_wait:
                 host.acceptor.stop()  # ends every accept still blocked (the stop did, unless serve failed)
-            pool.join(FORCE_GRACE)
-            if self._blocking:
+            pool.join(FORCE_GRACE)  # a worker's threads see the latch at their wait's timeout at the latest
+            if self._owns_wait:
                 host.listener.setblocking(False)
             for turn in unstarted:
                 turn.close()
@@ -179,7 +193,7 @@ class TakingTurnsRun(Run):
         try:
             while True:
                 if self._blocking:
-                    accepted = self._accept_blocking(turn, acceptor)
+                    accepted = self._accept_blocking(turn, acceptor, self._stop)
                 elif lock is None:
                     accepted = self._accept_one(turn, acceptor)
                 else:
@@ -192,11 +206,15 @@ class TakingTurnsRun(Run):
             turn.close()
 
     @staticmethod
-    def _accept_blocking(turn: AcceptLoop, acceptor: Acceptor) -> tuple[socket.socket, str] | None:
-        """Wait in ``accept`` itself for a connection; None once the listener is stopped.
+    def _accept_blocking(turn: AcceptLoop, acceptor: Acceptor, stop: Latch) -> tuple[socket.socket, str] | None:
+        """Wait in ``accept`` itself for a connection; None once the listener or the pool is stopped.
 
-        The stop's ``shutdown`` ends the wait (``EINVAL``).  During a capacity
-        back-off the thread sleeps on the stop latch instead.
+        The stop's ``shutdown`` ends the wait (``EINVAL``); in a pre-forked
+        worker, whose stop leaves the shared listener alone, the wait ends at
+        the listener's receive timeout and the thread looks at *stop*.  A
+        connection taken is served even when the pool stopped meanwhile: no
+        other thread was woken for it.  During a capacity back-off the thread
+        sleeps on the stop latch instead.
         """
         while True:
             if acceptor.backoff_remaining():  # a capacity back-off, or stopped
@@ -209,7 +227,7 @@ class TakingTurnsRun(Run):
             accepted = acceptor.accept()
             if accepted is not None:
                 return accepted
-            if acceptor.stopped:
+            if acceptor.stopped or stop.is_set():
                 return None
 
     @staticmethod

@@ -158,7 +158,7 @@ class Supervisor(PoolRun[Worker]):
         # The signal actions were installed by the server (main thread,
         # handle_signals): without them, channel end-of-file and a tick wake the loop.
         try:
-            self.mode.prepare(self.host)
+            self.mode.prepare(self.host, self.pool.inner)
         except AcceptModeError as exc:
             raise ServeError(str(exc), exit_status=2) from None
         self._poller.register(self.lifecycle.wakeup_fd(), select.POLLIN)
