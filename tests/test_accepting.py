@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from framework.accepting import PEEK_LIMIT, Acceptor
+from framework.accepting import PEEK_LIMIT, Acceptor, wait_in_accept
 from framework.strategies.dispatching import AcceptLoop
 from framework.strategies.prefork_worker import drain
 from servers.echo import EchoServer
@@ -224,3 +224,28 @@ def test_a_worker_leaving_an_exclusive_wait_serves_one_waiting_connection_and_no
             drain(server, acceptor)
             assert recv_all(clients[1]) == b"second"
             assert not acceptor.waiting()
+
+
+def test_a_listener_made_to_wait_in_accept_bounds_each_wait_and_is_undone(listener):
+    # A pre-forked worker's thread waits in accept itself; its own stop is seen when the wait
+    # ends by itself (the receive timeout), and the shared listener's stop ends it with EINVAL.
+    wait_in_accept(listener, 0.05)
+    acceptor = Acceptor(listener, waits_in_accept=True)
+    assert listener.getblocking() and acceptor.shared
+    assert acceptor.accept() is None and not acceptor.stopped  # the timeout: nothing, not stopped
+    with contextlib.ExitStack() as stack:
+        connect(listener, 1, stack)
+        accepted = acceptor.accept()
+        assert accepted is not None
+        stack.enter_context(accepted[0])
+    ended: list[object] = []
+    waiter = threading.Thread(target=lambda: ended.append(Acceptor(listener, waits_in_accept=True).accept()))
+    wait_in_accept(listener, DEADLINE)  # a wait only the shutdown ends before the deadline
+    waiter.start()
+    time.sleep(0.2)  # let it block (if it has not, its accept finds the listener shut down: the same outcome)
+    listener.shutdown(socket.SHUT_RD)  # another process's stop (a pre-forked master's)
+    waiter.join(DEADLINE)
+    assert ended == [None] and not waiter.is_alive()
+    wait_in_accept(listener, None)
+    assert not listener.getblocking()
+    assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == bytes(16)

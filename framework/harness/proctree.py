@@ -13,10 +13,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields 3 onwards of ``/proc/PID/stat`` (state, ppid, ...), or None when *pid* does not exist."""
+def _stat_fields(pid: int, task: str = "") -> list[str] | None:
+    """Fields 3 onwards of ``/proc/PID/stat`` (state, ppid, ...), or None when *pid* does not exist.
+
+    *task* ``"task/TID"``: of that thread's ``stat`` instead.
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/{task}/stat" if task else f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name may contain spaces and parentheses: split after the last ')'.
@@ -59,17 +62,15 @@ def thread_states(pid: int) -> dict[int, str]:
     that thread stops; each other thread stops on its own way back from the
     kernel, and may finish a system call (an ``accept``) first.
     """
-    states = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return {}
+    states = {}
     for tid in tids:
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:
-            continue  # the thread ended meanwhile
-        states[int(tid)] = stat[stat.rindex(")") + 2:].split(maxsplit=1)[0]
+        fields = _stat_fields(pid, f"task/{tid}")
+        if fields is not None:  # else the thread ended meanwhile
+            states[int(tid)] = fields[0]
     return states
 
 

@@ -9,10 +9,11 @@ strategy runs unchanged whatever the mode:
     Every worker accepts on the inherited listener (§30.6, "no locking").
     Workers of a kind that can (``iterative``, ``threads``) wait in
     ``accept`` itself, on a listener the master made blocking with a receive
-    timeout; an event-loop worker (``poll``) waits in an ``epoll`` holding
-    the listener with ``EPOLLEXCLUSIVE``.  Either way the kernel wakes one
-    waiter per connection, and a worker that finds none (``EAGAIN``, another
-    took it) treats it as "nothing now".
+    timeout: the kernel wakes one waiter per connection and hands it the
+    connection.  An event-loop worker (``poll``) watches the non-blocking
+    listener in its own selector, which wakes every idle worker; one wins,
+    the others peek and find nothing, which the acceptor treats as
+    "nothing now".
 ``lock``
     As ``shared``, but ``accept`` is serialized by a POSIX record lock on a
     file the master opened (§30.7, "file locking").  ``fcntl.lockf`` locks
