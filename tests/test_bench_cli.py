@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -238,7 +239,7 @@ def test_http_interleaves_servers_and_takes_a_variant(tmp_path):
 
 def test_sigterm_ends_a_run_as_ctrl_c_does_stopping_its_server(tmp_path):
     # Was: a SIGTERM ended the lab at once and left the server it was measuring running.
-    from tests.support import command_line, proc_children, process_state, wait_for
+    from tests.support import command_line, descendants, proc_children, process_state, wait_for
 
     lab = subprocess.Popen([sys.executable, "-m", "framework", "bench", "echo-rr", "--quick", "--duration", "30",
                             "--concurrency", "1", "--strategies", "poll", "--servers", "none",
@@ -247,16 +248,21 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_stopping_its_server(tmp_path):
                            stdin=subprocess.DEVNULL)
     try:
         def serving() -> list[int]:
-            return [pid for pid in proc_children(lab.pid) if "serve" in command_line(pid)]
+            # "serve" as a word: a child forked for "wrk --version" shows the lab's own command line,
+            # "--servers none" included, until it execs (CI once took one for the server).
+            return [pid for pid in proc_children(lab.pid) if "serve" in command_line(pid).split()]
 
         assert wait_for(lambda: serving(), timeout=30), "the lab started no server"
         (server,) = serving()
         lab.terminate()
         _, err = lab.communicate(timeout=60)
     finally:
-        if lab.poll() is None:
-            lab.kill()
+        if lab.poll() is None:  # the test failed before the SIGTERM: end the lab's whole tree, not the lab alone
+            for pid in descendants(lab.pid) | {lab.pid}:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             lab.communicate()
+            reap_adopted()
     left_running = os.path.exists(f"/proc/{server}") and process_state(server) != "Z"
     if left_running:  # the failure below is the finding; the server itself must not outlive the test
         os.kill(server, signal.SIGKILL)
