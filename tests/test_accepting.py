@@ -15,14 +15,19 @@ import select
 import socket
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from framework.accepting import PEEK_LIMIT, Acceptor, wait_in_accept
+from framework.strategies.accept_modes import SharedAccept
 from framework.strategies.dispatching import AcceptLoop
+from framework.strategies.iterative import IterativeStrategy
+from framework.strategies.poll import PollStrategy
 from framework.strategies.prefork_worker import drain
+from framework.strategies.prethreaded import PrethreadedStrategy
 from servers.echo import EchoServer
 from tests.support import recv_all
 
@@ -249,3 +254,27 @@ def test_a_listener_made_to_wait_in_accept_bounds_each_wait_and_is_undone(listen
     wait_in_accept(listener, None)
     assert not listener.getblocking()
     assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == bytes(16)
+
+
+@pytest.mark.parametrize("inner, waits", [
+    (IterativeStrategy(), True), (PrethreadedStrategy(accept="shared"), True),
+    (PrethreadedStrategy(accept="lock"), False), (PollStrategy(), False),
+])
+def test_the_shared_mode_makes_the_listener_wait_in_accept_only_for_workers_that_can_and_undoes_it(
+        listener, inner, waits):
+    # A program may serve the same listener again after a pre-forked serve: the master's close()
+    # must leave it as it found it, non-blocking and without a receive timeout.
+    mode = SharedAccept()
+    mode.prepare(types.SimpleNamespace(listener=listener), inner)  # type: ignore[arg-type]
+    no_timeout = bytes(16)
+    assert listener.getblocking() is waits
+    assert (listener.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) != no_timeout) is waits
+    assert mode.worker_acceptor(types.SimpleNamespace(listener=listener), 0, listener,  # type: ignore[arg-type]
+                                lambda: None).waits_in_accept is waits
+    mode.close()
+    assert not listener.getblocking()
+    assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == no_timeout
+    mode.close()  # a second close is harmless, and so is one after the listener was closed
+    mode.prepare(types.SimpleNamespace(listener=listener), inner)  # type: ignore[arg-type]
+    listener.close()
+    mode.close()
