@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from framework.accepting import PEEK_LIMIT, Acceptor, wait_in_accept
-from framework.strategies.accept_modes import SharedAccept
+from framework.address import bind_socket, local_address, parse_address
+from framework.strategies.accept_modes import ReusePortAccept, SharedAccept
 from framework.strategies.dispatching import AcceptLoop
 from framework.strategies.iterative import IterativeStrategy
 from framework.strategies.poll import PollStrategy
@@ -278,3 +279,26 @@ def test_the_shared_mode_makes_the_listener_wait_in_accept_only_for_workers_that
     mode.prepare(types.SimpleNamespace(listener=listener), inner)  # type: ignore[arg-type]
     listener.close()
     mode.close()
+
+
+@pytest.mark.parametrize("inner, waits", [(IterativeStrategy(), True), (PollStrategy(), False)])
+def test_the_reuseport_mode_makes_every_lane_wait_in_accept_for_workers_that_can_and_undoes_it(inner, waits):
+    stops: list[object] = []
+    with bind_socket(parse_address("127.0.0.1:0")) as listener:
+        host = types.SimpleNamespace(listener=listener, address=local_address(listener), backlog=16,
+                                     lifecycle=types.SimpleNamespace(call_when_stopping=stops.append))
+        mode = ReusePortAccept()
+        mode.prepare(host, inner)  # type: ignore[arg-type]
+        mode.before_spawn(host, 1)  # type: ignore[arg-type]
+        acceptors = [mode.worker_acceptor(host, lane, listener, lambda: None) for lane in (0, 1)]  # type: ignore[arg-type]
+        lane_1 = acceptors[1].listener
+        assert acceptors[0].listener is listener and lane_1 is not listener
+        for acceptor in acceptors:
+            assert acceptor.waits_in_accept is waits and acceptor.listener.getblocking() is waits
+            timeout = acceptor.listener.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+            assert (timeout != bytes(16)) is waits
+        mode.close()
+        assert lane_1.fileno() == -1  # every lane but the server's own is closed
+        assert not listener.getblocking()
+        assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == bytes(16)
+        assert len(stops) == 1  # the master's stop shuts every lane down

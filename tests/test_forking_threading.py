@@ -227,11 +227,11 @@ def test_threads_of_a_preforked_worker_wait_in_accept_on_the_shared_listener(ser
 
 
 @pytest.mark.only_strategies("preforked")
-@pytest.mark.parametrize("bind", ["127.0.0.1:0", "unix"])
-def test_preforked_iterative_workers_wait_in_accept_and_each_stop_ends_it(serve, bind, tmp_path):
+@pytest.mark.parametrize("mode, bind", [("shared", "127.0.0.1:0"), ("shared", "unix"), ("reuseport", "127.0.0.1:0")])
+def test_preforked_iterative_workers_wait_in_accept_and_each_stop_ends_it(serve, mode, bind, tmp_path):
     accept_number = _accept_syscall()
     address = f"unix:{tmp_path}/echo.sock" if bind == "unix" else bind
-    server = serve("echo", "--workers", "2", strategy="preforked", bind=address)  # shared, iterative: the default
+    server = serve("echo", "--workers", "2", "--accept", mode, strategy="preforked", bind=address)  # iterative workers
     assert wait_for(lambda: len(proc_children(server.pid)) == 2, timeout=30)
     workers = proc_children(server.pid)
     # Each worker's one thread waits in the kernel's accept, no epoll (Stevens' §30.6 server).
@@ -242,7 +242,7 @@ def test_preforked_iterative_workers_wait_in_accept_and_each_stop_ends_it(serve,
     for payload in payloads:
         with server.connect() as sock:
             assert echo_exchange(sock, payload) == payload
-    # The whole server's stop shuts the listener down: every wait ends at once, quietly
+    # The whole server's stop shuts the listener (every lane's) down: every wait ends at once, quietly
     # (a Unix listener still reports SO_ACCEPTCONN after it: a worker counts EINVAL as the stop).
     server.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0, server.log()
@@ -259,10 +259,43 @@ def _tasks_in(pid: int, syscall: str) -> list[str]:
 
 
 @pytest.mark.only_strategies("preforked")
-def test_threads_of_a_reuseport_worker_each_wait_exclusively_on_its_lane(serve):
-    # A lane's listener outlives its worker (a successor takes its backlog), so it is not made one
-    # to wait in accept on: the worker's threads wait in an epoll each.
-    server = serve("echo", "--worker", "threads", "--workers", "1", "--threads", "3", "--accept", "reuseport",
+def test_threads_of_a_reuseport_worker_wait_in_accept_on_their_lane(serve):
+    accept_number = _accept_syscall()
+    server = serve("echo", "--worker", "threads", "--workers", "2", "--threads", "3", "--accept", "reuseport",
+                   strategy="preforked")
+    assert wait_for(lambda: len(proc_children(server.pid)) == 2, timeout=30)
+    with server.connect() as sock:
+        assert echo_exchange(sock, b"x") == b"x"
+    workers = proc_children(server.pid)
+    listening = _listening_inodes()
+    # Each worker holds one listener, its lane's (lane 0's is the server's own), and its three
+    # threads wait in accept on it, with no epoll: the kernel wakes one waiter per connection.
+    lanes = set()
+    for worker in workers:
+        (lane,) = [target for target in open_descriptors(worker).values()
+                   if target.startswith("socket:[") and int(target[8:-1]) in listening]
+        lanes.add(lane)
+        assert wait_for(lambda pid=worker: len(_tasks_in(pid, accept_number)) == 3, timeout=30), \
+            _tasks_in(worker, accept_number)
+        assert _epoll_watches(worker) == []
+    assert len(lanes) == 2
+    # A worker's own stop leaves its lane to a successor, which waits there in turn.
+    victim = min(workers)
+    os.kill(victim, signal.SIGTERM)
+    assert wait_for(lambda: len(proc_children(server.pid) - {victim}) == 2 and victim not in proc_children(server.pid),
+                    timeout=30), server.log()
+    for number in range(8):  # the 4-tuple's hash spreads these over both lanes
+        with server.connect() as sock:
+            assert echo_exchange(sock, b"%d" % number) == b"%d" % number
+    server.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0, server.log()
+    assert "error" not in server.log().lower() and "Traceback" not in server.log(), server.log()
+
+
+@pytest.mark.only_strategies("preforked")
+def test_threads_of_a_lock_worker_each_wait_exclusively_on_the_listener(serve):
+    # A lock worker must not sleep in accept holding the lock: its threads wait in an epoll each.
+    server = serve("echo", "--worker", "threads", "--workers", "1", "--threads", "3", "--accept", "lock",
                    strategy="preforked")
     assert wait_for(lambda: len(proc_children(server.pid)) == 1, timeout=30)
     with server.connect() as sock:  # served: every thread's wait was made before the first thread started

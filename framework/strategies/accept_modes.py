@@ -32,7 +32,8 @@ strategy runs unchanged whatever the mode:
     of resetting it (Linux resets the backlog of a closed reuseport listener
     unless ``net.ipv4.tcp_migrate_req`` is on).  The master never accepts on
     them, and a lane never lacks a worker for longer than a respawn; lane 0
-    is the listener the server bound first.
+    is the listener the server bound first.  Workers of a kind that can wait
+    in ``accept`` on their lane's listener, as in ``shared`` mode.
 ``passfd``
     The master accepts and passes each descriptor to the least-loaded worker
     over that worker's ``AF_UNIX`` channel with ``SCM_RIGHTS`` (§30.9), and
@@ -216,15 +217,27 @@ class ReusePortAccept(AcceptMode):
 
     def __init__(self) -> None:
         self._lanes: dict[int, socket.socket] = {}
+        #: Every lane's listener is made one to wait in ``accept`` on (see :meth:`SharedAccept.prepare`).
+        self._waits_in_accept = False
 
     def prepare(self, host: Host, inner: Strategy) -> None:
-        """Make the server's own listener lane 0 of a reuseport group."""
+        """Make the server's own listener lane 0 of a reuseport group.
+
+        For a worker kind that can, every lane's listener is made one to wait
+        in ``accept`` on, as ``shared`` mode does with its one listener: a
+        lane's workers then wait in ``accept`` itself.  The master's stop shuts
+        every lane down, which ends those waits at once; a worker's own stop
+        is seen when its wait times out.
+        """
         listener = host.listener
         if listener.family not in (socket.AF_INET, socket.AF_INET6):
             raise AcceptModeError(f"--accept reuseport needs a TCP address, not {host.address}")
         # Linux lets a listening socket join a reuseport group after the fact:
         # the flag is checked when the next socket binds.
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self._waits_in_accept = inner.waits_in_accept() and listener.type == socket.SOCK_STREAM
+        if self._waits_in_accept:
+            wait_in_accept(listener)
         self._lanes[0] = listener
         # Every lane's listener takes new connections until it stops listening, not only lane 0.
         host.lifecycle.call_when_stopping(self._stop_lanes)
@@ -236,7 +249,10 @@ class ReusePortAccept(AcceptMode):
     def before_spawn(self, host: Host, lane: int) -> None:
         """Create the lane's listener the first time the lane gets a worker."""
         if lane not in self._lanes:
-            self._lanes[lane] = reuseport_listener(host.address, host.backlog)
+            listener = reuseport_listener(host.address, host.backlog)
+            if self._waits_in_accept:
+                wait_in_accept(listener)
+            self._lanes[lane] = listener
 
     def foreign_fds(self, lane: int) -> list[int]:
         """Every other lane's listener: a worker holding one would keep a closed lane alive.
@@ -248,8 +264,8 @@ class ReusePortAccept(AcceptMode):
 
     def worker_acceptor(self, host: Host, lane: int, channel: socket.socket,
                         master_gone: Callable[[], None]) -> Acceptor:
-        """An acceptor on the lane's listener."""
-        return Acceptor(self._lanes[lane])
+        """An acceptor on the lane's listener, waited on in ``accept`` itself when :meth:`prepare` made it so."""
+        return Acceptor(self._lanes[lane], waits_in_accept=self._waits_in_accept)
 
     def keeps_listener(self, lane: int) -> bool:
         """Only lane 0's workers accept on the server's own listener."""
@@ -261,9 +277,12 @@ class ReusePortAccept(AcceptMode):
             self._lanes.pop(lane).close()
 
     def close(self) -> None:
-        """Close every lane's listener but the server's own."""
+        """Close every lane's listener but the server's own, which is made non-blocking again."""
         for lane in list(self._lanes):
             self.lane_closed(lane)
+        own = self._lanes.pop(0, None)
+        if own is not None and self._waits_in_accept and own.fileno() >= 0:
+            wait_in_accept(own, None)
 
 
 class PassedConnection(socket.socket):
