@@ -32,8 +32,9 @@ strategy runs unchanged whatever the mode:
     of resetting it (Linux resets the backlog of a closed reuseport listener
     unless ``net.ipv4.tcp_migrate_req`` is on).  The master never accepts on
     them, and a lane never lacks a worker for longer than a respawn; lane 0
-    is the listener the server bound first.  Workers of a kind that can wait
-    in ``accept`` on their lane's listener, as in ``shared`` mode.
+    is the listener the server bound first.  As in ``shared`` mode, workers
+    of a kind that can (``iterative``, ``threads``) wait in ``accept`` itself,
+    on their lane's listener.
 ``passfd``
     The master accepts and passes each descriptor to the least-loaded worker
     over that worker's ``AF_UNIX`` channel with ``SCM_RIGHTS`` (§30.9), and
