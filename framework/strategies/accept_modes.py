@@ -70,6 +70,17 @@ PEER_TEXT_MAX = 512
 PASSED_DONE = b"D"
 
 
+def _workers_can_wait_in_accept(listener: socket.socket, inner: Strategy) -> bool:
+    """True when workers running *inner* can wait in ``accept`` itself on *listener* (a stream one)."""
+    return inner.waits_in_accept() and listener.type == socket.SOCK_STREAM
+
+
+def _stop_waiting_in_accept(listener: socket.socket) -> None:
+    """Make a listener :func:`~framework.accepting.wait_in_accept` prepared non-blocking again, unless closed."""
+    if listener.fileno() >= 0:
+        wait_in_accept(listener, None)
+
+
 class AcceptModeError(ValueError):
     """An accept mode cannot work with this server (a clear, one-line reason)."""
 
@@ -130,7 +141,7 @@ class SharedAccept(AcceptMode):
         shut the shared listener down to end its own waits, so each wait is
         bounded (:data:`~framework.accepting.ACCEPT_WAIT`).
         """
-        if inner.waits_in_accept() and host.listener.type == socket.SOCK_STREAM:
+        if _workers_can_wait_in_accept(host.listener, inner):
             wait_in_accept(host.listener)
             self._listener = host.listener
 
@@ -148,8 +159,7 @@ class SharedAccept(AcceptMode):
     def close(self) -> None:
         """Make the listener non-blocking again, without a receive timeout."""
         if self._listener is not None:
-            if self._listener.fileno() >= 0:
-                wait_in_accept(self._listener, None)
+            _stop_waiting_in_accept(self._listener)
             self._listener = None
 
 
@@ -236,7 +246,7 @@ class ReusePortAccept(AcceptMode):
         # Linux lets a listening socket join a reuseport group after the fact:
         # the flag is checked when the next socket binds.
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self._waits_in_accept = inner.waits_in_accept() and listener.type == socket.SOCK_STREAM
+        self._waits_in_accept = _workers_can_wait_in_accept(listener, inner)
         if self._waits_in_accept:
             wait_in_accept(listener)
         self._lanes[0] = listener
@@ -282,8 +292,8 @@ class ReusePortAccept(AcceptMode):
         for lane in list(self._lanes):
             self.lane_closed(lane)
         own = self._lanes.pop(0, None)
-        if own is not None and self._waits_in_accept and own.fileno() >= 0:
-            wait_in_accept(own, None)
+        if own is not None and self._waits_in_accept:
+            _stop_waiting_in_accept(own)
 
 
 class PassedConnection(socket.socket):
